@@ -25,7 +25,13 @@ from meshfed.pki.bundle import (
 )
 from meshfed.pki.certs import KEY_TYPES, KeyType, PemError, cert_pem, fingerprint, load_certs
 from meshfed.pki.spiffe import SpiffeId, SpiffeIdError
-from meshfed.pki.verify import ChainVerificationError, Purpose, VerifiedChain, verify_chain, verify_workload_chain
+from meshfed.pki.verify import (
+    ChainVerificationError,
+    Purpose,
+    VerifiedChain,
+    verify_chain,
+    verify_workload_chain,
+)
 
 __all__ = [
     "CA_CERT",

@@ -229,14 +229,10 @@ class PluginCA:
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca_cert.public_key()),  # type: ignore[arg-type]
                 critical=False,
             )
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]), critical=True
-            )
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]), critical=True)
             .sign(self.ca_key, signature_hash(self.ca_key))
         )
-        trusted = tuple(self.root_certs) + tuple(
-            root for root in extra_trusted_roots if root not in self.root_certs
-        )
+        trusted = tuple(self.root_certs) + tuple(root for root in extra_trusted_roots if root not in self.root_certs)
         return WorkloadCert(key, (leaf, *self.cert_chain), trusted)
 
 

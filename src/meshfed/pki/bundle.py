@@ -27,6 +27,7 @@ from meshfed.pki.certs import (
     key_matches_cert,
     load_certs,
     load_key,
+    name_text,
     subject,
     utcnow,
 )
@@ -101,9 +102,7 @@ class BundleSourceError(ValueError):
 def read_bundle_dir(folder: Path) -> dict[str, bytes]:
     """The CA files present in ``folder`` (Istio or TLS names)."""
     if not folder.is_dir():
-        raise BundleSourceError(
-            f"{folder} is not a folder: give a folder that holds {', '.join(PLUGIN_FILES)}"
-        )
+        raise BundleSourceError(f"{folder} is not a folder: give a folder that holds {', '.join(PLUGIN_FILES)}")
     return {name: (folder / name).read_bytes() for name in (*PLUGIN_FILES, *TLS_FILES) if (folder / name).is_file()}
 
 
@@ -181,8 +180,7 @@ class _Checker:
                 "incomplete-bundle",
                 "error",
                 ", ".join(missing),
-                "missing: an incomplete bundle makes istiod refuse to start "
-                '("incomplete signing CA bundle detected")',
+                'missing: an incomplete bundle makes istiod refuse to start ("incomplete signing CA bundle detected")',
                 f"add {', '.join(missing)} to the bundle (or remove the bundle to use istiod's self-signed CA)",
             )
         return True
@@ -252,7 +250,7 @@ class _Checker:
                     "root-not-self-signed",
                     "error",
                     name,
-                    f"{subject(root)} is not self-signed (issuer {root.issuer.rfc4514_string()}), and proxies "
+                    f"{subject(root)} is not self-signed (issuer {name_text(root.issuer)}), and proxies "
                     "only accept a chain that ends at a self-signed trusted root",
                     "put the self-signed root certificate here, not an intermediate",
                 )
@@ -278,14 +276,13 @@ class _Checker:
         where = "ca-cert.pem" if current is signing else f"{subject(current)} from the chain"
         if namesakes:
             problem = (
-                f"{where} names {current.issuer.rfc4514_string()} as its issuer, and {self.layout.root} holds a "
+                f"{where} names {name_text(current.issuer)} as its issuer, and {self.layout.root} holds a "
                 "certificate of that name, but not the key that signed it: the intermediate comes from a "
                 f"different root with the same subject (root here: {fingerprint(namesakes[0])})"
             )
         else:
             problem = (
-                f"{where} is not signed by any root in {self.layout.root} (its issuer is "
-                f"{current.issuer.rfc4514_string()})"
+                f"{where} is not signed by any root in {self.layout.root} (its issuer is {name_text(current.issuer)})"
             )
         self.add(
             "not-signed-by-root",
@@ -352,7 +349,8 @@ class _Checker:
                 "warning",
                 name,
                 f"is out of order ({order}); it must start with ca-cert.pem and each certificate must be "
-                "followed by its issuer, as TLS requires (Envoy and istiod tolerate the disorder, other TLS peers may not)",
+                "followed by its issuer, as TLS requires (Envoy and istiod tolerate the disorder, "
+                "other TLS peers may not)",
                 "rewrite it as ca-cert.pem, then its issuer, up to the root",
             )
 
@@ -416,3 +414,62 @@ def validate_bundle(
 
 def load_bundle_dir(folder: Path, *, now: datetime | None = None, horizon: timedelta = EXPIRY_HORIZON) -> BundleReport:
     return validate_bundle(read_bundle_dir(folder), source=str(folder), now=now, horizon=horizon)
+
+
+def compare_roots(reports: Mapping[str, BundleReport]) -> list[tuple[str, Finding]]:
+    """Whether the clusters share one root of trust, judged by fingerprint, never by name.
+
+    Two clusters can call each other only if each one's workloads chain to a root the other trusts:
+    the root that signs a cluster's intermediate must be in every other cluster's ``root-cert.pem``.
+    Root sets that differ while that still holds (a root rotation under way) are a warning.
+    """
+    findings: list[tuple[str, Finding]] = []
+    names = [name for name, report in reports.items() if report.signing_root is not None]
+    for index, name in enumerate(names):
+        report = reports[name]
+        assert report.signing_root is not None
+        for other in names[:index]:
+            theirs = reports[other]
+            assert theirs.signing_root is not None
+            trusted_here = theirs.signing_root in report.roots
+            trusted_there = report.signing_root in theirs.roots
+            if trusted_here and trusted_there:
+                if set(report.roots) != set(theirs.roots):
+                    findings.append(
+                        (
+                            name,
+                            Finding(
+                                "root-set-differs",
+                                "warning",
+                                report.layout.root,
+                                f"holds other roots than {other}'s ({_fingerprints(report.roots)} here, "
+                                f"{_fingerprints(theirs.roots)} there); calls still work, as during a root rotation",
+                                "finish the rotation so that every cluster holds the same roots",
+                            ),
+                        )
+                    )
+                continue
+            findings.append(
+                (
+                    name,
+                    Finding(
+                        "root-mismatch",
+                        "error",
+                        report.layout.root,
+                        f"this cluster's root {fingerprint(report.signing_root)} differs from {other}'s root "
+                        f"{fingerprint(theirs.signing_root)} and "
+                        + (
+                            "neither trusts the other's"
+                            if not (trusted_here or trusted_there)
+                            else f"{'this cluster' if not trusted_here else other} does not trust the other's"
+                        )
+                        + ", so mutual TLS between them fails",
+                        "give every cluster an intermediate signed by the same root, with that root in root-cert.pem",
+                    ),
+                )
+            )
+    return findings
+
+
+def _fingerprints(certs: tuple[x509.Certificate, ...]) -> str:
+    return ", ".join(fingerprint(cert) for cert in certs)

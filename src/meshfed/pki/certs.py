@@ -85,7 +85,12 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def subject(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string()
+    """The subject in the order ``openssl x509 -subject`` prints it: ``O=Istio, CN=Root CA``."""
+    return name_text(cert.subject)
+
+
+def name_text(name: x509.Name) -> str:
+    return ", ".join(f"{attribute.rfc4514_attribute_name}={attribute.value!s}" for attribute in name)
 
 
 def not_before(cert: x509.Certificate) -> datetime:

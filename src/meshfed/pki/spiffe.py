@@ -47,9 +47,7 @@ class SpiffeId:
         segments = path.split("/")
         for segment in segments:
             if segment in ("", ".", ".."):
-                raise SpiffeIdError(
-                    f"{text!r} is not a SPIFFE ID: its path has an empty, '.' or '..' segment"
-                )
+                raise SpiffeIdError(f"{text!r} is not a SPIFFE ID: its path has an empty, '.' or '..' segment")
             if not _SEGMENT.match(segment):
                 raise SpiffeIdError(
                     f"{text!r} is not a SPIFFE ID: path segment {segment!r} may hold only letters, digits, "

@@ -250,14 +250,14 @@ def _host_within(host: str, base: str) -> bool:
     return host == base or host.endswith("." + base)
 
 
-def _names(cert: x509.Certificate, kind: type[x509.GeneralName]) -> list[str]:
+def _names(cert: x509.Certificate, kind: type[x509.DNSName | x509.UniformResourceIdentifier]) -> list[str]:
+    """A certificate's DNS names, or the hosts of its URIs (RFC 5280 constrains URIs by host)."""
     san = _ext(cert, x509.SubjectAlternativeName)
     if not isinstance(san, x509.SubjectAlternativeName):
         return []
-    values = san.get_values_for_type(kind)  # type: ignore[call-overload]
     if kind is x509.UniformResourceIdentifier:
-        return [urlsplit(value).hostname or "" for value in values]
-    return [str(value) for value in values]
+        return [urlsplit(uri).hostname or "" for uri in san.get_values_for_type(x509.UniformResourceIdentifier)]
+    return san.get_values_for_type(x509.DNSName)
 
 
 def _check_name_constraints(path: list[x509.Certificate]) -> None:

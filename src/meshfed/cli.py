@@ -1,0 +1,207 @@
+"""The ``meshfed`` command: ``meshfed pki init`` and ``meshfed pki verify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from meshfed.pki import (
+    KEY_TYPES,
+    PLUGIN_FILES,
+    ROOT_CERT,
+    BundleReport,
+    BundleSourceError,
+    Finding,
+    create_mesh_pki,
+    fingerprint,
+    load_bundle_dir,
+)
+from meshfed.pki.authority import INTERMEDIATE_DAYS, ROOT_DAYS
+from meshfed.pki.bundle import compare_roots
+from meshfed.pki.certs import subject
+
+_CLUSTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class CliError(Exception):
+    """A problem with the command's input; the message is one sentence with the fix."""
+
+
+def _cluster_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one cluster name, e.g. cluster-a,cluster-b")
+    for name in names:
+        if not _CLUSTER_NAME.match(name) or len(name) > 63:
+            raise argparse.ArgumentTypeError(
+                f"{name!r} is not a valid cluster name: use lower-case letters, digits and '-' (like cluster-a)"
+            )
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r} names a cluster twice: give each cluster once")
+    return names
+
+
+def _positive_days(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days: give a whole number of 1 or more")
+    return int(text)
+
+
+def pki_init(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    targets = [out / ROOT_CERT, out / "root-key.pem"] + [
+        out / cluster / name for cluster in args.clusters for name in PLUGIN_FILES
+    ]
+    existing = [path for path in targets if path.exists()]
+    if existing and not args.force:
+        raise CliError(
+            f"{existing[0]} already exists: pick another --out folder, or add --force to overwrite "
+            f"{len(existing)} existing file(s)"
+        )
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{out} exists and is not a folder: pick another --out")
+    if args.days > args.root_days:
+        raise CliError(
+            f"--days {args.days} outlives --root-days {args.root_days}: an intermediate cannot be valid longer "
+            "than its root, so shorten --days or lengthen --root-days"
+        )
+    pki = create_mesh_pki(args.clusters, key_type=args.key_type, intermediate_days=args.days, root_days=args.root_days)
+    pki.write(out)
+    print(f"root      {out / ROOT_CERT}  SHA-256 {fingerprint(pki.root.cert)}")
+    print(f"root key  {out / 'root-key.pem'}  (mode 0600: keep it offline)")
+    for cluster in args.clusters:
+        print(f"{cluster:<9} {out / cluster}/  {', '.join(PLUGIN_FILES)}")
+    first = args.clusters[0]
+    print(
+        "\nPlug each folder into its cluster before installing Istio, for example:\n"
+        f"  kubectl create namespace istio-system --context {first}\n"
+        f"  kubectl create secret generic cacerts -n istio-system --context {first} "
+        + " ".join(f"--from-file={out / first / name}" for name in PLUGIN_FILES)
+    )
+    return 0
+
+
+def _verdict(report: BundleReport, extra: list[Finding]) -> str:
+    findings = list(report.findings) + extra
+    if any(f.severity == "error" for f in findings):
+        return "error"
+    return "warning" if findings else "ok"
+
+
+def pki_verify(args: argparse.Namespace) -> int:
+    reports: dict[str, BundleReport] = {}
+    for folder in args.folders:
+        name = folder.resolve().name
+        if name in reports:
+            raise CliError(f"two folders are named {name!r}: each cluster's folder must carry the cluster's name")
+        try:
+            reports[name] = load_bundle_dir(folder, horizon=timedelta(days=args.horizon_days))
+        except BundleSourceError as error:
+            raise CliError(str(error)) from None
+    mesh_findings: dict[str, list[Finding]] = {name: [] for name in reports}
+    for name, finding in compare_roots(reports):
+        mesh_findings[name].append(finding)
+    rows = []
+    problems = []
+    for name, report in reports.items():
+        signing = report.signing_cert
+        rows.append(
+            {
+                "cluster": name,
+                "source": report.source,
+                "rootFingerprint": fingerprint(report.signing_root) if report.signing_root else None,
+                "roots": [fingerprint(root) for root in report.roots],
+                "intermediate": subject(signing) if signing else None,
+                "expires": signing.not_valid_after_utc.isoformat() if signing else None,
+                "verdict": _verdict(report, mesh_findings[name]),
+                "findings": [
+                    {
+                        "code": f.code,
+                        "severity": f.severity,
+                        "file": f.file,
+                        "problem": f.problem,
+                        "fix": f.fix,
+                    }
+                    for f in (*report.findings, *mesh_findings[name])
+                ],
+            }
+        )
+        problems += [f.sentence(name) for f in (*report.findings, *mesh_findings[name])]
+    ok = all(row["verdict"] != "error" for row in rows)
+    if args.output == "json":
+        print(json.dumps({"ok": ok, "clusters": rows, "problems": problems}, indent=2))
+    else:
+        _print_table(rows)
+        for problem in problems:
+            print(problem)
+    return 0 if ok else 1
+
+
+def _print_table(rows: Sequence[Mapping[str, object]]) -> None:
+    header = ("CLUSTER", "ROOT SHA-256", "INTERMEDIATE", "EXPIRES", "VERDICT")
+    lines = [header] + [
+        (
+            str(row["cluster"]),
+            str(row["rootFingerprint"] or "-"),
+            str(row["intermediate"] or "-"),
+            str(row["expires"] or "-")[:10],
+            str(row["verdict"]),
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshfed", description="Conformance tooling for Istio multi-cluster meshes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    pki = commands.add_parser("pki", help="make and check plug-in CA bundles").add_subparsers(
+        dest="pki_command", required=True
+    )
+    init = pki.add_parser("init", help="a shared root and one intermediate per cluster, in Istio's plug-in layout")
+    init.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write into")
+    init.add_argument("--clusters", type=_cluster_list, required=True, metavar="A,B,...", help="cluster names")
+    init.add_argument("--key-type", choices=KEY_TYPES, default="rsa", help="rsa (4096 bits, default) or ecdsa (P-256)")
+    init.add_argument(
+        "--days",
+        type=_positive_days,
+        default=INTERMEDIATE_DAYS,
+        help=f"intermediate validity (default {INTERMEDIATE_DAYS})",
+    )
+    init.add_argument(
+        "--root-days", type=_positive_days, default=ROOT_DAYS, help=f"root validity (default {ROOT_DAYS})"
+    )
+    init.add_argument("--force", action="store_true", help="overwrite existing files")
+    init.set_defaults(run=pki_init)
+    verify = pki.add_parser("verify", help="validate cluster bundles and check that they share one root")
+    verify.add_argument("folders", type=Path, nargs="+", metavar="DIR", help="one folder per cluster, named after it")
+    verify.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    verify.add_argument(
+        "--horizon-days",
+        type=_positive_days,
+        default=30,
+        help="warn about certificates expiring within (default 30)",
+    )
+    verify.set_defaults(run=pki_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except CliError as error:
+        print(f"meshfed: {error}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

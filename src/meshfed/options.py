@@ -1,0 +1,205 @@
+"""The suite's command-line options, declared once and shared by pytest and the ``meshfed`` command.
+
+Each option's value is checked where it is read: an unknown value gets one sentence that lists the
+valid ones. Checks that need several options together are in :meth:`SuiteOptions.validate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from meshfed.topology import MAX_CLUSTERS, TOPOLOGIES, MeshSpec, Topology
+
+Backend = Literal["embedded", "kind", "existing"]
+BACKENDS: tuple[Backend, ...] = ("embedded", "kind", "existing")
+DEFAULT_ISTIO_VERSION = "1.30.3"
+_CONTEXT = re.compile(r"^(?P<name>[a-z0-9]([-a-z0-9]*[a-z0-9])?)=(?P<context>\S+)$")
+
+
+class OptionError(ValueError):
+    """A bad option value or combination; the message is one sentence with the fix."""
+
+
+def cluster_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: give 2 to {MAX_CLUSTERS} clusters") from None
+    if not 2 <= count <= MAX_CLUSTERS:
+        raise argparse.ArgumentTypeError(f"{count} clusters is out of range: give 2 to {MAX_CLUSTERS}")
+    return count
+
+
+def context_mapping(text: str) -> tuple[str, str]:
+    match = _CONTEXT.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not NAME=KUBECONTEXT: write it like cluster-a=kind-cluster-a "
+            "(NAME in lower case letters, digits and '-')"
+        )
+    return match["name"], match["context"]
+
+
+def istio_version(text: str) -> str:
+    if not re.fullmatch(r"\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an Istio version: write it like {DEFAULT_ISTIO_VERSION}")
+    return text
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    flag: str
+    help: str
+    default: Any = None
+    choices: Sequence[str] | None = None
+    type: Callable[[str], Any] | None = None
+    action: str | None = None
+    metavar: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"help": self.help, "dest": self.dest}
+        for name in ("default", "choices", "type", "action", "metavar"):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[name] = value
+        return kwargs
+
+    @property
+    def dest(self) -> str:
+        return "meshfed_" + self.flag.lstrip("-").replace("-", "_")
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("--backend", "where the mesh runs (default: embedded)", "embedded", BACKENDS),
+    OptionSpec("--topology", "Istio multi-cluster model (default: multi-primary)", "multi-primary", TOPOLOGIES),
+    OptionSpec("--clusters", "number of clusters, 2 to 26 (default: 2)", 2, type=cluster_count, metavar="N"),
+    OptionSpec(
+        "--context",
+        "NAME=KUBECONTEXT for the existing backend, once per cluster",
+        None,
+        type=context_mapping,
+        action="append",
+        metavar="NAME=KUBECONTEXT",
+    ),
+    OptionSpec(
+        "--istio-version",
+        f"Istio release to install on kind (default: {DEFAULT_ISTIO_VERSION})",
+        DEFAULT_ISTIO_VERSION,
+        type=istio_version,
+    ),
+    OptionSpec(
+        "--cacerts-dir",
+        "use your own PKI: a folder with one sub-folder per cluster name in Istio's plug-in layout",
+        None,
+        type=Path,
+        metavar="DIR",
+    ),
+    OptionSpec(
+        "--keep-clusters",
+        "keep the clusters after the run so a later run reuses them",
+        False,
+        action="store_true",
+    ),
+    OptionSpec(
+        "--allow-destructive",
+        "let cases that break and repair the mesh run on the existing backend",
+        False,
+        action="store_true",
+    ),
+    OptionSpec(
+        "--report-dir",
+        "where the reports are written (default: reports/)",
+        Path("reports"),
+        type=Path,
+        metavar="DIR",
+    ),
+)
+
+
+def add_options(add: Callable[..., Any]) -> None:
+    """Register every option with ``add`` (pytest's ``group.addoption`` or argparse's ``add_argument``)."""
+    for option in OPTIONS:
+        add(option.flag, **option.kwargs())
+
+
+@dataclass(frozen=True)
+class SuiteOptions:
+    backend: Backend
+    topology: Topology
+    clusters: int
+    contexts: Mapping[str, str]
+    istio_version: str
+    cacerts_dir: Path | None
+    keep_clusters: bool
+    allow_destructive: bool
+    report_dir: Path
+
+    @classmethod
+    def from_values(cls, get: Callable[[str], Any]) -> SuiteOptions:
+        """Build from parsed values; ``get`` takes a ``dest`` name (pytest's ``config.getoption``)."""
+        values = {option.flag: get(option.dest) for option in OPTIONS}
+        contexts: dict[str, str] = {}
+        for name, context in values["--context"] or []:
+            if name in contexts:
+                raise OptionError(f"--context names cluster {name!r} twice: give each cluster once")
+            contexts[name] = context
+        options = cls(
+            backend=values["--backend"],
+            topology=Topology(values["--topology"]),
+            clusters=values["--clusters"],
+            contexts=contexts,
+            istio_version=values["--istio-version"],
+            cacerts_dir=values["--cacerts-dir"],
+            keep_clusters=values["--keep-clusters"],
+            allow_destructive=values["--allow-destructive"],
+            report_dir=values["--report-dir"],
+        )
+        options.validate()
+        return options
+
+    @property
+    def cluster_names(self) -> tuple[str, ...]:
+        if self.backend == "existing" and self.contexts:
+            return tuple(self.contexts)
+        return MeshSpec.default(self.topology, self.clusters).names
+
+    def mesh_spec(self) -> MeshSpec:
+        spec = MeshSpec.default(self.topology, len(self.cluster_names))
+        if self.backend != "existing":
+            return spec
+        # Existing clusters keep the names the user gave them, in the order given.
+        renamed = tuple(
+            replace(cluster, name=name) for cluster, name in zip(spec.clusters, self.cluster_names, strict=True)
+        )
+        return replace(spec, clusters=renamed)
+
+    def validate(self) -> None:
+        if self.backend == "existing":
+            if len(self.contexts) < 2:
+                raise OptionError(
+                    "the existing backend needs one --context NAME=KUBECONTEXT per cluster, at least two: "
+                    "add --context cluster-a=CTX --context cluster-b=CTX"
+                )
+        elif self.contexts:
+            raise OptionError(
+                f"--context is for the existing backend only; drop it, or add --backend existing "
+                f"(the {self.backend} backend names its own clusters)"
+            )
+        if self.cacerts_dir is not None:
+            folder = self.cacerts_dir
+            if not folder.is_dir():
+                raise OptionError(
+                    f"--cacerts-dir {folder} is not a folder: give a folder with one sub-folder per cluster "
+                    f"({', '.join(self.cluster_names)}), e.g. made by `meshfed pki init`"
+                )
+            missing = [name for name in self.cluster_names if not (folder / name).is_dir()]
+            if missing:
+                raise OptionError(
+                    f"--cacerts-dir {folder} has no sub-folder for {', '.join(missing)}: add one per cluster "
+                    "holding ca-cert.pem, ca-key.pem, root-cert.pem and cert-chain.pem"
+                )
