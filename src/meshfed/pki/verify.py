@@ -11,7 +11,7 @@ OpenSSL-family algorithm rather than a Web PKI profile:
 * The path must end at a self-signed trusted certificate (Envoy does not set
   ``X509_V_FLAG_PARTIAL_CHAIN``).
 * Then, as ``check_chain_extensions``: no unknown critical extension; every issuer a CA
-  (basicConstraints ``CA:TRUE``, keyUsage with keyCertSign when keyUsage is present); path length
+  (v1, or basicConstraints ``CA:TRUE``; keyUsage with keyCertSign when keyUsage is present); path length
   constraints; the TLS purpose (``ssl_server`` when a client checks a server, ``ssl_client`` when a
   server checks a client): an extended key usage, if present, must name it, on the leaf and on CAs.
 * Name constraints, for DNS and URI names (the ones Istio certificates carry).
@@ -196,16 +196,15 @@ def _chain_building_error(path: list[x509.Certificate], anchored: bool) -> Chain
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
-    """BoringSSL's ``X509_check_ca``."""
+    """BoringSSL's ``X509_check_ca``: keyUsage, if present, allows keyCertSign; and the certificate is
+    v1 or has basicConstraints ``CA:TRUE`` (a v3 certificate without basicConstraints is no CA)."""
     usage = _ext(cert, x509.KeyUsage)
     if isinstance(usage, x509.KeyUsage) and not usage.key_cert_sign:
         return False
-    constraints = _ext(cert, x509.BasicConstraints)
-    if isinstance(constraints, x509.BasicConstraints):
-        return constraints.ca
-    if cert.version is x509.Version.v1 and self_issued(cert):
+    if cert.version is x509.Version.v1:
         return True
-    return usage is not None  # keyUsage with keyCertSign and no basicConstraints is tolerated
+    constraints = _ext(cert, x509.BasicConstraints)
+    return isinstance(constraints, x509.BasicConstraints) and constraints.ca
 
 
 def _check_purpose(cert: x509.Certificate, purpose: Purpose, depth: int) -> None:
@@ -214,7 +213,10 @@ def _check_purpose(cert: x509.Certificate, purpose: Purpose, depth: int) -> None
         raise ChainVerificationError("unsupported certificate purpose", depth, cert)
     usage = _ext(cert, x509.KeyUsage)
     if depth == 0 and isinstance(usage, x509.KeyUsage):
-        tls = usage.digital_signature or usage.key_encipherment or usage.key_agreement
+        # A client signs or agrees on keys; a server may also be sent an encrypted key (RSA key exchange).
+        tls = usage.digital_signature or usage.key_agreement
+        if purpose is Purpose.SERVER:
+            tls = tls or usage.key_encipherment
         if not tls:
             raise ChainVerificationError("unsupported certificate purpose", depth, cert)
 
