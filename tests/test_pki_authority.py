@@ -134,8 +134,10 @@ def test_openssl_verifies_meshfed_chains(pki: MeshPKI, tmp_path: Path) -> None:
         (folder / "leaf.pem").write_bytes(cert_pem(ca.issue_workload(identity, key_type="ecdsa").leaf))
         for purpose in ("sslclient", "sslserver"):
             result = subprocess.run(
-                ["openssl", "verify", "-purpose", purpose, "-CAfile", tmp_path / "root-cert.pem"]
-                + ["-untrusted", folder / "cert-chain.pem", folder / "leaf.pem"],
+                [
+                    *("openssl", "verify", "-purpose", purpose, "-CAfile", tmp_path / "root-cert.pem"),
+                    *("-untrusted", folder / "cert-chain.pem", folder / "leaf.pem"),
+                ],
                 capture_output=True,
                 text=True,
                 check=False,

@@ -67,7 +67,7 @@ def missing_intermediate() -> Case:
 
 
 def other_root_same_subject() -> Case:
-    root, inter = _pki()
+    _root, inter = _pki()
     impostor = make(name("Root CA"))
     return Case(workload(inter).cert, [inter.cert], [impostor.cert], expected="unable to get local issuer certificate")
 
@@ -133,9 +133,7 @@ def path_length_exceeded() -> Case:
     root = make(name("Root CA"))
     upper = make(name("Upper CA"), root, pathlen=0)
     lower = make(name("Lower CA"), upper, pathlen=0)
-    return Case(
-        workload(lower).cert, [lower.cert, upper.cert], [root.cert], expected="path length constraint exceeded"
-    )
+    return Case(workload(lower).cert, [lower.cert, upper.cert], [root.cert], expected="path length constraint exceeded")
 
 
 def path_length_respected() -> Case:

@@ -1,0 +1,107 @@
+"""The suite's options: every bad value is refused with one sentence and a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshfed.options import SuiteOptions
+from meshfed.topology import MeshSpec, Topology
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_run(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run pytest on an empty folder with the project's conftest, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "conformance", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "sentence"),
+    [
+        (
+            ["--backend", "docker"],
+            "argument --backend: invalid choice: 'docker' (choose from",
+        ),
+        (
+            ["--topology", "mesh"],
+            "argument --topology: invalid choice: 'mesh' (choose from",
+        ),
+        (["--clusters", "1"], "argument --clusters: 1 clusters is out of range: give 2 to 26"),
+        (["--clusters", "two"], "argument --clusters: 'two' is not a number: give 2 to 26 clusters"),
+        (["--context", "kind-a"], "argument --context: 'kind-a' is not NAME=KUBECONTEXT"),
+        (["--istio-version", "latest"], "argument --istio-version: 'latest' is not an Istio version"),
+        (["--backend", "existing"], "the existing backend needs one --context NAME=KUBECONTEXT per cluster"),
+        (["--context", "cluster-a=x"], "--context is for the existing backend only"),
+        (
+            ["--backend", "existing", "--context", "cluster-a=x", "--context", "cluster-a=y"],
+            "--context names cluster 'cluster-a' twice",
+        ),
+        (["--cacerts-dir", "/nonexistent"], "--cacerts-dir /nonexistent is not a folder"),
+    ],
+)
+def test_bad_option_is_one_sentence(args: list[str], sentence: str) -> None:
+    result = pytest_run(*args)
+    assert result.returncode in (2, 4), result.stdout
+    assert sentence in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cacerts_dir_needs_a_folder_per_cluster(tmp_path: Path) -> None:
+    (tmp_path / "cluster-a").mkdir()
+    result = pytest_run("--cacerts-dir", str(tmp_path), "--clusters", "3")
+    assert result.returncode == 4
+    assert f"--cacerts-dir {tmp_path} has no sub-folder for cluster-b, cluster-c" in result.stderr
+
+
+def test_good_options_are_accepted() -> None:
+    result = pytest_run("--topology", "primary-remote", "--clusters", "3")
+    assert result.returncode in (0, 5), result.stderr  # 5: no case collected yet
+
+
+def _values(**overrides: object) -> SuiteOptions:
+    defaults: dict[str, object] = {
+        "meshfed_backend": "embedded",
+        "meshfed_topology": "multi-primary",
+        "meshfed_clusters": 2,
+        "meshfed_context": None,
+        "meshfed_istio_version": "1.30.3",
+        "meshfed_cacerts_dir": None,
+        "meshfed_keep_clusters": False,
+        "meshfed_allow_destructive": False,
+        "meshfed_report_dir": Path("reports"),
+    }
+    defaults.update(overrides)
+    return SuiteOptions.from_values(defaults.__getitem__)
+
+
+def test_default_mesh_names_networks_and_regions() -> None:
+    spec = _values(meshfed_topology="primary-remote", meshfed_clusters=3).mesh_spec()
+    assert spec.names == ("cluster-a", "cluster-b", "cluster-c")
+    assert [c.network for c in spec.clusters] == ["network-a", "network-b", "network-c"]
+    assert [c.region for c in spec.clusters] == ["region-a", "region-b", "region-c"]
+    assert [c.role for c in spec.clusters] == ["primary", "remote", "remote"]
+    assert (spec.mesh_id, spec.trust_domain) == ("mesh1", "cluster.local")
+
+
+def test_existing_clusters_keep_the_names_given() -> None:
+    options = _values(meshfed_backend="existing", meshfed_context=[("east", "ctx-1"), ("west", "ctx-2")])
+    assert options.mesh_spec().names == ("east", "west")
+    assert dict(options.contexts) == {"east": "ctx-1", "west": "ctx-2"}
+
+
+def test_ordered_pairs() -> None:
+    assert [p.id for p in MeshSpec.default(Topology.MULTI_PRIMARY, 2).pairs()] == [
+        "cluster-a->cluster-b",
+        "cluster-b->cluster-a",
+    ]
+    assert len(list(MeshSpec.default(Topology.MULTI_PRIMARY, 3).pairs())) == 6
