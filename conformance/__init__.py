@@ -1,0 +1,1 @@
+"""The conformance cases users run, one module per area."""
