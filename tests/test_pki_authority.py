@@ -89,7 +89,8 @@ def test_workload_certificate_is_what_istiod_issues(pki: MeshPKI) -> None:
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(hours=24)
+    # Valid for the TTL from issuance, backdated two minutes for clock skew, as istiod does.
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(hours=24, minutes=2)
     assert workload.chain[1:] == pki.cluster_cas["cluster-a"].cert_chain
 
 

@@ -39,6 +39,7 @@ PLUGIN_FILES = (CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN)
 ROOT_DAYS = 3650  # ROOTCA_DAYS in Istio's common.mk
 INTERMEDIATE_DAYS = 730  # INTERMEDIATE_DAYS in Istio's common.mk
 WORKLOAD_TTL = timedelta(hours=24)  # istiod's DEFAULT_WORKLOAD_CERT_TTL
+CLOCK_SKEW_GRACE = timedelta(minutes=2)  # istiod backdates notBefore (see the reference secret dump)
 ISTIOD_SAN = "istiod.istio-system.svc"
 
 
@@ -204,7 +205,7 @@ class PluginCA:
             .issuer_name(self.ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(_serial())
-            .not_valid_before(now)
+            .not_valid_before(now - CLOCK_SKEW_GRACE)
             .not_valid_after(now + ttl)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
