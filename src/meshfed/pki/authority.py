@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from meshfed.pki.certs import (
     KeyType,
     PrivateKey,
+    PublicKey,
     cert_pem,
     key_pem,
     new_key,
@@ -75,16 +76,16 @@ def new_root(
     organization: str = "Istio",
     common_name: str = "Root CA",
     now: datetime | None = None,
+    rsa_bits: int = 4096,
 ) -> CertAndKey:
-    """A self-signed root CA as Istio's recipe makes it."""
+    """A self-signed root CA as Istio's recipe makes it (no CN when ``common_name`` is empty, as istiod's
+    self-signed root ``O=<trust domain>``)."""
     now = now or utcnow()
-    key = new_key(key_type)
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
+    key = new_key(key_type, rsa_bits)
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)]
+    if common_name:
+        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    name = x509.Name(attributes)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -181,29 +182,21 @@ class PluginCA:
         for name, data in self.secret_data().items():
             (write_private if name == CA_KEY else write_public)(folder / name, data)
 
-    def issue_workload(
-        self,
-        identity: SpiffeId,
-        *,
-        key_type: KeyType = "rsa",
-        ttl: timedelta = WORKLOAD_TTL,
-        now: datetime | None = None,
-        extra_trusted_roots: Sequence[x509.Certificate] = (),
-    ) -> WorkloadCert:
-        """Sign a workload certificate the way istiod's CA does.
+    def sign_workload(
+        self, public_key: PublicKey, identity: SpiffeId, *, ttl: timedelta = WORKLOAD_TTL, now: datetime | None = None
+    ) -> tuple[x509.Certificate, ...]:
+        """Sign a workload certificate the way istiod's CA does; returns the chain the proxy serves.
 
         Empty subject, so the SAN (exactly one URI, the SPIFFE ID) is critical; ``CA:false``;
-        digitalSignature and keyEncipherment; serverAuth and clientAuth. The chain is the leaf followed
-        by ``cert-chain.pem``; the proxy trusts ``root-cert.pem`` plus any extra roots (MeshConfig
-        ``caCertificates``).
+        digitalSignature and keyEncipherment; serverAuth and clientAuth; valid from two minutes ago
+        (istiod's clock-skew grace) for ``ttl``. The chain is the leaf followed by ``cert-chain.pem``.
         """
         now = now or utcnow()
-        key = new_key(key_type, rsa_bits=2048)  # istiod's default workload key: RSA 2048
         leaf = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
             .issuer_name(self.ca_cert.subject)
-            .public_key(key.public_key())
+            .public_key(public_key)
             .serial_number(_serial())
             .not_valid_before(now - CLOCK_SKEW_GRACE)
             .not_valid_after(now + ttl)
@@ -230,11 +223,28 @@ class PluginCA:
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca_cert.public_key()),  # type: ignore[arg-type]
                 critical=False,
             )
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]), critical=True)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]), critical=True
+            )
             .sign(self.ca_key, signature_hash(self.ca_key))
         )
-        trusted = tuple(self.root_certs) + tuple(root for root in extra_trusted_roots if root not in self.root_certs)
-        return WorkloadCert(key, (leaf, *self.cert_chain), trusted)
+        return (leaf, *self.cert_chain)
+
+    def issue_workload(
+        self,
+        identity: SpiffeId,
+        *,
+        key_type: KeyType = "rsa",
+        ttl: timedelta = WORKLOAD_TTL,
+        now: datetime | None = None,
+        extra_trusted_roots: Sequence[x509.Certificate] = (),
+    ) -> WorkloadCert:
+        """A new key and its workload certificate; the proxy trusts ``root-cert.pem`` plus any extra
+        roots (MeshConfig ``caCertificates``). RSA keys are 2048 bits, istiod's default."""
+        key = new_key(key_type, rsa_bits=2048)
+        chain = self.sign_workload(key.public_key(), identity, ttl=ttl, now=now)
+        trusted = tuple(self.root_certs) + tuple(r for r in extra_trusted_roots if r not in self.root_certs)
+        return WorkloadCert(key, chain, trusted)
 
 
 @dataclass(frozen=True)

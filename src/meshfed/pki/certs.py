@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 KeyType = Literal["rsa", "ecdsa"]
 KEY_TYPES: tuple[KeyType, ...] = ("rsa", "ecdsa")
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
 _PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
 

@@ -1,0 +1,1 @@
+"""Backends carry out the suite's Kubernetes-level operations: embedded, kind, existing."""

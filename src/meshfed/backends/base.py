@@ -1,0 +1,144 @@
+"""The contract every backend fulfils. Cases and misconfigurations use nothing else.
+
+Everything is said in Kubernetes terms: apply, get, list, patch or delete an object (plain dicts);
+restart or scale a Deployment and wait for it; list pods; make N calls from a pod to a URL; read
+the certificates a pod's proxy holds.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from meshfed.calls import CallResult
+from meshfed.manifests import Obj
+from meshfed.topology import MeshSpec
+
+Progress = Callable[[str], None]
+
+
+class BackendError(Exception):
+    """A backend could not do what was asked; the message is one sentence with the fix."""
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    name: str
+    namespace: str
+    labels: Mapping[str, str]
+    service_account: str
+    ready: bool
+    phase: str
+    ip: str
+    has_sidecar: bool
+    revision: str = ""  # the control-plane revision its sidecar was injected by
+
+
+@dataclass(frozen=True)
+class ProxyCerts:
+    """What a proxy holds: its certificate chain (leaf first) and the roots it trusts (Envoy's ROOTCA)."""
+
+    chain: tuple[x509.Certificate, ...]
+    trusted_roots: tuple[x509.Certificate, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class RemoteClusterStatus:
+    """One line of ``istioctl remote-clusters``."""
+
+    name: str
+    secret: str
+    status: str  # synced | syncing | timeout | closed
+
+
+class Cluster(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def apply(self, obj: Obj) -> Obj: ...
+
+    @abc.abstractmethod
+    def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None: ...
+
+    @abc.abstractmethod
+    def list(self, kind: str, namespace: str | None = None, labels: Mapping[str, str] | None = None) -> list[Obj]: ...
+
+    @abc.abstractmethod
+    def patch(self, kind: str, name: str, namespace: str | None, patch: Obj) -> Obj:
+        """A JSON merge patch (RFC 7386), as ``kubectl patch --type merge``."""
+
+    @abc.abstractmethod
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> bool: ...
+
+    @abc.abstractmethod
+    def rollout_restart(self, deployment: str, namespace: str, timeout: float = 120) -> None:
+        """``kubectl rollout restart`` and wait until the rollout is complete."""
+
+    @abc.abstractmethod
+    def scale(self, deployment: str, namespace: str, replicas: int, timeout: float = 120) -> None:
+        """Scale and wait until that many pods are ready (or all are gone)."""
+
+    @abc.abstractmethod
+    def wait_ready(self, deployment: str, namespace: str, timeout: float = 120) -> bool:
+        """Wait for the Deployment's pods to be ready; False when the deadline passed first."""
+
+    @abc.abstractmethod
+    def pods(self, namespace: str, labels: Mapping[str, str] | None = None) -> list[PodInfo]: ...
+
+    @abc.abstractmethod
+    def call(
+        self,
+        pod: str,
+        namespace: str,
+        url: str,
+        count: int = 1,
+        *,
+        timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[CallResult]:
+        """``count`` GETs of ``url`` made by the workload program in ``pod``, one result per call."""
+
+    @abc.abstractmethod
+    def proxy_certs(self, pod: str, namespace: str) -> ProxyCerts:
+        """The certificates ``pod``'s proxy holds (``istioctl proxy-config secret``)."""
+
+    @abc.abstractmethod
+    def remote_clusters(self) -> list[RemoteClusterStatus]:
+        """``istioctl remote-clusters`` as seen by this cluster's control plane."""
+
+    def pod_of(self, namespace: str, app: str) -> PodInfo:
+        """The first ready pod of an app, or the first pod when none is ready."""
+        pods = self.pods(namespace, {"app": app})
+        if not pods:
+            raise BackendError(f"{self.name}: no pod of app {app!r} in namespace {namespace!r}")
+        ready = [pod for pod in pods if pod.ready]
+        return (ready or pods)[0]
+
+
+class Mesh(abc.ABC):
+    spec: MeshSpec
+    backend: str
+    istio_version: str
+
+    @property
+    @abc.abstractmethod
+    def clusters(self) -> Mapping[str, Cluster]: ...
+
+    def __getitem__(self, name: str) -> Cluster:
+        return self.clusters[name]
+
+    @abc.abstractmethod
+    def teardown(self) -> None: ...
+
+
+class Backend(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def provision(
+        self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
+    ) -> Mesh:
+        """Bring up ``spec`` with each cluster's plug-in CA files, following :func:`meshfed.install.plan`."""

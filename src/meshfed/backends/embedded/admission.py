@@ -1,0 +1,72 @@
+"""The Istio fields the embedded mesh interprets; any other field is refused with a sentence.
+
+This keeps the emulation honest: a policy the embedded mesh would not enforce is never accepted and
+silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshfed.backends.embedded.store import StoreError
+from meshfed.manifests import Obj
+
+ANY: dict[str, Any] = {}  # any value
+_SELECTOR = {"matchLabels": ANY}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "AuthorizationPolicy": {
+        "selector": _SELECTOR,
+        "action": ("ALLOW", "DENY"),
+        "rules": [{"from": [{"source": {"principals": ANY, "notPrincipals": ANY, "namespaces": ANY, "notNamespaces": ANY}}]}],
+    },
+    "PeerAuthentication": {"selector": _SELECTOR, "mtls": {"mode": ("STRICT", "PERMISSIVE", "UNSET")}},
+    "DestinationRule": {
+        "host": ANY,
+        "trafficPolicy": {
+            "loadBalancer": {"localityLbSetting": {"enabled": ANY, "failover": [{"from": ANY, "to": ANY}]}},
+            "outlierDetection": {
+                "consecutive5xxErrors": ANY,
+                "consecutiveGatewayErrors": ANY,
+                "interval": ANY,
+                "baseEjectionTime": ANY,
+                "maxEjectionPercent": ANY,
+            },
+            "tls": {"mode": ("ISTIO_MUTUAL",)},
+        },
+    },
+    "Gateway": {
+        "selector": ANY,
+        "servers": [{"port": {"number": ANY, "name": ANY, "protocol": ANY}, "tls": {"mode": ("AUTO_PASSTHROUGH", "PASSTHROUGH")}, "hosts": ANY}],
+    },
+    "VirtualService": {
+        "hosts": ANY,
+        "gateways": ANY,
+        "tls": [{"match": [{"port": ANY, "sniHosts": ANY}], "route": [{"destination": {"host": ANY, "port": {"number": ANY}}}]}],
+    },
+}
+
+
+def _walk(value: Any, schema: Any, path: str, what: str) -> None:
+    if schema is ANY:
+        return
+    if isinstance(schema, tuple):
+        if value not in schema:
+            raise StoreError(f"{what}: the embedded mesh does not interpret {path} = {value!r}; it takes {', '.join(schema)}")
+        return
+    if isinstance(schema, list):
+        for index, item in enumerate(value or []):
+            _walk(item, schema[0], f"{path}[{index}]", what)
+        return
+    if not isinstance(value, dict):
+        raise StoreError(f"{what}: {path} must be a map")
+    for key, item in value.items():
+        if key not in schema:
+            raise StoreError(f"{what}: the embedded mesh does not interpret {path}.{key}; it reads {', '.join(sorted(schema))}")
+        _walk(item, schema[key], f"{path}.{key}", what)
+
+
+def admit(obj: Obj) -> None:
+    kind = obj.get("kind", "")
+    if kind in SCHEMAS:
+        _walk(obj.get("spec") or {}, SCHEMAS[kind], "spec", f"{kind} {obj.get('metadata', {}).get('name')!r}")

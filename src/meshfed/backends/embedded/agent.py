@@ -1,0 +1,162 @@
+"""pilot-agent, emulated: a proxy's key, its certificate from istiod, and the configuration it keeps.
+
+At start the agent generates a key (ECDSA P-256, what ``ECC_SIGNATURE_ALGORITHM=ECDSA`` gives; Istio's
+default is RSA 2048), reads the root of ``istio-ca-root-cert`` in its namespace to verify istiod, and
+sends a CSR over TLS to its discovery address on port 15012: the local istiod Service in a primary,
+``remotePilotAddress`` (the primary's east-west gateway) in a remote. Without a certificate the proxy
+is not ready. The certificate is renewed at half its lifetime by the mesh clock, never in between; a
+renewal that cannot reach istiod keeps the old certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshfed.backends.embedded import xds
+from meshfed.backends.embedded.tls import trust_only
+from meshfed.pki import SpiffeId, WorkloadCert
+from meshfed.pki.certs import load_certs
+
+if TYPE_CHECKING:
+    from meshfed.backends.embedded.cluster import ClusterRuntime
+    from meshfed.backends.embedded.istiod import Istiod
+
+ISTIOD_SNI = "istiod.istio-system.svc"
+
+
+@dataclass(frozen=True)
+class Injection:
+    """What the sidecar injector put into the pod: where istiod is and which network the proxy is on."""
+
+    discovery_address: str  # host (a Service name or an IP), port 15012
+    network: str
+    trust_domain: str
+    revision: str
+
+
+class ProxyAgent:
+    def __init__(
+        self,
+        runtime: ClusterRuntime,
+        pod: str,
+        namespace: str,
+        service_account: str,
+        labels: Mapping[str, str],
+        injection: Injection,
+        *,
+        is_gateway: bool = False,
+    ) -> None:
+        self.runtime = runtime
+        self.pod = pod
+        self.namespace = namespace
+        self.service_account = service_account
+        self.labels = dict(labels)
+        self.injection = injection
+        self.is_gateway = is_gateway
+        self.cert: WorkloadCert | None = None
+        self.issued_at: datetime | None = None
+        self.config: xds.ProxyConfig | None = None
+        self.istiod: Istiod | None = None
+        self.error = ""
+        self.on_certificate: Callable[[WorkloadCert], None] = lambda _: None
+        self._lock = threading.Lock()
+
+    @property
+    def network(self) -> str:
+        return self.injection.network
+
+    @property
+    def identity(self) -> SpiffeId:
+        return SpiffeId.for_workload(self.injection.trust_domain, self.namespace, self.service_account)
+
+    def receive(self, config: xds.ProxyConfig) -> None:
+        with self._lock:
+            self.config = config
+
+    def bootstrap(self) -> bool:
+        """Get a certificate and the first push; False (with ``error``) when istiod cannot be reached."""
+        try:
+            self._call_istiod(with_csr=True)
+        except (OSError, ssl.SSLError, ValueError) as error:
+            self.error = f"failed to get a certificate from {self.injection.discovery_address}:15012: {error}"
+            return False
+        self.error = ""
+        return True
+
+    def renew_if_due(self) -> None:
+        """Renew at half the certificate's lifetime (pilot-agent's default grace period)."""
+        if self.cert is None or self.issued_at is None:
+            return
+        leaf = self.cert.leaf
+        half = leaf.not_valid_before_utc + (leaf.not_valid_after_utc - leaf.not_valid_before_utc) / 2
+        if self.runtime.clock.now() >= half:
+            self.bootstrap()
+
+    def reconnect(self) -> bool:
+        """Open the xDS stream again (after istiod came back); the certificate stays until renewal."""
+        if self.cert is None:
+            return self.bootstrap()
+        try:
+            self._call_istiod(with_csr=False)
+        except (OSError, ssl.SSLError, ValueError) as error:
+            self.error = f"cannot reach istiod at {self.injection.discovery_address}:15012: {error}"
+            return False
+        return True
+
+    def detach(self) -> None:
+        if self.istiod is not None:
+            self.istiod.unregister(self)
+            self.istiod = None
+
+    def _call_istiod(self, *, with_csr: bool) -> None:
+        root_map = self.runtime.store.get("ConfigMap", "istio-ca-root-cert", self.namespace)
+        if root_map is None:
+            raise ValueError(f"no istio-ca-root-cert in namespace {self.namespace}: cannot verify istiod")
+        roots = root_map["data"]["root-cert.pem"].encode()
+        key = ec.generate_private_key(ec.SECP256R1())
+        request = {"type": "csr" if with_csr else "xds", "cluster": self.runtime.name, "namespace": self.namespace, "pod": self.pod}
+        if with_csr:
+            csr = (
+                x509.CertificateSigningRequestBuilder()
+                .subject_name(x509.Name([]))
+                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(self.identity))]), critical=True)
+                .sign(key, hashes.SHA256())
+            )
+            request["csr"] = csr.public_bytes(serialization.Encoding.PEM).decode()
+        raw = self.runtime.connect(self.network, self.injection.discovery_address, 15012, timeout=2.0)
+        with trust_only(roots).wrap_socket(raw, server_hostname=ISTIOD_SNI) as conn:
+            conn.sendall(json.dumps(request).encode() + b"\n")
+            line = conn.makefile("rb").readline()
+        if not line:
+            raise ValueError("istiod closed the connection")
+        response = json.loads(line)
+        if "error" in response:
+            raise ValueError(response["error"])
+        istiod = self.runtime.mesh.istiod(response["istiod"])
+        if with_csr:
+            self._install(key, response)
+        if istiod is not None and istiod is not self.istiod:
+            self.detach()
+            self.istiod = istiod
+            istiod.register(self)
+
+    def _install(self, key: ec.EllipticCurvePrivateKey, response: Mapping[str, list[str]]) -> None:
+        chain = tuple(c for pem in response["certChain"] for c in load_certs(pem.encode(), "certChain"))
+        trusted = tuple(c for pem in response["roots"] for c in load_certs(pem.encode(), "roots"))
+        cert = WorkloadCert(key, chain, trusted)
+        with self._lock:
+            self.cert = cert
+            self.issued_at = self.runtime.clock.now()
+        self.on_certificate(cert)
+

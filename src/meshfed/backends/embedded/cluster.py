@@ -1,0 +1,387 @@
+"""One embedded cluster: its store and the controllers that make the store come alive.
+
+* Deployments -> Pods (rolling: a new pod is ready before an old one goes; restart = a new
+  ``kubectl.kubernetes.io/restartedAt`` template annotation).
+* The kubelet runs what a pod's container names: the workload program (``echo.py serve|idle``),
+  istiod (``istio/pilot``), the east-west gateway (``istio/proxyv2 ... router``). Anything else is
+  refused: the pod fails with a message naming the image.
+* The sidecar injector: a namespace labelled ``istio-injection=enabled`` (or ``istio.io/rev=<rev>``)
+  gets a sidecar in each pod, configured from the ``istio-sidecar-injector`` ConfigMap of that
+  revision, as the webhook would. (On a real cluster the webhook is served by istiod, so with istiod
+  down a pod is not created at all; here it is created and its sidecar waits for a certificate.)
+* ``istioctl install``: an IstioOperator becomes the objects it installs (istiod's Deployment,
+  Service and ConfigMaps; the remote profile's injector values; a gateway's Deployment and
+  LoadBalancer Service).
+* LoadBalancer Services get an address of the fabric; connections to it are forwarded to a ready pod.
+* DNS and kube-proxy: a name resolves only if its Service exists in this cluster; a Service address
+  leads to one of its ready pods here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import socket
+import string
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from meshfed.backends.embedded.agent import Injection, ProxyAgent
+from meshfed.backends.embedded.gateway import EastWestGateway, pipe
+from meshfed.backends.embedded.istiod import Istiod, IstiodStartError
+from meshfed.backends.embedded.sidecar import Sidecar
+from meshfed.backends.embedded.store import ObjectStore, StoreError, matches
+from meshfed.manifests import ISTIO_SYSTEM, NETWORK_LABEL, Obj
+from meshfed.topology import ClusterSpec
+from meshfed.workloads import echo
+
+if TYPE_CHECKING:
+    from meshfed.backends.embedded.mesh import MeshRuntime
+
+
+@dataclass
+class PodRuntime:
+    name: str
+    namespace: str
+    ip: str
+    labels: dict[str, str]
+    service_account: str
+    owner: str
+    template_hash: str
+    role: str  # echo | client | istiod | gateway
+    message: str = ""
+    agent: ProxyAgent | None = None
+    sidecar: Sidecar | None = None
+    gateway: EastWestGateway | None = None
+    istiod: Istiod | None = None
+    server: Any = None  # the echo app's HTTP server
+    stopped: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        if self.stopped:
+            return False
+        if self.role == "istiod":
+            return self.istiod is not None and self.istiod.ca_choice is not None
+        if self.role == "gateway":
+            return self.gateway is not None and self.gateway.ready
+        return self.sidecar.ready if self.sidecar is not None else True
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.sidecar is not None:
+            self.sidecar.stop()
+        if self.gateway is not None:
+            self.gateway.stop()
+        if self.istiod is not None:
+            self.istiod.stop()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def _hash(template: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _suffix() -> str:
+    return "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+
+
+class ClusterRuntime:
+    def __init__(self, mesh: MeshRuntime, spec: ClusterSpec) -> None:
+        self.mesh = mesh
+        self.spec = spec
+        self.name = spec.name
+        self.store = ObjectStore(spec.name)
+        self.clock = mesh.clock
+        self.pods: dict[tuple[str, str], PodRuntime] = {}
+        self._lock = threading.RLock()
+        self._lb_listeners: dict[tuple[str, str], list[socket.socket]] = {}
+        self._generations: dict[tuple[str, str], int] = {}
+        self.store.watch(self._on_event)
+
+    # -- events -------------------------------------------------------------------------------
+    def _on_event(self, event: str, obj: Obj) -> None:
+        kind = obj.get("kind")
+        if kind == "Deployment":
+            key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+            if event == "DELETED":
+                self._generations.pop(key, None)
+                self._scale_to(obj, 0)
+            elif self._generations.get(key) != obj["metadata"]["generation"]:  # not a status update
+                self._generations[key] = obj["metadata"]["generation"]
+                self.reconcile(*reversed(key))
+        elif kind == "IstioOperator" and event != "DELETED":
+            self._install(obj)
+        elif kind == "Service" and event != "DELETED" and obj.get("spec", {}).get("type") == "LoadBalancer":
+            self._ensure_loadbalancer(obj)
+        elif kind == "Service" and event == "DELETED":
+            for listener in self._lb_listeners.pop((obj["metadata"]["namespace"], obj["metadata"]["name"]), []):
+                listener.close()
+        elif kind == "Pod" and event == "DELETED":
+            pod = self.pods.pop((obj["metadata"]["namespace"], obj["metadata"]["name"]), None)
+            if pod is not None:
+                pod.stop()
+                self._after_pod_change(obj["metadata"]["namespace"], pod.owner)
+
+    # -- deployments ----------------------------------------------------------------------------
+    def deployment_pods(self, namespace: str, name: str) -> list[PodRuntime]:
+        return [p for p in self.pods.values() if p.namespace == namespace and p.owner == name and not p.stopped]
+
+    def reconcile(self, name: str, namespace: str) -> None:
+        with self._lock:
+            deployment = self.store.get("Deployment", name, namespace)
+            if deployment is None:
+                return
+            template = deployment["spec"]["template"]
+            wanted = int(deployment["spec"].get("replicas", 1))
+            current_hash = _hash(template)
+            pods = self.deployment_pods(namespace, name)
+            old = [p for p in pods if p.template_hash != current_hash]
+            new = [p for p in pods if p.template_hash == current_hash]
+            while len(new) < wanted:  # surge: the new pod comes up before an old one goes
+                new.append(self._start_pod(deployment, current_hash))
+                if old:
+                    self._delete_pod(old.pop(0))
+            for pod in old + new[wanted:]:
+                self._delete_pod(pod)
+            self._write_deployment_status(deployment)
+
+    def _scale_to(self, deployment: Obj, replicas: int) -> None:
+        for pod in self.deployment_pods(deployment["metadata"]["namespace"], deployment["metadata"]["name"])[replicas:]:
+            self._delete_pod(pod)
+
+    def _write_deployment_status(self, deployment: Obj) -> None:
+        name, namespace = deployment["metadata"]["name"], deployment["metadata"]["namespace"]
+        pods = self.deployment_pods(namespace, name)
+        ready = sum(1 for p in pods if p.ready)
+        status = {"replicas": len(pods), "readyReplicas": ready, "updatedReplicas": len(pods), "observedGeneration": deployment["metadata"]["generation"]}
+        self.store.set_status("Deployment", name, namespace, status)
+
+    def _delete_pod(self, pod: PodRuntime) -> None:
+        self.store.delete("Pod", pod.name, pod.namespace)
+
+    def _after_pod_change(self, namespace: str, owner: str) -> None:
+        deployment = self.store.get("Deployment", owner, namespace)
+        if deployment is not None:
+            self._write_deployment_status(deployment)
+
+    # -- kubelet --------------------------------------------------------------------------------
+    def _start_pod(self, deployment: Obj, template_hash: str) -> PodRuntime:
+        namespace = deployment["metadata"]["namespace"]
+        template = deployment["spec"]["template"]
+        spec = template["spec"]
+        container = spec["containers"][0]
+        labels = dict(template["metadata"].get("labels") or {})
+        name = f"{deployment['metadata']['name']}-{template_hash[:9]}-{_suffix()}"
+        ip = self.mesh.fabric.new_pod_ip(self.name)
+        role = _role(container)
+        pod = PodRuntime(name, namespace, ip, labels, spec.get("serviceAccountName") or "default", deployment["metadata"]["name"], template_hash, role or "unknown")
+        manifest: Obj = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": dict(template["metadata"].get("annotations") or {})},
+            "spec": spec,
+        }
+        self.store.apply(manifest)
+        self.pods[(namespace, name)] = pod
+        if role is None:
+            pod.message = f"the embedded mesh cannot run image {container.get('image')!r} with command {container.get('command')}"
+        else:
+            try:
+                self._run(pod, container, spec)
+            except (OSError, StoreError) as error:
+                pod.message = str(error)
+        self.write_pod_status(pod)
+        return pod
+
+    def write_pod_status(self, pod: PodRuntime) -> None:
+        ready = pod.ready
+        condition = {"type": "Ready", "status": "True" if ready else "False"}
+        if not ready and pod.message:
+            condition["message"] = pod.message
+        status: Obj = {"phase": "Failed" if pod.role == "unknown" else "Running", "podIP": pod.ip, "conditions": [condition]}
+        if pod.sidecar is not None or pod.gateway is not None:
+            status["containerStatuses"] = [{"name": "istio-proxy", "ready": ready}]
+        self.store.set_status("Pod", pod.name, pod.namespace, status)
+
+    def _env(self, container: Mapping[str, Any], pod: PodRuntime) -> dict[str, str]:
+        env = {}
+        for item in container.get("env") or []:
+            if "value" in item:
+                env[item["name"]] = str(item["value"])
+            elif (item.get("valueFrom") or {}).get("fieldRef"):
+                path = item["valueFrom"]["fieldRef"]["fieldPath"]
+                env[item["name"]] = {"metadata.name": pod.name, "metadata.namespace": pod.namespace}.get(path, "")
+        return env
+
+    def _run(self, pod: PodRuntime, container: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
+        env = self._env(container, pod)
+        if pod.role == "istiod":
+            revision = pod.labels.get("istio.io/rev", "default")
+            pod.istiod = Istiod(self, pod.name, pod.ip, "" if revision == "default" else revision, env)
+            self.mesh.register_istiod(pod.istiod)
+            try:
+                pod.istiod.start()
+            except IstiodStartError as error:
+                pod.message = str(error)
+                pod.istiod.ca_choice = None
+                return
+            self.mesh.istiod_started()
+            return
+        injection = self.injection(pod.namespace, pod.labels, gateway=pod.role == "gateway")
+        if pod.role == "gateway":
+            if injection is None:
+                pod.message = "no istio-sidecar-injector for this gateway's revision"
+                return
+            pod.agent = ProxyAgent(self, pod.name, pod.namespace, pod.service_account, pod.labels, injection, is_gateway=True)
+            pod.gateway = EastWestGateway(self, pod.agent, pod.ip)
+            pod.gateway.start()
+            if not pod.agent.bootstrap():
+                pod.message = pod.agent.error
+            return
+        for volume in spec.get("volumes") or []:
+            config_map = (volume.get("configMap") or {}).get("name")
+            if config_map and self.store.get("ConfigMap", config_map, pod.namespace) is None:
+                raise StoreError(f'configmap "{config_map}" not found')
+        port = next((p["containerPort"] for p in container.get("ports") or []), echo.PORT)
+        identity = echo.EchoIdentity(env.get("CLUSTER", ""), pod.name, env.get("VERSION", ""), env.get("SERVICE", ""), pod.namespace)
+        if injection is not None:
+            pod.agent = ProxyAgent(self, pod.name, pod.namespace, pod.service_account, pod.labels, injection)
+            if pod.role == "echo":
+                pod.server = echo.make_server("127.0.0.1", 0, identity)
+                app_ports = {port: pod.server.server_address[1]}
+            else:
+                app_ports = {}
+            pod.sidecar = Sidecar(self, pod.agent, pod.ip, app_ports)
+            if not pod.agent.bootstrap():
+                pod.message = pod.agent.error
+            pod.sidecar.start()
+        elif pod.role == "echo":
+            pod.server = echo.make_server(pod.ip, port, identity)
+        if pod.server is not None:
+            threading.Thread(target=pod.server.serve_forever, daemon=True).start()
+
+    def injection(self, namespace: str, labels: Mapping[str, str], *, gateway: bool = False) -> Injection | None:
+        """What the sidecar injector webhook would do for a pod here (None: no sidecar)."""
+        if labels.get("sidecar.istio.io/inject") == "false":
+            return None
+        ns_labels = (self.store.get("Namespace", namespace) or {}).get("metadata", {}).get("labels") or {}
+        if gateway:
+            revision = labels.get("istio.io/rev", "default")
+        elif ns_labels.get("istio-injection") == "enabled":
+            revision = "default"
+        elif ns_labels.get("istio.io/rev"):
+            revision = ns_labels["istio.io/rev"]
+        else:
+            return None
+        suffix = "" if revision == "default" else f"-{revision}"
+        injector = self.store.get("ConfigMap", f"istio-sidecar-injector{suffix}", ISTIO_SYSTEM)
+        if injector is None:
+            return None
+        values = json.loads(injector["data"]["values"])
+        global_values = values.get("global", {})
+        remote = global_values.get("remotePilotAddress")
+        address = remote or f"istiod{suffix}.{ISTIO_SYSTEM}.svc"
+        mesh = yaml.safe_load((self.store.get("ConfigMap", f"istio{suffix}", ISTIO_SYSTEM) or {}).get("data", {}).get("mesh", "") or "{}") or {}
+        return Injection(address, global_values.get("network", ""), mesh.get("trustDomain", "cluster.local"), revision)
+
+    # -- istioctl install ---------------------------------------------------------------------
+    def _install(self, operator: Obj) -> None:
+        from meshfed.backends.embedded.installer import objects_for
+
+        for obj in objects_for(operator, self.name, self.mesh.istio_version):
+            self.store.apply(obj)
+
+    # -- services -------------------------------------------------------------------------------
+    def _ensure_loadbalancer(self, service: Obj) -> None:
+        key = (service["metadata"]["namespace"], service["metadata"]["name"])
+        if key in self._lb_listeners:
+            return
+        ip = self.mesh.fabric.new_loadbalancer_ip(self.name)
+        listeners = []
+        for port in service["spec"].get("ports", []):
+            listener = socket.create_server((ip, int(port["port"])))
+            listeners.append(listener)
+            threading.Thread(target=self._forward_lb, args=(listener, service, int(port.get("targetPort", port["port"]))), daemon=True).start()
+        self._lb_listeners[key] = listeners
+        self.store.set_status("Service", key[1], key[0], {"loadBalancer": {"ingress": [{"ip": ip}]}})
+
+    def _forward_lb(self, listener: socket.socket, service: Obj, target_port: int) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            pods = self.ready_pods(service["metadata"]["namespace"], service["spec"].get("selector") or {})
+            if not pods:
+                conn.close()
+                continue
+            try:
+                upstream = socket.create_connection((random.choice(pods).ip, target_port), timeout=2)
+            except OSError:
+                conn.close()
+                continue
+            threading.Thread(target=pipe, args=(conn, upstream), daemon=True).start()
+
+    def ready_pods(self, namespace: str, selector: Mapping[str, str]) -> list[PodRuntime]:
+        return [p for p in list(self.pods.values()) if p.namespace == namespace and p.ready and matches(p.labels, selector)]
+
+    def fqdn(self, host: str, namespace: str) -> str | None:
+        """DNS in this cluster: the Service's FQDN when the name resolves here, else None."""
+        parts = host.split(".")
+        if host.endswith(".svc.cluster.local") and len(parts) == 5:
+            name, ns = parts[0], parts[1]
+        elif len(parts) in (2, 3) and (len(parts) == 2 or parts[2] == "svc"):
+            name, ns = parts[0], parts[1]
+        elif len(parts) == 1:
+            name, ns = host, namespace
+        else:
+            return None
+        return f"{name}.{ns}.svc.cluster.local" if self.store.get("Service", name, ns) is not None else None
+
+    def connect(self, network: str, host: str, port: int, timeout: float) -> socket.socket:
+        """What a pod's socket does: an IP through the fabric; a Service name via DNS and kube-proxy."""
+        if host[:1].isdigit():
+            return self.mesh.fabric.dial(network, host, port, timeout)
+        fqdn = self.fqdn(host, "default")
+        if fqdn is None:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        name, namespace = fqdn.split(".")[:2]
+        service = self.store.get("Service", name, namespace) or {}
+        target = next((int(p.get("targetPort", p["port"])) for p in service["spec"].get("ports", []) if int(p["port"]) == port), port)
+        pods = self.ready_pods(namespace, service["spec"].get("selector") or {})
+        if not pods:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return self.mesh.fabric.dial(network, random.choice(pods).ip, target, timeout)
+
+    def network_label(self) -> str:
+        namespace = self.store.get("Namespace", ISTIO_SYSTEM) or {}
+        return (namespace.get("metadata", {}).get("labels") or {}).get(NETWORK_LABEL, "")
+
+    def shutdown(self) -> None:
+        for pod in list(self.pods.values()):
+            pod.stop()
+        for listeners in self._lb_listeners.values():
+            for listener in listeners:
+                listener.close()
+
+
+def _role(container: Mapping[str, Any]) -> str | None:
+    image = str(container.get("image", ""))
+    command = [str(c) for c in container.get("command") or []]
+    args = [str(a) for a in container.get("args") or []]
+    if "istio/pilot" in image:
+        return "istiod"
+    if "istio/proxyv2" in image and args[:2] == ["proxy", "router"]:
+        return "gateway"
+    if len(command) >= 3 and command[0].startswith("python") and command[1].endswith("/echo.py"):
+        return {"serve": "echo", "idle": "client"}.get(command[2])
+    return None

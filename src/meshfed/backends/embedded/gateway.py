@@ -1,0 +1,129 @@
+"""The east-west gateway, emulated: it routes by SNI and never terminates TLS.
+
+On 15443 a Gateway server with ``tls.mode: AUTO_PASSTHROUGH`` whose hosts cover the service (Istio's
+``expose-services.yaml``: ``*.local``) lets the gateway read the SNI ``outbound_.<port>_._.<fqdn>``
+and forward the bytes to an endpoint of that service in its own network
+(``ISTIO_META_REQUESTED_NETWORK_VIEW``); the handshake stays end to end between the two sidecars.
+On 15012/15017 a PASSTHROUGH server plus a VirtualService TLS route (``expose-istiod.yaml``) sends
+the bytes to istiod. Without a matching server or route, or without an endpoint, the connection is
+closed at once: the caller's sidecar sees a reset during its handshake.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+from meshfed.backends.embedded import xds
+from meshfed.backends.embedded.agent import ProxyAgent
+from meshfed.backends.embedded.tls import read_client_hello
+
+if TYPE_CHECKING:
+    from meshfed.backends.embedded.cluster import ClusterRuntime
+
+PORTS = (15443, 15012, 15017)
+
+
+def pipe(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes both ways until either side closes."""
+
+    def copy(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    other = threading.Thread(target=copy, args=(b, a), daemon=True)
+    other.start()
+    copy(a, b)
+    other.join(timeout=30)
+    a.close()
+    b.close()
+
+
+def parse_outbound_sni(sni: str) -> tuple[str, int] | None:
+    """``outbound_.8080_._.echo.ns.svc.cluster.local`` -> (fqdn, port)."""
+    parts = sni.split("_.", 3)
+    if len(parts) != 4 or parts[0] != "outbound" or not parts[1].isdigit():
+        return None
+    return parts[3], int(parts[1])
+
+
+class EastWestGateway:
+    def __init__(self, runtime: ClusterRuntime, agent: ProxyAgent, pod_ip: str) -> None:
+        self.runtime = runtime
+        self.agent = agent
+        self.pod_ip = pod_ip
+        self._listeners: list[socket.socket] = []
+        self._turns = itertools.count()
+
+    @property
+    def ready(self) -> bool:
+        return self.agent.config is not None
+
+    def start(self) -> None:
+        for port in PORTS:
+            listener = socket.create_server((self.pod_ip, port))
+            self._listeners.append(listener)
+            threading.Thread(target=self._accept, args=(listener, port), daemon=True).start()
+
+    def stop(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self.agent.detach()
+
+    def _accept(self, listener: socket.socket, port: int) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._forward, args=(conn, port), daemon=True).start()
+
+    def route(self, port: int, sni: str | None) -> xds.Endpoint | None:
+        """The one place that decides where a connection goes; None closes it."""
+        config = self.agent.config
+        if config is None or sni is None:
+            return None
+        servers = [s for s in config.gateway_servers if s.port == port]
+        if port == 15443:
+            target = parse_outbound_sni(sni)
+            if target is None:
+                return None
+            fqdn, service_port = target
+            if not any(s.mode == "AUTO_PASSTHROUGH" and xds.host_matches(fqdn, s.hosts) for s in servers):
+                return None
+        else:
+            if not any(s.mode == "PASSTHROUGH" and xds.host_matches(sni, s.hosts) for s in servers):
+                return None
+            routes = [r for r in config.tls_routes if r.port == port and xds.host_matches(sni, r.sni_hosts)]
+            if not routes:
+                return None
+            fqdn, service_port = routes[0].host, routes[0].target_port
+        view = config.service(fqdn, service_port)
+        local = [e for e in view.endpoints if not e.via_gateway] if view else []
+        return local[next(self._turns) % len(local)] if local else None
+
+    def _forward(self, conn: socket.socket, port: int) -> None:
+        try:
+            conn.settimeout(10)
+            sni, hello = read_client_hello(conn)
+            endpoint = self.route(port, sni)
+            if endpoint is None:
+                conn.close()
+                return
+            upstream = self.runtime.mesh.fabric.dial(self.agent.network, endpoint.address, endpoint.port, 2.0)
+            upstream.sendall(hello)
+            conn.settimeout(None)
+            pipe(conn, upstream)
+        except OSError:
+            conn.close()

@@ -1,0 +1,282 @@
+"""The embedded backend: a whole multi-cluster mesh in this process, on loopback, over real mTLS."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshfed import manifests
+from meshfed.backends.base import Backend, BackendError, Cluster, Mesh, PodInfo, Progress, ProxyCerts, RemoteClusterStatus
+from meshfed.backends.embedded.admission import admit
+from meshfed.backends.embedded.clock import MeshClock
+from meshfed.backends.embedded.cluster import ClusterRuntime, PodRuntime
+from meshfed.backends.embedded.fabric import Fabric
+from meshfed.backends.embedded.istiod import Istiod
+from meshfed.backends.embedded.store import ObjectStore, StoreError
+from meshfed.backends.embedded.tls import KeyFolder
+from meshfed.calls import CallResult
+from meshfed.install import StepKind, plan
+from meshfed.manifests import EASTWEST_GATEWAY, ISTIO_SYSTEM, Obj
+from meshfed.topology import ClusterSpec, MeshSpec
+from meshfed.workloads import echo
+
+EMBEDDED_VERSION = "embedded"
+
+
+class MeshRuntime:
+    """What the clusters of one embedded mesh share: the network, the clock, the key folder."""
+
+    def __init__(self, spec: MeshSpec) -> None:
+        self.spec = spec
+        self.istio_version = EMBEDDED_VERSION
+        self.fabric = Fabric()
+        self.clock = MeshClock()
+        self.keys = KeyFolder()
+        self.clusters: dict[str, ClusterRuntime] = {}
+        self._istiods: dict[str, Istiod] = {}
+        for cluster in spec.clusters:
+            self.fabric.add_cluster(cluster.name, cluster.network)
+            self.clusters[cluster.name] = ClusterRuntime(self, cluster)
+        self.clock.on_advance(self._renew)
+
+    def spec_of(self, cluster: str) -> ClusterSpec:
+        return self.spec.cluster(cluster)
+
+    def store_of(self, cluster: str) -> ObjectStore | None:
+        runtime = self.clusters.get(cluster)
+        return runtime.store if runtime else None
+
+    def new_key(self) -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def register_istiod(self, istiod: Istiod) -> None:
+        self._istiods[f"{istiod.cluster}/{istiod.pod_name}"] = istiod
+
+    def istiod(self, ident: str) -> Istiod | None:
+        return self._istiods.get(ident)
+
+    def _agent_pods(self) -> list[tuple[ClusterRuntime, PodRuntime]]:
+        return [(c, p) for c in self.clusters.values() for p in list(c.pods.values()) if p.agent is not None and not p.stopped]
+
+    def istiod_started(self) -> None:
+        """Proxies waiting for a certificate retry, and proxies whose istiod went away reconnect."""
+        for runtime, pod in self._agent_pods():
+            assert pod.agent is not None
+            was_ready = pod.ready
+            if pod.agent.cert is None:
+                ok = pod.agent.bootstrap()
+            elif pod.agent.istiod is None or not pod.agent.istiod._running:
+                ok = pod.agent.reconnect()
+            else:
+                continue
+            pod.message = "" if ok else pod.agent.error
+            if pod.ready != was_ready or not ok:
+                runtime.write_pod_status(pod)
+                runtime._after_pod_change(pod.namespace, pod.owner)
+
+    def _renew(self) -> None:
+        for runtime, pod in self._agent_pods():
+            assert pod.agent is not None
+            pod.agent.renew_if_due()
+            runtime.write_pod_status(pod)
+
+    def shutdown(self) -> None:
+        for runtime in self.clusters.values():
+            runtime.shutdown()
+        self.keys.remove()
+
+
+class EmbeddedCluster(Cluster):
+    def __init__(self, runtime: ClusterRuntime) -> None:
+        self.runtime = runtime
+        self.name = runtime.name
+
+    def apply(self, obj: Obj) -> Obj:
+        try:
+            admit(obj)
+            return self.runtime.store.apply(obj)
+        except StoreError as error:
+            raise BackendError(f"{self.name}: {error}") from None
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None:
+        return self.runtime.store.get(kind, name, namespace)
+
+    def list(self, kind: str, namespace: str | None = None, labels: Mapping[str, str] | None = None) -> list[Obj]:
+        return self.runtime.store.list(kind, namespace, labels)
+
+    def patch(self, kind: str, name: str, namespace: str | None, patch: Obj) -> Obj:
+        try:
+            merged = self.runtime.store.get(kind, name, namespace)
+            if merged is not None:
+                from meshfed.backends.embedded.store import merge_patch
+
+                admit(merge_patch(merged, patch))
+            return self.runtime.store.patch(kind, name, namespace, patch)
+        except StoreError as error:
+            raise BackendError(f"{self.name}: {error}") from None
+
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        return self.runtime.store.delete(kind, name, namespace)
+
+    def rollout_restart(self, deployment: str, namespace: str, timeout: float = 120) -> None:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        patch = {"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}}}
+        self.patch("Deployment", deployment, namespace, patch)
+        self.wait_ready(deployment, namespace, timeout)
+
+    def scale(self, deployment: str, namespace: str, replicas: int, timeout: float = 120) -> None:
+        self.patch("Deployment", deployment, namespace, {"spec": {"replicas": replicas}})
+        self.wait_ready(deployment, namespace, timeout)
+
+    def wait_ready(self, deployment: str, namespace: str, timeout: float = 120) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            obj = self.get("Deployment", deployment, namespace)
+            if obj is None:
+                raise BackendError(f"{self.name}: no Deployment {deployment!r} in namespace {namespace!r}")
+            pods = self.runtime.deployment_pods(namespace, deployment)
+            if len(pods) == int(obj["spec"].get("replicas", 1)) and all(p.ready for p in pods):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+    def pods(self, namespace: str, labels: Mapping[str, str] | None = None) -> list[PodInfo]:
+        found = []
+        for pod in list(self.runtime.pods.values()):
+            if pod.namespace != namespace or pod.stopped or any(pod.labels.get(k) != v for k, v in (labels or {}).items()):
+                continue
+            found.append(
+                PodInfo(
+                    name=pod.name,
+                    namespace=pod.namespace,
+                    labels=dict(pod.labels),
+                    service_account=pod.service_account,
+                    ready=pod.ready,
+                    phase="Failed" if pod.role == "unknown" else "Running",
+                    ip=pod.ip,
+                    has_sidecar=pod.sidecar is not None or pod.gateway is not None,
+                    revision=pod.agent.injection.revision if pod.agent else "",
+                )
+            )
+        return found
+
+    def _pod(self, name: str, namespace: str) -> PodRuntime:
+        pod = self.runtime.pods.get((namespace, name))
+        if pod is None or pod.stopped:
+            raise BackendError(f"{self.name}: no pod {name!r} in namespace {namespace!r}")
+        return pod
+
+    def call(
+        self,
+        pod: str,
+        namespace: str,
+        url: str,
+        count: int = 1,
+        *,
+        timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[CallResult]:
+        runtime = self._pod(pod, namespace)
+        if runtime.role not in ("echo", "client"):
+            raise BackendError(f"{self.name}: pod {pod!r} does not run the workload program, so it cannot make calls")
+        cluster = self.runtime
+
+        def connect(host: str, port: int, timeout: float) -> socket.socket:
+            # The pod's own socket: DNS of its cluster, then iptables capture into its sidecar, if it has one.
+            if not host[:1].isdigit() and cluster.fqdn(host, namespace) is None:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            if runtime.sidecar is not None:
+                return socket.create_connection(runtime.sidecar.outbound_address, timeout=timeout)
+            fqdn = cluster.fqdn(host, namespace) if not host[:1].isdigit() else host
+            return cluster.connect(cluster.mesh.fabric.network_of(cluster.name), fqdn or host, port, timeout)
+
+        results = echo.call(url, count, timeout=timeout, headers=dict(headers or {}), connect=connect)
+        return [CallResult.from_program(result) for result in results]
+
+    def proxy_certs(self, pod: str, namespace: str) -> ProxyCerts:
+        runtime = self._pod(pod, namespace)
+        if runtime.agent is None:
+            raise BackendError(f"{self.name}: pod {pod!r} has no istio-proxy, so it holds no mesh certificate")
+        cert = runtime.agent.cert
+        if cert is None:
+            raise BackendError(f"{self.name}: the proxy of pod {pod!r} has no certificate yet ({runtime.agent.error})")
+        return ProxyCerts(cert.chain, cert.trusted_roots)
+
+    def remote_clusters(self) -> list[RemoteClusterStatus]:
+        istiods = [p.istiod for p in self.runtime.pods.values() if p.istiod is not None and not p.stopped and p.istiod._running]
+        if not istiods:
+            raise BackendError(f"{self.name}: no running istiod here; ask the cluster that runs its control plane")
+        return istiods[0].remote_status()
+
+    # Embedded-only: the mesh clock and istiod's log, for cases that need them.
+    def istiod_log(self) -> list[str]:
+        return [line for p in self.runtime.pods.values() if p.istiod is not None for line in p.istiod.log]
+
+
+class EmbeddedMesh(Mesh):
+    backend = "embedded"
+
+    def __init__(self, runtime: MeshRuntime) -> None:
+        self.runtime = runtime
+        self.spec = runtime.spec
+        self.istio_version = runtime.istio_version
+        self._clusters = {name: EmbeddedCluster(c) for name, c in runtime.clusters.items()}
+
+    @property
+    def clusters(self) -> Mapping[str, EmbeddedCluster]:
+        return self._clusters
+
+    @property
+    def clock(self) -> MeshClock:
+        return self.runtime.clock
+
+    def teardown(self) -> None:
+        self.runtime.shutdown()
+
+
+def _gateway_address(cluster: Cluster) -> str:
+    service = cluster.get("Service", EASTWEST_GATEWAY, ISTIO_SYSTEM) or {}
+    ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    if not ingress:
+        raise BackendError(f"{cluster.name}: the east-west gateway Service has no external address")
+    return str(ingress[0]["ip"])
+
+
+class EmbeddedBackend(Backend):
+    name = "embedded"
+
+    def provision(self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None) -> EmbeddedMesh:
+        runtime = MeshRuntime(spec)
+        mesh = EmbeddedMesh(runtime)
+        try:
+            for step in plan(spec, cacerts):
+                progress(str(step))
+                cluster = mesh[step.cluster]
+                if step.kind in (StepKind.APPLY, StepKind.INSTALL):
+                    for obj in step.objects:
+                        cluster.apply(obj)
+                elif step.kind is StepKind.WAIT_GATEWAY_ADDRESS:
+                    _gateway_address(cluster)
+                elif step.kind is StepKind.INSTALL_REMOTE:
+                    assert step.source is not None
+                    address = _gateway_address(mesh[step.source])
+                    cluster.apply(manifests.istio_operator_remote(spec.cluster(step.cluster), spec, address))
+                elif step.kind is StepKind.REMOTE_SECRET:
+                    assert step.source is not None
+                    kubeconfig = manifests.kubeconfig(step.source, runtime.fabric.api_server(step.source))
+                    cluster.apply(manifests.remote_secret(step.source, kubeconfig))
+        except BaseException:
+            mesh.teardown()
+            raise
+        return mesh
+
+
+def describe(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)

@@ -1,0 +1,322 @@
+"""The sidecar, emulated: Envoy's outbound and inbound paths for one pod, over real mutual TLS.
+
+Outbound (what iptables capture sends to Envoy's 15001): the app's plain HTTP request; the endpoint
+is chosen round-robin from istiod's last push (locality-aware with failover when the DestinationRule
+asks for it); the connection is mTLS with SNI ``outbound_.<port>_._.<fqdn>``; OpenSSL verifies the
+server's chain against the roots the proxy trusts, then the server's SPIFFE ID must be one of the
+service's accounts (Istio's secure naming). Failures become the 503 bodies Envoy writes; connection
+failures (TLS included) and 503 answers are retried twice on other hosts (Istio's default retry
+policy: ``connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes``, 2 attempts).
+
+Inbound (Envoy's 15006): the sidecar owns the pod's address on the app's port. A TLS connection must
+present a client certificate that verifies against the proxy's own trusted roots; plaintext is
+accepted only under PeerAuthentication PERMISSIVE (under STRICT the connection is reset).
+AuthorizationPolicy (DENY first, then ALLOW) is judged on the caller's principal; a denial is
+``403 RBAC: access denied``. ``X-Forwarded-Client-Cert`` is appended as Istio's sidecars do:
+``By=<own ID>;Hash=<sha256 of the peer certificate>;Subject="";URI=<caller ID>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import itertools
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+
+from meshfed.backends.embedded import xds
+from meshfed.backends.embedded.agent import ProxyAgent
+from meshfed.backends.embedded.lb import choose
+from meshfed.backends.embedded.tls import contexts, envoy_reset_text
+from meshfed.pki import WorkloadCert
+from meshfed.pki.verify import uri_sans
+
+if TYPE_CHECKING:
+    from meshfed.backends.embedded.cluster import ClusterRuntime
+
+CONNECT_TIMEOUT = 1.0  # Envoy's connect timeout is 10 s in Istio; shorter here so unroutable calls fail fast
+_HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"}
+
+
+class UpstreamError(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with RST, as Envoy does when no filter chain takes the connection."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+def principal_of(cert_der: bytes | None) -> str:
+    if not cert_der:
+        return ""
+    uris = uri_sans(x509.load_der_x509_certificate(cert_der))
+    return uris[0] if uris else ""
+
+
+def _rule_matches(rule: Mapping[str, Any], principal: str) -> bool:
+    """An AuthorizationPolicy rule's ``from`` (principals, namespaces); a rule without ``from`` matches all."""
+    sources = rule.get("from") or []
+    if not sources:
+        return True
+    bare = principal.removeprefix("spiffe://")
+    namespace = bare.split("/ns/", 1)[1].split("/", 1)[0] if "/ns/" in bare else ""
+    for entry in sources:
+        source = entry.get("source") or {}
+        checks = [
+            ("principals", bare, True),
+            ("notPrincipals", bare, False),
+            ("namespaces", namespace, True),
+            ("notNamespaces", namespace, False),
+        ]
+        if all(
+            field not in source or (_value_matches(value, source[field]) if positive else not _value_matches(value, source[field]))
+            for field, value, positive in checks
+        ):
+            return True
+    return False
+
+
+def _value_matches(value: str, patterns: list[str]) -> bool:
+    for pattern in patterns:
+        if pattern == "*" and value:
+            return True
+        if pattern.endswith("*") and value.startswith(pattern[:-1]) and value:
+            return True
+        if pattern.startswith("*") and value.endswith(pattern[1:]) and value:
+            return True
+        if pattern == value:
+            return True
+    return False
+
+
+def authorize(policies: tuple[xds.AuthzPolicy, ...], principal: str) -> bool:
+    """Istio's order: any matching DENY denies; then, if ALLOW policies exist, one must match."""
+    if any(p.action == "DENY" and any(_rule_matches(r, principal) for r in p.rules) for p in policies):
+        return False
+    allows = [p for p in policies if p.action == "ALLOW"]
+    return not allows or any(_rule_matches(r, principal) for p in allows for r in p.rules)
+
+
+class Sidecar:
+    def __init__(self, runtime: ClusterRuntime, agent: ProxyAgent, pod_ip: str, app_ports: Mapping[int, int]) -> None:
+        self.runtime = runtime
+        self.agent = agent
+        self.pod_ip = pod_ip
+        self.app_ports = dict(app_ports)  # service-facing port -> the app's local port
+        self.client_context: ssl.SSLContext | None = None
+        self.server_context: ssl.SSLContext | None = None
+        self._counters: dict[tuple[str, int], itertools.count[int]] = {}
+        self._listeners: list[socket.socket] = []
+        self._outbound: ThreadingHTTPServer | None = None
+        agent.on_certificate = self._use
+        if agent.cert is not None:
+            self._use(agent.cert)
+
+    def _use(self, cert: WorkloadCert) -> None:
+        name = f"{self.runtime.name}-{self.agent.namespace}-{self.agent.pod}"
+        self.client_context, self.server_context = contexts(self.runtime.mesh.keys, name, cert)
+
+    @property
+    def ready(self) -> bool:
+        return self.agent.cert is not None and self.agent.config is not None
+
+    def start(self) -> None:
+        self._outbound = ThreadingHTTPServer(("127.0.0.1", 0), _outbound_handler(self))
+        self._outbound.daemon_threads = True
+        threading.Thread(target=self._outbound.serve_forever, daemon=True).start()
+        for port in self.app_ports:
+            listener = socket.create_server((self.pod_ip, port))
+            self._listeners.append(listener)
+            threading.Thread(target=self._accept, args=(listener, port), daemon=True).start()
+
+    @property
+    def outbound_address(self) -> tuple[str, int]:
+        assert self._outbound is not None
+        return ("127.0.0.1", self._outbound.server_address[1])
+
+    def stop(self) -> None:
+        if self._outbound is not None:
+            self._outbound.shutdown()
+            self._outbound.server_close()
+        for listener in self._listeners:
+            listener.close()
+        self.agent.detach()
+
+    # -- inbound --------------------------------------------------------------------------------
+    def _accept(self, listener: socket.socket, port: int) -> None:
+        while True:
+            try:
+                conn, peer = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._inbound, args=(conn, peer, port), daemon=True).start()
+
+    def _inbound(self, conn: socket.socket, peer: Any, port: int) -> None:
+        try:
+            conn.settimeout(10)
+            first = conn.recv(1, socket.MSG_PEEK)
+            config = self.agent.config
+            mode = config.mtls_mode if config else "PERMISSIVE"
+            principal, digest = "", ""
+            stream: socket.socket = conn
+            if first == b"\x16" and self.server_context is not None:
+                tls = self.server_context.wrap_socket(conn, server_side=True)
+                der = tls.getpeercert(binary_form=True)
+                principal = principal_of(der)
+                digest = hashlib.sha256(der).hexdigest() if der else ""
+                stream = tls
+            elif mode == "STRICT" or not first:
+                reset(conn)
+                return
+            handler = _inbound_handler(self, port, principal, digest)
+            handler(stream, peer, None)  # type: ignore[arg-type]
+        except (OSError, ssl.SSLError):
+            conn.close()
+
+    # -- outbound -------------------------------------------------------------------------------
+    def pick(self, view: xds.ServiceView, exclude: list[xds.Endpoint]) -> xds.Endpoint | None:
+        counter = self._counters.setdefault((view.fqdn, view.port), itertools.count())
+        return choose(view, exclude, next(counter), self.runtime.spec.region, self.runtime.spec.zone)
+
+    def upstream(self, view: xds.ServiceView, endpoint: xds.Endpoint, method: str, path: str, headers: list[tuple[str, str]], body: bytes, timeout: float) -> tuple[int, list[tuple[str, str]], bytes]:
+        if self.client_context is None:
+            raise UpstreamError(ssl.SSLError("no certificate"))
+        try:
+            raw = self.runtime.mesh.fabric.dial(self.agent.network, endpoint.address, endpoint.port, CONNECT_TIMEOUT)
+        except OSError as error:
+            raise UpstreamError(error) from None
+        try:
+            tls = self.client_context.wrap_socket(raw, server_hostname=f"outbound_.{view.port}_._.{view.fqdn}")
+            tls.settimeout(timeout)
+            peer = principal_of(tls.getpeercert(binary_form=True))
+            if view.accounts and peer not in view.accounts:
+                tls.close()
+                raise ssl.SSLCertVerificationError(1, f"certificate verify failed: SAN {peer} is not one of {sorted(view.accounts)}")
+            connection = http.client.HTTPConnection(view.fqdn, view.port, timeout=timeout)
+            connection.sock = tls
+            connection.request(method, path, body=body or None, headers=dict(headers))
+            response = connection.getresponse()
+            data = response.read()
+            connection.close()
+            return response.status, list(response.getheaders()), data
+        except (OSError, ssl.SSLError, http.client.HTTPException) as error:
+            raw.close()
+            raise UpstreamError(error) from None
+
+
+def _relay(handler: BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    handler.send_response(status)
+    for name, value in headers:
+        if name.lower() not in _HOP_HEADERS and name.lower() != "content-length":
+            handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def _text(handler: BaseHTTPRequestHandler, status: int, text: str) -> None:
+    _relay(handler, status, [("content-type", "text/plain"), ("server", "envoy")], text.encode())
+
+
+def _request_parts(handler: BaseHTTPRequestHandler) -> tuple[list[tuple[str, str]], bytes]:
+    length = int(handler.headers.get("Content-Length") or 0)
+    body = handler.rfile.read(length) if length else b""
+    headers = [(k, v) for k, v in handler.headers.items() if k.lower() not in _HOP_HEADERS]
+    return headers, body
+
+
+def _outbound_handler(sidecar: Sidecar) -> type[BaseHTTPRequestHandler]:
+    class Outbound(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+        def _handle(self) -> None:
+            host, _, port_text = (self.headers.get("Host") or "").partition(":")
+            port = int(port_text or 80)
+            fqdn = sidecar.runtime.fqdn(host, sidecar.agent.namespace)
+            config = sidecar.agent.config
+            view = config.service(fqdn, port) if config and fqdn else None
+            headers, body = _request_parts(self)
+            if view is None or not view.endpoints:
+                _text(self, 503, "no healthy upstream")
+                return
+            tried: list[xds.Endpoint] = []
+            last: BaseException | None = None
+            for _ in range(3):
+                endpoint = sidecar.pick(view, tried)
+                if endpoint is None:
+                    break
+                tried.append(endpoint)
+                try:
+                    status, reply_headers, reply = sidecar.upstream(view, endpoint, self.command, self.path, headers, body, 10.0)
+                except UpstreamError as error:
+                    last = error.cause
+                    continue
+                if status == 503 and len(tried) < 3:
+                    last = None
+                    continue
+                _relay(self, status, reply_headers, reply)
+                return
+            if last is None:
+                _text(self, 503, "no healthy upstream")
+            else:
+                _text(self, 503, envoy_reset_text(last, retried=len(tried) > 1))
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
+
+    return Outbound
+
+
+def _inbound_handler(sidecar: Sidecar, port: int, principal: str, digest: str) -> type[BaseHTTPRequestHandler]:
+    class Inbound(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+        def _handle(self) -> None:
+            config = sidecar.agent.config
+            headers, body = _request_parts(self)
+            if config is not None and not authorize(config.authz, principal):
+                _text(self, 403, "RBAC: access denied")
+                return
+            if principal:
+                own = principal_of(sidecar.agent.cert.leaf.public_bytes(_DER)) if sidecar.agent.cert else ""
+                element = f'By={own};Hash={digest};Subject="";URI={principal}'
+                previous = [v for k, v in headers if k.lower() == "x-forwarded-client-cert"]
+                headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-client-cert"]
+                headers.append(("X-Forwarded-Client-Cert", ",".join([*previous, element])))
+            app = http.client.HTTPConnection("127.0.0.1", sidecar.app_ports[port], timeout=10)
+            try:
+                app.request(self.command, self.path, body=body or None, headers=dict(headers))
+                response = app.getresponse()
+                _relay(self, response.status, list(response.getheaders()), response.read())
+            except (OSError, http.client.HTTPException):
+                _text(self, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+            finally:
+                app.close()
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
+
+    return Inbound
+
+
+from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
+
+_DER = Encoding.DER

@@ -1,0 +1,145 @@
+"""TLS for the embedded proxies: real OpenSSL (Python's ssl) with the proxies' real certificates.
+
+Peer verification is done by OpenSSL itself against the roots the proxy trusts, as Envoy's BoringSSL
+does it; this module only builds the contexts, reads the SNI of a ClientHello without terminating TLS
+(what an AUTO_PASSTHROUGH gateway does), and words a failure the way Envoy words it to the app.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import struct
+import tempfile
+from pathlib import Path
+
+from meshfed.pki.authority import WorkloadCert
+from meshfed.pki.certs import PrivateKey, cert_pem, key_pem, write_private
+
+
+class KeyFolder:
+    """A private folder (0700) where each proxy's key is its own file (0600), as OpenSSL needs files."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="meshfed-keys-"))
+        os.chmod(self.path, 0o700)
+
+    def write(self, name: str, key: PrivateKey, chain_pem: bytes) -> tuple[Path, Path]:
+        key_file = self.path / f"{name}.key"
+        chain_file = self.path / f"{name}.crt"
+        write_private(key_file, key_pem(key))
+        chain_file.write_bytes(chain_pem)
+        return chain_file, key_file
+
+    def remove(self) -> None:
+        for item in self.path.iterdir():
+            item.unlink()
+        self.path.rmdir()
+
+
+def contexts(folder: KeyFolder, name: str, cert: WorkloadCert) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(client, server) contexts presenting ``cert`` and trusting its roots; the server requires a client certificate."""
+    chain_file, key_file = folder.write(name, cert.key, cert_pem(*cert.chain))
+    roots = cert_pem(*cert.trusted_roots).decode()
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False  # Istio matches the SPIFFE URI SAN, not a host name
+    client.verify_mode = ssl.CERT_REQUIRED
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.verify_mode = ssl.CERT_REQUIRED
+    for context in (client, server):
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(chain_file, key_file)
+        context.load_verify_locations(cadata=roots)
+    return client, server
+
+
+def trust_only(roots_pem: bytes) -> ssl.SSLContext:
+    """A client context that verifies the server against ``roots_pem`` and presents no certificate."""
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.load_verify_locations(cadata=roots_pem.decode())
+    return client
+
+
+def read_client_hello(sock: socket.socket, limit: int = 16384) -> tuple[str | None, bytes]:
+    """The SNI of the ClientHello at the start of ``sock`` and every byte read to find it."""
+    data = b""
+    while len(data) < 5:
+        chunk = sock.recv(5 - len(data))
+        if not chunk:
+            return None, data
+        data += chunk
+    if data[0] != 0x16:  # not a TLS handshake record
+        return None, data
+    length = struct.unpack("!H", data[3:5])[0]
+    while len(data) < 5 + length and len(data) < limit:
+        chunk = sock.recv(5 + length - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return _sni(data[5 : 5 + length]), data
+
+
+def _sni(hello: bytes) -> str | None:
+    try:
+        if hello[0] != 0x01:  # ClientHello
+            return None
+        pos = 4 + 2 + 32  # handshake header, version, random
+        pos += 1 + hello[pos]  # session id
+        pos += 2 + struct.unpack("!H", hello[pos : pos + 2])[0]  # cipher suites
+        pos += 1 + hello[pos]  # compression methods
+        end = pos + 2 + struct.unpack("!H", hello[pos : pos + 2])[0]
+        pos += 2
+        while pos + 4 <= end:
+            ext_type, ext_len = struct.unpack("!HH", hello[pos : pos + 4])
+            pos += 4
+            if ext_type == 0:  # server_name: list length, type (0 = host_name), name length, name
+                name_len = struct.unpack("!H", hello[pos + 3 : pos + 5])[0]
+                return hello[pos + 5 : pos + 5 + name_len].decode("ascii")
+            pos += ext_len
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return None
+    return None
+
+
+# BoringSSL packs errors as (library << 24) | reason; Envoy prints "<code>:SSL routines:OPENSSL_internal:<REASON>".
+_SSL_REASONS = {
+    "CERTIFICATE_VERIFY_FAILED": 125,
+    "SSLV3_ALERT_BAD_CERTIFICATE": 1042,
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": 1045,
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": 1046,
+    "TLSV1_ALERT_UNKNOWN_CA": 1048,
+    "TLSV1_ALERT_DECRYPT_ERROR": 1051,
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": 1116,
+}
+_PREFIX = "upstream connect error or disconnect/reset before headers. "
+
+
+def envoy_reset_text(error: BaseException, retried: bool) -> str:
+    """The 503 body Envoy gives the app when the upstream connection or handshake failed."""
+    head = _PREFIX + ("retried and the latest reset reason: " if retried else "reset reason: ")
+    if isinstance(error, TimeoutError | socket.timeout):
+        return head + "connection timeout"
+    if isinstance(error, ConnectionRefusedError):
+        return head + "remote connection failure, transport failure reason: delayed connect error: 111"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        reason = "CERTIFICATE_VERIFY_FAILED"
+    elif (isinstance(error, ssl.SSLError) and error.reason in _SSL_REASONS) or (
+        isinstance(error, ssl.SSLError) and error.reason is not None
+    ):
+        reason = str(error.reason)
+    elif isinstance(
+        error, ConnectionResetError | ssl.SSLEOFError | BrokenPipeError | ConnectionAbortedError | EOFError
+    ):
+        return head + (
+            "remote connection failure, transport failure reason: "
+            "TLS_error:|33554536:system library:OPENSSL_internal:Connection reset by peer:TLS_error_end"
+        )
+    else:
+        return head + f"remote connection failure, transport failure reason: {error}"
+    code = (16 << 24) | _SSL_REASONS.get(reason, 0)
+    return (
+        head
+        + f"remote connection failure, transport failure reason: TLS_error:|{code}:SSL routines:OPENSSL_internal:{reason}:TLS_error_end"
+    )

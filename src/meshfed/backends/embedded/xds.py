@@ -1,0 +1,80 @@
+"""What istiod pushes to a proxy: the embedded mesh's stand-in for Envoy's xDS resources.
+
+A proxy keeps the last configuration it was given: when istiod goes away, existing proxies keep
+their endpoints and policies, as Envoy does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a proxy sends a request: a pod address, or the east-west gateway of the pod's network."""
+
+    address: str
+    port: int
+    cluster: str
+    network: str
+    region: str
+    zone: str
+    pod: str  # the pod behind it (for a gateway endpoint: the pod the gateway will pick among)
+    via_gateway: bool = False
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    fqdn: str
+    port: int
+    target_port: int
+    endpoints: tuple[Endpoint, ...]
+    accounts: frozenset[str]  # SPIFFE IDs the server may present (Istio's secure naming)
+    traffic_policy: Mapping[str, Any] = field(default_factory=dict)  # DestinationRule trafficPolicy
+
+
+@dataclass(frozen=True)
+class AuthzPolicy:
+    name: str
+    action: str  # ALLOW | DENY
+    rules: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class GatewayServer:
+    port: int
+    mode: str  # AUTO_PASSTHROUGH | PASSTHROUGH
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TlsRoute:
+    port: int
+    sni_hosts: tuple[str, ...]
+    host: str
+    target_port: int
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    trust_domain: str
+    services: Mapping[tuple[str, int], ServiceView]
+    mtls_mode: str = "PERMISSIVE"  # the PeerAuthentication that applies to this workload
+    authz: tuple[AuthzPolicy, ...] = ()
+    gateway_servers: tuple[GatewayServer, ...] = ()
+    tls_routes: tuple[TlsRoute, ...] = ()
+
+    def service(self, fqdn: str, port: int) -> ServiceView | None:
+        return self.services.get((fqdn, port))
+
+
+def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
+    """Istio host matching: ``*`` matches all, ``*.local`` any name ending in ``.local``."""
+    for pattern in patterns:
+        if pattern == "*" or pattern == host:
+            return True
+        if pattern.startswith("*.") and host.endswith(pattern[1:]):
+            return True
+    return False

@@ -1,0 +1,134 @@
+"""The ordered install plan of a topology, shared by every backend.
+
+It follows Istio's multi-cluster guides ("Install Multi-Primary on different networks", "Install
+Primary-Remote on different networks") and ``../shared/ISTIO_FACTS.md``: ``istio-system`` with its
+network label and the ``cacerts`` Secret BEFORE istiod; the control plane; the east-west gateway and
+its address; ``expose-services`` (and ``expose-istiod`` on a primary that serves remotes); remote
+secrets once the gateways have addresses; then the test namespace and workloads. A backend carries
+out the steps in order; it may run steps of different clusters side by side only where the plan says
+nothing depends on it (it never does here: the order is the contract).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from meshfed import manifests
+from meshfed.manifests import Obj
+from meshfed.topology import ClusterSpec, MeshSpec, Topology
+
+
+class StepKind(enum.Enum):
+    APPLY = "apply"  # kubectl apply the objects
+    INSTALL = "install"  # istioctl install -f the IstioOperator
+    WAIT_GATEWAY_ADDRESS = "wait-gateway-address"  # until the east-west gateway Service has an address
+    INSTALL_REMOTE = "install-remote"  # the remote profile, pointed at `source`'s east-west gateway
+    REMOTE_SECRET = "remote-secret"  # a secret for reading `source`, applied in `cluster`
+
+
+@dataclass(frozen=True)
+class Step:
+    cluster: str
+    kind: StepKind
+    title: str
+    objects: tuple[Obj, ...] = ()
+    source: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.cluster}: {self.title}"
+
+
+def _control_plane(
+    cluster: ClusterSpec, mesh: MeshSpec, cacerts: Mapping[str, bytes] | None, serves_remotes: bool
+) -> Iterator[Step]:
+    yield Step(
+        cluster.name,
+        StepKind.APPLY,
+        f"namespace istio-system, network {cluster.network}",
+        (manifests.istio_system(cluster),),
+    )
+    if cacerts is not None:
+        yield Step(cluster.name, StepKind.APPLY, "cacerts Secret (before istiod)", (manifests.cacerts(cacerts),))
+    yield Step(
+        cluster.name,
+        StepKind.INSTALL,
+        "control plane (istiod)",
+        (manifests.istio_operator(cluster, mesh, external_istiod=serves_remotes),),
+    )
+
+
+def _gateway(cluster: ClusterSpec) -> Iterator[Step]:
+    yield Step(cluster.name, StepKind.INSTALL, "east-west gateway", (manifests.eastwest_gateway(cluster.network),))
+    yield Step(cluster.name, StepKind.WAIT_GATEWAY_ADDRESS, "east-west gateway address")
+
+
+def _workloads(mesh: MeshSpec, image: str) -> Iterator[Step]:
+    for cluster in mesh.clusters:
+        objects = (manifests.test_namespace(), *manifests.workloads(cluster, mesh, image))
+        yield Step(cluster.name, StepKind.APPLY, "test namespace and workloads", objects)
+
+
+def plan(
+    mesh: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], image: str = manifests.WORKLOAD_IMAGE
+) -> list[Step]:
+    """The steps for ``mesh``; ``cacerts`` maps a cluster to its plug-in files (none: istiod self-signs)."""
+    steps: list[Step] = []
+    if mesh.topology is Topology.MULTI_PRIMARY:
+        for cluster in mesh.clusters:
+            steps += _control_plane(cluster, mesh, cacerts.get(cluster.name), serves_remotes=False)
+            steps += _gateway(cluster)
+            steps.append(
+                Step(
+                    cluster.name,
+                    StepKind.APPLY,
+                    "expose services (cross-network-gateway)",
+                    (manifests.cross_network_gateway(),),
+                )
+            )
+        for pair in mesh.pairs():
+            steps.append(
+                Step(pair.destination, StepKind.REMOTE_SECRET, f"remote secret for {pair.source}", source=pair.source)
+            )
+    else:
+        primary, *remotes = mesh.clusters
+        steps += _control_plane(primary, mesh, cacerts.get(primary.name), serves_remotes=True)
+        steps += _gateway(primary)
+        steps.append(Step(primary.name, StepKind.APPLY, "expose istiod", tuple(manifests.expose_istiod())))
+        steps.append(
+            Step(
+                primary.name,
+                StepKind.APPLY,
+                "expose services (cross-network-gateway)",
+                (manifests.cross_network_gateway(),),
+            )
+        )
+        for remote in remotes:
+            namespace = manifests.istio_system(remote, control_plane_cluster=primary.name)
+            steps.append(
+                Step(
+                    remote.name,
+                    StepKind.APPLY,
+                    f"namespace istio-system, network {remote.network}, controlled by {primary.name}",
+                    (namespace,),
+                )
+            )
+            if remote.name in cacerts:
+                steps.append(
+                    Step(remote.name, StepKind.APPLY, "cacerts Secret", (manifests.cacerts(cacerts[remote.name]),))
+                )
+            steps.append(
+                Step(
+                    remote.name,
+                    StepKind.INSTALL_REMOTE,
+                    f"remote profile, istiod of {primary.name}",
+                    source=primary.name,
+                )
+            )
+            steps.append(
+                Step(primary.name, StepKind.REMOTE_SECRET, f"remote secret for {remote.name}", source=remote.name)
+            )
+            steps += _gateway(remote)
+    steps += _workloads(mesh, image)
+    return steps

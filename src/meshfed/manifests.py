@@ -1,0 +1,417 @@
+"""Every Kubernetes and Istio object the suite creates, as plain dicts.
+
+Real backends send them to an API server (or to ``istioctl install``); the embedded mesh interprets
+them. Names, labels and fields follow Istio's samples (``samples/multicluster``) and guides, so that
+they mean the same thing to both.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from meshfed.topology import ClusterSpec, MeshSpec
+
+Obj = dict[str, Any]
+
+ISTIO_SYSTEM = "istio-system"
+TEST_NAMESPACE = "meshfed"
+NETWORK_LABEL = "topology.istio.io/network"
+CONTROL_PLANE_CLUSTERS = "topology.istio.io/controlPlaneClusters"
+MULTICLUSTER_LABEL = "istio/multiCluster"
+CLUSTER_ANNOTATION = "networking.istio.io/cluster"
+EASTWEST_GATEWAY = "istio-eastwestgateway"
+ECHO_PORT = 8080
+WORKLOAD_IMAGE = "python:3.12-slim"
+WORKLOAD_CONFIGMAP = "meshfed-workload"
+WORKLOAD_MOUNT = "/opt/meshfed"
+CLIENT = "client"
+ECHO = "echo"
+
+
+def _meta(name: str, namespace: str | None = None, **fields: Mapping[str, str]) -> Obj:
+    meta: Obj = {"name": name}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    meta.update({key: dict(value) for key, value in fields.items() if value})
+    return meta
+
+
+def namespace(name: str, labels: Mapping[str, str] | None = None, annotations: Mapping[str, str] | None = None) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": _meta(name, labels=labels or {}, annotations=annotations or {}),
+    }
+
+
+def istio_system(cluster: ClusterSpec, control_plane_cluster: str | None = None) -> Obj:
+    """``istio-system`` with the network label; on a remote, the ``controlPlaneClusters`` annotation."""
+    annotations = {CONTROL_PLANE_CLUSTERS: control_plane_cluster} if control_plane_cluster else {}
+    return namespace(ISTIO_SYSTEM, {NETWORK_LABEL: cluster.network}, annotations)
+
+
+def secret(
+    name: str,
+    namespace_: str,
+    data: Mapping[str, bytes],
+    labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(name, namespace_, labels=labels or {}, annotations=annotations or {}),
+        "type": "Opaque",
+        "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
+    }
+
+
+def cacerts(files: Mapping[str, bytes]) -> Obj:
+    """The plug-in CA Secret istiod mounts at ``/etc/cacerts`` (holds ``ca-key.pem``: never log it)."""
+    return secret("cacerts", ISTIO_SYSTEM, files)
+
+
+def istio_operator(
+    cluster: ClusterSpec,
+    mesh: MeshSpec,
+    *,
+    external_istiod: bool = False,
+    revision: str = "",
+    ca_certificates: Sequence[str] = (),
+) -> Obj:
+    """The control plane of a primary: ``istioctl install -f`` this (meshID, clusterName, network)."""
+    global_values: Obj = {
+        "meshID": mesh.mesh_id,
+        "multiCluster": {"clusterName": cluster.name},
+        "network": cluster.network,
+    }
+    if external_istiod:
+        global_values["externalIstiod"] = True
+    mesh_config: Obj = {"trustDomain": mesh.trust_domain}
+    if ca_certificates:
+        mesh_config["caCertificates"] = [{"pem": pem} for pem in ca_certificates]
+    spec: Obj = {"meshConfig": mesh_config, "values": {"global": global_values}}
+    if revision:
+        spec["revision"] = revision
+    return {
+        "apiVersion": "install.istio.io/v1alpha1",
+        "kind": "IstioOperator",
+        "metadata": _meta(f"control-plane{'-' + revision if revision else ''}", ISTIO_SYSTEM),
+        "spec": spec,
+    }
+
+
+def istio_operator_remote(cluster: ClusterSpec, mesh: MeshSpec, remote_pilot_address: str) -> Obj:
+    """The remote profile: no istiod; injection and config come from the primary's istiod."""
+    return {
+        "apiVersion": "install.istio.io/v1alpha1",
+        "kind": "IstioOperator",
+        "metadata": _meta("control-plane", ISTIO_SYSTEM),
+        "spec": {
+            "profile": "remote",
+            "values": {
+                "istiodRemote": {"injectionPath": f"/inject/cluster/{cluster.name}/net/{cluster.network}"},
+                "global": {
+                    "meshID": mesh.mesh_id,
+                    "multiCluster": {"clusterName": cluster.name},
+                    "network": cluster.network,
+                    "remotePilotAddress": remote_pilot_address,
+                },
+            },
+        },
+    }
+
+
+def eastwest_gateway(network: str, revision: str = "") -> Obj:
+    """What ``samples/multicluster/gen-eastwest-gateway.sh --network <net>`` prints."""
+    return {
+        "apiVersion": "install.istio.io/v1alpha1",
+        "kind": "IstioOperator",
+        "metadata": _meta("eastwest", ISTIO_SYSTEM),
+        "spec": {
+            "revision": revision,
+            "profile": "empty",
+            "components": {
+                "ingressGateways": [
+                    {
+                        "name": EASTWEST_GATEWAY,
+                        "label": {"istio": "eastwestgateway", "app": EASTWEST_GATEWAY, NETWORK_LABEL: network},
+                        "enabled": True,
+                        "k8s": {
+                            "env": [{"name": "ISTIO_META_REQUESTED_NETWORK_VIEW", "value": network}],
+                            "service": {
+                                "ports": [
+                                    {"name": "status-port", "port": 15021, "targetPort": 15021},
+                                    {"name": "tls", "port": 15443, "targetPort": 15443},
+                                    {"name": "tls-istiod", "port": 15012, "targetPort": 15012},
+                                    {"name": "tls-webhook", "port": 15017, "targetPort": 15017},
+                                ]
+                            },
+                        },
+                    }
+                ]
+            },
+            "values": {
+                "gateways": {"istio-ingressgateway": {"injectionTemplate": "gateway"}},
+                "global": {"network": network},
+            },
+        },
+    }
+
+
+def cross_network_gateway() -> Obj:
+    """``samples/multicluster/expose-services.yaml``: AUTO_PASSTHROUGH on 15443 for ``*.local``."""
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": _meta("cross-network-gateway", ISTIO_SYSTEM),
+        "spec": {
+            "selector": {"istio": "eastwestgateway"},
+            "servers": [
+                {
+                    "port": {"number": 15443, "name": "tls", "protocol": "TLS"},
+                    "tls": {"mode": "AUTO_PASSTHROUGH"},
+                    "hosts": ["*.local"],
+                }
+            ],
+        },
+    }
+
+
+def expose_istiod() -> list[Obj]:
+    """``samples/multicluster/expose-istiod.yaml``: istiod's 15012 and 15017 through the gateway."""
+    gateway = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": _meta("istiod-gateway", ISTIO_SYSTEM),
+        "spec": {
+            "selector": {"istio": "eastwestgateway"},
+            "servers": [
+                {
+                    "port": {"name": "tls-istiod", "number": 15012, "protocol": "tls"},
+                    "tls": {"mode": "PASSTHROUGH"},
+                    "hosts": ["*"],
+                },
+                {
+                    "port": {"name": "tls-istiodwebhook", "number": 15017, "protocol": "tls"},
+                    "tls": {"mode": "PASSTHROUGH"},
+                    "hosts": ["*"],
+                },
+            ],
+        },
+    }
+    istiod = "istiod.istio-system.svc.cluster.local"
+    virtual_service = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": _meta("istiod-vs", ISTIO_SYSTEM),
+        "spec": {
+            "hosts": ["*"],
+            "gateways": ["istiod-gateway"],
+            "tls": [
+                {
+                    "match": [{"port": 15012, "sniHosts": ["*"]}],
+                    "route": [{"destination": {"host": istiod, "port": {"number": 15012}}}],
+                },
+                {
+                    "match": [{"port": 15017, "sniHosts": ["*"]}],
+                    "route": [{"destination": {"host": istiod, "port": {"number": 443}}}],
+                },
+            ],
+        },
+    }
+    return [gateway, virtual_service]
+
+
+def kubeconfig(cluster_name: str, server: str, token: str = "") -> str:
+    """A kubeconfig as ``istioctl create-remote-secret`` writes it (credentials elided by the caller)."""
+    return (
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters:\n- cluster:\n    server: {server}\n  name: {cluster_name}\n"
+        f"contexts:\n- context:\n    cluster: {cluster_name}\n    user: {cluster_name}\n  name: {cluster_name}\n"
+        f"current-context: {cluster_name}\n"
+        f"users:\n- name: {cluster_name}\n  user:\n    token: {token}\n"
+    )
+
+
+def remote_secret(cluster_name: str, kubeconfig_text: str) -> Obj:
+    """``istioctl create-remote-secret --name=<cluster>``: lets another cluster's istiod read this one."""
+    return secret(
+        f"istio-remote-secret-{cluster_name}",
+        ISTIO_SYSTEM,
+        {cluster_name: kubeconfig_text.encode()},
+        labels={MULTICLUSTER_LABEL: "true"},
+        annotations={CLUSTER_ANNOTATION: cluster_name},
+    )
+
+
+def test_namespace(revision: str = "") -> Obj:
+    labels = {"istio.io/rev": revision} if revision else {"istio-injection": "enabled"}
+    return namespace(TEST_NAMESPACE, labels)
+
+
+def service_account(name: str, namespace_: str = TEST_NAMESPACE) -> Obj:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, namespace_)}
+
+
+def service(name: str, namespace_: str = TEST_NAMESPACE, port: int = ECHO_PORT) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, namespace_, labels={"app": name, "service": name}),
+        "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": port, "targetPort": port}]},
+    }
+
+
+def workload_configmap(namespace_: str = TEST_NAMESPACE) -> Obj:
+    program = (Path(__file__).parent / "workloads" / "echo.py").read_text()
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(WORKLOAD_CONFIGMAP, namespace_),
+        "data": {"echo.py": program},
+    }
+
+
+def _env(name: str, value: str) -> Obj:
+    return {"name": name, "value": value}
+
+
+def _field_env(name: str, path: str) -> Obj:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def deployment(
+    name: str,
+    *,
+    app: str,
+    service_account_name: str,
+    args: Sequence[str],
+    cluster: str,
+    version: str,
+    namespace_: str = TEST_NAMESPACE,
+    image: str = WORKLOAD_IMAGE,
+    replicas: int = 1,
+) -> Obj:
+    """A Deployment running the workload program from its ConfigMap in a stock Python image."""
+    labels = {"app": app, "version": version}
+    container: Obj = {
+        "name": app,
+        "image": image,
+        "command": ["python", f"{WORKLOAD_MOUNT}/echo.py", *args],
+        "env": [
+            _env("CLUSTER", cluster),
+            _env("SERVICE", app),
+            _env("VERSION", version),
+            _field_env("POD_NAME", "metadata.name"),
+            _field_env("POD_NAMESPACE", "metadata.namespace"),
+        ],
+        "volumeMounts": [{"name": "program", "mountPath": WORKLOAD_MOUNT}],
+    }
+    if args and args[0] == "serve":
+        container["ports"] = [{"containerPort": ECHO_PORT, "name": "http"}]
+        container["readinessProbe"] = {"tcpSocket": {"port": ECHO_PORT}, "periodSeconds": 2}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(name, namespace_, labels=labels),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": service_account_name,
+                    "containers": [container],
+                    "volumes": [{"name": "program", "configMap": {"name": WORKLOAD_CONFIGMAP}}],
+                },
+            },
+        },
+    }
+
+
+def only_in(cluster: str) -> str:
+    """The service that runs only in ``cluster`` (its Service object exists in every cluster)."""
+    return f"{ECHO}-{cluster}"
+
+
+def service_url(name: str, namespace_: str = TEST_NAMESPACE, port: int = ECHO_PORT) -> str:
+    return f"http://{name}.{namespace_}.svc.cluster.local:{port}/"
+
+
+def workloads(cluster: ClusterSpec, mesh: MeshSpec, image: str = WORKLOAD_IMAGE) -> list[Obj]:
+    """The test workloads of one cluster: the client, ``echo`` (everywhere) and ``echo-<cluster>``
+    (here only), with a Service for every cluster's ``echo-<cluster>`` so that each name resolves."""
+    objects = [workload_configmap(), service_account(CLIENT), service_account(ECHO), service(ECHO)]
+    objects += [service(only_in(other)) for other in mesh.names]
+    objects.append(
+        deployment(
+            CLIENT,
+            app=CLIENT,
+            service_account_name=CLIENT,
+            args=["idle"],
+            cluster=cluster.name,
+            version=cluster.name,
+            image=image,
+        )
+    )
+    objects.append(
+        deployment(
+            ECHO,
+            app=ECHO,
+            service_account_name=ECHO,
+            args=["serve"],
+            cluster=cluster.name,
+            version=cluster.name,
+            image=image,
+        )
+    )
+    local = only_in(cluster.name)
+    objects.append(
+        deployment(
+            local,
+            app=local,
+            service_account_name=ECHO,
+            args=["serve"],
+            cluster=cluster.name,
+            version=cluster.name,
+            image=image,
+        )
+    )
+    return objects
+
+
+def peer_authentication(mode: str, namespace_: str = TEST_NAMESPACE, name: str = "default") -> Obj:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": _meta(name, namespace_),
+        "spec": {"mtls": {"mode": mode}},
+    }
+
+
+def authorization_policy(
+    name: str, app: str, principals: Sequence[str], namespace_: str = TEST_NAMESPACE, action: str = "ALLOW"
+) -> Obj:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": _meta(name, namespace_),
+        "spec": {
+            "selector": {"matchLabels": {"app": app}},
+            "action": action,
+            "rules": [{"from": [{"source": {"principals": list(principals)}}]}],
+        },
+    }
+
+
+def destination_rule(name: str, host: str, traffic_policy: Mapping[str, Any], namespace_: str = TEST_NAMESPACE) -> Obj:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": _meta(name, namespace_),
+        "spec": {"host": host, "trafficPolicy": dict(traffic_policy)},
+    }
