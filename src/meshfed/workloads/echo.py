@@ -73,6 +73,7 @@ class EchoState:
 def _handler(state: EchoState) -> type[BaseHTTPRequestHandler]:
     class EchoHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
         server_version = "meshfed-echo"
 
         def log_message(self, format: str, *args: Any) -> None:
@@ -124,6 +125,7 @@ class _Connection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         self.sock = self._connect(self.host, self.port, self.timeout)  # type: ignore[arg-type]
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def call_once(

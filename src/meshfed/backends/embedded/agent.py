@@ -11,7 +11,6 @@ renewal that cannot reach istiod keeps the old certificate.
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import threading
 from collections.abc import Callable, Mapping

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from meshfed.backends.embedded.agent import Injection, ProxyAgent
+from meshfed.backends.embedded.fabric import close_listener
 from meshfed.backends.embedded.gateway import EastWestGateway, pipe
 from meshfed.backends.embedded.istiod import Istiod, IstiodStartError
 from meshfed.backends.embedded.sidecar import Sidecar
@@ -124,7 +125,7 @@ class ClusterRuntime:
             self._ensure_loadbalancer(obj)
         elif kind == "Service" and event == "DELETED":
             for listener in self._lb_listeners.pop((obj["metadata"]["namespace"], obj["metadata"]["name"]), []):
-                listener.close()
+                close_listener(listener)
         elif kind == "Pod" and event == "DELETED":
             pod = self.pods.pop((obj["metadata"]["namespace"], obj["metadata"]["name"]), None)
             if pod is not None:
@@ -234,7 +235,7 @@ class ClusterRuntime:
                 pod.message = str(error)
                 pod.istiod.ca_choice = None
                 return
-            self.mesh.istiod_started()
+            self.mesh.reconnect_proxies()
             return
         injection = self.injection(pod.namespace, pod.labels, gateway=pod.role == "gateway")
         if pod.role == "gateway":
@@ -337,9 +338,7 @@ class ClusterRuntime:
     def fqdn(self, host: str, namespace: str) -> str | None:
         """DNS in this cluster: the Service's FQDN when the name resolves here, else None."""
         parts = host.split(".")
-        if host.endswith(".svc.cluster.local") and len(parts) == 5:
-            name, ns = parts[0], parts[1]
-        elif len(parts) in (2, 3) and (len(parts) == 2 or parts[2] == "svc"):
+        if (host.endswith(".svc.cluster.local") and len(parts) == 5) or (len(parts) in (2, 3) and (len(parts) == 2 or parts[2] == "svc")):
             name, ns = parts[0], parts[1]
         elif len(parts) == 1:
             name, ns = host, namespace
@@ -371,7 +370,7 @@ class ClusterRuntime:
             pod.stop()
         for listeners in self._lb_listeners.values():
             for listener in listeners:
-                listener.close()
+                close_listener(listener)
 
 
 def _role(container: Mapping[str, Any]) -> str | None:

@@ -94,7 +94,9 @@ class Fabric:
         if not _is_loopback(ip) or not self.reachable(from_network, ip):
             time.sleep(timeout)
             raise Unroutable(f"connect to {ip}:{port} timed out: no route from network {from_network!r}")
-        return socket.create_connection((ip, port), timeout=timeout)
+        sock = socket.create_connection((ip, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
 
 def _is_loopback(ip: str) -> bool:
@@ -102,3 +104,12 @@ def _is_loopback(ip: str) -> bool:
         return ipaddress.ip_address(ip).is_loopback
     except ValueError:
         return False
+
+
+def close_listener(listener: socket.socket) -> None:
+    """Close a listening socket so that a thread blocked in accept() wakes up and the port is freed."""
+    try:
+        listener.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    listener.close()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from meshfed.backends.embedded import xds
 from meshfed.backends.embedded.agent import ProxyAgent
+from meshfed.backends.embedded.fabric import close_listener
 from meshfed.backends.embedded.tls import read_client_hello
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ def pipe(a: socket.socket, b: socket.socket) -> None:
                 except OSError:
                     pass
 
+    for sock in (a, b):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     other = threading.Thread(target=copy, args=(b, a), daemon=True)
     other.start()
     copy(a, b)
@@ -78,7 +81,7 @@ class EastWestGateway:
 
     def stop(self) -> None:
         for listener in self._listeners:
-            listener.close()
+            close_listener(listener)
         self.agent.detach()
 
     def _accept(self, listener: socket.socket, port: int) -> None:

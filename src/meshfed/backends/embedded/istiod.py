@@ -46,6 +46,7 @@ from cryptography import x509
 
 from meshfed.backends.base import RemoteClusterStatus
 from meshfed.backends.embedded import xds
+from meshfed.backends.embedded.fabric import close_listener
 from meshfed.backends.embedded.store import ObjectStore, matches
 from meshfed.manifests import ISTIO_SYSTEM, MULTICLUSTER_LABEL, NETWORK_LABEL
 from meshfed.pki import PluginCA, SpiffeId, bundle_from_secret, validate_bundle
@@ -178,17 +179,24 @@ class Istiod:
         self._write_root_certs()
         self.push()
 
+    @property
+    def running(self) -> bool:
+        return self._running
+
     def stop(self) -> None:
+        was_running = self._running
         self._running = False
         self.store.unwatch(self._on_own_event)
         for store in self._watched.values():
             store.unwatch(self._on_remote_event)
         self._watched.clear()
         if self._listener is not None:
-            self._listener.close()
+            close_listener(self._listener)
             self._listener = None
         with self._lock:
             self.proxies.clear()  # the xDS streams break; proxies keep their last config
+        if was_running:
+            self.runtime.mesh.reconnect_proxies()  # ... and reconnect to another istiod, if one answers
 
     # -- CA -----------------------------------------------------------------------------------
     @property

@@ -12,7 +12,16 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshfed import manifests
-from meshfed.backends.base import Backend, BackendError, Cluster, Mesh, PodInfo, Progress, ProxyCerts, RemoteClusterStatus
+from meshfed.backends.base import (
+    Backend,
+    BackendError,
+    Cluster,
+    Mesh,
+    PodInfo,
+    Progress,
+    ProxyCerts,
+    RemoteClusterStatus,
+)
 from meshfed.backends.embedded.admission import admit
 from meshfed.backends.embedded.clock import MeshClock
 from meshfed.backends.embedded.cluster import ClusterRuntime, PodRuntime
@@ -40,6 +49,7 @@ class MeshRuntime:
         self.keys = KeyFolder()
         self.clusters: dict[str, ClusterRuntime] = {}
         self._istiods: dict[str, Istiod] = {}
+        self.closing = False
         for cluster in spec.clusters:
             self.fabric.add_cluster(cluster.name, cluster.network)
             self.clusters[cluster.name] = ClusterRuntime(self, cluster)
@@ -64,14 +74,16 @@ class MeshRuntime:
     def _agent_pods(self) -> list[tuple[ClusterRuntime, PodRuntime]]:
         return [(c, p) for c in self.clusters.values() for p in list(c.pods.values()) if p.agent is not None and not p.stopped]
 
-    def istiod_started(self) -> None:
+    def reconnect_proxies(self) -> None:
         """Proxies waiting for a certificate retry, and proxies whose istiod went away reconnect."""
+        if self.closing:
+            return
         for runtime, pod in self._agent_pods():
             assert pod.agent is not None
             was_ready = pod.ready
             if pod.agent.cert is None:
                 ok = pod.agent.bootstrap()
-            elif pod.agent.istiod is None or not pod.agent.istiod._running:
+            elif pod.agent.istiod is None or not pod.agent.istiod.running:
                 ok = pod.agent.reconnect()
             else:
                 continue
@@ -87,6 +99,7 @@ class MeshRuntime:
             runtime.write_pod_status(pod)
 
     def shutdown(self) -> None:
+        self.closing = True
         for runtime in self.clusters.values():
             runtime.shutdown()
         self.keys.remove()
@@ -210,7 +223,7 @@ class EmbeddedCluster(Cluster):
         return ProxyCerts(cert.chain, cert.trusted_roots)
 
     def remote_clusters(self) -> list[RemoteClusterStatus]:
-        istiods = [p.istiod for p in self.runtime.pods.values() if p.istiod is not None and not p.stopped and p.istiod._running]
+        istiods = [p.istiod for p in self.runtime.pods.values() if p.istiod is not None and not p.stopped and p.istiod.running]
         if not istiods:
             raise BackendError(f"{self.name}: no running istiod here; ask the cluster that runs its control plane")
         return istiods[0].remote_status()

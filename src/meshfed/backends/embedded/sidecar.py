@@ -33,6 +33,7 @@ from cryptography import x509
 
 from meshfed.backends.embedded import xds
 from meshfed.backends.embedded.agent import ProxyAgent
+from meshfed.backends.embedded.fabric import close_listener
 from meshfed.backends.embedded.lb import choose
 from meshfed.backends.embedded.tls import contexts, envoy_reset_text
 from meshfed.pki import WorkloadCert
@@ -153,7 +154,7 @@ class Sidecar:
             self._outbound.shutdown()
             self._outbound.server_close()
         for listener in self._listeners:
-            listener.close()
+            close_listener(listener)
         self.agent.detach()
 
     # -- inbound --------------------------------------------------------------------------------
@@ -242,8 +243,9 @@ def _request_parts(handler: BaseHTTPRequestHandler) -> tuple[list[tuple[str, str
 def _outbound_handler(sidecar: Sidecar) -> type[BaseHTTPRequestHandler]:
     class Outbound(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
         def _handle(self) -> None:
@@ -286,8 +288,9 @@ def _outbound_handler(sidecar: Sidecar) -> type[BaseHTTPRequestHandler]:
 def _inbound_handler(sidecar: Sidecar, port: int, principal: str, digest: str) -> type[BaseHTTPRequestHandler]:
     class Inbound(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
         def _handle(self) -> None:

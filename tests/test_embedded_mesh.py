@@ -1,0 +1,244 @@
+"""The embedded mesh, driven only through the backend contract, behaves as Istio does."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from meshfed import manifests
+from meshfed.backends.base import BackendError, Cluster
+from meshfed.calls import CallResult, Symptom
+from meshfed.manifests import ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
+from meshfed.pki import create_mesh_pki, fingerprint
+from meshfed.pki.certs import cert_pem, key_pem, write_private
+from meshfed.pki.spiffe import SpiffeId
+from tests.conftest import Provision
+
+CLIENT_ID = "spiffe://cluster.local/ns/meshfed/sa/client"
+
+
+def calls(cluster: Cluster, url: str, count: int = 3, app: str = "client", namespace: str = TEST_NAMESPACE) -> list[CallResult]:
+    pod = cluster.pod_of(namespace, app)
+    return cluster.call(pod.name, namespace, url, count, timeout=5)
+
+
+@pytest.mark.parametrize(("topology", "clusters"), [("multi-primary", 2), ("multi-primary", 3), ("primary-remote", 2), ("primary-remote", 3)])
+def test_calls_both_ways_carry_the_caller_identity(provision: Provision, topology: str, clusters: int) -> None:
+    mesh, _ = provision(topology, clusters)
+    for pair in mesh.spec.pairs():
+        results = calls(mesh[pair.source], service_url(only_in(pair.destination)))
+        assert [r.symptom for r in results] == [Symptom.OK] * 3, [r.described for r in results]
+        assert {r.cluster for r in results} == {pair.destination}
+        assert {(r.reply or {}).get("caller") for r in results} == {CLIENT_ID}
+
+
+def test_service_everywhere_answers_from_every_cluster(provision: Provision) -> None:
+    mesh, _ = provision("multi-primary", 3)
+    for name in mesh.spec.names:
+        answered = {r.cluster for r in calls(mesh[name], service_url("echo"), count=12)}
+        assert answered == set(mesh.spec.names)
+
+
+def test_second_root_ca_breaks_both_directions(provision: Provision) -> None:
+    mesh, _ = provision()
+    other = create_mesh_pki(["cluster-b"], key_type="ecdsa").cluster_cas["cluster-b"]
+    b = mesh["cluster-b"]
+    b.apply(manifests.cacerts(other.secret_data()))
+    b.rollout_restart("istiod", ISTIO_SYSTEM)
+    # Workloads keep the certificates they got from the old root until they restart.
+    assert all(r.ok for r in calls(mesh["cluster-a"], service_url(only_in("cluster-b"))))
+    for deployment in ("client", "echo", only_in("cluster-b")):
+        b.rollout_restart(deployment, TEST_NAMESPACE)
+    for source, destination in (("cluster-a", "cluster-b"), ("cluster-b", "cluster-a")):
+        results = calls(mesh[source], service_url(only_in(destination)))
+        assert [r.described for r in results] == ["TLS verify failed (CERTIFICATE_VERIFY_FAILED)"] * 3
+        assert "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end" in results[0].body
+    certs = b.proxy_certs(b.pod_of(TEST_NAMESPACE, "client").name, TEST_NAMESPACE)
+    assert fingerprint(certs.trusted_roots[0]) == fingerprint(other.root_certs[0])
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
+def test_openssl_s_client_reaches_an_echo_through_the_eastwest_gateway(provision: Provision, tmp_path: Path) -> None:
+    mesh, pki = provision()
+    gateway = mesh["cluster-b"].get("Service", manifests.EASTWEST_GATEWAY, ISTIO_SYSTEM)
+    assert gateway is not None
+    address = gateway["status"]["loadBalancer"]["ingress"][0]["ip"]
+    host = f"{only_in('cluster-b')}.{TEST_NAMESPACE}.svc.cluster.local"
+    request = f"GET / HTTP/1.1\r\nHost: {host}:8080\r\nConnection: close\r\n\r\n"
+
+    def s_client(*extra: str) -> str:
+        command = ["openssl", "s_client", "-connect", f"{address}:15443", "-servername", f"outbound_.8080_._.{host}", "-quiet", *extra]
+        result = subprocess.run(command, input=request, capture_output=True, text=True, timeout=20, check=False)
+        return result.stdout
+
+    identity = SpiffeId.for_workload("cluster.local", "tools", "openssl")
+    workload = pki.cluster_cas["cluster-a"].issue_workload(identity, key_type="ecdsa")
+    (tmp_path / "chain.pem").write_bytes(cert_pem(*workload.chain))
+    write_private(tmp_path / "key.pem", key_pem(workload.key))
+    (tmp_path / "root.pem").write_bytes(cert_pem(pki.root.cert))
+    answer = s_client("-cert", str(tmp_path / "chain.pem"), "-key", str(tmp_path / "key.pem"), "-CAfile", str(tmp_path / "root.pem"))
+    assert "HTTP/1.1 200" in answer and '"cluster": "cluster-b"' in answer and str(identity) in answer
+    assert "HTTP/1.1" not in s_client("-CAfile", str(tmp_path / "root.pem"))
+    stranger = create_mesh_pki(["x"], key_type="ecdsa").cluster_cas["x"].issue_workload(identity, key_type="ecdsa")
+    (tmp_path / "stranger.pem").write_bytes(cert_pem(*stranger.chain))
+    write_private(tmp_path / "stranger.key", key_pem(stranger.key))
+    assert "HTTP/1.1" not in s_client("-cert", str(tmp_path / "stranger.pem"), "-key", str(tmp_path / "stranger.key"))
+
+
+def test_a_name_resolves_only_where_its_service_exists(provision: Provision) -> None:
+    mesh, _ = provision()
+    a = mesh["cluster-a"]
+    a.delete("Service", only_in("cluster-b"), TEST_NAMESPACE)
+    [result] = calls(a, service_url(only_in("cluster-b")), count=1)
+    assert result.symptom is Symptom.NAME_RESOLUTION
+
+
+def _outside_client(cluster: Cluster) -> None:
+    cluster.apply(manifests.namespace("outside"))
+    cluster.apply(manifests.workload_configmap("outside"))
+    cluster.apply(manifests.service_account("client", "outside"))
+    cluster.apply(
+        manifests.deployment("client", app="client", service_account_name="client", args=["idle"], cluster=cluster.name, version="x", namespace_="outside")
+    )
+
+
+def test_strict_mtls_refuses_a_caller_outside_the_mesh(provision: Provision) -> None:
+    mesh, _ = provision()
+    b = mesh["cluster-b"]
+    _outside_client(b)
+    url = service_url(only_in("cluster-b"))
+    assert calls(b, url, count=1, namespace="outside")[0].ok, "PERMISSIVE (the default) takes plaintext"
+    b.apply(manifests.peer_authentication("STRICT"))
+    [refused] = calls(b, url, count=1, namespace="outside")
+    assert refused.symptom is Symptom.CONNECTION_RESET, refused.described
+    assert all(r.ok for r in calls(mesh["cluster-a"], url)), "mesh callers still pass"
+
+
+def test_authorization_policy_allows_only_the_named_principal(provision: Provision) -> None:
+    mesh, _ = provision()
+    a, b = mesh["cluster-a"], mesh["cluster-b"]
+    a.apply(manifests.service_account("stranger"))
+    a.apply(manifests.deployment("stranger", app="stranger", service_account_name="stranger", args=["idle"], cluster="cluster-a", version="x"))
+    target = only_in("cluster-b")
+    b.apply(manifests.authorization_policy("only-client", target, ["cluster.local/ns/meshfed/sa/client"]))
+    assert all(r.ok for r in calls(a, service_url(target)))
+    denied = calls(a, service_url(target), app="stranger")
+    assert [r.described for r in denied] == ["RBAC denied"] * 3
+    assert denied[0].status == 403 and denied[0].body == "RBAC: access denied"
+
+
+def test_incomplete_cacerts_keep_istiod_from_starting(provision: Provision) -> None:
+    pki = create_mesh_pki(["cluster-a", "cluster-b"], key_type="ecdsa")
+    files = {name: ca.secret_data() for name, ca in pki.cluster_cas.items()}
+    del files["cluster-a"]["ca-key.pem"]
+    mesh, _ = provision(cacerts=files)
+    [istiod] = mesh["cluster-a"].pods(ISTIO_SYSTEM, {"app": "istiod"})
+    assert not istiod.ready
+    pod = mesh["cluster-a"].get("Pod", istiod.name, ISTIO_SYSTEM)
+    assert pod is not None
+    assert "incomplete signing CA bundle detected" in pod["status"]["conditions"][0]["message"]
+    assert not mesh["cluster-a"].pod_of(TEST_NAMESPACE, "client").ready
+
+
+def test_without_cacerts_each_istiod_self_signs_and_the_clusters_do_not_trust_each_other(provision: Provision) -> None:
+    mesh, _ = provision(cacerts={})
+    secret = mesh["cluster-a"].get("Secret", "istio-ca-secret", ISTIO_SYSTEM)
+    assert secret is not None
+    a = mesh["cluster-a"]
+    certs = a.proxy_certs(a.pod_of(TEST_NAMESPACE, "client").name, TEST_NAMESPACE)
+    assert certs.trusted_roots[0].subject.rfc4514_string() == "O=cluster.local"
+    [result] = calls(a, service_url(only_in("cluster-b")), count=1)
+    assert result.symptom is Symptom.TLS_VERIFY_FAILED
+
+
+def test_cacerts_reload_takes_a_new_intermediate_but_not_a_new_root(provision: Provision) -> None:
+    mesh, pki = provision()
+    a = mesh["cluster-a"]
+    from meshfed.pki import PluginCA
+    from meshfed.pki.authority import new_intermediate
+
+    fresh = PluginCA.from_parts(new_intermediate(pki.root, "cluster-a", key_type="ecdsa"), [pki.root.cert])
+    a.apply(manifests.cacerts(fresh.secret_data()))
+    a.rollout_restart("client", TEST_NAMESPACE)
+    client = a.pod_of(TEST_NAMESPACE, "client").name
+    assert a.proxy_certs(client, TEST_NAMESPACE).chain[1] == fresh.ca_cert
+    other = create_mesh_pki(["cluster-a"], key_type="ecdsa").cluster_cas["cluster-a"]
+    a.apply(manifests.cacerts(other.secret_data()))
+    assert "Multi root is disabled, updating new ROOT-CA not supported" in a.istiod_log()  # type: ignore[attr-defined]
+    a.rollout_restart("client", TEST_NAMESPACE)
+    client = a.pod_of(TEST_NAMESPACE, "client").name
+    assert a.proxy_certs(client, TEST_NAMESPACE).trusted_roots == (pki.root.cert,)
+
+
+def test_missing_remote_secret_leaves_no_endpoints(provision: Provision) -> None:
+    mesh, _ = provision()
+    a = mesh["cluster-a"]
+    assert [s.name for s in a.remote_clusters()] == ["cluster-a", "cluster-b"]
+    a.delete("Secret", "istio-remote-secret-cluster-b", ISTIO_SYSTEM)
+    assert [s.name for s in a.remote_clusters()] == ["cluster-a"]
+    [result] = calls(a, service_url(only_in("cluster-b")), count=1)
+    assert (result.status, result.symptom) == (503, Symptom.NO_HEALTHY_UPSTREAM)
+    assert calls(mesh["cluster-b"], service_url(only_in("cluster-a")), count=1)[0].ok, "the other direction still works"
+
+
+def test_loopback_remote_secret_is_unreachable(provision: Provision) -> None:
+    mesh, _ = provision()
+    a = mesh["cluster-a"]
+    kubeconfig = manifests.kubeconfig("cluster-b", "https://127.0.0.1:6443")
+    a.apply(manifests.remote_secret("cluster-b", kubeconfig))
+    status = {s.name: s.status for s in a.remote_clusters()}
+    assert status == {"cluster-a": "synced", "cluster-b": "timeout"}
+    assert calls(a, service_url(only_in("cluster-b")), count=1)[0].symptom is Symptom.NO_HEALTHY_UPSTREAM
+
+
+def test_without_cross_network_gateway_calls_into_the_cluster_are_reset(provision: Provision) -> None:
+    mesh, _ = provision()
+    mesh["cluster-b"].delete("Gateway", "cross-network-gateway", ISTIO_SYSTEM)
+    [result] = calls(mesh["cluster-a"], service_url(only_in("cluster-b")), count=1)
+    assert result.symptom is Symptom.CONNECTION_RESET, result.described
+    assert "Connection reset by peer" in result.body
+
+
+def test_missing_network_label_hands_out_unroutable_pod_addresses(provision: Provision) -> None:
+    mesh, _ = provision()
+    mesh["cluster-b"].patch("Namespace", ISTIO_SYSTEM, None, {"metadata": {"labels": {manifests.NETWORK_LABEL: None}}})
+    [result] = calls(mesh["cluster-a"], service_url(only_in("cluster-b")), count=1)
+    assert result.symptom is Symptom.TIMEOUT, result.described
+
+
+def test_existing_proxies_survive_istiod_outage_and_new_pods_wait(provision: Provision) -> None:
+    mesh, _ = provision()
+    a = mesh["cluster-a"]
+    a.scale("istiod", ISTIO_SYSTEM, 0)
+    assert all(r.ok for r in calls(a, service_url(only_in("cluster-b"))))
+    a.patch("Deployment", "client", TEST_NAMESPACE, {"spec": {"template": {"metadata": {"annotations": {"x": "1"}}}}})
+    assert not a.wait_ready("client", TEST_NAMESPACE, timeout=0.5)
+    a.scale("istiod", ISTIO_SYSTEM, 1)
+    assert a.wait_ready("client", TEST_NAMESPACE, timeout=5)
+    assert all(r.ok for r in calls(a, service_url(only_in("cluster-b"))))
+
+
+def test_certificates_renew_at_half_their_lifetime(provision: Provision) -> None:
+    mesh, _ = provision()
+    a = mesh["cluster-a"]
+    pod = a.pod_of(TEST_NAMESPACE, "client").name
+    first = a.proxy_certs(pod, TEST_NAMESPACE).chain[0]
+    mesh.clock.advance(timedelta(hours=11))
+    assert a.proxy_certs(pod, TEST_NAMESPACE).chain[0] == first
+    mesh.clock.advance(timedelta(hours=2))
+    assert a.proxy_certs(pod, TEST_NAMESPACE).chain[0] != first
+
+
+def test_objects_it_cannot_interpret_are_refused(provision: Provision) -> None:
+    mesh, _ = provision()
+    a = mesh["cluster-a"]
+    with pytest.raises(BackendError, match="cannot interpret kind 'Sidecar'"):
+        a.apply({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": {"name": "x", "namespace": "meshfed"}})
+    policy = manifests.authorization_policy("p", "echo", ["x"])
+    policy["spec"]["rules"][0]["to"] = [{"operation": {"methods": ["GET"]}}]
+    with pytest.raises(BackendError, match=r"does not interpret spec.rules\[0\].to"):
+        a.apply(policy)
