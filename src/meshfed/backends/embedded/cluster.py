@@ -268,7 +268,7 @@ class ClusterRuntime:
         elif pod.role == "echo":
             pod.server = echo.make_server(pod.ip, port, identity)
         if pod.server is not None:
-            threading.Thread(target=pod.server.serve_forever, daemon=True).start()
+            threading.Thread(target=pod.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def injection(self, namespace: str, labels: Mapping[str, str], *, gateway: bool = False) -> Injection | None:
         """What the sidecar injector webhook would do for a pod here (None: no sidecar)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -113,3 +114,12 @@ def close_listener(listener: socket.socket) -> None:
     except OSError:
         pass
     listener.close()
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with RST, as Envoy does when no filter chain or route takes the connection."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()

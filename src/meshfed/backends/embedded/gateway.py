@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from meshfed.backends.embedded import xds
 from meshfed.backends.embedded.agent import ProxyAgent
-from meshfed.backends.embedded.fabric import close_listener
+from meshfed.backends.embedded.fabric import close_listener, reset
 from meshfed.backends.embedded.tls import read_client_hello
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class EastWestGateway:
             sni, hello = read_client_hello(conn)
             endpoint = self.route(port, sni)
             if endpoint is None:
-                conn.close()
+                reset(conn)
                 return
             upstream = self.runtime.mesh.fabric.dial(self.agent.network, endpoint.address, endpoint.port, 2.0)
             upstream.sendall(hello)

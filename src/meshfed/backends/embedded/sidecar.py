@@ -23,7 +23,6 @@ import http.client
 import itertools
 import socket
 import ssl
-import struct
 import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +32,7 @@ from cryptography import x509
 
 from meshfed.backends.embedded import xds
 from meshfed.backends.embedded.agent import ProxyAgent
-from meshfed.backends.embedded.fabric import close_listener
+from meshfed.backends.embedded.fabric import close_listener, reset
 from meshfed.backends.embedded.lb import choose
 from meshfed.backends.embedded.tls import contexts, envoy_reset_text
 from meshfed.pki import WorkloadCert
@@ -50,15 +49,6 @@ class UpstreamError(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
-
-
-def reset(sock: socket.socket) -> None:
-    """Close with RST, as Envoy does when no filter chain takes the connection."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()
 
 
 def principal_of(cert_der: bytes | None) -> str:
@@ -138,7 +128,7 @@ class Sidecar:
     def start(self) -> None:
         self._outbound = ThreadingHTTPServer(("127.0.0.1", 0), _outbound_handler(self))
         self._outbound.daemon_threads = True
-        threading.Thread(target=self._outbound.serve_forever, daemon=True).start()
+        threading.Thread(target=self._outbound.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         for port in self.app_ports:
             listener = socket.create_server((self.pod_ip, port))
             self._listeners.append(listener)

@@ -163,15 +163,15 @@ class ObjectStore:
         return found
 
     def patch(self, kind: str, name: str, namespace: str | None, patch: Obj) -> Obj:
-        with self._lock:
-            current = self.get(kind, name, namespace)
-            if current is None:
-                raise StoreError(f'{kind} "{name}" not found in {namespace or "the cluster"}')
-            merged = merge_patch(current, patch)
-            merged["metadata"]["name"], merged["kind"] = name, kind
-            if namespace:
-                merged["metadata"]["namespace"] = namespace
-            return self.apply(merged)
+        current = self.get(kind, name, namespace)
+        if current is None:
+            raise StoreError(f'{kind} "{name}" not found in {namespace or "the cluster"}')
+        merged = merge_patch(current, patch)
+        merged["metadata"]["name"], merged["kind"] = name, kind
+        if namespace:
+            merged["metadata"]["namespace"] = namespace
+        # Watchers run outside the lock: they may make calls whose servers read this store.
+        return self.apply(merged)
 
     def delete(self, kind: str, name: str, namespace: str | None = None) -> bool:
         with self._lock:

@@ -123,19 +123,15 @@ def envoy_reset_text(error: BaseException, retried: bool) -> str:
         return head + "connection timeout"
     if isinstance(error, ConnectionRefusedError):
         return head + "remote connection failure, transport failure reason: delayed connect error: 111"
-    if isinstance(error, ssl.SSLCertVerificationError):
-        reason = "CERTIFICATE_VERIFY_FAILED"
-    elif (isinstance(error, ssl.SSLError) and error.reason in _SSL_REASONS) or (
-        isinstance(error, ssl.SSLError) and error.reason is not None
-    ):
-        reason = str(error.reason)
-    elif isinstance(
-        error, ConnectionResetError | ssl.SSLEOFError | BrokenPipeError | ConnectionAbortedError | EOFError
-    ):
+    if isinstance(error, ConnectionResetError | ssl.SSLEOFError | BrokenPipeError | ConnectionAbortedError | EOFError):
         return head + (
             "remote connection failure, transport failure reason: "
             "TLS_error:|33554536:system library:OPENSSL_internal:Connection reset by peer:TLS_error_end"
         )
+    if isinstance(error, ssl.SSLCertVerificationError):
+        reason = "CERTIFICATE_VERIFY_FAILED"
+    elif isinstance(error, ssl.SSLError) and error.reason is not None:
+        reason = str(error.reason)
     else:
         return head + f"remote connection failure, transport failure reason: {error}"
     code = (16 << 24) | _SSL_REASONS.get(reason, 0)
