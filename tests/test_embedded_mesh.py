@@ -21,12 +21,16 @@ from tests.conftest import Provision
 CLIENT_ID = "spiffe://cluster.local/ns/meshfed/sa/client"
 
 
-def calls(cluster: Cluster, url: str, count: int = 3, app: str = "client", namespace: str = TEST_NAMESPACE) -> list[CallResult]:
+def calls(
+    cluster: Cluster, url: str, count: int = 3, app: str = "client", namespace: str = TEST_NAMESPACE
+) -> list[CallResult]:
     pod = cluster.pod_of(namespace, app)
     return cluster.call(pod.name, namespace, url, count, timeout=5)
 
 
-@pytest.mark.parametrize(("topology", "clusters"), [("multi-primary", 2), ("multi-primary", 3), ("primary-remote", 2), ("primary-remote", 3)])
+@pytest.mark.parametrize(
+    ("topology", "clusters"), [("multi-primary", 2), ("multi-primary", 3), ("primary-remote", 2), ("primary-remote", 3)]
+)
 def test_calls_both_ways_carry_the_caller_identity(provision: Provision, topology: str, clusters: int) -> None:
     mesh, _ = provision(topology, clusters)
     for pair in mesh.spec.pairs():
@@ -56,7 +60,10 @@ def test_second_root_ca_breaks_both_directions(provision: Provision) -> None:
     for source, destination in (("cluster-a", "cluster-b"), ("cluster-b", "cluster-a")):
         results = calls(mesh[source], service_url(only_in(destination)))
         assert [r.described for r in results] == ["TLS verify failed (CERTIFICATE_VERIFY_FAILED)"] * 3
-        assert "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end" in results[0].body
+        assert (
+            "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end"
+            in results[0].body
+        )
     certs = b.proxy_certs(b.pod_of(TEST_NAMESPACE, "client").name, TEST_NAMESPACE)
     assert fingerprint(certs.trusted_roots[0]) == fingerprint(other.root_certs[0])
 
@@ -71,7 +78,16 @@ def test_openssl_s_client_reaches_an_echo_through_the_eastwest_gateway(provision
     request = f"GET / HTTP/1.1\r\nHost: {host}:8080\r\nConnection: close\r\n\r\n"
 
     def s_client(*extra: str) -> str:
-        command = ["openssl", "s_client", "-connect", f"{address}:15443", "-servername", f"outbound_.8080_._.{host}", "-quiet", *extra]
+        command = [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"{address}:15443",
+            "-servername",
+            f"outbound_.8080_._.{host}",
+            "-quiet",
+            *extra,
+        ]
         result = subprocess.run(command, input=request, capture_output=True, text=True, timeout=20, check=False)
         return result.stdout
 
@@ -81,7 +97,14 @@ def test_openssl_s_client_reaches_an_echo_through_the_eastwest_gateway(provision
     (tmp_path / "chain.pem").write_bytes(cert_pem(*workload.chain[1:]))
     write_private(tmp_path / "key.pem", key_pem(workload.key))
     (tmp_path / "root.pem").write_bytes(cert_pem(pki.root.cert))
-    own = ("-cert", str(tmp_path / "leaf.pem"), "-cert_chain", str(tmp_path / "chain.pem"), "-key", str(tmp_path / "key.pem"))
+    own = (
+        "-cert",
+        str(tmp_path / "leaf.pem"),
+        "-cert_chain",
+        str(tmp_path / "chain.pem"),
+        "-key",
+        str(tmp_path / "key.pem"),
+    )
     answer = s_client(*own, "-CAfile", str(tmp_path / "root.pem"), "-verify_return_error")
     assert "HTTP/1.1 200" in answer and '"cluster": "cluster-b"' in answer and str(identity) in answer
     assert "HTTP/1.1" not in s_client("-CAfile", str(tmp_path / "root.pem"))
@@ -89,7 +112,14 @@ def test_openssl_s_client_reaches_an_echo_through_the_eastwest_gateway(provision
     (tmp_path / "stranger.pem").write_bytes(cert_pem(stranger.leaf))
     (tmp_path / "stranger-chain.pem").write_bytes(cert_pem(*stranger.chain[1:]))
     write_private(tmp_path / "stranger.key", key_pem(stranger.key))
-    refused = s_client("-cert", str(tmp_path / "stranger.pem"), "-cert_chain", str(tmp_path / "stranger-chain.pem"), "-key", str(tmp_path / "stranger.key"))
+    refused = s_client(
+        "-cert",
+        str(tmp_path / "stranger.pem"),
+        "-cert_chain",
+        str(tmp_path / "stranger-chain.pem"),
+        "-key",
+        str(tmp_path / "stranger.key"),
+    )
     assert "HTTP/1.1" not in refused
     # Without a certificate from the shared root, the echo's sidecar ends the handshake: no answer.
 
@@ -107,7 +137,15 @@ def _outside_client(cluster: Cluster) -> None:
     cluster.apply(manifests.workload_configmap("outside"))
     cluster.apply(manifests.service_account("client", "outside"))
     cluster.apply(
-        manifests.deployment("client", app="client", service_account_name="client", args=["idle"], cluster=cluster.name, version="x", namespace_="outside")
+        manifests.deployment(
+            "client",
+            app="client",
+            service_account_name="client",
+            args=["idle"],
+            cluster=cluster.name,
+            version="x",
+            namespace_="outside",
+        )
     )
 
 
@@ -127,7 +165,11 @@ def test_authorization_policy_allows_only_the_named_principal(provision: Provisi
     mesh, _ = provision()
     a, b = mesh["cluster-a"], mesh["cluster-b"]
     a.apply(manifests.service_account("stranger"))
-    a.apply(manifests.deployment("stranger", app="stranger", service_account_name="stranger", args=["idle"], cluster="cluster-a", version="x"))
+    a.apply(
+        manifests.deployment(
+            "stranger", app="stranger", service_account_name="stranger", args=["idle"], cluster="cluster-a", version="x"
+        )
+    )
     target = only_in("cluster-b")
     b.apply(manifests.authorization_policy("only-client", target, ["cluster.local/ns/meshfed/sa/client"]))
     assert all(r.ok for r in calls(a, service_url(target)))
@@ -242,7 +284,13 @@ def test_objects_it_cannot_interpret_are_refused(provision: Provision) -> None:
     mesh, _ = provision()
     a = mesh["cluster-a"]
     with pytest.raises(BackendError, match="cannot interpret kind 'Sidecar'"):
-        a.apply({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": {"name": "x", "namespace": "meshfed"}})
+        a.apply(
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "Sidecar",
+                "metadata": {"name": "x", "namespace": "meshfed"},
+            }
+        )
     policy = manifests.authorization_policy("p", "echo", ["x"])
     policy["spec"]["rules"][0]["to"] = [{"operation": {"methods": ["GET"]}}]
     with pytest.raises(BackendError, match=r"does not interpret spec.rules\[0\].to"):

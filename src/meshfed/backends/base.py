@@ -8,6 +8,7 @@ the certificates a pod's proxy holds.
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -64,7 +65,9 @@ class Cluster(abc.ABC):
     def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None: ...
 
     @abc.abstractmethod
-    def list(self, kind: str, namespace: str | None = None, labels: Mapping[str, str] | None = None) -> list[Obj]: ...
+    def list(
+        self, kind: str, namespace: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[Obj]: ...
 
     @abc.abstractmethod
     def patch(self, kind: str, name: str, namespace: str | None, patch: Obj) -> Obj:
@@ -86,7 +89,7 @@ class Cluster(abc.ABC):
         """Wait for the Deployment's pods to be ready; False when the deadline passed first."""
 
     @abc.abstractmethod
-    def pods(self, namespace: str, labels: Mapping[str, str] | None = None) -> list[PodInfo]: ...
+    def pods(self, namespace: str, labels: Mapping[str, str] | None = None) -> builtins.list[PodInfo]: ...
 
     @abc.abstractmethod
     def call(
@@ -98,7 +101,7 @@ class Cluster(abc.ABC):
         *,
         timeout: float = 5.0,
         headers: Mapping[str, str] | None = None,
-    ) -> list[CallResult]:
+    ) -> builtins.list[CallResult]:
         """``count`` GETs of ``url`` made by the workload program in ``pod``, one result per call."""
 
     @abc.abstractmethod
@@ -106,7 +109,7 @@ class Cluster(abc.ABC):
         """The certificates ``pod``'s proxy holds (``istioctl proxy-config secret``)."""
 
     @abc.abstractmethod
-    def remote_clusters(self) -> list[RemoteClusterStatus]:
+    def remote_clusters(self) -> builtins.list[RemoteClusterStatus]:
         """``istioctl remote-clusters`` as seen by this cluster's control plane."""
 
     def pod_of(self, namespace: str, app: str) -> PodInfo:

@@ -223,9 +223,7 @@ class PluginCA:
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca_cert.public_key()),  # type: ignore[arg-type]
                 critical=False,
             )
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]), critical=True
-            )
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]), critical=True)
             .sign(self.ca_key, signature_hash(self.ca_key))
         )
         return (leaf, *self.cert_chain)

@@ -18,7 +18,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "AuthorizationPolicy": {
         "selector": _SELECTOR,
         "action": ("ALLOW", "DENY"),
-        "rules": [{"from": [{"source": {"principals": ANY, "notPrincipals": ANY, "namespaces": ANY, "notNamespaces": ANY}}]}],
+        "rules": [
+            {"from": [{"source": {"principals": ANY, "notPrincipals": ANY, "namespaces": ANY, "notNamespaces": ANY}}]}
+        ],
     },
     "PeerAuthentication": {"selector": _SELECTOR, "mtls": {"mode": ("STRICT", "PERMISSIVE", "UNSET")}},
     "DestinationRule": {
@@ -37,12 +39,23 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "Gateway": {
         "selector": ANY,
-        "servers": [{"port": {"number": ANY, "name": ANY, "protocol": ANY}, "tls": {"mode": ("AUTO_PASSTHROUGH", "PASSTHROUGH")}, "hosts": ANY}],
+        "servers": [
+            {
+                "port": {"number": ANY, "name": ANY, "protocol": ANY},
+                "tls": {"mode": ("AUTO_PASSTHROUGH", "PASSTHROUGH")},
+                "hosts": ANY,
+            }
+        ],
     },
     "VirtualService": {
         "hosts": ANY,
         "gateways": ANY,
-        "tls": [{"match": [{"port": ANY, "sniHosts": ANY}], "route": [{"destination": {"host": ANY, "port": {"number": ANY}}}]}],
+        "tls": [
+            {
+                "match": [{"port": ANY, "sniHosts": ANY}],
+                "route": [{"destination": {"host": ANY, "port": {"number": ANY}}}],
+            }
+        ],
     },
 }
 
@@ -52,7 +65,9 @@ def _walk(value: Any, schema: Any, path: str, what: str) -> None:
         return
     if isinstance(schema, tuple):
         if value not in schema:
-            raise StoreError(f"{what}: the embedded mesh does not interpret {path} = {value!r}; it takes {', '.join(schema)}")
+            raise StoreError(
+                f"{what}: the embedded mesh does not interpret {path} = {value!r}; it takes {', '.join(schema)}"
+            )
         return
     if isinstance(schema, list):
         for index, item in enumerate(value or []):
@@ -62,7 +77,9 @@ def _walk(value: Any, schema: Any, path: str, what: str) -> None:
         raise StoreError(f"{what}: {path} must be a map")
     for key, item in value.items():
         if key not in schema:
-            raise StoreError(f"{what}: the embedded mesh does not interpret {path}.{key}; it reads {', '.join(sorted(schema))}")
+            raise StoreError(
+                f"{what}: the embedded mesh does not interpret {path}.{key}; it reads {', '.join(sorted(schema))}"
+            )
         _walk(item, schema[key], f"{path}.{key}", what)
 
 

@@ -124,12 +124,19 @@ class ProxyAgent:
             raise ValueError(f"no istio-ca-root-cert in namespace {self.namespace}: cannot verify istiod")
         roots = root_map["data"]["root-cert.pem"].encode()
         key = ec.generate_private_key(ec.SECP256R1())
-        request = {"type": "csr" if with_csr else "xds", "cluster": self.runtime.name, "namespace": self.namespace, "pod": self.pod}
+        request = {
+            "type": "csr" if with_csr else "xds",
+            "cluster": self.runtime.name,
+            "namespace": self.namespace,
+            "pod": self.pod,
+        }
         if with_csr:
             csr = (
                 x509.CertificateSigningRequestBuilder()
                 .subject_name(x509.Name([]))
-                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(self.identity))]), critical=True)
+                .add_extension(
+                    x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(self.identity))]), critical=True
+                )
                 .sign(key, hashes.SHA256())
             )
             request["csr"] = csr.public_bytes(serialization.Encoding.PEM).decode()
@@ -158,4 +165,3 @@ class ProxyAgent:
             self.cert = cert
             self.issued_at = self.runtime.clock.now()
         self.on_certificate(cert)
-

@@ -37,7 +37,7 @@ from meshfed.backends.embedded.gateway import EastWestGateway, pipe
 from meshfed.backends.embedded.istiod import Istiod, IstiodStartError
 from meshfed.backends.embedded.sidecar import Sidecar
 from meshfed.backends.embedded.store import ObjectStore, StoreError, matches
-from meshfed.manifests import ISTIO_SYSTEM, NETWORK_LABEL, Obj
+from meshfed.manifests import ISTIO_SYSTEM, Obj
 from meshfed.topology import ClusterSpec
 from meshfed.workloads import echo
 
@@ -163,7 +163,12 @@ class ClusterRuntime:
         name, namespace = deployment["metadata"]["name"], deployment["metadata"]["namespace"]
         pods = self.deployment_pods(namespace, name)
         ready = sum(1 for p in pods if p.ready)
-        status = {"replicas": len(pods), "readyReplicas": ready, "updatedReplicas": len(pods), "observedGeneration": deployment["metadata"]["generation"]}
+        status = {
+            "replicas": len(pods),
+            "readyReplicas": ready,
+            "updatedReplicas": len(pods),
+            "observedGeneration": deployment["metadata"]["generation"],
+        }
         self.store.set_status("Deployment", name, namespace, status)
 
     def _delete_pod(self, pod: PodRuntime) -> None:
@@ -184,17 +189,33 @@ class ClusterRuntime:
         name = f"{deployment['metadata']['name']}-{template_hash[:9]}-{_suffix()}"
         ip = self.mesh.fabric.new_pod_ip(self.name)
         role = _role(container)
-        pod = PodRuntime(name, namespace, ip, labels, spec.get("serviceAccountName") or "default", deployment["metadata"]["name"], template_hash, role or "unknown")
+        pod = PodRuntime(
+            name,
+            namespace,
+            ip,
+            labels,
+            spec.get("serviceAccountName") or "default",
+            deployment["metadata"]["name"],
+            template_hash,
+            role or "unknown",
+        )
         manifest: Obj = {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": dict(template["metadata"].get("annotations") or {})},
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": labels,
+                "annotations": dict(template["metadata"].get("annotations") or {}),
+            },
             "spec": spec,
         }
         self.store.apply(manifest)
         self.pods[(namespace, name)] = pod
         if role is None:
-            pod.message = f"the embedded mesh cannot run image {container.get('image')!r} with command {container.get('command')}"
+            pod.message = (
+                f"the embedded mesh cannot run image {container.get('image')!r} with command {container.get('command')}"
+            )
         else:
             try:
                 self._run(pod, container, spec)
@@ -208,7 +229,11 @@ class ClusterRuntime:
         condition = {"type": "Ready", "status": "True" if ready else "False"}
         if not ready and pod.message:
             condition["message"] = pod.message
-        status: Obj = {"phase": "Failed" if pod.role == "unknown" else "Running", "podIP": pod.ip, "conditions": [condition]}
+        status: Obj = {
+            "phase": "Failed" if pod.role == "unknown" else "Running",
+            "podIP": pod.ip,
+            "conditions": [condition],
+        }
         if pod.sidecar is not None or pod.gateway is not None:
             status["containerStatuses"] = [{"name": "istio-proxy", "ready": ready}]
         self.store.set_status("Pod", pod.name, pod.namespace, status)
@@ -242,7 +267,9 @@ class ClusterRuntime:
             if injection is None:
                 pod.message = "no istio-sidecar-injector for this gateway's revision"
                 return
-            pod.agent = ProxyAgent(self, pod.name, pod.namespace, pod.service_account, pod.labels, injection, is_gateway=True)
+            pod.agent = ProxyAgent(
+                self, pod.name, pod.namespace, pod.service_account, pod.labels, injection, is_gateway=True
+            )
             pod.gateway = EastWestGateway(self, pod.agent, pod.ip)
             pod.gateway.start()
             if not pod.agent.bootstrap():
@@ -253,7 +280,9 @@ class ClusterRuntime:
             if config_map and self.store.get("ConfigMap", config_map, pod.namespace) is None:
                 raise StoreError(f'configmap "{config_map}" not found')
         port = next((p["containerPort"] for p in container.get("ports") or []), echo.PORT)
-        identity = echo.EchoIdentity(env.get("CLUSTER", ""), pod.name, env.get("VERSION", ""), env.get("SERVICE", ""), pod.namespace)
+        identity = echo.EchoIdentity(
+            env.get("CLUSTER", ""), pod.name, env.get("VERSION", ""), env.get("SERVICE", ""), pod.namespace
+        )
         if injection is not None:
             pod.agent = ProxyAgent(self, pod.name, pod.namespace, pod.service_account, pod.labels, injection)
             if pod.role == "echo":
@@ -291,7 +320,13 @@ class ClusterRuntime:
         global_values = values.get("global", {})
         remote = global_values.get("remotePilotAddress")
         address = remote or f"istiod{suffix}.{ISTIO_SYSTEM}.svc"
-        mesh = yaml.safe_load((self.store.get("ConfigMap", f"istio{suffix}", ISTIO_SYSTEM) or {}).get("data", {}).get("mesh", "") or "{}") or {}
+        mesh = (
+            yaml.safe_load(
+                (self.store.get("ConfigMap", f"istio{suffix}", ISTIO_SYSTEM) or {}).get("data", {}).get("mesh", "")
+                or "{}"
+            )
+            or {}
+        )
         return Injection(address, global_values.get("network", ""), mesh.get("trustDomain", "cluster.local"), revision)
 
     # -- istioctl install ---------------------------------------------------------------------
@@ -311,7 +346,11 @@ class ClusterRuntime:
         for port in service["spec"].get("ports", []):
             listener = socket.create_server((ip, int(port["port"])))
             listeners.append(listener)
-            threading.Thread(target=self._forward_lb, args=(listener, service, int(port.get("targetPort", port["port"]))), daemon=True).start()
+            threading.Thread(
+                target=self._forward_lb,
+                args=(listener, service, int(port.get("targetPort", port["port"]))),
+                daemon=True,
+            ).start()
         self._lb_listeners[key] = listeners
         self.store.set_status("Service", key[1], key[0], {"loadBalancer": {"ingress": [{"ip": ip}]}})
 
@@ -333,12 +372,16 @@ class ClusterRuntime:
             threading.Thread(target=pipe, args=(conn, upstream), daemon=True).start()
 
     def ready_pods(self, namespace: str, selector: Mapping[str, str]) -> list[PodRuntime]:
-        return [p for p in list(self.pods.values()) if p.namespace == namespace and p.ready and matches(p.labels, selector)]
+        return [
+            p for p in list(self.pods.values()) if p.namespace == namespace and p.ready and matches(p.labels, selector)
+        ]
 
     def fqdn(self, host: str, namespace: str) -> str | None:
         """DNS in this cluster: the Service's FQDN when the name resolves here, else None."""
         parts = host.split(".")
-        if (host.endswith(".svc.cluster.local") and len(parts) == 5) or (len(parts) in (2, 3) and (len(parts) == 2 or parts[2] == "svc")):
+        if (host.endswith(".svc.cluster.local") and len(parts) == 5) or (
+            len(parts) in (2, 3) and (len(parts) == 2 or parts[2] == "svc")
+        ):
             name, ns = parts[0], parts[1]
         elif len(parts) == 1:
             name, ns = host, namespace
@@ -355,15 +398,14 @@ class ClusterRuntime:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         name, namespace = fqdn.split(".")[:2]
         service = self.store.get("Service", name, namespace) or {}
-        target = next((int(p.get("targetPort", p["port"])) for p in service["spec"].get("ports", []) if int(p["port"]) == port), port)
+        target = next(
+            (int(p.get("targetPort", p["port"])) for p in service["spec"].get("ports", []) if int(p["port"]) == port),
+            port,
+        )
         pods = self.ready_pods(namespace, service["spec"].get("selector") or {})
         if not pods:
             raise ConnectionRefusedError(111, "Connection refused")
         return self.mesh.fabric.dial(network, random.choice(pods).ip, target, timeout)
-
-    def network_label(self) -> str:
-        namespace = self.store.get("Namespace", ISTIO_SYSTEM) or {}
-        return (namespace.get("metadata", {}).get("labels") or {}).get(NETWORK_LABEL, "")
 
     def shutdown(self) -> None:
         for pod in list(self.pods.values()):

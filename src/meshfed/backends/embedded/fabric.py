@@ -12,6 +12,7 @@ the fabric where nothing listens is refused by the kernel, for real.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import struct
@@ -109,17 +110,13 @@ def _is_loopback(ip: str) -> bool:
 
 def close_listener(listener: socket.socket) -> None:
     """Close a listening socket so that a thread blocked in accept() wakes up and the port is freed."""
-    try:
+    with contextlib.suppress(OSError):
         listener.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     listener.close()
 
 
 def reset(sock: socket.socket) -> None:
     """Close with RST, as Envoy does when no filter chain or route takes the connection."""
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
     sock.close()

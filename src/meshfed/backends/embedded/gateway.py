@@ -11,6 +11,7 @@ closed at once: the caller's sidecar sees a reset during its handshake.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 import threading
@@ -38,10 +39,8 @@ def pipe(a: socket.socket, b: socket.socket) -> None:
             pass
         finally:
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     for sock in (a, b):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

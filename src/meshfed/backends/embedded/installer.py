@@ -33,10 +33,14 @@ def _check(operator: Obj) -> None:
     ):
         unknown = sorted(set(fields) - allowed)
         if unknown:
-            raise StoreError(f"IstioOperator {name!r}: the embedded mesh does not interpret {section}.{unknown[0]}; it reads {', '.join(sorted(allowed))}")
+            raise StoreError(
+                f"IstioOperator {name!r}: the embedded mesh does not interpret {section}.{unknown[0]}; it reads {', '.join(sorted(allowed))}"
+            )
     profile = spec.get("profile", "default")
     if profile not in ("default", "remote", "empty", "minimal"):
-        raise StoreError(f"IstioOperator {name!r}: profile {profile!r} is not one the embedded mesh installs (default, minimal, remote, empty)")
+        raise StoreError(
+            f"IstioOperator {name!r}: profile {profile!r} is not one the embedded mesh installs (default, minimal, remote, empty)"
+        )
 
 
 def _meta(name: str, labels: Mapping[str, str] | None = None) -> Obj:
@@ -57,7 +61,14 @@ def objects_for(operator: Obj, cluster: str, version: str) -> list[Obj]:
         mesh = dict(spec.get("meshConfig") or {})
         mesh.setdefault("trustDomain", "cluster.local")
         mesh.setdefault("defaultConfig", {})["meshId"] = global_values.get("meshID", "")
-        objects.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(f"istio{suffix}", rev_label), "data": {"mesh": yaml.safe_dump(mesh)}})
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": _meta(f"istio{suffix}", rev_label),
+                "data": {"mesh": yaml.safe_dump(mesh)},
+            }
+        )
         injector = {"global": global_values, "revision": revision, "istiodRemote": values.get("istiodRemote") or {}}
         objects.append(
             {
@@ -102,7 +113,9 @@ def objects_for(operator: Obj, cluster: str, version: str) -> list[Obj]:
                         "metadata": {"labels": labels},
                         "spec": {
                             "serviceAccountName": f"istiod{suffix}",
-                            "containers": [{"name": "discovery", "image": f"docker.io/istio/pilot:{version}", "env": env}],
+                            "containers": [
+                                {"name": "discovery", "image": f"docker.io/istio/pilot:{version}", "env": env}
+                            ],
                         },
                     },
                 },
@@ -119,11 +132,19 @@ def _gateway(gateway: Mapping[str, Any], version: str, rev_label: Mapping[str, s
     labels = {**dict(gateway.get("label") or {}), **rev_label}
     k8s = gateway.get("k8s") or {}
     account = f"{name}-service-account"
-    ports = [{"name": p["name"], "port": int(p["port"]), "targetPort": int(p.get("targetPort", p["port"]))} for p in (k8s.get("service") or {}).get("ports", [])]
+    ports = [
+        {"name": p["name"], "port": int(p["port"]), "targetPort": int(p.get("targetPort", p["port"]))}
+        for p in (k8s.get("service") or {}).get("ports", [])
+    ]
     selector = {k: v for k, v in labels.items() if k in ("istio", "app")}
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(account)},
-        {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, labels), "spec": {"type": "LoadBalancer", "selector": selector, "ports": ports}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(name, labels),
+            "spec": {"type": "LoadBalancer", "selector": selector, "ports": ports},
+        },
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",

@@ -59,7 +59,14 @@ if TYPE_CHECKING:
 
 DISCOVERY_PORT = 15012
 # Problems that make istiod's CA constructor fail (NewVerifiedKeyCertBundleFromFile): it does not start.
-_FATAL_BUNDLE_PROBLEMS = {"incomplete-bundle", "unreadable", "key-mismatch", "not-signed-by-root", "expired", "not-yet-valid"}
+_FATAL_BUNDLE_PROBLEMS = {
+    "incomplete-bundle",
+    "unreadable",
+    "key-mismatch",
+    "not-signed-by-root",
+    "expired",
+    "not-yet-valid",
+}
 
 
 class IstiodStartError(Exception):
@@ -96,7 +103,12 @@ def _self_signed(store: ObjectStore, trust_domain: str, now: Any) -> CAChoice:
     secret = store.get("Secret", "istio-ca-secret", ISTIO_SYSTEM)
     if secret is None:
         root = new_root(key_type="rsa", rsa_bits=2048, organization=trust_domain, common_name="", days=3650, now=now)
-        data = {"ca-cert.pem": cert_pem(root.cert), "ca-key.pem": key_pem(root.key), CERT_CHAIN: b"", "root-cert.pem": b""}
+        data = {
+            "ca-cert.pem": cert_pem(root.cert),
+            "ca-key.pem": key_pem(root.key),
+            CERT_CHAIN: b"",
+            "root-cert.pem": b"",
+        }
         store.apply(
             {
                 "apiVersion": "v1",
@@ -123,7 +135,7 @@ def mesh_config(store: ObjectStore, revision: str) -> dict[str, Any]:
 
 def cluster_network(store: ObjectStore) -> str:
     namespace = store.get("Namespace", ISTIO_SYSTEM)
-    return ((namespace or {}).get("metadata", {}).get("labels") or {}).get(NETWORK_LABEL, "")
+    return str(((namespace or {}).get("metadata", {}).get("labels") or {}).get(NETWORK_LABEL, ""))
 
 
 def same_or_empty(a: str, b: str) -> bool:
@@ -136,7 +148,9 @@ def _ready(pod: Mapping[str, Any]) -> bool:
 
 
 class Istiod:
-    def __init__(self, runtime: ClusterRuntime, pod_name: str, pod_ip: str, revision: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, runtime: ClusterRuntime, pod_name: str, pod_ip: str, revision: str, env: Mapping[str, str]
+    ) -> None:
         self.runtime = runtime
         self.store = runtime.store
         self.pod_name = pod_name
@@ -171,7 +185,11 @@ class Istiod:
         except IstiodStartError as error:
             self.log.append(str(error))
             raise
-        self.log.append("Use local CA certificate" if self.ca_choice.plugged else "Use self-signed certificate as the CA certificate")
+        self.log.append(
+            "Use local CA certificate"
+            if self.ca_choice.plugged
+            else "Use self-signed certificate as the CA certificate"
+        )
         self._serve_discovery()
         self._running = True
         self.store.watch(self._on_own_event)
@@ -234,7 +252,9 @@ class Istiod:
                 return
             self.log.append("Updating new ROOT-CA")
         if not report.ok or report.signing_cert is None or report.key is None:
-            self.log.append(f"Failed to update new Plug-in CA certs: {report.errors[0].problem if report.errors else 'unreadable'}")
+            self.log.append(
+                f"Failed to update new Plug-in CA certs: {report.errors[0].problem if report.errors else 'unreadable'}"
+            )
             return
         ca = PluginCA(report.signing_cert, report.key, report.roots, report.chain)
         self.ca_choice = CAChoice(ca, plugged=True, root_bundle=new_root)
@@ -246,7 +266,9 @@ class Istiod:
         cluster, namespace, pod_name = request.get("cluster"), request.get("namespace"), request.get("pod")
         store = self.registry().get(str(cluster))
         if store is None:
-            return {"error": f"failed to authenticate: cluster {cluster!r} is not known to istiod of {self.cluster} (no remote secret)"}
+            return {
+                "error": f"failed to authenticate: cluster {cluster!r} is not known to istiod of {self.cluster} (no remote secret)"
+            }
         pod = store.get("Pod", str(pod_name), str(namespace))
         if pod is None:
             return {"error": f"failed to authenticate: no pod {pod_name} in {namespace} of {cluster}"}
@@ -260,18 +282,25 @@ class Istiod:
         # istiod signs the identity it authenticated, whatever SANs the CSR asks for (security/pkg/server/ca).
         ttl = timedelta(seconds=float(self.env.get("DEFAULT_WORKLOAD_CERT_TTL_SECONDS", 24 * 3600)))
         chain = self.ca.sign_workload(csr.public_key(), identity, ttl=ttl, now=self.runtime.clock.now())  # type: ignore[arg-type]
-        return {"certChain": [cert_pem(c).decode() for c in chain], "roots": [cert_pem(r).decode() for r in self.trusted_roots()]}
+        return {
+            "certChain": [cert_pem(c).decode() for c in chain],
+            "roots": [cert_pem(r).decode() for r in self.trusted_roots()],
+        }
 
     # -- discovery server (15012) ---------------------------------------------------------------
     def _serve_discovery(self) -> None:
         key = self.runtime.mesh.new_key()
         cert = _istiod_serving_cert(self.ca, key.public_key(), self.runtime.clock.now())
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        chain_file, key_file = self.runtime.mesh.keys.write(f"istiod-{self.cluster}-{self.pod_name}", key, cert_pem(cert, *self.ca.cert_chain))
+        chain_file, key_file = self.runtime.mesh.keys.write(
+            f"istiod-{self.cluster}-{self.pod_name}", key, cert_pem(cert, *self.ca.cert_chain)
+        )
         context.load_cert_chain(chain_file, key_file)
         listener = socket.create_server((self.pod_ip, DISCOVERY_PORT))
         self._listener = listener
-        threading.Thread(target=self._accept, args=(listener, context), daemon=True, name=f"istiod-{self.cluster}").start()
+        threading.Thread(
+            target=self._accept, args=(listener, context), daemon=True, name=f"istiod-{self.cluster}"
+        ).start()
 
     def _accept(self, listener: socket.socket, context: ssl.SSLContext) -> None:
         while True:
@@ -367,7 +396,11 @@ class Istiod:
                     {
                         "apiVersion": "v1",
                         "kind": "ConfigMap",
-                        "metadata": {"name": "istio-ca-root-cert", "namespace": name, "labels": {"istio.io/config": "true"}},
+                        "metadata": {
+                            "name": "istio-ca-root-cert",
+                            "namespace": name,
+                            "labels": {"istio.io/config": "true"},
+                        },
                         "data": {"root-cert.pem": pem},
                     }
                 )
@@ -408,7 +441,11 @@ class Istiod:
                 namespace = service["metadata"]["namespace"]
                 fqdn = f"{service['metadata']['name']}.{namespace}.svc.cluster.local"
                 members = [
-                    p for p in pods if p["metadata"]["namespace"] == namespace and matches(p["metadata"].get("labels"), selector) and _ready(p)
+                    p
+                    for p in pods
+                    if p["metadata"]["namespace"] == namespace
+                    and matches(p["metadata"].get("labels"), selector)
+                    and _ready(p)
                 ]
                 for port in service["spec"].get("ports", []):
                     target = int(port.get("targetPort", port["port"]))
@@ -441,7 +478,9 @@ class Istiod:
                     gateways.setdefault(network, []).append(ingress[0]["ip"])
         return gateways
 
-    def config_for(self, agent: ProxyAgent, table: Mapping[tuple[str, int], tuple[int, list[xds.Endpoint], set[str]]]) -> xds.ProxyConfig:
+    def config_for(
+        self, agent: ProxyAgent, table: Mapping[tuple[str, int], tuple[int, list[xds.Endpoint], set[str]]]
+    ) -> xds.ProxyConfig:
         gateways = self._gateways()
         services: dict[tuple[str, int], xds.ServiceView] = {}
         for (fqdn, port), (target, endpoints, accounts) in table.items():
@@ -452,7 +491,16 @@ class Istiod:
                 elif not agent.is_gateway:
                     for address in gateways.get(endpoint.network, []):
                         view.append(
-                            xds.Endpoint(address, 15443, endpoint.cluster, endpoint.network, endpoint.region, endpoint.zone, endpoint.pod, via_gateway=True)
+                            xds.Endpoint(
+                                address,
+                                15443,
+                                endpoint.cluster,
+                                endpoint.network,
+                                endpoint.region,
+                                endpoint.zone,
+                                endpoint.pod,
+                                via_gateway=True,
+                            )
                         )
             policy = self._destination_rule(fqdn)
             services[(fqdn, port)] = xds.ServiceView(fqdn, port, target, tuple(view), frozenset(accounts), policy)
@@ -469,11 +517,9 @@ class Istiod:
         return config
 
     def _destination_rule(self, fqdn: str) -> dict[str, Any]:
+        """The trafficPolicy of the DestinationRule whose host (short names are relative to its namespace) is ``fqdn``."""
         for rule in self.store.list("DestinationRule"):
-            host = rule["spec"].get("host", "")
-            namespace = rule["metadata"]["namespace"]
-            full = host if "." in host and host.endswith(".local") else f"{host.split('.')[0]}.{(host.split('.') + [namespace])[1]}.svc.cluster.local"
-            if full == fqdn:
+            if _qualify(rule["spec"].get("host", ""), rule["metadata"]["namespace"]) == fqdn:
                 return dict(rule["spec"].get("trafficPolicy") or {})
         return {}
 
@@ -506,10 +552,14 @@ class Istiod:
             if ns not in (namespace, ISTIO_SYSTEM) or (selector and not matches(labels, selector)):
                 continue
             spec = policy["spec"]
-            found.append(xds.AuthzPolicy(policy["metadata"]["name"], spec.get("action", "ALLOW"), tuple(spec.get("rules") or [])))
+            found.append(
+                xds.AuthzPolicy(policy["metadata"]["name"], spec.get("action", "ALLOW"), tuple(spec.get("rules") or []))
+            )
         return tuple(found)
 
-    def _gateway_config(self, labels: Mapping[str, str]) -> tuple[tuple[xds.GatewayServer, ...], tuple[xds.TlsRoute, ...]]:
+    def _gateway_config(
+        self, labels: Mapping[str, str]
+    ) -> tuple[tuple[xds.GatewayServer, ...], tuple[xds.TlsRoute, ...]]:
         servers: list[xds.GatewayServer] = []
         names: set[str] = set()
         for gateway in self.store.list("Gateway"):
@@ -528,7 +578,12 @@ class Istiod:
                 destination = route["route"][0]["destination"]
                 for match in route.get("match") or []:
                     routes.append(
-                        xds.TlsRoute(int(match.get("port", 0)), tuple(match.get("sniHosts") or []), destination["host"], int(destination["port"]["number"]))
+                        xds.TlsRoute(
+                            int(match.get("port", 0)),
+                            tuple(match.get("sniHosts") or []),
+                            destination["host"],
+                            int(destination["port"]["number"]),
+                        )
                     )
         return tuple(servers), tuple(routes)
 
@@ -550,11 +605,21 @@ def _istiod_serving_cert(ca: PluginCA, public_key: Any, now: Any) -> x509.Certif
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("istiod.istio-system.svc"), x509.DNSName("istiod.istio-system.svc.cluster.local")]),
+            x509.SubjectAlternativeName(
+                [x509.DNSName("istiod.istio-system.svc"), x509.DNSName("istiod.istio-system.svc.cluster.local")]
+            ),
             critical=True,
         )
         .sign(ca.ca_key, signature_hash(ca.ca_key))
     )
+
+
+def _qualify(host: str, namespace: str) -> str:
+    """``echo`` -> ``echo.<namespace>.svc.cluster.local``; ``echo.ns`` -> ``echo.ns.svc.cluster.local``."""
+    if host.endswith(".cluster.local"):
+        return host
+    name, _, rest = host.partition(".")
+    return f"{name}.{rest.split('.')[0] if rest else namespace}.svc.cluster.local"
 
 
 def _kubeconfig_server(kubeconfig: bytes) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import socket
 import time
@@ -71,8 +72,13 @@ class MeshRuntime:
     def istiod(self, ident: str) -> Istiod | None:
         return self._istiods.get(ident)
 
-    def _agent_pods(self) -> list[tuple[ClusterRuntime, PodRuntime]]:
-        return [(c, p) for c in self.clusters.values() for p in list(c.pods.values()) if p.agent is not None and not p.stopped]
+    def _agent_pods(self) -> builtins.list[tuple[ClusterRuntime, PodRuntime]]:
+        return [
+            (c, p)
+            for c in self.clusters.values()
+            for p in list(c.pods.values())
+            if p.agent is not None and not p.stopped
+        ]
 
     def reconnect_proxies(self) -> None:
         """Proxies waiting for a certificate retry, and proxies whose istiod went away reconnect."""
@@ -120,7 +126,9 @@ class EmbeddedCluster(Cluster):
     def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None:
         return self.runtime.store.get(kind, name, namespace)
 
-    def list(self, kind: str, namespace: str | None = None, labels: Mapping[str, str] | None = None) -> list[Obj]:
+    def list(
+        self, kind: str, namespace: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[Obj]:
         return self.runtime.store.list(kind, namespace, labels)
 
     def patch(self, kind: str, name: str, namespace: str | None, patch: Obj) -> Obj:
@@ -160,10 +168,14 @@ class EmbeddedCluster(Cluster):
                 return False
             time.sleep(0.05)
 
-    def pods(self, namespace: str, labels: Mapping[str, str] | None = None) -> list[PodInfo]:
+    def pods(self, namespace: str, labels: Mapping[str, str] | None = None) -> builtins.list[PodInfo]:
         found = []
         for pod in list(self.runtime.pods.values()):
-            if pod.namespace != namespace or pod.stopped or any(pod.labels.get(k) != v for k, v in (labels or {}).items()):
+            if (
+                pod.namespace != namespace
+                or pod.stopped
+                or any(pod.labels.get(k) != v for k, v in (labels or {}).items())
+            ):
                 continue
             found.append(
                 PodInfo(
@@ -195,7 +207,7 @@ class EmbeddedCluster(Cluster):
         *,
         timeout: float = 5.0,
         headers: Mapping[str, str] | None = None,
-    ) -> list[CallResult]:
+    ) -> builtins.list[CallResult]:
         runtime = self._pod(pod, namespace)
         if runtime.role not in ("echo", "client"):
             raise BackendError(f"{self.name}: pod {pod!r} does not run the workload program, so it cannot make calls")
@@ -222,14 +234,16 @@ class EmbeddedCluster(Cluster):
             raise BackendError(f"{self.name}: the proxy of pod {pod!r} has no certificate yet ({runtime.agent.error})")
         return ProxyCerts(cert.chain, cert.trusted_roots)
 
-    def remote_clusters(self) -> list[RemoteClusterStatus]:
-        istiods = [p.istiod for p in self.runtime.pods.values() if p.istiod is not None and not p.stopped and p.istiod.running]
+    def remote_clusters(self) -> builtins.list[RemoteClusterStatus]:
+        istiods = [
+            p.istiod for p in self.runtime.pods.values() if p.istiod is not None and not p.stopped and p.istiod.running
+        ]
         if not istiods:
             raise BackendError(f"{self.name}: no running istiod here; ask the cluster that runs its control plane")
         return istiods[0].remote_status()
 
     # Embedded-only: the mesh clock and istiod's log, for cases that need them.
-    def istiod_log(self) -> list[str]:
+    def istiod_log(self) -> builtins.list[str]:
         return [line for p in self.runtime.pods.values() if p.istiod is not None for line in p.istiod.log]
 
 
@@ -265,7 +279,9 @@ def _gateway_address(cluster: Cluster) -> str:
 class EmbeddedBackend(Backend):
     name = "embedded"
 
-    def provision(self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None) -> EmbeddedMesh:
+    def provision(
+        self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
+    ) -> EmbeddedMesh:
         runtime = MeshRuntime(spec)
         mesh = EmbeddedMesh(runtime)
         try:

@@ -74,7 +74,8 @@ def _rule_matches(rule: Mapping[str, Any], principal: str) -> bool:
             ("notNamespaces", namespace, False),
         ]
         if all(
-            field not in source or (_value_matches(value, source[field]) if positive else not _value_matches(value, source[field]))
+            field not in source
+            or (_value_matches(value, source[field]) if positive else not _value_matches(value, source[field]))
             for field, value, positive in checks
         ):
             return True
@@ -183,7 +184,16 @@ class Sidecar:
         counter = self._counters.setdefault((view.fqdn, view.port), itertools.count())
         return choose(view, exclude, next(counter), self.runtime.spec.region, self.runtime.spec.zone)
 
-    def upstream(self, view: xds.ServiceView, endpoint: xds.Endpoint, method: str, path: str, headers: list[tuple[str, str]], body: bytes, timeout: float) -> tuple[int, list[tuple[str, str]], bytes]:
+    def upstream(
+        self,
+        view: xds.ServiceView,
+        endpoint: xds.Endpoint,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        timeout: float,
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         if self.client_context is None:
             raise UpstreamError(ssl.SSLError("no certificate"))
         try:
@@ -196,7 +206,9 @@ class Sidecar:
             peer = principal_of(tls.getpeercert(binary_form=True))
             if view.accounts and peer not in view.accounts:
                 tls.close()
-                raise ssl.SSLCertVerificationError(1, f"certificate verify failed: SAN {peer} is not one of {sorted(view.accounts)}")
+                raise ssl.SSLCertVerificationError(
+                    1, f"certificate verify failed: SAN {peer} is not one of {sorted(view.accounts)}"
+                )
             connection = http.client.HTTPConnection(view.fqdn, view.port, timeout=timeout)
             connection.sock = tls
             connection.request(method, path, body=body or None, headers=dict(headers))
@@ -256,7 +268,9 @@ def _outbound_handler(sidecar: Sidecar) -> type[BaseHTTPRequestHandler]:
                     break
                 tried.append(endpoint)
                 try:
-                    status, reply_headers, reply = sidecar.upstream(view, endpoint, self.command, self.path, headers, body, 10.0)
+                    status, reply_headers, reply = sidecar.upstream(
+                        view, endpoint, self.command, self.path, headers, body, 10.0
+                    )
                 except UpstreamError as error:
                     last = error.cause
                     continue
@@ -301,7 +315,11 @@ def _inbound_handler(sidecar: Sidecar, port: int, principal: str, digest: str) -
                 response = app.getresponse()
                 _relay(self, response.status, list(response.getheaders()), response.read())
             except (OSError, http.client.HTTPException):
-                _text(self, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+                _text(
+                    self,
+                    503,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                )
             finally:
                 app.close()
 
