@@ -65,7 +65,9 @@ class ProxyAgent:
         self.is_gateway = is_gateway
         self.cert: WorkloadCert | None = None
         self.issued_at: datetime | None = None
-        self.config: xds.ProxyConfig | None = None
+        self._config: xds.ProxyConfig | None = None
+        self._generation = -1
+        self.config_version = 0  # how many configurations this proxy has had
         self.istiod: Istiod | None = None
         self.error = ""
         self.on_certificate: Callable[[WorkloadCert], None] = lambda _: None
@@ -79,9 +81,17 @@ class ProxyAgent:
     def identity(self) -> SpiffeId:
         return SpiffeId.for_workload(self.injection.trust_domain, self.namespace, self.service_account)
 
-    def receive(self, config: xds.ProxyConfig) -> None:
-        with self._lock:
-            self.config = config
+    @property
+    def config(self) -> xds.ProxyConfig | None:
+        """The newest configuration of its istiod; the last one it got while istiod is away."""
+        istiod = self.istiod
+        if istiod is not None and istiod.running and istiod.generation != self._generation:
+            generation, config = istiod.config_for_generation(self)
+            with self._lock:
+                if generation != self._generation:
+                    self._config, self._generation = config, generation
+                    self.config_version += 1
+        return self._config
 
     def bootstrap(self) -> bool:
         """Get a certificate and the first push; False (with ``error``) when istiod cannot be reached."""
@@ -156,6 +166,7 @@ class ProxyAgent:
             self.detach()
             self.istiod = istiod
             istiod.register(self)
+            self._generation = -1
 
     def _install(self, key: ec.EllipticCurvePrivateKey, response: Mapping[str, list[str]]) -> None:
         chain = tuple(c for pem in response["certChain"] for c in load_certs(pem.encode(), "certChain"))

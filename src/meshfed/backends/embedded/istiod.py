@@ -164,6 +164,9 @@ class Istiod:
         self._listener: socket.socket | None = None
         self._watched: dict[str, ObjectStore] = {}
         self._running = False
+        self.generation = 0
+        self._table: dict[tuple[str, int], tuple[int, list[xds.Endpoint], set[str]]] = {}
+        self._table_generation = -1
 
     # -- life cycle ---------------------------------------------------------------------------
     @property
@@ -203,6 +206,10 @@ class Istiod:
 
     def stop(self) -> None:
         was_running = self._running
+        with self._lock:
+            proxies = list(self.proxies)
+        for agent in proxies:
+            _ = agent.config  # every proxy holds the last push it was sent
         self._running = False
         self.store.unwatch(self._on_own_event)
         for store in self._watched.values():
@@ -406,25 +413,28 @@ class Istiod:
                 )
 
     # -- xDS ----------------------------------------------------------------------------------
+    # A push is a new generation; each proxy rebuilds its configuration from the newest generation the
+    # next time it looks (what a debounced push ends in, without a window of staleness).
     def register(self, agent: ProxyAgent) -> None:
         with self._lock:
             self.proxies.add(agent)
-        agent.receive(self.config_for(agent, self._endpoint_table()))
 
     def unregister(self, agent: ProxyAgent) -> None:
         with self._lock:
             self.proxies.discard(agent)
 
     def push(self) -> None:
-        if not self._running:
-            return
         with self._lock:
-            proxies = list(self.proxies)
-        if not proxies:
-            return
-        table = self._endpoint_table()
-        for agent in proxies:
-            agent.receive(self.config_for(agent, table))
+            self.generation += 1
+
+    def config_for_generation(self, agent: ProxyAgent) -> tuple[int, xds.ProxyConfig]:
+        with self._lock:
+            generation = self.generation
+            if self._table_generation != generation:
+                self._table = self._endpoint_table()
+                self._table_generation = generation
+            table = self._table
+        return generation, self.config_for(agent, table)
 
     def _endpoint_table(self) -> dict[tuple[str, int], tuple[int, list[xds.Endpoint], set[str]]]:
         """Every service port in the registry: target port, endpoints (pod addresses), accounts."""

@@ -114,6 +114,9 @@ class Sidecar:
         self._counters: dict[tuple[str, int], itertools.count[int]] = {}
         self._listeners: list[socket.socket] = []
         self._outbound: ThreadingHTTPServer | None = None
+        self._pool: dict[tuple[str, int, str], list[http.client.HTTPConnection]] = {}
+        self._pool_lock = threading.Lock()
+        self._pool_version: tuple[int, int] = (-1, 0)
         agent.on_certificate = self._use
         if agent.cert is not None:
             self._use(agent.cert)
@@ -184,6 +187,25 @@ class Sidecar:
         counter = self._counters.setdefault((view.fqdn, view.port), itertools.count())
         return choose(view, exclude, next(counter), self.runtime.spec.region, self.runtime.spec.zone)
 
+    def _pooled(self, key: tuple[str, int, str]) -> http.client.HTTPConnection | None:
+        """An idle upstream connection, as Envoy's connection pool keeps them. The pool is emptied
+        whenever the proxy's configuration or certificate changes, so a change is always met by new
+        handshakes."""
+        with self._pool_lock:
+            version = (self.agent.config_version, id(self.client_context))
+            if self._pool_version != version:
+                for connections in self._pool.values():
+                    for connection in connections:
+                        connection.close()
+                self._pool.clear()
+                self._pool_version = version
+            idle = self._pool.get(key)
+            return idle.pop() if idle else None
+
+    def _release(self, key: tuple[str, int, str], connection: http.client.HTTPConnection) -> None:
+        with self._pool_lock:
+            self._pool.setdefault(key, []).append(connection)
+
     def upstream(
         self,
         view: xds.ServiceView,
@@ -194,6 +216,19 @@ class Sidecar:
         body: bytes,
         timeout: float,
     ) -> tuple[int, list[tuple[str, str]], bytes]:
+        sni = f"outbound_.{view.port}_._.{view.fqdn}"
+        key = (endpoint.address, endpoint.port, sni)
+        idle = self._pooled(key)
+        if idle is not None:
+            try:
+                return self._exchange(key, idle, method, path, headers, body)
+            except UpstreamError:
+                pass  # a stale pooled connection: the request goes on a new one
+        return self._exchange(key, self._connect(view, endpoint, sni, timeout), method, path, headers, body)
+
+    def _connect(
+        self, view: xds.ServiceView, endpoint: xds.Endpoint, sni: str, timeout: float
+    ) -> http.client.HTTPConnection:
         if self.client_context is None:
             raise UpstreamError(ssl.SSLError("no certificate"))
         try:
@@ -201,7 +236,7 @@ class Sidecar:
         except OSError as error:
             raise UpstreamError(error) from None
         try:
-            tls = self.client_context.wrap_socket(raw, server_hostname=f"outbound_.{view.port}_._.{view.fqdn}")
+            tls = self.client_context.wrap_socket(raw, server_hostname=sni)
             tls.settimeout(timeout)
             peer = principal_of(tls.getpeercert(binary_form=True))
             if view.accounts and peer not in view.accounts:
@@ -209,16 +244,34 @@ class Sidecar:
                 raise ssl.SSLCertVerificationError(
                     1, f"certificate verify failed: SAN {peer} is not one of {sorted(view.accounts)}"
                 )
-            connection = http.client.HTTPConnection(view.fqdn, view.port, timeout=timeout)
-            connection.sock = tls
+        except (OSError, ssl.SSLError) as error:
+            raw.close()
+            raise UpstreamError(error) from None
+        connection = http.client.HTTPConnection(view.fqdn, view.port, timeout=timeout)
+        connection.sock = tls
+        return connection
+
+    def _exchange(
+        self,
+        key: tuple[str, int, str],
+        connection: http.client.HTTPConnection,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        try:
             connection.request(method, path, body=body or None, headers=dict(headers))
             response = connection.getresponse()
             data = response.read()
-            connection.close()
-            return response.status, list(response.getheaders()), data
         except (OSError, ssl.SSLError, http.client.HTTPException) as error:
-            raw.close()
+            connection.close()
             raise UpstreamError(error) from None
+        if response.will_close:
+            connection.close()
+        else:
+            self._release(key, connection)
+        return response.status, list(response.getheaders()), data
 
 
 def _relay(handler: BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]], body: bytes) -> None:

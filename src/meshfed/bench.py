@@ -1,0 +1,73 @@
+"""``python -m meshfed.bench``: how fast the embedded mesh is on this machine (a benchmark, not a test).
+
+For 2, 3 and 5 clusters it prints the time to provision the mesh and the median and p99 latency of
+same-cluster and cross-cluster calls (client -> sidecar -> [east-west gateway] -> sidecar -> echo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+from meshfed.backends.embedded.mesh import EmbeddedBackend
+from meshfed.manifests import TEST_NAMESPACE, only_in, service_url
+from meshfed.pki import create_mesh_pki
+from meshfed.topology import MeshSpec, Topology
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def measure(topology: Topology, clusters: int, calls: int) -> dict[str, float]:
+    spec = MeshSpec.default(topology, clusters)
+    pki = create_mesh_pki(spec.names, key_type="ecdsa")
+    started = time.perf_counter()
+    mesh = EmbeddedBackend().provision(spec, {n: ca.secret_data() for n, ca in pki.cluster_cas.items()})
+    provisioned = time.perf_counter() - started
+    try:
+        same: list[float] = []
+        cross: list[float] = []
+        for pair in spec.pairs():
+            cluster = mesh[pair.source]
+            client = cluster.pod_of(TEST_NAMESPACE, "client").name
+            for target, bucket in ((pair.source, same), (pair.destination, cross)):
+                results = cluster.call(client, TEST_NAMESPACE, service_url(only_in(target)), calls)
+                if not all(r.ok for r in results):
+                    raise SystemExit(f"{pair.id}: calls to {target} failed: {results[0].described}")
+                bucket += [r.latency_ms for r in results]
+    finally:
+        mesh.teardown()
+    return {
+        "provision_s": provisioned,
+        "same_median_ms": statistics.median(same),
+        "same_p99_ms": _percentile(same, 0.99),
+        "cross_median_ms": statistics.median(cross),
+        "cross_p99_ms": _percentile(cross, 0.99),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m meshfed.bench", description=__doc__)
+    parser.add_argument("--topology", choices=[t.value for t in Topology], default="multi-primary")
+    parser.add_argument("--calls", type=int, default=50, help="calls per ordered pair and target (default 50)")
+    parser.add_argument("--clusters", type=int, nargs="+", default=[2, 3, 5])
+    args = parser.parse_args(argv)
+    print(f"embedded mesh, {args.topology}, {args.calls} calls per pair and target")
+    print(
+        f"{'clusters':>8}  {'provision':>9}  {'same median':>11}  {'same p99':>8}  {'cross median':>12}  {'cross p99':>9}"
+    )
+    for count in args.clusters:
+        r = measure(Topology(args.topology), count, args.calls)
+        print(
+            f"{count:>8}  {r['provision_s']:>8.2f}s  {r['same_median_ms']:>9.1f}ms  {r['same_p99_ms']:>6.1f}ms"
+            f"  {r['cross_median_ms']:>10.1f}ms  {r['cross_p99_ms']:>7.1f}ms"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
