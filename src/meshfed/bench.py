@@ -19,7 +19,7 @@ from meshfed.topology import MeshSpec, Topology
 
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def measure(topology: Topology, clusters: int, calls: int) -> dict[str, float]:
