@@ -6,7 +6,7 @@ import pytest
 
 from meshfed.options import add_options
 
-pytest_plugins = ["fixtures.suite"]
+pytest_plugins = ["fixtures.suite", "fixtures.mesh", "fixtures.reporting"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -47,6 +47,7 @@ def pytest_run(*args: str) -> subprocess.CompletedProcess[str]:
             "--context names cluster 'cluster-a' twice",
         ),
         (["--cacerts-dir", "/nonexistent"], "--cacerts-dir /nonexistent is not a folder"),
+        (["--features", "Teleport"], "argument --features: unknown feature 'Teleport': use one of"),
     ],
 )
 def test_bad_option_is_one_sentence(args: list[str], sentence: str) -> None:
@@ -79,6 +80,12 @@ def _values(**overrides: object) -> SuiteOptions:
         "meshfed_keep_clusters": False,
         "meshfed_allow_destructive": False,
         "meshfed_report_dir": Path("reports"),
+        "meshfed_features": None,
+        "meshfed_exempt_features": None,
+        "meshfed_impl_organization": "",
+        "meshfed_impl_project": "",
+        "meshfed_impl_version": "",
+        "meshfed_impl_contact": "",
     }
     defaults.update(overrides)
     return SuiteOptions.from_values(defaults.__getitem__)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from meshfed.cases import Feature, feature_names
 from meshfed.topology import MAX_CLUSTERS, TOPOLOGIES, MeshSpec, Topology
 
 Backend = Literal["embedded", "kind", "existing"]
@@ -43,6 +44,13 @@ def context_mapping(text: str) -> tuple[str, str]:
             "(NAME in lower case letters, digits and '-')"
         )
     return match["name"], match["context"]
+
+
+def features(text: str) -> frozenset[Feature]:
+    try:
+        return frozenset(feature_names(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def istio_version(text: str) -> str:
@@ -111,6 +119,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
         False,
         action="store_true",
     ),
+    OptionSpec("--features", "run only cases that need these features (comma-separated)", None, type=features, metavar="A,B"),
+    OptionSpec("--exempt-features", "skip cases that need any of these features", None, type=features, metavar="A,B"),
+    OptionSpec("--impl-organization", "conformance report: organization of the implementation under test", ""),
+    OptionSpec("--impl-project", "conformance report: project or product under test (e.g. a managed Istio)", ""),
+    OptionSpec("--impl-version", "conformance report: version of the implementation under test", ""),
+    OptionSpec("--impl-contact", "conformance report: contact for the implementation (URL or e-mail)", ""),
     OptionSpec(
         "--report-dir",
         "where the reports are written (default: reports/)",
@@ -138,6 +152,9 @@ class SuiteOptions:
     keep_clusters: bool
     allow_destructive: bool
     report_dir: Path
+    features: frozenset[Feature] | None = None
+    exempt_features: frozenset[Feature] = frozenset()
+    implementation: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_values(cls, get: Callable[[str], Any]) -> SuiteOptions:
@@ -158,6 +175,11 @@ class SuiteOptions:
             keep_clusters=values["--keep-clusters"],
             allow_destructive=values["--allow-destructive"],
             report_dir=values["--report-dir"],
+            features=values["--features"],
+            exempt_features=values["--exempt-features"] or frozenset(),
+            implementation={
+                key: values[f"--impl-{key}"] for key in ("organization", "project", "version", "contact") if values[f"--impl-{key}"]
+            },
         )
         options.validate()
         return options

@@ -88,6 +88,13 @@ class MeshSpec:
                 return cluster
         raise KeyError(f"no cluster named {name!r} in this mesh (it has {', '.join(self.names)})")
 
+    def config_cluster(self, name: str) -> str:
+        """Where Istio configuration for ``name``'s workloads is applied: itself, or its primary (a remote
+        has no istiod; its primary reads the configuration from its own API server)."""
+        if self.cluster(name).role == "remote":
+            return self.primaries[0].name
+        return name
+
     def pairs(self) -> Iterator[ClusterPair]:
         """Every ordered pair of distinct clusters: 2 for two clusters, 6 for three."""
         for source in self.names:

@@ -125,6 +125,8 @@ class Mesh(abc.ABC):
     spec: MeshSpec
     backend: str
     istio_version: str
+    # How long a change may take to reach every proxy: reachability is retried until then.
+    convergence_deadline: float = 60.0
 
     @property
     @abc.abstractmethod

@@ -249,6 +249,7 @@ class EmbeddedCluster(Cluster):
 
 class EmbeddedMesh(Mesh):
     backend = "embedded"
+    convergence_deadline = 3.0  # istiod's pushes are seen by the next request
 
     def __init__(self, runtime: MeshRuntime) -> None:
         self.runtime = runtime

@@ -1,0 +1,283 @@
+"""Core profile: what every federated mesh must do, in both topologies.
+
+Each case follows an Istio guide: "Install Multi-Primary / Primary-Remote on different networks" and
+"Verify the installation" (calls in every direction), "Plug in CA Certificates" (one root),
+"Mutual TLS Migration" and "Authorization" (identities and policies across clusters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from meshfed import manifests
+from meshfed.backends.base import Cluster, Mesh
+from meshfed.calls import CallResult, summarize
+from meshfed.cases import Feature, case
+from meshfed.diagnose import cacerts_roots, root_mismatch
+from meshfed.expect import converge
+from meshfed.manifests import CLIENT, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
+from meshfed.pki import ChainVerificationError, Purpose, fingerprint, load_certs, verify_chain
+from meshfed.pki.verify import uri_sans
+from meshfed.report.model import RunRecord
+from meshfed.topology import ClusterPair
+
+OUTSIDE = "meshfed-outside"
+STRANGER = "stranger"
+
+
+def calls_from(cluster: Cluster, url: str, app: str = CLIENT, namespace: str = TEST_NAMESPACE):  # type: ignore[no-untyped-def]
+    pod = cluster.pod_of(namespace, app)
+    return lambda count: cluster.call(pod.name, namespace, url, count)
+
+
+def trust_domain(cluster: Cluster) -> str | None:
+    import yaml
+
+    config = cluster.get("ConfigMap", "istio", ISTIO_SYSTEM)
+    mesh = yaml.safe_load(((config or {}).get("data") or {}).get("mesh", "") or "{}") or {}
+    return mesh.get("trustDomain", "cluster.local") if config else None
+
+
+def explain(results: list[CallResult], mesh: Mesh) -> str:
+    """The likely cause of failed calls, from a read-only check of the mesh."""
+    if any(r.symptom.name in ("TLS_VERIFY_FAILED", "UNKNOWN_CA") for r in results):
+        cause = root_mismatch(cacerts_roots(mesh))
+        if cause:
+            return f"; likely cause: {cause}"
+    return ""
+
+
+@case(
+    "CrossClusterReachability",
+    "A client in the source cluster reaches a service that runs only in the destination.",
+    {Feature.CROSS_CLUSTER_CALLS},
+)
+def test_cross_cluster_reachability(mesh: Mesh, pair: ClusterPair, run_record: RunRecord) -> None:
+    source = mesh[pair.source]
+    outcome = converge(
+        pair.id,
+        calls_from(source, service_url(only_in(pair.destination))),
+        answered_by=pair.destination,
+        deadline=mesh.convergence_deadline,
+    )
+    run_record.pair_status[pair.id] = outcome.converged
+    run_record.record_latency(pair.id, "cross", [r.latency_ms for r in outcome.results if r.ok])
+    local = calls_from(source, service_url(only_in(pair.source)))(10)
+    run_record.record_latency(pair.id, "same", [r.latency_ms for r in local if r.ok])
+    wrong = [r.cluster for r in outcome.results if r.ok and r.cluster != pair.destination]
+    assert outcome.converged, (
+        outcome.message() + explain(outcome.results, mesh) + (f"; answered by {set(wrong)}" if wrong else "")
+    )
+
+
+@case(
+    "MeshWideLoadBalancing",
+    "From every cluster, the service that runs everywhere answers from every cluster.",
+    {Feature.MESH_WIDE_LOAD_BALANCING},
+)
+def test_mesh_wide_load_balancing(mesh: Mesh, cluster_name: str) -> None:
+    make = calls_from(mesh[cluster_name], service_url(manifests.ECHO))
+    wanted = set(mesh.spec.names)
+    results: list[CallResult] = []
+    for _ in range(20):
+        results += make(2 * len(wanted))
+        if wanted <= {r.cluster for r in results if r.ok}:
+            return
+    seen = {r.cluster for r in results if r.ok}
+    pytest.fail(
+        f"{cluster_name}: echo answered only from {sorted(c for c in seen if c)} in {len(results)} calls "
+        f"({summarize(results)}); never from {sorted(wanted - seen)}" + explain(results, mesh),
+        pytrace=False,
+    )
+
+
+@pytest.fixture
+def outside_client(mesh: Mesh, pair: ClusterPair) -> Iterator[Cluster]:
+    """A client without a sidecar (its namespace has no injection label) in the destination cluster."""
+    cluster = mesh[pair.destination]
+    cluster.apply(manifests.namespace(OUTSIDE))
+    for obj in (manifests.workload_configmap(OUTSIDE), manifests.service_account(CLIENT, OUTSIDE)):
+        cluster.apply(obj)
+    cluster.apply(
+        manifests.deployment(
+            CLIENT,
+            app=CLIENT,
+            service_account_name=CLIENT,
+            args=["idle"],
+            cluster=cluster.name,
+            version="outside",
+            namespace_=OUTSIDE,
+        )
+    )
+    cluster.wait_ready(CLIENT, OUTSIDE, timeout=mesh.convergence_deadline * 4)
+    try:
+        yield cluster
+    finally:
+        mesh[mesh.spec.config_cluster(pair.destination)].delete("PeerAuthentication", "default", TEST_NAMESPACE)
+        cluster.delete("Namespace", OUTSIDE)
+
+
+@case(
+    "CrossClusterMutualTLS",
+    "Cross-cluster replies show the caller's SPIFFE identity; under STRICT a caller outside the mesh is refused.",
+    {Feature.MUTUAL_TLS},
+)
+def test_cross_cluster_mutual_tls(mesh: Mesh, pair: ClusterPair, outside_client: Cluster) -> None:
+    url = service_url(only_in(pair.destination))
+    expected = f"spiffe://{trust_domain(mesh[pair.source]) or 'cluster.local'}/ns/{TEST_NAMESPACE}/sa/{CLIENT}"
+    replies = calls_from(mesh[pair.source], url)(5)
+    assert all(r.ok for r in replies), f"{pair.id}: {summarize(replies)}" + explain(replies, mesh)
+    seen = {(r.reply or {}).get("caller") for r in replies}
+    assert seen == {expected}, (
+        f"{pair.id}: the callee saw caller {sorted(map(str, seen))} in X-Forwarded-Client-Cert, expected {expected}"
+    )
+    mesh[mesh.spec.config_cluster(pair.destination)].apply(manifests.peer_authentication("STRICT"))
+    plain = converge(
+        f"{pair.destination} (no sidecar) -> {only_in(pair.destination)}",
+        calls_from(outside_client, url, namespace=OUTSIDE),
+        deadline=0,
+    )
+    refused = [r for r in plain.results if not r.ok]
+    assert len(refused) == len(plain.results), (
+        f"under PeerAuthentication STRICT a caller without a sidecar was answered: {plain.message()}"
+    )
+    still = calls_from(mesh[pair.source], url)(3)
+    assert all(r.ok for r in still), f"{pair.id} under STRICT: {summarize(still)}"
+
+
+@case(
+    "SharedRootOfTrust",
+    "One root everywhere: in every cacerts Secret, every istio-ca-root-cert, every proxy; every workload chain verifies in every other cluster.",
+    {Feature.SHARED_ROOT},
+)
+def test_shared_root_of_trust(mesh: Mesh) -> None:
+    problems: list[str] = []
+    roots = cacerts_roots(mesh)
+    missing = [name for name, root in roots.items() if root is None]
+    if missing:
+        problems.append(f"no cacerts root in {', '.join(missing)}: istiod there signs with a root of its own")
+    mismatch = root_mismatch(roots)
+    if mismatch:
+        problems.append(mismatch)
+    shared = next((root for root in roots.values() if root is not None), None)
+    workloads = {}
+    for name, cluster in mesh.clusters.items():
+        root_map = cluster.get("ConfigMap", "istio-ca-root-cert", TEST_NAMESPACE)
+        if shared is not None and root_map is not None:
+            held = load_certs(root_map["data"]["root-cert.pem"].encode(), "istio-ca-root-cert")
+            if shared not in held:
+                problems.append(
+                    f"{name}: istio-ca-root-cert in {TEST_NAMESPACE} holds {', '.join(fingerprint(c) for c in held)}, "
+                    f"not the cacerts root {fingerprint(shared)}"
+                )
+        elif root_map is None:
+            problems.append(f"{name}: no istio-ca-root-cert in namespace {TEST_NAMESPACE}")
+        if cluster.get("Secret", "istio-ca-secret", ISTIO_SYSTEM) is not None and roots.get(name) is not None:
+            problems.append(
+                f"{name}: istio-ca-secret exists: istiod started on its self-signed CA (cacerts added after install?)"
+            )
+        for pod in cluster.pods(TEST_NAMESPACE):
+            if not pod.has_sidecar:
+                continue
+            certs = cluster.proxy_certs(pod.name, TEST_NAMESPACE)
+            workloads[(name, pod.name)] = certs
+            if shared is not None and shared not in certs.trusted_roots:
+                problems.append(
+                    f"{name}/{pod.name}: the proxy trusts {', '.join(fingerprint(r) for r in certs.trusted_roots)}, not {fingerprint(shared)}"
+                )
+            try:
+                path = verify_chain(certs.chain, certs.trusted_roots, purpose=Purpose.CLIENT)
+                if shared is not None and path.root != shared:
+                    problems.append(
+                        f"{name}/{pod.name}: its chain leads to {fingerprint(path.root)}, not {fingerprint(shared)}"
+                    )
+            except ChainVerificationError as error:
+                problems.append(f"{name}/{pod.name}: its own chain does not verify against its own roots: {error}")
+    for (name, pod), certs in workloads.items():
+        for (other, other_pod), theirs in workloads.items():
+            if other == name:
+                continue
+            try:
+                verify_chain(certs.chain, theirs.trusted_roots, purpose=Purpose.SERVER)
+            except ChainVerificationError as error:
+                problems.append(f"{name}/{pod}'s chain is rejected by the proxies of {other} ({error})")
+                break
+    assert not problems, "; ".join(dict.fromkeys(problems))
+
+
+@case(
+    "SpiffeIdentity",
+    "Each workload certificate carries exactly its SPIFFE ID; trust domains agree; the callee sees the caller's ID across clusters.",
+    {Feature.SPIFFE_IDENTITY},
+)
+def test_spiffe_identity(mesh: Mesh, pair: ClusterPair) -> None:
+    problems = []
+    source = mesh[pair.source]
+    domains = {name: trust_domain(cluster) for name, cluster in mesh.clusters.items()}
+    if len({d for d in domains.values() if d}) > 1:
+        problems.append("trust domains differ: " + ", ".join(f"{n}={d}" for n, d in domains.items()))
+    domain = domains[pair.source] or "cluster.local"
+    for pod in source.pods(TEST_NAMESPACE):
+        if not pod.has_sidecar:
+            continue
+        leaf = source.proxy_certs(pod.name, TEST_NAMESPACE).chain[0]
+        uris = uri_sans(leaf)
+        expected = f"spiffe://{domain}/ns/{TEST_NAMESPACE}/sa/{pod.service_account}"
+        if uris != [expected]:
+            problems.append(f"{pair.source}/{pod.name}: URI SANs {uris}, expected exactly [{expected}]")
+    replies = calls_from(source, service_url(only_in(pair.destination)))(3)
+    seen = {(r.reply or {}).get("caller") for r in replies if r.ok}
+    wanted = f"spiffe://{domain}/ns/{TEST_NAMESPACE}/sa/{CLIENT}"
+    if seen != {wanted}:
+        problems.append(f"{pair.id}: the callee saw {sorted(map(str, seen))}, expected {wanted} ({summarize(replies)})")
+    assert not problems, "; ".join(problems)
+
+
+@pytest.fixture
+def stranger(mesh: Mesh, pair: ClusterPair) -> Iterator[Cluster]:
+    """A second client in the source cluster with its own service account."""
+    cluster = mesh[pair.source]
+    cluster.apply(manifests.service_account(STRANGER))
+    cluster.apply(
+        manifests.deployment(
+            STRANGER,
+            app=STRANGER,
+            service_account_name=STRANGER,
+            args=["idle"],
+            cluster=cluster.name,
+            version=cluster.name,
+        )
+    )
+    cluster.wait_ready(STRANGER, TEST_NAMESPACE, timeout=mesh.convergence_deadline * 4)
+    try:
+        yield cluster
+    finally:
+        mesh[mesh.spec.config_cluster(pair.destination)].delete("AuthorizationPolicy", "allow-client-only", TEST_NAMESPACE)
+        cluster.delete("Deployment", STRANGER, TEST_NAMESPACE)
+        cluster.delete("ServiceAccount", STRANGER, TEST_NAMESPACE)
+
+
+@case(
+    "CrossClusterAuthorization",
+    "An AuthorizationPolicy allowing only the client's principal admits it from another cluster and denies a second account.",
+    {Feature.AUTHORIZATION},
+)
+def test_cross_cluster_authorization(mesh: Mesh, pair: ClusterPair, stranger: Cluster) -> None:
+    target = only_in(pair.destination)
+    domain = trust_domain(mesh[pair.destination]) or "cluster.local"
+    principal = f"{domain}/ns/{TEST_NAMESPACE}/sa/{CLIENT}"
+    mesh[mesh.spec.config_cluster(pair.destination)].apply(manifests.authorization_policy("allow-client-only", target, [principal]))
+    url = service_url(target)
+    allowed = converge(
+        f"{pair.id} as {CLIENT}",
+        calls_from(stranger, url),
+        answered_by=pair.destination,
+        deadline=mesh.convergence_deadline,
+    )
+    assert allowed.converged, allowed.message() + explain(allowed.results, mesh)
+    denied = calls_from(stranger, url, app=STRANGER)(5)
+    assert all(r.status == 403 and r.symptom.name == "RBAC_DENIED" for r in denied), (
+        f"{pair.id} as {STRANGER}: expected 403 RBAC: access denied on every call, got {summarize(denied)}"
+    )

@@ -1,0 +1,105 @@
+"""The record of one run and the versioned ``ConformanceReport`` made from it.
+
+A profile's result is ``success`` when every selected case of it passed, ``failure`` when one failed,
+``partial`` when none failed but some were skipped or not supported, and ``unknown`` when none ran:
+an empty run is never a success.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from meshfed import __version__
+from meshfed.cases import PROFILES
+
+API_VERSION = "meshfed.dev/v1alpha1"
+EMBEDDED_NOTE = (
+    "Run against meshfed's embedded mesh, an in-process emulation of Istio's multi-cluster behaviour: "
+    "it certifies no Istio installation."
+)
+
+
+@dataclass
+class CaseOutcome:
+    case_id: str  # ShortName or ShortName[cluster-a->cluster-b]
+    short_name: str
+    profile: str
+    features: tuple[str, ...]
+    outcome: str  # passed | failed | skipped | not-supported
+    message: str = ""
+
+
+@dataclass
+class RunRecord:
+    backend: str
+    topology: str
+    clusters: list[dict[str, str]]  # name, network, role
+    istio_version: str = "unknown"
+    implementation: dict[str, str] = field(default_factory=dict)
+    outcomes: list[CaseOutcome] = field(default_factory=list)
+    pair_status: dict[str, bool] = field(default_factory=dict)  # "a->b" -> reachable
+    latencies: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # pair -> same/cross -> ms
+    provisioning_error: str = ""
+
+    def record_latency(self, pair: str, kind: str, values: Sequence[float]) -> None:
+        self.latencies.setdefault(pair, {}).setdefault(kind, []).extend(values)
+
+    def latency_summary(self, pair: str) -> dict[str, tuple[float, float]]:
+        """kind -> (median, p99) in milliseconds."""
+        summary = {}
+        for kind, values in self.latencies.get(pair, {}).items():
+            if values:
+                ordered = sorted(values)
+                summary[kind] = (statistics.median(ordered), ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))])
+        return summary
+
+
+def profile_result(outcomes: Sequence[CaseOutcome]) -> str:
+    if not outcomes:
+        return "unknown"
+    kinds = {o.outcome for o in outcomes}
+    if "failed" in kinds:
+        return "failure"
+    if kinds == {"passed"}:
+        return "success"
+    return "partial" if "passed" in kinds else "unknown"
+
+
+def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[str, Any]:
+    profiles = []
+    for name in PROFILES:
+        chosen = [o for o in record.outcomes if o.profile == name]
+        profiles.append(
+            {
+                "name": name,
+                "result": profile_result(chosen),
+                "statistics": {
+                    kind: sum(1 for o in chosen if o.outcome == kind) for kind in ("passed", "failed", "skipped", "not-supported")
+                },
+                "failedTests": [o.case_id for o in chosen if o.outcome == "failed"],
+                "skippedTests": [o.case_id for o in chosen if o.outcome == "skipped"],
+                "notSupportedTests": [{"name": o.case_id, "reason": o.message} for o in chosen if o.outcome == "not-supported"],
+            }
+        )
+    report: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": "ConformanceReport",
+        "date": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "suiteVersion": __version__,
+        "implementation": {key: record.implementation.get(key, "") for key in ("organization", "project", "version", "contact")},
+        "backend": record.backend,
+        "topology": record.topology,
+        "istioVersion": record.istio_version,
+        "clusters": [{**cluster, "istioVersion": record.istio_version} for cluster in record.clusters],
+        "profiles": profiles,
+    }
+    if record.backend == "embedded":
+        report["certifiesIstio"] = False
+        report["note"] = EMBEDDED_NOTE
+    if record.provisioning_error:
+        report["provisioningError"] = record.provisioning_error
+    return report
