@@ -16,7 +16,7 @@ from meshfed.backends.base import Cluster, Mesh
 from meshfed.calls import CallResult, summarize
 from meshfed.cases import Feature, case
 from meshfed.diagnose import cacerts_roots, root_mismatch
-from meshfed.expect import converge
+from meshfed.expect import converge, require
 from meshfed.manifests import CLIENT, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
 from meshfed.pki import ChainVerificationError, Purpose, fingerprint, load_certs, verify_chain
 from meshfed.pki.verify import uri_sans
@@ -67,8 +67,9 @@ def test_cross_cluster_reachability(mesh: Mesh, pair: ClusterPair, run_record: R
     local = calls_from(source, service_url(only_in(pair.source)))(10)
     run_record.record_latency(pair.id, "same", [r.latency_ms for r in local if r.ok])
     wrong = [r.cluster for r in outcome.results if r.ok and r.cluster != pair.destination]
-    assert outcome.converged, (
-        outcome.message() + explain(outcome.results, mesh) + (f"; answered by {set(wrong)}" if wrong else "")
+    require(
+        outcome.converged,
+        outcome.message() + explain(outcome.results, mesh) + (f"; answered by {set(wrong)}" if wrong else ""),
     )
 
 
@@ -128,10 +129,11 @@ def test_cross_cluster_mutual_tls(mesh: Mesh, pair: ClusterPair, outside_client:
     url = service_url(only_in(pair.destination))
     expected = f"spiffe://{trust_domain(mesh[pair.source]) or 'cluster.local'}/ns/{TEST_NAMESPACE}/sa/{CLIENT}"
     replies = calls_from(mesh[pair.source], url)(5)
-    assert all(r.ok for r in replies), f"{pair.id}: {summarize(replies)}" + explain(replies, mesh)
+    require(all(r.ok for r in replies), f"{pair.id}: {summarize(replies)}" + explain(replies, mesh))
     seen = {(r.reply or {}).get("caller") for r in replies}
-    assert seen == {expected}, (
-        f"{pair.id}: the callee saw caller {sorted(map(str, seen))} in X-Forwarded-Client-Cert, expected {expected}"
+    require(
+        seen == {expected},
+        f"{pair.id}: the callee saw caller {sorted(map(str, seen))} in X-Forwarded-Client-Cert, expected {expected}",
     )
     mesh[mesh.spec.config_cluster(pair.destination)].apply(manifests.peer_authentication("STRICT"))
     plain = converge(
@@ -140,11 +142,12 @@ def test_cross_cluster_mutual_tls(mesh: Mesh, pair: ClusterPair, outside_client:
         deadline=0,
     )
     refused = [r for r in plain.results if not r.ok]
-    assert len(refused) == len(plain.results), (
-        f"under PeerAuthentication STRICT a caller without a sidecar was answered: {plain.message()}"
+    require(
+        len(refused) == len(plain.results),
+        f"under PeerAuthentication STRICT a caller without a sidecar was answered: {plain.message()}",
     )
     still = calls_from(mesh[pair.source], url)(3)
-    assert all(r.ok for r in still), f"{pair.id} under STRICT: {summarize(still)}"
+    require(all(r.ok for r in still), f"{pair.id} under STRICT: {summarize(still)}")
 
 
 @case(
@@ -196,7 +199,7 @@ def test_shared_root_of_trust(mesh: Mesh) -> None:
             except ChainVerificationError as error:
                 problems.append(f"{name}/{pod.name}: its own chain does not verify against its own roots: {error}")
     for (name, pod), certs in workloads.items():
-        for (other, other_pod), theirs in workloads.items():
+        for (other, _other_pod), theirs in workloads.items():
             if other == name:
                 continue
             try:
@@ -204,7 +207,7 @@ def test_shared_root_of_trust(mesh: Mesh) -> None:
             except ChainVerificationError as error:
                 problems.append(f"{name}/{pod}'s chain is rejected by the proxies of {other} ({error})")
                 break
-    assert not problems, "; ".join(dict.fromkeys(problems))
+    require(not problems, "; ".join(dict.fromkeys(problems)))
 
 
 @case(
@@ -232,7 +235,7 @@ def test_spiffe_identity(mesh: Mesh, pair: ClusterPair) -> None:
     wanted = f"spiffe://{domain}/ns/{TEST_NAMESPACE}/sa/{CLIENT}"
     if seen != {wanted}:
         problems.append(f"{pair.id}: the callee saw {sorted(map(str, seen))}, expected {wanted} ({summarize(replies)})")
-    assert not problems, "; ".join(problems)
+    require(not problems, "; ".join(problems))
 
 
 @pytest.fixture
@@ -254,7 +257,9 @@ def stranger(mesh: Mesh, pair: ClusterPair) -> Iterator[Cluster]:
     try:
         yield cluster
     finally:
-        mesh[mesh.spec.config_cluster(pair.destination)].delete("AuthorizationPolicy", "allow-client-only", TEST_NAMESPACE)
+        mesh[mesh.spec.config_cluster(pair.destination)].delete(
+            "AuthorizationPolicy", "allow-client-only", TEST_NAMESPACE
+        )
         cluster.delete("Deployment", STRANGER, TEST_NAMESPACE)
         cluster.delete("ServiceAccount", STRANGER, TEST_NAMESPACE)
 
@@ -268,7 +273,9 @@ def test_cross_cluster_authorization(mesh: Mesh, pair: ClusterPair, stranger: Cl
     target = only_in(pair.destination)
     domain = trust_domain(mesh[pair.destination]) or "cluster.local"
     principal = f"{domain}/ns/{TEST_NAMESPACE}/sa/{CLIENT}"
-    mesh[mesh.spec.config_cluster(pair.destination)].apply(manifests.authorization_policy("allow-client-only", target, [principal]))
+    mesh[mesh.spec.config_cluster(pair.destination)].apply(
+        manifests.authorization_policy("allow-client-only", target, [principal])
+    )
     url = service_url(target)
     allowed = converge(
         f"{pair.id} as {CLIENT}",
@@ -276,8 +283,9 @@ def test_cross_cluster_authorization(mesh: Mesh, pair: ClusterPair, stranger: Cl
         answered_by=pair.destination,
         deadline=mesh.convergence_deadline,
     )
-    assert allowed.converged, allowed.message() + explain(allowed.results, mesh)
+    require(allowed.converged, allowed.message() + explain(allowed.results, mesh))
     denied = calls_from(stranger, url, app=STRANGER)(5)
-    assert all(r.status == 403 and r.symptom.name == "RBAC_DENIED" for r in denied), (
-        f"{pair.id} as {STRANGER}: expected 403 RBAC: access denied on every call, got {summarize(denied)}"
+    require(
+        all(r.status == 403 and r.symptom.name == "RBAC_DENIED" for r in denied),
+        f"{pair.id} as {STRANGER}: expected 403 RBAC: access denied on every call, got {summarize(denied)}",
     )

@@ -295,3 +295,35 @@ def test_objects_it_cannot_interpret_are_refused(provision: Provision) -> None:
     policy["spec"]["rules"][0]["to"] = [{"operation": {"methods": ["GET"]}}]
     with pytest.raises(BackendError, match=r"does not interpret spec.rules\[0\].to"):
         a.apply(policy)
+
+
+def test_a_deleted_pod_is_replaced(provision: Provision) -> None:
+    mesh, _ = provision()
+    a = mesh["cluster-a"]
+    old = a.pod_of(TEST_NAMESPACE, "client").name
+    a.delete("Pod", old, TEST_NAMESPACE)
+    assert a.wait_ready("client", TEST_NAMESPACE, timeout=5)
+    assert a.pod_of(TEST_NAMESPACE, "client").name != old
+
+
+def test_remote_pods_get_no_certificate_while_the_primary_istiod_is_down(provision: Provision) -> None:
+    mesh, _ = provision("primary-remote")
+    primary, remote = mesh["cluster-a"], mesh["cluster-b"]
+    primary.scale("istiod", ISTIO_SYSTEM, 0)
+    assert all(r.ok for r in calls(remote, service_url(only_in("cluster-a"))))
+    remote.rollout_restart("client", TEST_NAMESPACE, timeout=0.5)
+    fresh = [p for p in remote.pods(TEST_NAMESPACE, {"app": "client"}) if not p.ready]
+    assert fresh, "a new remote pod got ready without the primary's istiod"
+    with pytest.raises(BackendError, match="has no certificate yet"):
+        remote.proxy_certs(fresh[0].name, TEST_NAMESPACE)
+    primary.scale("istiod", ISTIO_SYSTEM, 1)
+    assert remote.wait_ready("client", TEST_NAMESPACE, timeout=5)
+
+
+def test_workload_certificate_ttl_follows_istiod_environment() -> None:
+    from meshfed.backends.embedded.istiod import go_duration
+
+    assert go_duration("24h") == timedelta(hours=24)
+    assert go_duration("1h30m") == timedelta(minutes=90)
+    with pytest.raises(ValueError, match="not a duration"):
+        go_duration("10 days")

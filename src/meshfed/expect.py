@@ -11,7 +11,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pytest
+
 from meshfed.calls import CallResult, summarize
+
+
+def require(condition: bool, message: str) -> None:
+    """Fail the case with ``message`` alone: the user's words, not an assertion dump."""
+    if not condition:
+        pytest.fail(message, pytrace=False)
 
 
 @dataclass

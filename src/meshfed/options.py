@@ -119,7 +119,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
         False,
         action="store_true",
     ),
-    OptionSpec("--features", "run only cases that need these features (comma-separated)", None, type=features, metavar="A,B"),
+    OptionSpec(
+        "--features", "run only cases that need these features (comma-separated)", None, type=features, metavar="A,B"
+    ),
     OptionSpec("--exempt-features", "skip cases that need any of these features", None, type=features, metavar="A,B"),
     OptionSpec("--impl-organization", "conformance report: organization of the implementation under test", ""),
     OptionSpec("--impl-project", "conformance report: project or product under test (e.g. a managed Istio)", ""),
@@ -178,7 +180,9 @@ class SuiteOptions:
             features=values["--features"],
             exempt_features=values["--exempt-features"] or frozenset(),
             implementation={
-                key: values[f"--impl-{key}"] for key in ("organization", "project", "version", "contact") if values[f"--impl-{key}"]
+                key: values[f"--impl-{key}"]
+                for key in ("organization", "project", "version", "contact")
+                if values[f"--impl-{key}"]
             },
         )
         options.validate()

@@ -48,10 +48,18 @@ def mesh_picture(record: RunRecord) -> str:
             )
     for cluster in record.clusters:
         x, y = places[cluster["name"]]
-        parts.append(f'<rect x="{x - 62:.0f}" y="{y - 40:.0f}" width="124" height="80" rx="10" fill="#eef3fb" stroke="#3d6fb6"/>')
-        parts.append(f'<text x="{x:.0f}" y="{y - 16:.0f}" text-anchor="middle" font-weight="bold" font-size="14">{html.escape(cluster["name"])}</text>')
-        parts.append(f'<text x="{x:.0f}" y="{y + 2:.0f}" text-anchor="middle" font-size="11">{html.escape(cluster["network"])} · {html.escape(cluster["role"])}</text>')
-        parts.append(f'<rect x="{x - 40:.0f}" y="{y + 12:.0f}" width="80" height="20" rx="4" fill="#fff" stroke="#888"/>')
+        parts.append(
+            f'<rect x="{x - 62:.0f}" y="{y - 40:.0f}" width="124" height="80" rx="10" fill="#eef3fb" stroke="#3d6fb6"/>'
+        )
+        parts.append(
+            f'<text x="{x:.0f}" y="{y - 16:.0f}" text-anchor="middle" font-weight="bold" font-size="14">{html.escape(cluster["name"])}</text>'
+        )
+        parts.append(
+            f'<text x="{x:.0f}" y="{y + 2:.0f}" text-anchor="middle" font-size="11">{html.escape(cluster["network"])} · {html.escape(cluster["role"])}</text>'
+        )
+        parts.append(
+            f'<rect x="{x - 40:.0f}" y="{y + 12:.0f}" width="80" height="20" rx="4" fill="#fff" stroke="#888"/>'
+        )
         parts.append(f'<text x="{x:.0f}" y="{y + 26:.0f}" text-anchor="middle" font-size="10">east-west gw</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -70,8 +78,14 @@ def summary_html(record: RunRecord) -> str:
     if record.backend == "embedded":
         out.append(f"<p><strong>{html.escape(EMBEDDED_NOTE)}</strong></p>")
     if record.provisioning_error:
-        out.append(f"<p style='color:#d23b3b'><strong>Provisioning failed:</strong> {html.escape(record.provisioning_error)}</p>")
-    out.append("<table>" + "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in rows) + "</table>")
+        out.append(
+            f"<p style='color:#d23b3b'><strong>Provisioning failed:</strong> {html.escape(record.provisioning_error)}</p>"
+        )
+    out.append(
+        "<table>"
+        + "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+        + "</table>"
+    )
     out.append(mesh_picture(record))
     latency_rows = []
     for pair in sorted(record.latencies):
@@ -82,6 +96,8 @@ def summary_html(record: RunRecord) -> str:
     if latency_rows:
         out.append(
             "<h3>Latency, median / p99 in ms (same-cluster vs cross-cluster: the price of the east-west hop)</h3>"
-            "<table><tr><th>pair</th><th>same cluster</th><th>cross cluster</th></tr>" + "".join(latency_rows) + "</table>"
+            "<table><tr><th>pair</th><th>same cluster</th><th>cross cluster</th></tr>"
+            + "".join(latency_rows)
+            + "</table>"
         )
     return "".join(out)

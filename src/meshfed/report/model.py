@@ -54,7 +54,10 @@ class RunRecord:
         for kind, values in self.latencies.get(pair, {}).items():
             if values:
                 ordered = sorted(values)
-                summary[kind] = (statistics.median(ordered), ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))])
+                summary[kind] = (
+                    statistics.median(ordered),
+                    ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
+                )
         return summary
 
 
@@ -78,11 +81,14 @@ def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[s
                 "name": name,
                 "result": profile_result(chosen),
                 "statistics": {
-                    kind: sum(1 for o in chosen if o.outcome == kind) for kind in ("passed", "failed", "skipped", "not-supported")
+                    kind: sum(1 for o in chosen if o.outcome == kind)
+                    for kind in ("passed", "failed", "skipped", "not-supported")
                 },
                 "failedTests": [o.case_id for o in chosen if o.outcome == "failed"],
                 "skippedTests": [o.case_id for o in chosen if o.outcome == "skipped"],
-                "notSupportedTests": [{"name": o.case_id, "reason": o.message} for o in chosen if o.outcome == "not-supported"],
+                "notSupportedTests": [
+                    {"name": o.case_id, "reason": o.message} for o in chosen if o.outcome == "not-supported"
+                ],
             }
         )
     report: dict[str, Any] = {
@@ -90,7 +96,9 @@ def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[s
         "kind": "ConformanceReport",
         "date": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "suiteVersion": __version__,
-        "implementation": {key: record.implementation.get(key, "") for key in ("organization", "project", "version", "contact")},
+        "implementation": {
+            key: record.implementation.get(key, "") for key in ("organization", "project", "version", "contact")
+        },
         "backend": record.backend,
         "topology": record.topology,
         "istioVersion": record.istio_version,

@@ -129,8 +129,12 @@ class ClusterRuntime:
         elif kind == "Pod" and event == "DELETED":
             pod = self.pods.pop((obj["metadata"]["namespace"], obj["metadata"]["name"]), None)
             if pod is not None:
+                by_controller = pod.stopped
                 pod.stop()
-                self._after_pod_change(obj["metadata"]["namespace"], pod.owner)
+                if by_controller:
+                    self._after_pod_change(obj["metadata"]["namespace"], pod.owner)
+                else:  # someone deleted the pod: its ReplicaSet makes a new one
+                    self.reconcile(pod.owner, pod.namespace)
 
     # -- deployments ----------------------------------------------------------------------------
     def deployment_pods(self, namespace: str, name: str) -> list[PodRuntime]:
@@ -172,6 +176,7 @@ class ClusterRuntime:
         self.store.set_status("Deployment", name, namespace, status)
 
     def _delete_pod(self, pod: PodRuntime) -> None:
+        pod.stopped = True  # the controller's own deletion: not to be replaced
         self.store.delete("Pod", pod.name, pod.namespace)
 
     def _after_pod_change(self, namespace: str, owner: str) -> None:
@@ -222,6 +227,8 @@ class ClusterRuntime:
             except (OSError, StoreError) as error:
                 pod.message = str(error)
         self.write_pod_status(pod)
+        if pod.role == "istiod" and pod.ready:
+            self.mesh.reconnect_proxies()  # once its endpoint is ready, proxies find it
         return pod
 
     def write_pod_status(self, pod: PodRuntime) -> None:
@@ -259,8 +266,6 @@ class ClusterRuntime:
             except IstiodStartError as error:
                 pod.message = str(error)
                 pod.istiod.ca_choice = None
-                return
-            self.mesh.reconnect_proxies()
             return
         injection = self.injection(pod.namespace, pod.labels, gateway=pod.role == "gateway")
         if pod.role == "gateway":

@@ -84,7 +84,8 @@ class MeshRuntime:
         """Proxies waiting for a certificate retry, and proxies whose istiod went away reconnect."""
         if self.closing:
             return
-        for runtime, pod in self._agent_pods():
+        # Gateways first: a remote's proxies reach istiod through the primary's east-west gateway.
+        for runtime, pod in sorted(self._agent_pods(), key=lambda item: not item[1].agent.is_gateway):  # type: ignore[union-attr]
             assert pod.agent is not None
             was_ready = pod.ready
             if pod.agent.cert is None:
