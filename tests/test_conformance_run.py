@@ -1,0 +1,113 @@
+"""The conformance suite as a user runs it: outcomes, messages and the three reports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meshfed.cli import main as meshfed
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_suite(report_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "conformance/",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--report-dir",
+        str(report_dir),
+        *args,
+    ]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+
+
+def junit_cases(report_dir: Path) -> dict[str, ET.Element]:
+    tree = ET.parse(report_dir / "junit.xml")
+    return {case.get("name", ""): case for case in tree.iter("testcase")}
+
+
+def properties(case: ET.Element) -> dict[str, str]:
+    return {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
+
+
+@pytest.mark.parametrize("topology", ["multi-primary", "primary-remote"])
+def test_a_healthy_mesh_passes_the_core_profile(tmp_path: Path, topology: str) -> None:
+    result = run_suite(tmp_path, "--topology", topology)
+    assert result.returncode == 0, result.stdout[-3000:]
+    report = yaml.safe_load((tmp_path / "conformance-report.yaml").read_text())
+    assert (report["apiVersion"], report["kind"]) == ("meshfed.dev/v1alpha1", "ConformanceReport")
+    assert (report["backend"], report["topology"], report["certifiesIstio"]) == ("embedded", topology, False)
+    core = report["profiles"][0]
+    assert (core["name"], core["result"]) == ("core", "success")
+    assert core["statistics"] == {"passed": 11, "failed": 0, "skipped": 0, "not-supported": 0}
+    assert report["profiles"][1]["result"] == "unknown", "an empty profile is never a success"
+    cases = junit_cases(tmp_path)
+    reach = properties(cases["test_cross_cluster_reachability[cluster-a->cluster-b]"])
+    assert reach == {
+        "case": "CrossClusterReachability",
+        "profile": "core",
+        "features": "CrossClusterCalls",
+        "pair": "cluster-a->cluster-b",
+    }
+    page = (tmp_path / "report.html").read_text()
+    assert "<svg" in page and "it certifies no Istio installation" in page and "cross cluster" in page
+
+
+def test_a_second_root_ca_fails_with_the_cause_named(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    assert meshfed(["pki", "init", "--out", str(certs), "--clusters", "cluster-a", "--key-type", "ecdsa"]) == 0
+    assert (
+        meshfed(["pki", "init", "--out", str(tmp_path / "other"), "--clusters", "cluster-b", "--key-type", "ecdsa"])
+        == 0
+    )
+    (tmp_path / "other" / "cluster-b").rename(certs / "cluster-b")
+    result = run_suite(tmp_path / "reports", "--cacerts-dir", str(certs))
+    assert result.returncode == 1
+    report = yaml.safe_load((tmp_path / "reports" / "conformance-report.yaml").read_text())
+    failed = report["profiles"][0]["failedTests"]
+    assert "SharedRootOfTrust" in failed and "CrossClusterReachability[cluster-a->cluster-b]" in failed
+    cases = junit_cases(tmp_path / "reports")
+    shared = cases["test_shared_root_of_trust"].find("failure")
+    assert shared is not None and "root-cert.pem differs: cluster-a SHA256" in (shared.get("message") or "")
+    reach = cases["test_cross_cluster_reachability[cluster-b->cluster-a]"].find("failure")
+    message = reach.get("message") if reach is not None else ""
+    assert "failed: TLS verify failed (CERTIFICATE_VERIFY_FAILED); likely cause: root-cert.pem differs" in (
+        message or ""
+    )
+
+
+def test_a_provisioning_failure_still_writes_every_report(tmp_path: Path) -> None:
+    result = run_suite(tmp_path, "--backend", "kind")
+    assert result.returncode == 1
+    report = yaml.safe_load((tmp_path / "conformance-report.yaml").read_text())
+    assert "the kind backend is not available" in report["provisioningError"]
+    assert report["profiles"][0]["result"] == "failure"
+    assert all(case.find("error") is not None for case in junit_cases(tmp_path).values())
+    assert "Provisioning failed" in (tmp_path / "report.html").read_text()
+
+
+def test_features_select_cases(tmp_path: Path) -> None:
+    result = run_suite(tmp_path, "--features", "SharedRootOfTrust")
+    assert result.returncode == 0
+    assert list(junit_cases(tmp_path)) == ["test_shared_root_of_trust"]
+    result = run_suite(
+        tmp_path, "--exempt-features", "CrossClusterCalls,MutualTLS,Authorization,SpiffeIdentity,MeshWideLoadBalancing"
+    )
+    assert list(junit_cases(tmp_path)) == ["test_shared_root_of_trust"]
+
+
+def test_xdist_is_refused_with_a_sentence(tmp_path: Path) -> None:
+    pytest.importorskip("xdist")
+    result = run_suite(tmp_path, "-n", "2")
+    assert result.returncode == 4
+    assert "meshfed provisions one mesh per run and its cases change that mesh in turn: run without -n" in result.stderr
