@@ -2,13 +2,16 @@
 
 For 2, 3 and 5 clusters it prints the time to provision the mesh and the median and p99 latency of
 same-cluster and cross-cluster calls (client -> sidecar -> [east-west gateway] -> sidecar -> echo).
+With ``--suite`` it also times ``pytest conformance/`` on the embedded backend for both topologies.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 from meshfed.backends.embedded.mesh import EmbeddedBackend
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topology", choices=[t.value for t in Topology], default="multi-primary")
     parser.add_argument("--calls", type=int, default=50, help="calls per ordered pair and target (default 50)")
     parser.add_argument("--clusters", type=int, nargs="+", default=[2, 3, 5])
+    parser.add_argument("--suite", action="store_true", help="also time pytest conformance/ for both topologies")
     args = parser.parse_args(argv)
     print(f"embedded mesh, {args.topology}, {args.calls} calls per pair and target")
     print(
@@ -66,6 +70,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{count:>8}  {r['provision_s']:>8.2f}s  {r['same_median_ms']:>9.1f}ms  {r['same_p99_ms']:>6.1f}ms"
             f"  {r['cross_median_ms']:>10.1f}ms  {r['cross_p99_ms']:>7.1f}ms"
         )
+    if args.suite:
+        for topology in Topology:
+            with tempfile.TemporaryDirectory() as reports:
+                started = time.perf_counter()
+                result = subprocess.run(
+                    [sys.executable, "-m", "pytest", "conformance/", "-q", "--topology", topology.value, "--report-dir", reports],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                elapsed = time.perf_counter() - started
+            last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr.strip()
+            print(f"pytest conformance/ --topology {topology.value}: {elapsed:.1f}s ({last})")
     return 0
 
 
