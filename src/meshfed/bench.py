@@ -75,7 +75,17 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as reports:
                 started = time.perf_counter()
                 result = subprocess.run(
-                    [sys.executable, "-m", "pytest", "conformance/", "-q", "--topology", topology.value, "--report-dir", reports],
+                    [
+                        sys.executable,
+                        "-m",
+                        "pytest",
+                        "conformance/",
+                        "-q",
+                        "--topology",
+                        topology.value,
+                        "--report-dir",
+                        reports,
+                    ],
                     capture_output=True,
                     text=True,
                     check=False,
