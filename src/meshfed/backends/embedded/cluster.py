@@ -26,7 +26,7 @@ import socket
 import string
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -62,7 +62,6 @@ class PodRuntime:
     istiod: Istiod | None = None
     server: Any = None  # the echo app's HTTP server
     stopped: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import builtins
-import json
 import socket
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -307,7 +305,3 @@ class EmbeddedBackend(Backend):
             mesh.teardown()
             raise
         return mesh
-
-
-def describe(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)

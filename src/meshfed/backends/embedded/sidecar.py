@@ -29,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshfed.backends.embedded import xds
 from meshfed.backends.embedded.agent import ProxyAgent
@@ -357,7 +358,7 @@ def _inbound_handler(sidecar: Sidecar, port: int, principal: str, digest: str) -
                 _text(self, 403, "RBAC: access denied")
                 return
             if principal:
-                own = principal_of(sidecar.agent.cert.leaf.public_bytes(_DER)) if sidecar.agent.cert else ""
+                own = principal_of(sidecar.agent.cert.leaf.public_bytes(Encoding.DER)) if sidecar.agent.cert else ""
                 element = f'By={own};Hash={digest};Subject="";URI={principal}'
                 previous = [v for k, v in headers if k.lower() == "x-forwarded-client-cert"]
                 headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-client-cert"]
@@ -379,8 +380,3 @@ def _inbound_handler(sidecar: Sidecar, port: int, principal: str, digest: str) -
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
     return Inbound
-
-
-from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
-
-_DER = Encoding.DER

@@ -1,0 +1,62 @@
+"""The conformance report's verdicts: an empty or partial run is never called a success."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from meshfed.report.html import mesh_picture, summary_html
+from meshfed.report.model import CaseOutcome, RunRecord, conformance_report, profile_result
+
+
+def outcome(kind: str, name: str = "X") -> CaseOutcome:
+    return CaseOutcome(name, name, "core", ("F",), kind, "why" if kind == "not-supported" else "")
+
+
+def test_profile_results() -> None:
+    assert profile_result([]) == "unknown"
+    assert profile_result([outcome("passed")]) == "success"
+    assert profile_result([outcome("passed"), outcome("not-supported")]) == "partial"
+    assert profile_result([outcome("passed"), outcome("skipped")]) == "partial"
+    assert profile_result([outcome("passed"), outcome("failed")]) == "failure"
+    assert profile_result([outcome("not-supported")]) == "unknown"
+
+
+def _record() -> RunRecord:
+    return RunRecord(
+        backend="kind",
+        topology="multi-primary",
+        clusters=[
+            {"name": "cluster-a", "network": "network-a", "role": "primary"},
+            {"name": "cluster-b", "network": "network-b", "role": "primary"},
+        ],
+        istio_version="1.30.3",
+        implementation={"organization": "Acme", "project": "Acme Mesh"},
+    )
+
+
+def test_report_lists_not_supported_cases_with_reasons() -> None:
+    record = _record()
+    record.outcomes = [outcome("passed", "A"), outcome("not-supported", "B")]
+    report = conformance_report(record, now=datetime(2026, 11, 21, tzinfo=UTC))
+    core = report["profiles"][0]
+    assert core["result"] == "partial"
+    assert core["notSupportedTests"] == [{"name": "B", "reason": "why"}]
+    assert report["implementation"] == {"organization": "Acme", "project": "Acme Mesh", "version": "", "contact": ""}
+    assert "certifiesIstio" not in report and report["date"] == "2026-11-21T00:00:00Z"
+
+
+def test_picture_colours_each_ordered_pair() -> None:
+    record = _record()
+    record.pair_status = {"cluster-a->cluster-b": True, "cluster-b->cluster-a": False}
+    svg = mesh_picture(record)
+    assert svg.count("<line") == 2
+    assert 'stroke="#2e9d48"' in svg and 'stroke="#d23b3b"' in svg
+    assert "cluster-a -&gt; cluster-b: reachable" in svg and "cluster-b -&gt; cluster-a: unreachable" in svg
+
+
+def test_latency_table_shows_median_and_p99() -> None:
+    record = _record()
+    record.record_latency("cluster-a->cluster-b", "same", [1.0, 2.0, 3.0])
+    record.record_latency("cluster-a->cluster-b", "cross", [4.0, 5.0, 6.0, 100.0])
+    assert record.latency_summary("cluster-a->cluster-b") == {"same": (2.0, 3.0), "cross": (5.5, 100.0)}
+    assert "<td>2.0 / 3.0</td><td>5.5 / 100.0</td>" in summary_html(record)
