@@ -1,17 +1,37 @@
-"""Read-only checks of a mesh that name the cause of a failure (the root of trust, for now).
+"""Read-only checks of a mesh that name the cause of a failure, as ``linkerd multicluster check`` does.
 
-Every check goes through the backend contract, so it reads a real cluster and the embedded mesh alike.
+Every check reads the mesh through the backend contract only (objects, proxy certificates,
+``istioctl remote-clusters``), so it runs against a real cluster and the embedded mesh alike. Each
+result has a status (ok, warning, error), the evidence, and a hint that says what to do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
+import yaml
 from cryptography import x509
 
-from meshfed.backends.base import Mesh
-from meshfed.manifests import ISTIO_SYSTEM
-from meshfed.pki import BundleSourceError, PemError, bundle_from_secret, fingerprint, load_certs
+from meshfed.backends.base import BackendError, Cluster, Mesh
+from meshfed.manifests import EASTWEST_GATEWAY, ISTIO_SYSTEM, MULTICLUSTER_LABEL, NETWORK_LABEL, TEST_NAMESPACE
+from meshfed.pki import BundleSourceError, PemError, bundle_from_secret, fingerprint, load_certs, validate_bundle
+from meshfed.pki.bundle import compare_roots
+
+Status = Literal["ok", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class Check:
+    check: str  # stable id, e.g. "root-mismatch"
+    status: Status
+    cluster: str
+    evidence: str
+    hint: str = ""
+
+    def line(self) -> str:
+        return f"{self.cluster}: {self.check}: {self.evidence}" + (f"; {self.hint}" if self.hint else "")
 
 
 def cacerts_roots(mesh: Mesh) -> dict[str, x509.Certificate | None]:
@@ -38,3 +58,243 @@ def root_mismatch(roots: Mapping[str, x509.Certificate | None]) -> str | None:
         return None
     listed = ", ".join(f"{name} SHA256 {fp}" for name, fp in present.items())
     return f"root-cert.pem differs: {listed}: the clusters do not share one root of trust"
+
+
+def _mesh_config(cluster: Cluster) -> dict[str, object]:
+    config = cluster.get("ConfigMap", "istio", ISTIO_SYSTEM)
+    loaded = yaml.safe_load(((config or {}).get("data") or {}).get("mesh", "") or "{}")
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _labels(obj: Mapping[str, Any] | None) -> dict[str, str]:
+    return dict(((obj or {}).get("metadata") or {}).get("labels") or {})
+
+
+def check_trust(mesh: Mesh) -> list[Check]:
+    results: list[Check] = []
+    reports = {}
+    for name, cluster in mesh.clusters.items():
+        secret = cluster.get("Secret", "cacerts", ISTIO_SYSTEM)
+        if secret is None:
+            results.append(
+                Check(
+                    "cacerts-missing",
+                    "error",
+                    name,
+                    "no cacerts Secret in istio-system",
+                    "create it from your plug-in bundle, then restart istiod and the workloads",
+                )
+            )
+            continue
+        report = validate_bundle(bundle_from_secret(secret), source=f"{name} cacerts")
+        reports[name] = report
+        for finding in report.findings:
+            check = "cacerts-incomplete" if finding.code == "incomplete-bundle" else f"cacerts-{finding.code}"
+            results.append(Check(check, finding.severity, name, f"{finding.file}: {finding.problem}", finding.fix))
+    for name, finding in compare_roots(reports):
+        results.append(Check(finding.code, finding.severity, name, finding.problem, finding.fix))
+    roots = {name: report.signing_root for name, report in reports.items()}
+    for name, cluster in mesh.clusters.items():
+        root = roots.get(name)
+        config_map = cluster.get("ConfigMap", "istio-ca-root-cert", TEST_NAMESPACE)
+        if root is None or config_map is None:
+            continue
+        held = load_certs(config_map["data"]["root-cert.pem"].encode(), "istio-ca-root-cert")
+        if root not in held:
+            served = ", ".join(fingerprint(c) for c in held)
+            results.append(
+                Check(
+                    "istiod-not-on-cacerts",
+                    "error",
+                    name,
+                    f"istio-ca-root-cert holds {served}, not the cacerts root {fingerprint(root)}: istiod signs with another CA (it started before cacerts existed, or never restarted)",
+                    "restart istiod (kubectl rollout restart deployment/istiod -n istio-system), then every workload",
+                )
+            )
+            continue
+        ca_cert = reports[name].signing_cert
+        for pod in cluster.pods(TEST_NAMESPACE):
+            if not pod.has_sidecar or not pod.ready:
+                continue
+            try:
+                chain = cluster.proxy_certs(pod.name, TEST_NAMESPACE).chain
+            except BackendError:
+                continue
+            if (
+                ca_cert is not None
+                and (len(chain) < 2 or chain[1] != ca_cert)
+                and mesh.spec.cluster(name).role == "primary"
+            ):
+                results.append(
+                    Check(
+                        "stale-workload-certificate",
+                        "error",
+                        name,
+                        f"{pod.name} holds a certificate not issued by the current cacerts intermediate",
+                        "restart the workload (kubectl rollout restart) so it gets a certificate from the current CA",
+                    )
+                )
+    return results
+
+
+def check_remote_secrets(mesh: Mesh) -> list[Check]:
+    results = []
+    for spec in mesh.spec.primaries:
+        cluster = mesh[spec.name]
+        wanted = [c for c in mesh.spec.names if c != spec.name]
+        present = {
+            s["metadata"].get("annotations", {}).get("networking.istio.io/cluster")
+            or s["metadata"]["name"].removeprefix("istio-remote-secret-")
+            for s in cluster.list("Secret", ISTIO_SYSTEM, {MULTICLUSTER_LABEL: "true"})
+        }
+        for other in wanted:
+            if other not in present:
+                results.append(
+                    Check(
+                        "remote-secret-missing",
+                        "error",
+                        spec.name,
+                        f"no remote secret for {other}: istiod here never sees {other}'s endpoints",
+                        f"istioctl create-remote-secret --context=<{other}> --name={other} | kubectl apply --context=<{spec.name}> -f -",
+                    )
+                )
+        try:
+            statuses = cluster.remote_clusters()
+        except BackendError:
+            continue
+        for status in statuses:
+            if status.name != spec.name and status.status != "synced":
+                secret = cluster.get("Secret", status.secret, ISTIO_SYSTEM)
+                servers = [
+                    line.split("server:", 1)[1].strip()
+                    for data in bundle_from_secret(secret or {}).values()
+                    for line in data.decode(errors="replace").splitlines()
+                    if "server:" in line
+                ]
+                loopback = any("127.0.0.1" in s or "localhost" in s for s in servers)
+                results.append(
+                    Check(
+                        "remote-secret-loopback" if loopback else "remote-secret-unreachable",
+                        "error",
+                        spec.name,
+                        f"remote cluster {status.name} is {status.status} (server {', '.join(servers) or 'unknown'})",
+                        "recreate the remote secret with --server set to an address istiod can reach (on kind: the control-plane container's IP)"
+                        if loopback
+                        else "check that istiod can reach that API server",
+                    )
+                )
+    return results
+
+
+def check_gateways(mesh: Mesh) -> list[Check]:
+    results = []
+    for spec in mesh.spec.clusters:
+        cluster = mesh[spec.name]
+        namespace_network = _labels(cluster.get("Namespace", ISTIO_SYSTEM)).get(NETWORK_LABEL)
+        if not namespace_network:
+            results.append(
+                Check(
+                    "network-label-missing",
+                    "error",
+                    spec.name,
+                    f"istio-system has no {NETWORK_LABEL} label: istiod hands out this cluster's pod addresses to other networks",
+                    f"kubectl label namespace istio-system {NETWORK_LABEL}={spec.network}",
+                )
+            )
+        elif namespace_network != spec.network:
+            results.append(
+                Check(
+                    "network-label-wrong",
+                    "error",
+                    spec.name,
+                    f"istio-system is labelled {namespace_network!r}, the mesh expects {spec.network!r}",
+                    f"kubectl label --overwrite namespace istio-system {NETWORK_LABEL}={spec.network}",
+                )
+            )
+        service = cluster.get("Service", EASTWEST_GATEWAY, ISTIO_SYSTEM)
+        if service is None:
+            results.append(
+                Check(
+                    "eastwest-gateway-missing",
+                    "error",
+                    spec.name,
+                    "no istio-eastwestgateway Service",
+                    "install it: samples/multicluster/gen-eastwest-gateway.sh --network <net> | istioctl install -y -f -",
+                )
+            )
+        else:
+            ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+            if not ingress:
+                results.append(
+                    Check(
+                        "eastwest-gateway-no-address",
+                        "error",
+                        spec.name,
+                        "the east-west gateway has no external address",
+                        "give LoadBalancer Services an address (MetalLB or cloud-provider-kind on kind)",
+                    )
+                )
+            gateway_network = _labels(service).get(NETWORK_LABEL)
+            if gateway_network != spec.network:
+                results.append(
+                    Check(
+                        "eastwest-gateway-network-label",
+                        "error",
+                        spec.name,
+                        f"the gateway Service's {NETWORK_LABEL} is {gateway_network!r}, not {spec.network!r}",
+                        "regenerate the gateway with --network <this cluster's network>",
+                    )
+                )
+    for name in {mesh.spec.config_cluster(n) for n in mesh.spec.names}:
+        gateways = mesh[name].list("Gateway")
+        passthrough = [
+            g
+            for g in gateways
+            if (g["spec"].get("selector") or {}).get("istio") == "eastwestgateway"
+            and any(
+                (s.get("tls") or {}).get("mode") == "AUTO_PASSTHROUGH" and s.get("port", {}).get("number") == 15443
+                for s in g["spec"].get("servers") or []
+            )
+        ]
+        if not passthrough:
+            results.append(
+                Check(
+                    "cross-network-gateway-missing",
+                    "error",
+                    name,
+                    "no Gateway with AUTO_PASSTHROUGH on 15443 for the east-west gateway: calls into this cluster from other networks are reset",
+                    "kubectl apply -n istio-system -f samples/multicluster/expose-services.yaml",
+                )
+            )
+    return results
+
+
+def check_mesh_config(mesh: Mesh) -> list[Check]:
+    results = []
+    domains = {
+        name: str(_mesh_config(mesh[name]).get("trustDomain") or "cluster.local")
+        for name in mesh.spec.names
+        if mesh[name].get("ConfigMap", "istio", ISTIO_SYSTEM)
+    }
+    if len(set(domains.values())) > 1:
+        listed = ", ".join(f"{n}={d}" for n, d in domains.items())
+        results.append(
+            Check(
+                "trust-domain-mismatch",
+                "error",
+                "mesh",
+                f"trust domains differ ({listed}): identities do not match and principal-based policies deny",
+                "use one trustDomain everywhere, or list the others in trustDomainAliases",
+            )
+        )
+    return results
+
+
+CHECKS = (check_trust, check_remote_secrets, check_gateways, check_mesh_config)
+
+
+def diagnose(mesh: Mesh) -> list[Check]:
+    """Every check over the mesh; errors first."""
+    results = [result for check in CHECKS for result in check(mesh)]
+    order = {"error": 0, "warning": 1, "ok": 2}
+    return sorted(results, key=lambda r: order[r.status])

@@ -105,6 +105,7 @@ class ClusterRuntime:
         self._lock = threading.RLock()
         self._lb_listeners: dict[tuple[str, str], list[socket.socket]] = {}
         self._generations: dict[tuple[str, str], int] = {}
+        self._reconciling: set[tuple[str, str]] = set()
         self.store.watch(self._on_event)
 
     # -- events -------------------------------------------------------------------------------
@@ -140,23 +141,42 @@ class ClusterRuntime:
         return [p for p in self.pods.values() if p.namespace == namespace and p.owner == name and not p.stopped]
 
     def reconcile(self, name: str, namespace: str) -> None:
+        """A rolling update with maxUnavailable 0: an old pod goes only once a new one is ready, so a
+        rollout whose new pod never gets ready leaves the old pods serving (as Kubernetes does)."""
+        key = (namespace, name)
         with self._lock:
-            deployment = self.store.get("Deployment", name, namespace)
-            if deployment is None:
+            if key in self._reconciling:
                 return
-            template = deployment["spec"]["template"]
-            wanted = int(deployment["spec"].get("replicas", 1))
-            current_hash = _hash(template)
-            pods = self.deployment_pods(namespace, name)
-            old = [p for p in pods if p.template_hash != current_hash]
-            new = [p for p in pods if p.template_hash == current_hash]
-            while len(new) < wanted:  # surge: the new pod comes up before an old one goes
-                new.append(self._start_pod(deployment, current_hash))
-                if old:
-                    self._delete_pod(old.pop(0))
-            for pod in old + new[wanted:]:
+            self._reconciling.add(key)
+            try:
+                self._reconcile(name, namespace)
+            finally:
+                self._reconciling.discard(key)
+
+    def _reconcile(self, name: str, namespace: str) -> None:
+        deployment = self.store.get("Deployment", name, namespace)
+        if deployment is None:
+            return
+        template = deployment["spec"]["template"]
+        wanted = int(deployment["spec"].get("replicas", 1))
+        current_hash = _hash(template)
+        pods = self.deployment_pods(namespace, name)
+        old = [p for p in pods if p.template_hash != current_hash]
+        new = [p for p in pods if p.template_hash == current_hash]
+        while len(new) < wanted:
+            pod = self._start_pod(deployment, current_hash)
+            new.append(pod)
+            if not pod.ready:
+                break  # the rollout waits; the old pods keep serving
+            if old:
+                self._delete_pod(old.pop(0))
+        ready_new = sum(1 for p in new if p.ready)
+        if ready_new >= wanted:
+            for pod in old:
                 self._delete_pod(pod)
-            self._write_deployment_status(deployment)
+        for pod in new[wanted:]:
+            self._delete_pod(pod)
+        self._write_deployment_status(deployment)
 
     def _scale_to(self, deployment: Obj, replicas: int) -> None:
         for pod in self.deployment_pods(deployment["metadata"]["namespace"], deployment["metadata"]["name"])[replicas:]:
@@ -179,9 +199,8 @@ class ClusterRuntime:
         self.store.delete("Pod", pod.name, pod.namespace)
 
     def _after_pod_change(self, namespace: str, owner: str) -> None:
-        deployment = self.store.get("Deployment", owner, namespace)
-        if deployment is not None:
-            self._write_deployment_status(deployment)
+        """A pod got ready (or went): the rollout may go on."""
+        self.reconcile(owner, namespace)
 
     # -- kubelet --------------------------------------------------------------------------------
     def _start_pod(self, deployment: Obj, template_hash: str) -> PodRuntime:

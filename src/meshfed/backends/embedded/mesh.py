@@ -161,7 +161,7 @@ class EmbeddedCluster(Cluster):
             if obj is None:
                 raise BackendError(f"{self.name}: no Deployment {deployment!r} in namespace {namespace!r}")
             pods = self.runtime.deployment_pods(namespace, deployment)
-            if len(pods) == int(obj["spec"].get("replicas", 1)) and all(p.ready for p in pods):
+            if len(pods) == int(obj["spec"].get("replicas", 1)) and all(p.ready for p in pods):  # rollout complete
                 return True
             if time.monotonic() > deadline:
                 return False
