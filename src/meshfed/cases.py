@@ -23,11 +23,13 @@ class Feature(enum.Enum):
     SHARED_ROOT = "SharedRootOfTrust"
     SPIFFE_IDENTITY = "SpiffeIdentity"
     AUTHORIZATION = "Authorization"
+    MISCONFIGURATION_REGRESSION = "MisconfigurationRegression"
 
 
+EXTENDED = frozenset({Feature.MISCONFIGURATION_REGRESSION})
 PROFILES: dict[str, frozenset[Feature]] = {
-    "core": frozenset(Feature),
-    "extended": frozenset(),
+    "core": frozenset(Feature) - EXTENDED,
+    "extended": EXTENDED,
 }
 
 

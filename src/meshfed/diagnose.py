@@ -290,7 +290,53 @@ def check_mesh_config(mesh: Mesh) -> list[Check]:
     return results
 
 
-CHECKS = (check_trust, check_remote_secrets, check_gateways, check_mesh_config)
+def check_services(mesh: Mesh) -> list[Check]:
+    """A Service must exist in the caller's cluster for its name to resolve (istio/istio#17087)."""
+    results = []
+    names = {
+        name: {s["metadata"]["name"] for s in mesh[name].list("Service", TEST_NAMESPACE)} for name in mesh.spec.names
+    }
+    everywhere = set().union(*names.values())
+    for name, present in names.items():
+        for missing in sorted(everywhere - present):
+            results.append(
+                Check(
+                    "service-missing",
+                    "error",
+                    name,
+                    f"Service {missing}.{TEST_NAMESPACE} does not exist here, so its name does not resolve for callers in {name}",
+                    f"create the Service in {name} too (no pods needed), or turn on DNS proxying",
+                )
+            )
+    return results
+
+
+def check_peer_authentication(mesh: Mesh) -> list[Check]:
+    results = []
+    for name in sorted({mesh.spec.config_cluster(n) for n in mesh.spec.names}):
+        for policy in mesh[name].list("PeerAuthentication"):
+            if ((policy["spec"].get("mtls") or {}).get("mode") or "").upper() == "STRICT":
+                where = policy["metadata"]["namespace"]
+                results.append(
+                    Check(
+                        "peer-authentication-strict",
+                        "warning",
+                        name,
+                        f"PeerAuthentication {policy['metadata']['name']} in {where} is STRICT: callers without a sidecar are refused",
+                        "give the callers a sidecar, or use PERMISSIVE while they migrate",
+                    )
+                )
+    return results
+
+
+CHECKS = (
+    check_trust,
+    check_remote_secrets,
+    check_gateways,
+    check_mesh_config,
+    check_services,
+    check_peer_authentication,
+)
 
 
 def diagnose(mesh: Mesh) -> list[Check]:

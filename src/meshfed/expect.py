@@ -40,14 +40,20 @@ def converge(
     deadline: float = 30.0,
     batch: int = 5,
     answered_by: str | None = None,
+    accept: Callable[[CallResult], bool] | None = None,
 ) -> Convergence:
+    """Until ``consecutive`` calls in a row are good: answered (by ``answered_by``, if given), or
+    whatever ``accept`` says (e.g. the symptom a misconfiguration must show)."""
     outcome = Convergence(label)
     ends = time.monotonic() + deadline
     streak = 0
     while True:
         for result in make_calls(batch):
             outcome.results.append(result)
-            good = result.ok and (answered_by is None or result.cluster == answered_by)
+            if accept is not None:
+                good = accept(result)
+            else:
+                good = result.ok and (answered_by is None or result.cluster == answered_by)
             streak = streak + 1 if good else 0
             if streak >= consecutive:
                 outcome.converged = True

@@ -1,7 +1,8 @@
 """The network between the embedded clusters: addresses, and which of them a dialer may reach.
 
 Loopback reaches everything, so the fabric refuses what a multi-network mesh cannot do. Each cluster
-gets a block of loopback addresses (``127.<100+i>.0.0/16``): pod addresses, LoadBalancer addresses
+gets a block of loopback addresses (``127.<base+i>.0.0/16``, the base drawn per mesh so that meshes
+of other processes on the machine do not collide): pod addresses, LoadBalancer addresses
 and its API server's address. Pod addresses are reachable only from the same network (clusters on
 one network share a flat pod network, as Istio's single-network model assumes); LoadBalancer
 addresses (the east-west gateways) from every network. A dial to a pod address of another network,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import random
 import socket
 import struct
 import threading
@@ -22,7 +24,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 AddressKind = Literal["pod", "loadbalancer", "apiserver"]
-_BASE = 100
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Unroutable(TimeoutError):
 
 class Fabric:
     def __init__(self) -> None:
+        self._base = random.randrange(16, 228)
         self._lock = threading.Lock()
         self._clusters: dict[str, tuple[int, str]] = {}  # cluster -> (index, network)
         self._addresses: dict[str, Address] = {}
@@ -51,14 +53,14 @@ class Fabric:
             self._clusters[cluster] = (index, network)
             self._next_pod[cluster] = 0
             self._next_lb[cluster] = 10
-            api = f"127.{_BASE + index}.0.1"
+            api = f"127.{self._base + index}.0.1"
             self._addresses[api] = Address(api, "apiserver", cluster, network)
 
     def network_of(self, cluster: str) -> str:
         return self._clusters[cluster][1]
 
     def api_server(self, cluster: str) -> str:
-        return f"https://127.{_BASE + self._clusters[cluster][0]}.0.1:6443"
+        return f"https://127.{self._base + self._clusters[cluster][0]}.0.1:6443"
 
     def cluster_of_api_server(self, url: str) -> str | None:
         host = url.split("://", 1)[-1].rsplit(":", 1)[0]
@@ -70,7 +72,7 @@ class Fabric:
             index, network = self._clusters[cluster]
             n = self._next_pod[cluster]
             self._next_pod[cluster] = n + 1
-            ip = f"127.{_BASE + index}.{1 + n // 250}.{2 + n % 250}"
+            ip = f"127.{self._base + index}.{1 + n // 250}.{2 + n % 250}"
             self._addresses[ip] = Address(ip, "pod", cluster, network)
             return ip
 
@@ -79,7 +81,7 @@ class Fabric:
             index, network = self._clusters[cluster]
             n = self._next_lb[cluster]
             self._next_lb[cluster] = n + 1
-            ip = f"127.{_BASE + index}.0.{n}"
+            ip = f"127.{self._base + index}.0.{n}"
             self._addresses[ip] = Address(ip, "loadbalancer", cluster, network)
             return ip
 

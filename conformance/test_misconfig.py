@@ -1,0 +1,88 @@
+"""Misconfiguration regressions: each known mistake breaks the mesh in its known way, is named by the
+diagnosis, and the fix heals the mesh. Destructive: on ``existing`` only with ``--allow-destructive``."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshfed.backends.base import Mesh
+from meshfed.calls import Symptom
+from meshfed.cases import Feature, case, not_supported
+from meshfed.diagnose import diagnose
+from meshfed.expect import converge, require
+from meshfed.manifests import CLIENT, ISTIO_SYSTEM, only_in, service_url
+from meshfed.misconfig import CATALOG, Expect, Misconfiguration
+from meshfed.options import SuiteOptions
+
+
+def observe(mesh: Mesh, expect: Expect) -> str | None:
+    """None when calls show one of the expected symptoms in a row; else what they showed instead."""
+    cluster = mesh[expect.source]
+    pod = cluster.pod_of(expect.namespace, CLIENT)
+    url = service_url(only_in(expect.destination))
+    wanted = expect.symptoms
+    outcome = converge(
+        f"{expect.source}->{expect.destination}",
+        lambda n: cluster.call(pod.name, expect.namespace, url, n),
+        consecutive=3 if wanted == {Symptom.OK} else 2,
+        batch=1,
+        deadline=mesh.convergence_deadline,
+        accept=lambda r: r.symptom in wanted and (r.symptom is not Symptom.OK or r.cluster == expect.destination),
+    )
+    if outcome.converged:
+        return None
+    names = " or ".join(sorted(s.value for s in wanted))
+    return f"{outcome.message()} (expected {names})"
+
+
+@case(
+    "MisconfigurationRegression",
+    "A known misconfiguration breaks the mesh in its known way, the diagnosis names it first, and the fix heals it.",
+    {Feature.MISCONFIGURATION_REGRESSION},
+    profile="extended",
+)
+@pytest.mark.parametrize("entry", CATALOG, ids=[m.name for m in CATALOG])
+def test_misconfiguration_regression(mesh: Mesh, entry: Misconfiguration, suite_options: SuiteOptions) -> None:
+    reason = entry.not_applicable(mesh.spec)
+    if reason:
+        not_supported(f"not applicable to {mesh.spec.topology.value}: {reason}")
+    if suite_options.backend == "existing" and not suite_options.allow_destructive:
+        not_supported(
+            "destructive: it breaks and repairs the mesh; pass --allow-destructive to run it on existing clusters"
+        )
+    saved: dict[str, object] = {}
+    problems: list[str] = []
+    try:
+        for stage in entry.stages:
+            stage.act(mesh, saved)
+            for expect in stage.expect(mesh.spec):
+                seen = observe(mesh, expect)
+                if seen:
+                    problems.append(f"after '{stage.title}': {seen}")
+            if stage.istiod_ready is not None:
+                config = mesh[mesh.spec.config_cluster(mesh.spec.names[-1])]
+                ready = any(p.ready for p in config.pods(ISTIO_SYSTEM, {"app": "istiod"}))
+                if ready != stage.istiod_ready:
+                    problems.append(f"after '{stage.title}': istiod ready is {ready}, expected {stage.istiod_ready}")
+            findings = [f for f in diagnose(mesh) if f.status != "ok"]
+            if stage.finding is None:
+                errors = [f.line() for f in findings if f.status == "error"]
+                if errors:
+                    problems.append(
+                        f"after '{stage.title}' the mesh should be healthy, but the diagnosis says: {'; '.join(errors)}"
+                    )
+            elif not findings or findings[0].check != stage.finding:
+                listed = "; ".join(f.line() for f in findings) or "nothing"
+                problems.append(
+                    f"after '{stage.title}' the diagnosis should name {stage.finding} first; it says: {listed}"
+                )
+    finally:
+        entry.fix(mesh, saved)
+    for pair in mesh.spec.pairs():
+        seen = observe(mesh, Expect(pair.source, pair.destination, frozenset({Symptom.OK})))
+        if seen:
+            problems.append(f"after the fix: {seen}")
+    errors = [f.line() for f in diagnose(mesh) if f.status == "error"]
+    if errors:
+        problems.append(f"after the fix the diagnosis still says: {'; '.join(errors)}")
+    require(not problems, f"{entry.name}: " + " | ".join(problems))

@@ -1,0 +1,426 @@
+"""The catalog of known multi-cluster misconfigurations: how to break, what breaks, what names it, the fix.
+
+Each entry breaks the mesh only through the backend contract, says per direction which symptoms a
+call must show (Istio's own behaviour), names the diagnosis check that must come first, and repairs
+the mesh. ``target`` is the last cluster, ``other`` the first; where Istio configuration is involved it
+goes to the cluster that holds it (a remote's primary). An entry that cannot happen in a topology
+says why instead of passing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from meshfed import manifests
+from meshfed.backends.base import Mesh
+from meshfed.calls import Symptom
+from meshfed.manifests import ISTIO_SYSTEM, NETWORK_LABEL, TEST_NAMESPACE, only_in
+from meshfed.pki import create_mesh_pki
+from meshfed.topology import MeshSpec, Topology
+
+TLS_FAILURES = frozenset({Symptom.TLS_VERIFY_FAILED, Symptom.UNKNOWN_CA})
+OK = frozenset({Symptom.OK})
+
+
+@dataclass(frozen=True)
+class Expect:
+    """Calls from the client in ``source`` to the service that runs only in ``destination``."""
+
+    source: str
+    destination: str
+    symptoms: frozenset[Symptom]
+    namespace: str = TEST_NAMESPACE
+
+
+@dataclass
+class Stage:
+    """One step of breaking (or of a partial fix) and what the mesh then shows."""
+
+    title: str
+    act: Callable[[Mesh, dict[str, Any]], None]
+    expect: Callable[[MeshSpec], list[Expect]]
+    finding: str | None  # the diagnosis check that must come first; None: the mesh is healthy
+    istiod_ready: bool | None = None  # for entries that break the control plane rather than traffic
+
+
+@dataclass
+class Misconfiguration:
+    name: str
+    title: str
+    stages: list[Stage]
+    fix: Callable[[Mesh, dict[str, Any]], None]
+    not_applicable: Callable[[MeshSpec], str | None] = field(default=lambda spec: None)
+
+
+def target(spec: MeshSpec) -> str:
+    return spec.names[-1]
+
+
+def other(spec: MeshSpec) -> str:
+    return spec.names[0]
+
+
+def _both(spec: MeshSpec, symptoms: frozenset[Symptom]) -> list[Expect]:
+    return [Expect(other(spec), target(spec), symptoms), Expect(target(spec), other(spec), symptoms)]
+
+
+def _one_way(spec: MeshSpec, symptoms: frozenset[Symptom]) -> list[Expect]:
+    return [Expect(other(spec), target(spec), symptoms), Expect(target(spec), other(spec), OK)]
+
+
+def _restart_istiod(mesh: Mesh, cluster: str) -> None:
+    mesh[cluster].rollout_restart("istiod", ISTIO_SYSTEM, timeout=mesh.convergence_deadline * 10)
+
+
+def _restart_workloads(mesh: Mesh, cluster: str) -> None:
+    for deployment in mesh[cluster].list("Deployment", TEST_NAMESPACE):
+        mesh[cluster].rollout_restart(
+            deployment["metadata"]["name"], TEST_NAMESPACE, timeout=mesh.convergence_deadline * 10
+        )
+
+
+def _save(
+    mesh: Mesh, saved: dict[str, Any], key: str, cluster: str, kind: str, name: str, namespace: str | None
+) -> None:
+    saved[key] = (cluster, mesh[cluster].get(kind, name, namespace))
+
+
+def _restore(mesh: Mesh, saved: dict[str, Any], key: str) -> None:
+    cluster, obj = saved[key]
+    if obj is not None:
+        clean = {k: v for k, v in obj.items() if k != "status"}
+        clean["metadata"] = {
+            k: v for k, v in obj["metadata"].items() if k in ("name", "namespace", "labels", "annotations")
+        }
+        mesh[cluster].apply(clean)
+
+
+def _multi_primary_only(reason: str) -> Callable[[MeshSpec], str | None]:
+    return lambda spec: reason if spec.topology is Topology.PRIMARY_REMOTE else None
+
+
+# -- the entries ---------------------------------------------------------------------------------
+
+
+def _second_root(mesh: Mesh, saved: dict[str, Any]) -> None:
+    name = target(mesh.spec)
+    _save(mesh, saved, "cacerts", name, "Secret", "cacerts", ISTIO_SYSTEM)
+    stranger = create_mesh_pki([name], key_type="ecdsa").cluster_cas[name]
+    mesh[name].apply(manifests.cacerts(stranger.secret_data()))
+    _restart_istiod(mesh, name)
+    _restart_workloads(mesh, name)
+
+
+def _restore_cacerts(mesh: Mesh, saved: dict[str, Any]) -> None:
+    name = target(mesh.spec)
+    _restore(mesh, saved, "cacerts")
+    _restart_istiod(mesh, name)
+    _restart_workloads(mesh, name)
+
+
+def _install_before_cacerts(mesh: Mesh, saved: dict[str, Any]) -> None:
+    name = target(mesh.spec)
+    _save(mesh, saved, "cacerts", name, "Secret", "cacerts", ISTIO_SYSTEM)
+    mesh[name].delete("Secret", "cacerts", ISTIO_SYSTEM)
+    _restart_istiod(mesh, name)  # istiod now runs its self-signed CA, as when installed before cacerts
+    _restart_workloads(mesh, name)
+
+
+def _add_cacerts_restart_istiod(mesh: Mesh, saved: dict[str, Any]) -> None:
+    name = target(mesh.spec)
+    _restore(mesh, saved, "cacerts")
+    _restart_istiod(mesh, name)
+
+
+def _restart_target_workloads(mesh: Mesh, saved: dict[str, Any]) -> None:
+    _restart_workloads(mesh, target(mesh.spec))
+
+
+def _remote_secret_holder(spec: MeshSpec) -> str:
+    """The cluster that reads ``target`` through a remote secret: ``other`` (a primary)."""
+    return other(spec)
+
+
+def _drop_remote_secret(mesh: Mesh, saved: dict[str, Any]) -> None:
+    holder, name = _remote_secret_holder(mesh.spec), target(mesh.spec)
+    _save(mesh, saved, "secret", holder, "Secret", f"istio-remote-secret-{name}", ISTIO_SYSTEM)
+    mesh[holder].delete("Secret", f"istio-remote-secret-{name}", ISTIO_SYSTEM)
+
+
+def _drop_both_remote_secrets(mesh: Mesh, saved: dict[str, Any]) -> None:
+    _drop_remote_secret(mesh, saved)
+    name, holder = other(mesh.spec), target(mesh.spec)
+    _save(mesh, saved, "secret-2", holder, "Secret", f"istio-remote-secret-{name}", ISTIO_SYSTEM)
+    mesh[holder].delete("Secret", f"istio-remote-secret-{name}", ISTIO_SYSTEM)
+
+
+def _restore_remote_secrets(mesh: Mesh, saved: dict[str, Any]) -> None:
+    for key in ("secret", "secret-2"):
+        if key in saved:
+            _restore(mesh, saved, key)
+
+
+def _loopback_remote_secret(mesh: Mesh, saved: dict[str, Any]) -> None:
+    holder, name = _remote_secret_holder(mesh.spec), target(mesh.spec)
+    _save(mesh, saved, "secret", holder, "Secret", f"istio-remote-secret-{name}", ISTIO_SYSTEM)
+    mesh[holder].apply(manifests.remote_secret(name, manifests.kubeconfig(name, "https://127.0.0.1:6443")))
+
+
+def _drop_cross_network_gateway(mesh: Mesh, saved: dict[str, Any]) -> None:
+    mesh[mesh.spec.config_cluster(target(mesh.spec))].delete("Gateway", "cross-network-gateway", ISTIO_SYSTEM)
+
+
+def _restore_cross_network_gateway(mesh: Mesh, saved: dict[str, Any]) -> None:
+    mesh[mesh.spec.config_cluster(target(mesh.spec))].apply(manifests.cross_network_gateway())
+
+
+def _cross_network_expect(spec: MeshSpec) -> list[Expect]:
+    reset = frozenset({Symptom.CONNECTION_RESET})
+    # In primary-remote the primary's Gateway configures both gateways: both directions break.
+    return _both(spec, reset) if spec.topology is Topology.PRIMARY_REMOTE else _one_way(spec, reset)
+
+
+def _drop_network_label(mesh: Mesh, saved: dict[str, Any]) -> None:
+    mesh[target(mesh.spec)].patch("Namespace", ISTIO_SYSTEM, None, {"metadata": {"labels": {NETWORK_LABEL: None}}})
+
+
+def _restore_network_label(mesh: Mesh, saved: dict[str, Any]) -> None:
+    name = target(mesh.spec)
+    mesh[name].patch(
+        "Namespace", ISTIO_SYSTEM, None, {"metadata": {"labels": {NETWORK_LABEL: mesh.spec.cluster(name).network}}}
+    )
+
+
+def _other_trust_domain(mesh: Mesh, saved: dict[str, Any]) -> None:
+    name = target(mesh.spec)
+    _save(mesh, saved, "mesh", name, "ConfigMap", "istio", ISTIO_SYSTEM)
+    config = mesh[name].get("ConfigMap", "istio", ISTIO_SYSTEM) or {}
+    mesh_config = yaml.safe_load(config["data"]["mesh"]) or {}
+    mesh_config["trustDomain"] = f"{name}.example"
+    mesh[name].patch("ConfigMap", "istio", ISTIO_SYSTEM, {"data": {"mesh": yaml.safe_dump(mesh_config)}})
+    _restart_istiod(mesh, name)
+    _restart_workloads(mesh, name)
+
+
+def _restore_trust_domain(mesh: Mesh, saved: dict[str, Any]) -> None:
+    name = target(mesh.spec)
+    _restore(mesh, saved, "mesh")
+    _restart_istiod(mesh, name)
+    _restart_workloads(mesh, name)
+
+
+def _incomplete_cacerts(mesh: Mesh, saved: dict[str, Any]) -> None:
+    name = mesh.spec.config_cluster(target(mesh.spec))
+    _save(mesh, saved, "cacerts", name, "Secret", "cacerts", ISTIO_SYSTEM)
+    mesh[name].patch("Secret", "cacerts", ISTIO_SYSTEM, {"data": {"ca-key.pem": None}})
+    for pod in mesh[name].pods(ISTIO_SYSTEM, {"app": "istiod"}):
+        mesh[name].delete("Pod", pod.name, ISTIO_SYSTEM)  # its replacement reads the incomplete bundle
+
+
+def _repair_cacerts(mesh: Mesh, saved: dict[str, Any]) -> None:
+    name = mesh.spec.config_cluster(target(mesh.spec))
+    _restore(mesh, saved, "cacerts")
+    _restart_istiod(mesh, name)
+
+
+def _service_only_where_it_runs(mesh: Mesh, saved: dict[str, Any]) -> None:
+    mesh[other(mesh.spec)].delete("Service", only_in(target(mesh.spec)), TEST_NAMESPACE)
+
+
+def _restore_service(mesh: Mesh, saved: dict[str, Any]) -> None:
+    mesh[other(mesh.spec)].apply(manifests.service(only_in(target(mesh.spec))))
+
+
+OUTSIDE = "meshfed-outside"
+
+
+def _strict_with_outside_caller(mesh: Mesh, saved: dict[str, Any]) -> None:
+    name = target(mesh.spec)
+    cluster = mesh[name]
+    cluster.apply(manifests.namespace(OUTSIDE))
+    cluster.apply(manifests.workload_configmap(OUTSIDE))
+    cluster.apply(manifests.service_account(manifests.CLIENT, OUTSIDE))
+    cluster.apply(
+        manifests.deployment(
+            manifests.CLIENT,
+            app=manifests.CLIENT,
+            service_account_name=manifests.CLIENT,
+            args=["idle"],
+            cluster=name,
+            version="outside",
+            namespace_=OUTSIDE,
+        )
+    )
+    cluster.wait_ready(manifests.CLIENT, OUTSIDE, timeout=mesh.convergence_deadline * 10)
+    mesh[mesh.spec.config_cluster(name)].apply(manifests.peer_authentication("STRICT"))
+
+
+def _drop_strict(mesh: Mesh, saved: dict[str, Any]) -> None:
+    mesh[mesh.spec.config_cluster(target(mesh.spec))].delete("PeerAuthentication", "default", TEST_NAMESPACE)
+
+
+def _outside_expect(spec: MeshSpec, symptoms: frozenset[Symptom]) -> list[Expect]:
+    return [Expect(target(spec), target(spec), symptoms, namespace=OUTSIDE), Expect(other(spec), target(spec), OK)]
+
+
+def _cleanup_outside(mesh: Mesh, saved: dict[str, Any]) -> None:
+    _drop_strict(mesh, saved)
+    mesh[target(mesh.spec)].delete("Namespace", OUTSIDE)
+
+
+CATALOG: list[Misconfiguration] = [
+    Misconfiguration(
+        "second-root-ca",
+        "one cluster's cacerts holds a different root (istiod and workloads restarted)",
+        [Stage("second root in cacerts", _second_root, lambda s: _both(s, TLS_FAILURES), "root-mismatch")],
+        _restore_cacerts,
+        _multi_primary_only("in primary-remote one istiod signs for every cluster: a remote's cacerts is not used"),
+    ),
+    Misconfiguration(
+        "cacerts-after-install",
+        "Istio installed before cacerts: istiod on its self-signed CA; cacerts added later",
+        [
+            Stage(
+                "istiod runs its self-signed CA",
+                _install_before_cacerts,
+                lambda s: _both(s, TLS_FAILURES),
+                "cacerts-missing",
+            ),
+            Stage(
+                "cacerts added, istiod restarted, workloads not",
+                _add_cacerts_restart_istiod,
+                lambda s: _both(s, TLS_FAILURES),
+                "stale-workload-certificate",
+            ),
+            Stage("workloads restarted", _restart_target_workloads, lambda s: _both(s, OK), None),
+        ],
+        _restore_cacerts,
+        _multi_primary_only(
+            "in primary-remote every cluster gets its certificates from the one istiod, so they still share its root"
+        ),
+    ),
+    Misconfiguration(
+        "missing-remote-secret",
+        "one cluster has no remote secret for the other (one direction)",
+        [
+            Stage(
+                "remote secret deleted",
+                _drop_remote_secret,
+                lambda s: _one_way(s, frozenset({Symptom.NO_HEALTHY_UPSTREAM})),
+                "remote-secret-missing",
+            )
+        ],
+        _restore_remote_secrets,
+    ),
+    Misconfiguration(
+        "missing-remote-secrets",
+        "neither cluster has a remote secret for the other (both directions)",
+        [
+            Stage(
+                "both remote secrets deleted",
+                _drop_both_remote_secrets,
+                lambda s: _both(s, frozenset({Symptom.NO_HEALTHY_UPSTREAM})),
+                "remote-secret-missing",
+            )
+        ],
+        _restore_remote_secrets,
+        _multi_primary_only("primary-remote has a single remote secret (the remote's, in the primary)"),
+    ),
+    Misconfiguration(
+        "loopback-remote-secret",
+        "a remote secret whose kubeconfig points at https://127.0.0.1 (the classic kind mistake)",
+        [
+            Stage(
+                "remote secret server is 127.0.0.1",
+                _loopback_remote_secret,
+                lambda s: _one_way(s, frozenset({Symptom.NO_HEALTHY_UPSTREAM})),
+                "remote-secret-loopback",
+            )
+        ],
+        _restore_remote_secrets,
+    ),
+    Misconfiguration(
+        "no-cross-network-gateway",
+        "no cross-network-gateway (expose-services.yaml) for a cluster's east-west gateway",
+        [
+            Stage(
+                "cross-network-gateway deleted",
+                _drop_cross_network_gateway,
+                _cross_network_expect,
+                "cross-network-gateway-missing",
+            )
+        ],
+        _restore_cross_network_gateway,
+    ),
+    Misconfiguration(
+        "missing-network-label",
+        "istio-system has no topology.istio.io/network label",
+        [
+            Stage(
+                "network label removed",
+                _drop_network_label,
+                lambda s: _one_way(s, frozenset({Symptom.TIMEOUT})),
+                "network-label-missing",
+            )
+        ],
+        _restore_network_label,
+    ),
+    Misconfiguration(
+        "different-trust-domains",
+        "the clusters use different trust domains",
+        [Stage("trust domain changed", _other_trust_domain, lambda s: _both(s, TLS_FAILURES), "trust-domain-mismatch")],
+        _restore_trust_domain,
+        _multi_primary_only("in primary-remote the one istiod signs every identity in its own trust domain"),
+    ),
+    Misconfiguration(
+        "incomplete-cacerts",
+        "cacerts misses a file (ca-key.pem)",
+        [
+            Stage(
+                "ca-key.pem removed, istiod pod replaced",
+                _incomplete_cacerts,
+                lambda s: _both(s, OK),
+                "cacerts-incomplete",
+                istiod_ready=False,
+            )
+        ],
+        _repair_cacerts,
+    ),
+    Misconfiguration(
+        "service-only-where-it-runs",
+        "a Service exists only in the cluster where its pods run",
+        [
+            Stage(
+                "Service deleted from the other cluster",
+                _service_only_where_it_runs,
+                lambda s: [Expect(other(s), target(s), frozenset({Symptom.NAME_RESOLUTION}))],
+                "service-missing",
+            )
+        ],
+        _restore_service,
+    ),
+    Misconfiguration(
+        "strict-mtls-outside-caller",
+        "PeerAuthentication STRICT with a caller outside the mesh",
+        [
+            Stage(
+                "STRICT, caller without sidecar",
+                _strict_with_outside_caller,
+                lambda s: _outside_expect(s, frozenset({Symptom.CONNECTION_RESET, Symptom.CONNECTION_REFUSED})),
+                "peer-authentication-strict",
+            )
+        ],
+        _cleanup_outside,
+    ),
+]
+
+
+def entry(name: str) -> Misconfiguration:
+    for item in CATALOG:
+        if item.name == name:
+            return item
+    raise KeyError(f"no misconfiguration {name!r}: use one of {', '.join(m.name for m in CATALOG)}")
