@@ -109,7 +109,9 @@ def test_features_select_cases(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert list(junit_cases(tmp_path)) == ["test_shared_root_of_trust"]
     result = run_suite(
-        tmp_path, "--exempt-features", "CrossClusterCalls,MutualTLS,Authorization,SpiffeIdentity,MeshWideLoadBalancing"
+        tmp_path,
+        "--exempt-features",
+        "CrossClusterCalls,MutualTLS,Authorization,SpiffeIdentity,MeshWideLoadBalancing,MisconfigurationRegression",
     )
     assert list(junit_cases(tmp_path)) == ["test_shared_root_of_trust"]
 
