@@ -1,4 +1,4 @@
-"""The ``meshfed`` command: ``meshfed pki init`` and ``meshfed pki verify``."""
+"""The ``meshfed`` command: ``meshfed pki init``, ``meshfed pki verify`` and ``meshfed doctor``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+from meshfed.options import add_options
 from meshfed.pki import (
     KEY_TYPES,
     PLUGIN_FILES,
@@ -159,6 +161,64 @@ def _print_table(rows: Sequence[Mapping[str, object]]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
+def doctor(args: argparse.Namespace) -> int:
+    """Diagnose a mesh. Only the embedded backend exists yet: it brings one up (for demos and tests),
+    optionally breaks it with a catalog entry, and diagnoses it."""
+    from meshfed.backends.embedded.mesh import EmbeddedBackend
+    from meshfed.diagnose import diagnose
+    from meshfed.misconfig import entry
+    from meshfed.options import OptionError, SuiteOptions
+
+    try:
+        options = SuiteOptions.from_values(lambda dest: getattr(args, dest))
+    except OptionError as error:
+        raise CliError(str(error)) from None
+    if options.backend != "embedded":
+        raise CliError(
+            f"meshfed doctor cannot read {options.backend} clusters in this version yet; use --backend embedded"
+        )
+    breaking = None
+    if args.break_with:
+        try:
+            breaking = entry(args.break_with)
+        except KeyError as error:
+            raise CliError(str(error.args[0])) from None
+    spec = options.mesh_spec()
+    if breaking is not None and breaking.not_applicable(spec):
+        raise CliError(
+            f"{breaking.name} cannot happen in {spec.topology.value}: {breaking.not_applicable(spec)}; pick another --break"
+        )
+    pki = create_mesh_pki(spec.names, key_type="ecdsa")
+    mesh = EmbeddedBackend().provision(spec, {n: ca.secret_data() for n, ca in pki.cluster_cas.items()})
+    try:
+        if breaking is not None:
+            breaking.stages[0].act(mesh, {})
+        results = diagnose(mesh)
+    finally:
+        mesh.teardown()
+    if args.output == "json":
+        print(
+            json.dumps(
+                {"ok": not any(r.status == "error" for r in results), "checks": [r.__dict__ for r in results]}, indent=2
+            )
+        )
+    elif not results:
+        print(f"{spec.topology.value} mesh of {', '.join(spec.names)} (embedded): no problem found")
+    else:
+        _print_checks(results)
+    return 1 if any(r.status == "error" for r in results) else 0
+
+
+def _print_checks(results: Sequence[Any]) -> None:
+    rows = [("STATUS", "CLUSTER", "CHECK", "EVIDENCE")] + [(r.status, r.cluster, r.check, r.evidence) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3])
+    for r in results:
+        if r.hint:
+            print(f"hint for {r.cluster} {r.check}: {r.hint}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshfed", description="Conformance tooling for Istio multi-cluster meshes.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -190,6 +250,13 @@ def _parser() -> argparse.ArgumentParser:
         help="warn about certificates expiring within (default 30)",
     )
     verify.set_defaults(run=pki_verify)
+    check = commands.add_parser("doctor", help="diagnose a multi-cluster mesh, naming the cause of each problem")
+    add_options(check.add_argument)
+    check.add_argument(
+        "--break", dest="break_with", metavar="ENTRY", help="embedded only: first apply this misconfiguration"
+    )
+    check.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    check.set_defaults(run=doctor)
     return parser
 
 

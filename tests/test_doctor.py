@@ -1,0 +1,33 @@
+"""`meshfed doctor` names the cause of each known misconfiguration, first, in one line with a hint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from meshfed.cli import main
+from meshfed.misconfig import CATALOG, Misconfiguration
+
+
+@pytest.mark.parametrize("entry", CATALOG, ids=[m.name for m in CATALOG])
+def test_doctor_names_each_misconfiguration_first(entry: Misconfiguration, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["doctor", "--break", entry.name, "-o", "json"])
+    document = json.loads(capsys.readouterr().out)
+    problems = [c for c in document["checks"] if c["status"] != "ok"]
+    assert problems, f"{entry.name}: the doctor found nothing"
+    assert problems[0]["check"] == entry.stages[0].finding
+    assert problems[0]["hint"]
+    assert code == (1 if problems[0]["status"] == "error" else 0)
+
+
+def test_doctor_on_a_healthy_mesh(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--topology", "primary-remote"]) == 0
+    assert "no problem found" in capsys.readouterr().out
+
+
+def test_doctor_bad_input_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--break", "gremlins"]) == 2
+    assert capsys.readouterr().err.startswith("meshfed: no misconfiguration 'gremlins': use one of second-root-ca,")
+    assert main(["doctor", "--backend", "kind"]) == 2
+    assert "cannot read kind clusters in this version yet" in capsys.readouterr().err
