@@ -26,7 +26,8 @@ def observe(mesh: Mesh, expect: Expect) -> str | None:
         lambda n: cluster.call(pod.name, expect.namespace, url, n),
         consecutive=3 if wanted == {Symptom.OK} else 2,
         batch=1,
-        deadline=mesh.convergence_deadline,
+        # A failure can be slow to show (an unroutable address costs a connect timeout per attempt).
+        deadline=mesh.convergence_deadline if wanted == {Symptom.OK} else mesh.convergence_deadline + 10,
         accept=lambda r: r.symptom in wanted and (r.symptom is not Symptom.OK or r.cluster == expect.destination),
     )
     if outcome.converged:

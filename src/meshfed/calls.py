@@ -50,7 +50,8 @@ _PATTERNS: tuple[tuple[Symptom, re.Pattern[str]], ...] = tuple(
             r"|nodename nor servname|NXDOMAIN",
         ),
         (Symptom.NO_HEALTHY_UPSTREAM, r"no healthy upstream"),
-        (Symptom.TIMEOUT, r"timed out|timeout|delayed connect error: 110"),
+        # An unroutable address shows as a timeout, or as "no route to host" where something answers ICMP.
+        (Symptom.TIMEOUT, r"timed out|timeout|delayed connect error: 11[03]|no route to host|EHOSTUNREACH"),
         (Symptom.CONNECTION_REFUSED, r"connection refused|delayed connect error: 111"),
         (
             Symptom.CONNECTION_RESET,

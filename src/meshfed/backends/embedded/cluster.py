@@ -392,6 +392,7 @@ class ClusterRuntime:
             except OSError:
                 conn.close()
                 continue
+            upstream.settimeout(None)  # a connect timeout, not an idle timeout
             threading.Thread(target=pipe, args=(conn, upstream), daemon=True).start()
 
     def ready_pods(self, namespace: str, selector: Mapping[str, str]) -> list[PodRuntime]:

@@ -39,13 +39,36 @@ class Unroutable(TimeoutError):
 
 
 class Fabric:
-    def __init__(self) -> None:
-        self._base = random.randrange(16, 228)
+    def __init__(self, clusters: int = 26) -> None:
         self._lock = threading.Lock()
+        self._probes: list[socket.socket] = []
+        self._base = self._reserve(clusters)
         self._clusters: dict[str, tuple[int, str]] = {}  # cluster -> (index, network)
         self._addresses: dict[str, Address] = {}
         self._next_pod: dict[str, int] = {}
         self._next_lb: dict[str, int] = {}
+
+    def _reserve(self, clusters: int) -> int:
+        """A base whose blocks no other mesh on this machine uses: each block's API-server address is
+        held by a listener for the life of the mesh, so a concurrent mesh picks another base."""
+        for _ in range(64):
+            base = random.randrange(16, 255 - clusters)
+            probes = []
+            try:
+                for index in range(clusters):
+                    probes.append(socket.create_server((f"127.{base + index}.0.1", 6443)))
+            except OSError:
+                for probe in probes:
+                    probe.close()
+                continue
+            self._probes = probes
+            return base
+        raise OSError("no free block of loopback addresses for the embedded mesh: too many meshes running")
+
+    def release(self) -> None:
+        for probe in self._probes:
+            probe.close()
+        self._probes = []
 
     def add_cluster(self, cluster: str, network: str) -> None:
         with self._lock:

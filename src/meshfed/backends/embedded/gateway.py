@@ -125,7 +125,8 @@ class EastWestGateway:
                 return
             upstream = self.runtime.mesh.fabric.dial(self.agent.network, endpoint.address, endpoint.port, 2.0)
             upstream.sendall(hello)
-            conn.settimeout(None)
+            conn.settimeout(None)  # the connect timeouts must not become idle timeouts
+            upstream.settimeout(None)
             pipe(conn, upstream)
         except OSError:
             conn.close()

@@ -43,7 +43,7 @@ class MeshRuntime:
     def __init__(self, spec: MeshSpec) -> None:
         self.spec = spec
         self.istio_version = EMBEDDED_VERSION
-        self.fabric = Fabric()
+        self.fabric = Fabric(len(spec.clusters))
         self.clock = MeshClock()
         self.keys = KeyFolder()
         self.clusters: dict[str, ClusterRuntime] = {}
@@ -108,6 +108,7 @@ class MeshRuntime:
         for runtime in self.clusters.values():
             runtime.shutdown()
         self.keys.remove()
+        self.fabric.release()
 
 
 class EmbeddedCluster(Cluster):

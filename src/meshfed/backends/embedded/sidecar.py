@@ -35,7 +35,7 @@ from meshfed.backends.embedded import xds
 from meshfed.backends.embedded.agent import ProxyAgent
 from meshfed.backends.embedded.fabric import close_listener, reset
 from meshfed.backends.embedded.lb import choose
-from meshfed.backends.embedded.tls import contexts, envoy_reset_text
+from meshfed.backends.embedded.tls import contexts, envoy_reset_text, mesh_time_problem
 from meshfed.pki import WorkloadCert
 from meshfed.pki.verify import uri_sans
 
@@ -145,6 +145,11 @@ class Sidecar:
         return ("127.0.0.1", self._outbound.server_address[1])
 
     def stop(self) -> None:
+        with self._pool_lock:
+            for connections in self._pool.values():
+                for connection in connections:
+                    connection.close()
+            self._pool.clear()
         if self._outbound is not None:
             self._outbound.shutdown()
             self._outbound.server_close()
@@ -162,26 +167,36 @@ class Sidecar:
             threading.Thread(target=self._inbound, args=(conn, peer, port), daemon=True).start()
 
     def _inbound(self, conn: socket.socket, peer: Any, port: int) -> None:
+        stream: socket.socket = conn
         try:
             conn.settimeout(10)
             first = conn.recv(1, socket.MSG_PEEK)
             config = self.agent.config
             mode = config.mtls_mode if config else "PERMISSIVE"
             principal, digest = "", ""
-            stream: socket.socket = conn
             if first == b"\x16" and self.server_context is not None:
-                tls = self.server_context.wrap_socket(conn, server_side=True)
+                tls = self.server_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                stream = tls
+                try:
+                    tls.do_handshake()
+                except ssl.SSLError:
+                    _linger_close(tls)  # the alert OpenSSL sent reaches the caller before the close
+                    return
                 der = tls.getpeercert(binary_form=True)
+                if mesh_time_problem(der, self.runtime.clock.now()):
+                    _linger_close(tls)
+                    return
                 principal = principal_of(der)
                 digest = hashlib.sha256(der).hexdigest() if der else ""
-                stream = tls
             elif mode == "STRICT" or not first:
                 reset(conn)
                 return
             handler = _inbound_handler(self, port, principal, digest)
             handler(stream, peer, None)  # type: ignore[arg-type]
         except (OSError, ssl.SSLError):
-            conn.close()
+            pass
+        finally:
+            stream.close()
 
     # -- outbound -------------------------------------------------------------------------------
     def pick(self, view: xds.ServiceView, exclude: list[xds.Endpoint]) -> xds.Endpoint | None:
@@ -239,7 +254,12 @@ class Sidecar:
         try:
             tls = self.client_context.wrap_socket(raw, server_hostname=sni)
             tls.settimeout(timeout)
-            peer = principal_of(tls.getpeercert(binary_form=True))
+            der = tls.getpeercert(binary_form=True)
+            problem = mesh_time_problem(der, self.runtime.clock.now())
+            if problem:
+                tls.close()
+                raise ssl.SSLCertVerificationError(1, f"certificate verify failed: {problem}")
+            peer = principal_of(der)
             if view.accounts and peer not in view.accounts:
                 tls.close()
                 raise ssl.SSLCertVerificationError(
@@ -273,6 +293,18 @@ class Sidecar:
         else:
             self._release(key, connection)
         return response.status, list(response.getheaders()), data
+
+
+def _linger_close(tls: ssl.SSLSocket) -> None:
+    """End a refused TLS connection gently: stop sending, read what the peer still sends, then close,
+    so the peer reads OpenSSL's alert rather than a reset."""
+    try:
+        socket.socket.shutdown(tls, socket.SHUT_WR)
+        tls.settimeout(0.5)
+        while socket.socket.recv(tls, 4096):
+            pass
+    except OSError:
+        pass
 
 
 def _relay(handler: BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
@@ -314,10 +346,14 @@ def _outbound_handler(sidecar: Sidecar) -> type[BaseHTTPRequestHandler]:
             if view is None or not view.endpoints:
                 _text(self, 503, "no healthy upstream")
                 return
+            # Istio's default retry policy: connect-failure,refused-stream,unavailable,cancelled and
+            # retriable-status-codes with no code listed, 2 retries, other hosts first (previous_hosts
+            # with 5 selection attempts, so a lone host is tried again). An upstream's answer,
+            # a 503 included, goes to the app as it is.
             tried: list[xds.Endpoint] = []
             last: BaseException | None = None
             for _ in range(3):
-                endpoint = sidecar.pick(view, tried)
+                endpoint = sidecar.pick(view, tried) or sidecar.pick(view, [])
                 if endpoint is None:
                     break
                 tried.append(endpoint)
@@ -327,9 +363,6 @@ def _outbound_handler(sidecar: Sidecar) -> type[BaseHTTPRequestHandler]:
                     )
                 except UpstreamError as error:
                     last = error.cause
-                    continue
-                if status == 503 and len(tried) < 3:
-                    last = None
                     continue
                 _relay(self, status, reply_headers, reply)
                 return
@@ -357,6 +390,9 @@ def _inbound_handler(sidecar: Sidecar, port: int, principal: str, digest: str) -
             if config is not None and not authorize(config.authz, principal):
                 _text(self, 403, "RBAC: access denied")
                 return
+            # APPEND_FORWARD: without mTLS there is no client certificate to vouch for, and a caller's own
+            # header is not forwarded either.
+            headers = [(k, v) for k, v in headers if principal or k.lower() != "x-forwarded-client-cert"]
             if principal:
                 own = principal_of(sidecar.agent.cert.leaf.public_bytes(Encoding.DER)) if sidecar.agent.cert else ""
                 element = f'By={own};Hash={digest};Subject="";URI={principal}'

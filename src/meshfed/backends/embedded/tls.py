@@ -12,7 +12,10 @@ import socket
 import ssl
 import struct
 import tempfile
+from datetime import datetime
 from pathlib import Path
+
+from cryptography import x509
 
 from meshfed.pki.authority import WorkloadCert
 from meshfed.pki.certs import PrivateKey, cert_pem, key_pem, write_private
@@ -38,8 +41,26 @@ class KeyFolder:
         self.path.rmdir()
 
 
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME: validity is judged by the mesh clock instead (see mesh_time_problem),
+# because certificates are dated by the mesh clock, which tests move forward.
+NO_CHECK_TIME = 0x200000
+
+
+def mesh_time_problem(cert_der: bytes | None, now: datetime) -> str | None:
+    """OpenSSL's words for a peer certificate outside its validity at mesh time ``now``, else None."""
+    if not cert_der:
+        return None
+    cert = x509.load_der_x509_certificate(cert_der)
+    if now < cert.not_valid_before_utc:
+        return "certificate is not yet valid"
+    if now > cert.not_valid_after_utc:
+        return "certificate has expired"
+    return None
+
+
 def contexts(folder: KeyFolder, name: str, cert: WorkloadCert) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(client, server) contexts presenting ``cert`` and trusting its roots; the server requires a client certificate."""
+    """(client, server) contexts presenting ``cert`` and trusting its roots; the server requires a client
+    certificate. Chains are verified by OpenSSL; validity periods by the mesh clock (``mesh_time_problem``)."""
     chain_file, key_file = folder.write(name, cert.key, cert_pem(*cert.chain))
     roots = cert_pem(*cert.trusted_roots).decode()
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -51,6 +72,7 @@ def contexts(folder: KeyFolder, name: str, cert: WorkloadCert) -> tuple[ssl.SSLC
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(chain_file, key_file)
         context.load_verify_locations(cadata=roots)
+        context.verify_flags |= NO_CHECK_TIME
     return client, server
 
 
@@ -59,6 +81,7 @@ def trust_only(roots_pem: bytes) -> ssl.SSLContext:
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.check_hostname = False
     client.load_verify_locations(cadata=roots_pem.decode())
+    client.verify_flags |= NO_CHECK_TIME
     return client
 
 
