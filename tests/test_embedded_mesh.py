@@ -264,6 +264,9 @@ def test_existing_proxies_survive_istiod_outage_and_new_pods_wait(provision: Pro
     assert all(r.ok for r in calls(a, service_url(only_in("cluster-b"))))
     a.patch("Deployment", "client", TEST_NAMESPACE, {"spec": {"template": {"metadata": {"annotations": {"x": "1"}}}}})
     assert not a.wait_ready("client", TEST_NAMESPACE, timeout=0.5)
+    serving = [p for p in a.pods(TEST_NAMESPACE, {"app": "client"}) if p.ready]
+    assert len(serving) == 1, "the rollout waits and the old pod keeps serving"
+    assert all(r.ok for r in a.call(serving[0].name, TEST_NAMESPACE, service_url(only_in("cluster-b")), 3))
     a.scale("istiod", ISTIO_SYSTEM, 1)
     assert a.wait_ready("client", TEST_NAMESPACE, timeout=5)
     assert all(r.ok for r in calls(a, service_url(only_in("cluster-b"))))
@@ -278,6 +281,11 @@ def test_certificates_renew_at_half_their_lifetime(provision: Provision) -> None
     assert a.proxy_certs(pod, TEST_NAMESPACE).chain[0] == first
     mesh.clock.advance(timedelta(hours=2))
     assert a.proxy_certs(pod, TEST_NAMESPACE).chain[0] != first
+    assert all(r.ok for r in calls(a, service_url(only_in("cluster-b")))), "renewed certificates still call"
+    mesh.clock.advance(timedelta(hours=13))
+    assert all(r.ok for r in calls(mesh["cluster-b"], service_url(only_in("cluster-a")))), (
+        "and again after another renewal"
+    )
 
 
 def test_objects_it_cannot_interpret_are_refused(provision: Provision) -> None:
@@ -327,3 +335,25 @@ def test_workload_certificate_ttl_follows_istiod_environment() -> None:
     assert go_duration("1h30m") == timedelta(minutes=90)
     with pytest.raises(ValueError, match="not a duration"):
         go_duration("10 days")
+
+
+def test_a_server_that_does_not_trust_the_caller_answers_unknown_ca(provision: Provision) -> None:
+    """cluster-a trusts cluster-b's root too (MeshConfig caCertificates), cluster-b trusts only its own."""
+    import yaml
+
+    mesh, _ = provision()
+    other = create_mesh_pki(["cluster-b"], key_type="ecdsa").cluster_cas["cluster-b"]
+    a, b = mesh["cluster-a"], mesh["cluster-b"]
+    b.apply(manifests.cacerts(other.secret_data()))
+    b.rollout_restart("istiod", ISTIO_SYSTEM)
+    for deployment in ("client", "echo", only_in("cluster-b")):
+        b.rollout_restart(deployment, TEST_NAMESPACE)
+    config = a.get("ConfigMap", "istio", ISTIO_SYSTEM)
+    assert config is not None
+    mesh_config = yaml.safe_load(config["data"]["mesh"])
+    mesh_config["caCertificates"] = [{"pem": cert_pem(other.root_certs[0]).decode()}]
+    a.patch("ConfigMap", "istio", ISTIO_SYSTEM, {"data": {"mesh": yaml.safe_dump(mesh_config)}})
+    a.rollout_restart("client", TEST_NAMESPACE)
+    results = calls(a, service_url(only_in("cluster-b")), count=20)
+    assert {r.described for r in results} == {"unknown CA (TLSV1_ALERT_UNKNOWN_CA)"}
+    assert "TLS_error:|268436504:SSL routines:OPENSSL_internal:TLSV1_ALERT_UNKNOWN_CA:TLS_error_end" in results[0].body

@@ -184,15 +184,27 @@ def _cross_network_expect(spec: MeshSpec) -> list[Expect]:
     return _both(spec, reset) if spec.topology is Topology.PRIMARY_REMOTE else _one_way(spec, reset)
 
 
+def _unlabelled(spec: MeshSpec) -> str:
+    """Whose istio-system loses its label: a remote's pods carry their network from the injection
+    path, so in primary-remote it is the primary whose endpoints go astray."""
+    return spec.primaries[0].name if spec.topology is Topology.PRIMARY_REMOTE else target(spec)
+
+
 def _drop_network_label(mesh: Mesh, saved: dict[str, Any]) -> None:
-    mesh[target(mesh.spec)].patch("Namespace", ISTIO_SYSTEM, None, {"metadata": {"labels": {NETWORK_LABEL: None}}})
+    mesh[_unlabelled(mesh.spec)].patch("Namespace", ISTIO_SYSTEM, None, {"metadata": {"labels": {NETWORK_LABEL: None}}})
 
 
 def _restore_network_label(mesh: Mesh, saved: dict[str, Any]) -> None:
-    name = target(mesh.spec)
-    mesh[name].patch(
-        "Namespace", ISTIO_SYSTEM, None, {"metadata": {"labels": {NETWORK_LABEL: mesh.spec.cluster(name).network}}}
-    )
+    name = _unlabelled(mesh.spec)
+    labels = {NETWORK_LABEL: mesh.spec.cluster(name).network}
+    mesh[name].patch("Namespace", ISTIO_SYSTEM, None, {"metadata": {"labels": labels}})
+
+
+def _network_label_expect(spec: MeshSpec) -> list[Expect]:
+    """Callers from the other network get the unlabelled cluster's pod addresses and time out."""
+    victim = _unlabelled(spec)
+    caller = next(name for name in spec.names if name != victim)
+    return [Expect(caller, victim, frozenset({Symptom.TIMEOUT})), Expect(victim, caller, OK)]
 
 
 def _other_trust_domain(mesh: Mesh, saved: dict[str, Any]) -> None:
@@ -363,7 +375,7 @@ CATALOG: list[Misconfiguration] = [
             Stage(
                 "network label removed",
                 _drop_network_label,
-                lambda s: _one_way(s, frozenset({Symptom.TIMEOUT})),
+                _network_label_expect,
                 "network-label-missing",
             )
         ],

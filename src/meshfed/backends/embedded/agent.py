@@ -14,7 +14,7 @@ import json
 import ssl
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -42,6 +42,7 @@ class Injection:
     network: str
     trust_domain: str
     revision: str
+    pod_labels: Mapping[str, str] = field(default_factory=dict)  # labels the webhook adds to the pod
 
 
 class ProxyAgent:

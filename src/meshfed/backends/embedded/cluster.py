@@ -37,7 +37,7 @@ from meshfed.backends.embedded.gateway import EastWestGateway, pipe
 from meshfed.backends.embedded.istiod import Istiod, IstiodStartError
 from meshfed.backends.embedded.sidecar import Sidecar
 from meshfed.backends.embedded.store import ObjectStore, StoreError, matches
-from meshfed.manifests import ISTIO_SYSTEM, Obj
+from meshfed.manifests import ISTIO_SYSTEM, NETWORK_LABEL, Obj
 from meshfed.topology import ClusterSpec
 from meshfed.workloads import echo
 
@@ -212,6 +212,9 @@ class ClusterRuntime:
         name = f"{deployment['metadata']['name']}-{template_hash[:9]}-{_suffix()}"
         ip = self.mesh.fabric.new_pod_ip(self.name)
         role = _role(container)
+        if role in ("echo", "client"):
+            injection = self.injection(namespace, labels)
+            labels.update(injection.pod_labels if injection else {})
         pod = PodRuntime(
             name,
             namespace,
@@ -350,7 +353,13 @@ class ClusterRuntime:
             )
             or {}
         )
-        return Injection(address, global_values.get("network", ""), mesh.get("trustDomain", "cluster.local"), revision)
+        # A remote's injection path (/inject/cluster/<c>/net/<n>) makes the webhook label the pod with its
+        # network (applyMetadata in pkg/kube/inject/webhook.go), whatever istio-system's label says.
+        path = str((values.get("istiodRemote") or {}).get("injectionPath") or "")
+        parts = path.strip("/").split("/")
+        pod_labels = {NETWORK_LABEL: parts[parts.index("net") + 1]} if "net" in parts[:-1] else {}
+        network = global_values.get("network", "")
+        return Injection(address, network, mesh.get("trustDomain", "cluster.local"), revision, pod_labels)
 
     # -- istioctl install ---------------------------------------------------------------------
     def _install(self, operator: Obj) -> None:

@@ -536,7 +536,12 @@ class Istiod:
     def _mtls_mode(self, namespace: str, labels: Mapping[str, str]) -> str:
         """PeerAuthentication precedence: workload selector > namespace > mesh (root namespace)."""
         best: tuple[int, str] = (-1, "PERMISSIVE")
-        for policy in self.store.list("PeerAuthentication"):
+        # The oldest policy wins at each level (ComposePeerAuthentication); UNSET inherits from above.
+        policies = sorted(
+            self.store.list("PeerAuthentication"),
+            key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]),
+        )
+        for policy in policies:
             ns = policy["metadata"]["namespace"]
             selector = (policy["spec"].get("selector") or {}).get("matchLabels")
             mode = ((policy["spec"].get("mtls") or {}).get("mode") or "UNSET").upper()
