@@ -99,20 +99,8 @@ def test_mesh_wide_load_balancing(mesh: Mesh, cluster_name: str) -> None:
 def outside_client(mesh: Mesh, pair: ClusterPair) -> Iterator[Cluster]:
     """A client without a sidecar (its namespace has no injection label) in the destination cluster."""
     cluster = mesh[pair.destination]
-    cluster.apply(manifests.namespace(OUTSIDE))
-    for obj in (manifests.workload_configmap(OUTSIDE), manifests.service_account(CLIENT, OUTSIDE)):
+    for obj in manifests.client_outside_mesh(cluster.name, OUTSIDE):
         cluster.apply(obj)
-    cluster.apply(
-        manifests.deployment(
-            CLIENT,
-            app=CLIENT,
-            service_account_name=CLIENT,
-            args=["idle"],
-            cluster=cluster.name,
-            version="outside",
-            namespace_=OUTSIDE,
-        )
-    )
     try:
         ready = cluster.wait_ready(CLIENT, OUTSIDE, timeout=mesh.convergence_deadline * 4)
         require(ready, f"{pair.destination}: the client outside the mesh did not get ready")

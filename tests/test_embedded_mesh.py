@@ -133,20 +133,8 @@ def test_a_name_resolves_only_where_its_service_exists(provision: Provision) -> 
 
 
 def _outside_client(cluster: Cluster) -> None:
-    cluster.apply(manifests.namespace("outside"))
-    cluster.apply(manifests.workload_configmap("outside"))
-    cluster.apply(manifests.service_account("client", "outside"))
-    cluster.apply(
-        manifests.deployment(
-            "client",
-            app="client",
-            service_account_name="client",
-            args=["idle"],
-            cluster=cluster.name,
-            version="x",
-            namespace_="outside",
-        )
-    )
+    for obj in manifests.client_outside_mesh(cluster.name, "outside"):
+        cluster.apply(obj)
 
 
 def test_strict_mtls_refuses_a_caller_outside_the_mesh(provision: Provision) -> None:

@@ -333,6 +333,24 @@ def deployment(
     }
 
 
+def client_outside_mesh(cluster: str, namespace_: str) -> list[Obj]:
+    """A client in a namespace without injection: a caller with no sidecar (and so no mesh identity)."""
+    return [
+        namespace(namespace_),
+        workload_configmap(namespace_),
+        service_account(CLIENT, namespace_),
+        deployment(
+            CLIENT,
+            app=CLIENT,
+            service_account_name=CLIENT,
+            args=["idle"],
+            cluster=cluster,
+            version="outside",
+            namespace_=namespace_,
+        ),
+    ]
+
+
 def only_in(cluster: str) -> str:
     """The service that runs only in ``cluster`` (its Service object exists in every cluster)."""
     return f"{ECHO}-{cluster}"

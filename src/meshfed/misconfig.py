@@ -253,20 +253,8 @@ OUTSIDE = "meshfed-outside"
 def _strict_with_outside_caller(mesh: Mesh, saved: dict[str, Any]) -> None:
     name = target(mesh.spec)
     cluster = mesh[name]
-    cluster.apply(manifests.namespace(OUTSIDE))
-    cluster.apply(manifests.workload_configmap(OUTSIDE))
-    cluster.apply(manifests.service_account(manifests.CLIENT, OUTSIDE))
-    cluster.apply(
-        manifests.deployment(
-            manifests.CLIENT,
-            app=manifests.CLIENT,
-            service_account_name=manifests.CLIENT,
-            args=["idle"],
-            cluster=name,
-            version="outside",
-            namespace_=OUTSIDE,
-        )
-    )
+    for obj in manifests.client_outside_mesh(name, OUTSIDE):
+        cluster.apply(obj)
     cluster.wait_ready(manifests.CLIENT, OUTSIDE, timeout=mesh.convergence_deadline * 10)
     mesh[mesh.spec.config_cluster(name)].apply(manifests.peer_authentication("STRICT"))
 

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from meshfed.backends.embedded.agent import Injection, ProxyAgent
-from meshfed.backends.embedded.fabric import close_listener
+from meshfed.backends.embedded.fabric import close_listener, serve
 from meshfed.backends.embedded.gateway import EastWestGateway, pipe
 from meshfed.backends.embedded.istiod import Istiod, IstiodStartError
 from meshfed.backends.embedded.sidecar import Sidecar
@@ -376,33 +377,25 @@ class ClusterRuntime:
         ip = self.mesh.fabric.new_loadbalancer_ip(self.name)
         listeners = []
         for port in service["spec"].get("ports", []):
-            listener = socket.create_server((ip, int(port["port"])))
-            listeners.append(listener)
-            threading.Thread(
-                target=self._forward_lb,
-                args=(listener, service, int(port.get("targetPort", port["port"]))),
-                daemon=True,
-            ).start()
+            forward = functools.partial(
+                self._forward_lb, service=service, target_port=int(port.get("targetPort", port["port"]))
+            )
+            listeners.append(serve((ip, int(port["port"])), forward, f"lb-{key[1]}"))
         self._lb_listeners[key] = listeners
         self.store.set_status("Service", key[1], key[0], {"loadBalancer": {"ingress": [{"ip": ip}]}})
 
-    def _forward_lb(self, listener: socket.socket, service: Obj, target_port: int) -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            pods = self.ready_pods(service["metadata"]["namespace"], service["spec"].get("selector") or {})
-            if not pods:
-                conn.close()
-                continue
-            try:
-                upstream = socket.create_connection((random.choice(pods).ip, target_port), timeout=2)
-            except OSError:
-                conn.close()
-                continue
-            upstream.settimeout(None)  # a connect timeout, not an idle timeout
-            threading.Thread(target=pipe, args=(conn, upstream), daemon=True).start()
+    def _forward_lb(self, conn: socket.socket, _peer: Any, *, service: Obj, target_port: int) -> None:
+        """What the cloud's load balancer does: hand the connection to a ready pod of the Service."""
+        pods = self.ready_pods(service["metadata"]["namespace"], service["spec"].get("selector") or {})
+        try:
+            upstream = socket.create_connection((random.choice(pods).ip, target_port), timeout=2) if pods else None
+        except OSError:
+            upstream = None
+        if upstream is None:
+            conn.close()
+            return
+        upstream.settimeout(None)  # a connect timeout, not an idle timeout
+        pipe(conn, upstream)
 
     def ready_pods(self, namespace: str, selector: Mapping[str, str]) -> list[PodRuntime]:
         return [

@@ -20,8 +20,9 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 AddressKind = Literal["pod", "loadbalancer", "apiserver"]
 
@@ -131,6 +132,22 @@ def _is_loopback(ip: str) -> bool:
         return ipaddress.ip_address(ip).is_loopback
     except ValueError:
         return False
+
+
+def serve(address: tuple[str, int], handle: Callable[[socket.socket, Any], None], name: str) -> socket.socket:
+    """Listen on ``address`` and handle each connection in a thread of its own, until the listener closes."""
+    listener = socket.create_server(address)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, peer = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn, peer), daemon=True, name=name).start()
+
+    threading.Thread(target=accept, daemon=True, name=f"{name}-accept").start()
+    return listener
 
 
 def close_listener(listener: socket.socket) -> None:

@@ -12,14 +12,15 @@ closed at once: the caller's sidecar sees a reset during its handshake.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import socket
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meshfed.backends.embedded import xds
 from meshfed.backends.embedded.agent import ProxyAgent
-from meshfed.backends.embedded.fabric import close_listener, reset
+from meshfed.backends.embedded.fabric import close_listener, reset, serve
 from meshfed.backends.embedded.tls import read_client_hello
 
 if TYPE_CHECKING:
@@ -74,22 +75,13 @@ class EastWestGateway:
 
     def start(self) -> None:
         for port in PORTS:
-            listener = socket.create_server((self.pod_ip, port))
-            self._listeners.append(listener)
-            threading.Thread(target=self._accept, args=(listener, port), daemon=True).start()
+            handle = functools.partial(self._forward, port=port)
+            self._listeners.append(serve((self.pod_ip, port), handle, f"gateway-{self.agent.pod}"))
 
     def stop(self) -> None:
         for listener in self._listeners:
             close_listener(listener)
         self.agent.detach()
-
-    def _accept(self, listener: socket.socket, port: int) -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._forward, args=(conn, port), daemon=True).start()
 
     def route(self, port: int, sni: str | None) -> xds.Endpoint | None:
         """The one place that decides where a connection goes; None closes it."""
@@ -115,7 +107,7 @@ class EastWestGateway:
         local = [e for e in view.endpoints if not e.via_gateway] if view else []
         return local[next(self._turns) % len(local)] if local else None
 
-    def _forward(self, conn: socket.socket, port: int) -> None:
+    def _forward(self, conn: socket.socket, _peer: Any, *, port: int) -> None:
         try:
             conn.settimeout(10)
             sni, hello = read_client_hello(conn)

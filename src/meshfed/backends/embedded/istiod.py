@@ -32,6 +32,7 @@ keeps its last push when istiod goes away.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import socket
 import ssl
@@ -46,7 +47,7 @@ from cryptography import x509
 
 from meshfed.backends.base import RemoteClusterStatus
 from meshfed.backends.embedded import xds
-from meshfed.backends.embedded.fabric import close_listener
+from meshfed.backends.embedded.fabric import close_listener, serve
 from meshfed.backends.embedded.store import ObjectStore, matches
 from meshfed.manifests import ISTIO_SYSTEM, MULTICLUSTER_LABEL, NETWORK_LABEL
 from meshfed.pki import PluginCA, SpiffeId, bundle_from_secret, validate_bundle
@@ -303,21 +304,10 @@ class Istiod:
             f"istiod-{self.cluster}-{self.pod_name}", key, cert_pem(cert, *self.ca.cert_chain)
         )
         context.load_cert_chain(chain_file, key_file)
-        listener = socket.create_server((self.pod_ip, DISCOVERY_PORT))
-        self._listener = listener
-        threading.Thread(
-            target=self._accept, args=(listener, context), daemon=True, name=f"istiod-{self.cluster}"
-        ).start()
+        handle = functools.partial(self._serve_one, context=context)
+        self._listener = serve((self.pod_ip, DISCOVERY_PORT), handle, f"istiod-{self.cluster}")
 
-    def _accept(self, listener: socket.socket, context: ssl.SSLContext) -> None:
-        while True:
-            try:
-                raw, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve_one, args=(raw, context), daemon=True).start()
-
-    def _serve_one(self, raw: socket.socket, context: ssl.SSLContext) -> None:
+    def _serve_one(self, raw: socket.socket, _peer: Any, *, context: ssl.SSLContext) -> None:
         try:
             with context.wrap_socket(raw, server_side=True) as conn:
                 conn.settimeout(10)

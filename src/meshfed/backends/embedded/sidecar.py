@@ -18,6 +18,7 @@ AuthorizationPolicy (DENY first, then ALLOW) is judged on the caller's principal
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import itertools
@@ -33,7 +34,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshfed.backends.embedded import xds
 from meshfed.backends.embedded.agent import ProxyAgent
-from meshfed.backends.embedded.fabric import close_listener, reset
+from meshfed.backends.embedded.fabric import close_listener, reset, serve
 from meshfed.backends.embedded.lb import choose
 from meshfed.backends.embedded.tls import contexts, envoy_reset_text, mesh_time_problem
 from meshfed.pki import WorkloadCert
@@ -135,9 +136,8 @@ class Sidecar:
         self._outbound.daemon_threads = True
         threading.Thread(target=self._outbound.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         for port in self.app_ports:
-            listener = socket.create_server((self.pod_ip, port))
-            self._listeners.append(listener)
-            threading.Thread(target=self._accept, args=(listener, port), daemon=True).start()
+            handle = functools.partial(self._inbound, port=port)
+            self._listeners.append(serve((self.pod_ip, port), handle, f"inbound-{self.agent.pod}"))
 
     @property
     def outbound_address(self) -> tuple[str, int]:
@@ -158,15 +158,7 @@ class Sidecar:
         self.agent.detach()
 
     # -- inbound --------------------------------------------------------------------------------
-    def _accept(self, listener: socket.socket, port: int) -> None:
-        while True:
-            try:
-                conn, peer = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._inbound, args=(conn, peer, port), daemon=True).start()
-
-    def _inbound(self, conn: socket.socket, peer: Any, port: int) -> None:
+    def _inbound(self, conn: socket.socket, peer: Any, *, port: int) -> None:
         stream: socket.socket = conn
         try:
             conn.settimeout(10)
