@@ -122,6 +122,20 @@ def test_openssl_s_client_reaches_an_echo_through_the_eastwest_gateway(provision
     )
     assert "HTTP/1.1" not in refused
     # Without a certificate from the shared root, the echo's sidecar ends the handshake: no answer.
+    foreign = pki.cluster_cas["cluster-a"].issue_workload(
+        SpiffeId.for_workload("other.domain", "tools", "x"), key_type="ecdsa"
+    )
+    (tmp_path / "foreign.pem").write_bytes(cert_pem(foreign.leaf))
+    write_private(tmp_path / "foreign.key", key_pem(foreign.key))
+    other_domain = s_client(
+        "-cert",
+        str(tmp_path / "foreign.pem"),
+        "-cert_chain",
+        str(tmp_path / "chain.pem"),
+        "-key",
+        str(tmp_path / "foreign.key"),
+    )
+    assert "HTTP/1.1" not in other_domain, "a SPIFFE ID of another trust domain is refused, even from the shared root"
 
 
 def test_a_name_resolves_only_where_its_service_exists(provision: Provision) -> None:

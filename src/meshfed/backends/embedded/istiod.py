@@ -505,16 +505,17 @@ class Istiod:
             policy = self._destination_rule(fqdn)
             services[(fqdn, port)] = xds.ServiceView(fqdn, port, target, tuple(view), frozenset(accounts), policy)
         labels = agent.labels
-        config = xds.ProxyConfig(
+        servers, routes = self._gateway_config(labels) if agent.is_gateway else ((), ())
+        aliases = mesh_config(self.store, self.revision).get("trustDomainAliases") or []
+        return xds.ProxyConfig(
             trust_domain=self.trust_domain,
             services=services,
             mtls_mode=self._mtls_mode(agent.namespace, labels),
             authz=self._authz(agent.namespace, labels),
+            gateway_servers=servers,
+            tls_routes=routes,
+            trust_domain_aliases=tuple(str(a) for a in aliases),
         )
-        if agent.is_gateway:
-            servers, routes = self._gateway_config(labels)
-            config = xds.ProxyConfig(config.trust_domain, services, config.mtls_mode, config.authz, servers, routes)
-        return config
 
     def _destination_rule(self, fqdn: str) -> dict[str, Any]:
         """The trafficPolicy of the DestinationRule whose host (short names are relative to its namespace) is ``fqdn``."""

@@ -175,10 +175,10 @@ class Sidecar:
                     _linger_close(tls)  # the alert OpenSSL sent reaches the caller before the close
                     return
                 der = tls.getpeercert(binary_form=True)
-                if mesh_time_problem(der, self.runtime.clock.now()):
+                principal = principal_of(der)
+                if mesh_time_problem(der, self.runtime.clock.now()) or (config and not config.trusts_domain(principal)):
                     _linger_close(tls)
                     return
-                principal = principal_of(der)
                 digest = hashlib.sha256(der).hexdigest() if der else ""
             elif mode == "STRICT" or not first:
                 reset(conn)

@@ -65,6 +65,12 @@ class ProxyConfig:
     authz: tuple[AuthzPolicy, ...] = ()
     gateway_servers: tuple[GatewayServer, ...] = ()
     tls_routes: tuple[TlsRoute, ...] = ()
+    trust_domain_aliases: tuple[str, ...] = ()
+
+    def trusts_domain(self, principal: str) -> bool:
+        """Envoy's inbound validation takes only SPIFFE IDs of the trust domain or its aliases."""
+        domain = principal.removeprefix("spiffe://").split("/", 1)[0]
+        return domain == self.trust_domain or domain in self.trust_domain_aliases
 
     def service(self, fqdn: str, port: int) -> ServiceView | None:
         return self.services.get((fqdn, port))
