@@ -24,9 +24,10 @@ class Feature(enum.Enum):
     SPIFFE_IDENTITY = "SpiffeIdentity"
     AUTHORIZATION = "Authorization"
     MISCONFIGURATION_REGRESSION = "MisconfigurationRegression"
+    CONTROL_PLANE_OUTAGE = "ControlPlaneOutage"
 
 
-EXTENDED = frozenset({Feature.MISCONFIGURATION_REGRESSION})
+EXTENDED = frozenset({Feature.MISCONFIGURATION_REGRESSION, Feature.CONTROL_PLANE_OUTAGE})
 PROFILES: dict[str, frozenset[Feature]] = {
     "core": frozenset(Feature) - EXTENDED,
     "extended": EXTENDED,

@@ -7,8 +7,9 @@ failure says how many calls failed and why, in a user's words.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pytest
@@ -60,3 +61,63 @@ def converge(
                 return outcome
         if time.monotonic() > ends:
             return outcome
+
+
+class Traffic:
+    """Clients calling without pause for the length of a procedure, counted per step.
+
+    ``make_calls`` maps a label (e.g. ``cluster-a->cluster-b``) to a function making N calls. Each
+    label has a thread that keeps calling until ``stop``; every result is filed under the step that
+    was current when the call ended, so a report shows exactly how much traffic each step cost.
+    """
+
+    def __init__(self, make_calls: Mapping[str, Callable[[int], list[CallResult]]]) -> None:
+        self._make_calls = dict(make_calls)
+        self._step = "start"
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.results: dict[str, dict[str, list[CallResult]]] = {}
+        self._threads = [threading.Thread(target=self._run, args=(label,), daemon=True) for label in self._make_calls]
+
+    def _run(self, label: str) -> None:
+        while not self._stopping.is_set():
+            for result in self._make_calls[label](1):
+                with self._lock:
+                    self.results.setdefault(self._step, {}).setdefault(label, []).append(result)
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def step(self, name: str, settle: float = 0.3) -> None:
+        """Let some calls land in the current step, then start the next one."""
+        time.sleep(settle)
+        with self._lock:
+            self._step = name
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.3)
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def lost(self) -> list[str]:
+        """``step: label: 3/120 failed: ...`` for every step and label that lost calls."""
+        return [
+            f"{step}: {label}: {summarize(results)}"
+            for step, per_label in self.results.items()
+            for label, results in per_label.items()
+            if any(not r.ok for r in results)
+        ]
+
+    def counts(self) -> list[tuple[str, int, int]]:
+        """(step, calls answered, calls failed) over all labels, in step order."""
+        return [
+            (
+                step,
+                sum(r.ok for rs in per_label.values() for r in rs),
+                sum(not r.ok for rs in per_label.values() for r in rs),
+            )
+            for step, per_label in self.results.items()
+        ]

@@ -100,4 +100,12 @@ def summary_html(record: RunRecord) -> str:
             + "".join(latency_rows)
             + "</table>"
         )
+    for case_id, steps in record.procedures.items():
+        step_rows = "".join(
+            f"<tr><td>{html.escape(step)}</td><td>{ok}</td><td>{failed}</td></tr>" for step, ok, failed in steps
+        )
+        out.append(
+            f"<h3>{html.escape(case_id)}: calls during each step</h3>"
+            f"<table><tr><th>step</th><th>answered</th><th>failed</th></tr>{step_rows}</table>"
+        )
     return "".join(out)

@@ -44,6 +44,7 @@ class RunRecord:
     pair_status: dict[str, bool] = field(default_factory=dict)  # "a->b" -> reachable
     latencies: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # pair -> same/cross -> ms
     provisioning_error: str = ""
+    procedures: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)  # case -> (step, ok, failed)
 
     def record_latency(self, pair: str, kind: str, values: Sequence[float]) -> None:
         self.latencies.setdefault(pair, {}).setdefault(kind, []).extend(values)

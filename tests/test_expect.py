@@ -1,0 +1,50 @@
+"""Reachability and traffic bookkeeping: what a case concludes from the calls it made."""
+
+from __future__ import annotations
+
+import itertools
+
+from meshfed.calls import CallResult
+from meshfed.expect import Traffic, converge
+
+OK = CallResult(200, {"cluster": "cluster-b"}, 1.0)
+WRONG_CLUSTER = CallResult(200, {"cluster": "cluster-a"}, 1.0)
+FAILED = CallResult(503, None, 1.0, body="no healthy upstream")
+
+
+def scripted(*results: CallResult):  # type: ignore[no-untyped-def]
+    stream = itertools.chain(results, itertools.repeat(results[-1]))
+    return lambda n: [next(stream) for _ in range(n)]
+
+
+def test_converges_on_consecutive_successes_from_the_right_cluster() -> None:
+    outcome = converge(
+        "a->b", scripted(FAILED, OK, WRONG_CLUSTER, OK, OK, OK), answered_by="cluster-b", deadline=5, batch=1
+    )
+    assert outcome.converged and len(outcome.results) == 6
+
+
+def test_never_converges_when_calls_keep_failing() -> None:
+    outcome = converge("a->b", scripted(FAILED), deadline=0.05, batch=2)
+    assert not outcome.converged
+    assert outcome.message().startswith(
+        f"a->b: {len(outcome.results)}/{len(outcome.results)} failed: no healthy upstream"
+    )
+
+
+def test_accept_judges_the_expected_symptom() -> None:
+    outcome = converge(
+        "a->b", scripted(OK, FAILED, FAILED), deadline=5, batch=1, consecutive=2, accept=lambda r: not r.ok
+    )
+    assert outcome.converged and len(outcome.results) == 3
+
+
+def test_traffic_files_every_call_under_its_step() -> None:
+    failures = iter([FAILED, FAILED])
+    calls = {"a->b": lambda n: [OK], "b->a": lambda n: [next(failures, OK)]}
+    with Traffic(calls) as traffic:
+        traffic.step("second", settle=0.05)
+    steps = [step for step, _, _ in traffic.counts()]
+    assert steps[0] == "start" and set(steps) <= {"start", "second"}
+    assert sum(failed for _, _, failed in traffic.counts()) == 2
+    assert len(traffic.lost()) >= 1 and all(": b->a: " in line for line in traffic.lost())
