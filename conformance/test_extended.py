@@ -3,6 +3,7 @@ every lost call is reported with its symptom, step by step."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from meshfed import manifests
 from meshfed.backends.base import BackendError, Cluster, Mesh
 from meshfed.cases import Feature, case, not_supported
-from meshfed.expect import Traffic, require
+from meshfed.expect import Traffic, converge, require
 from meshfed.manifests import CLIENT, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
 from meshfed.options import SuiteOptions
 from meshfed.report.model import RunRecord
@@ -88,3 +89,130 @@ def test_control_plane_outage(
     run_record.procedures["ControlPlaneOutage"] = traffic.counts()
     problems += [f"calls were lost: {line}" for line in traffic.lost()]
     require(not problems, "; ".join(problems))
+
+
+def _locality_policy(mesh: Mesh, outlier_detection: bool) -> dict[str, object]:
+    failover = [
+        {"from": mesh.spec.cluster(a).region, "to": mesh.spec.cluster(b).region}
+        for a, b in zip(mesh.spec.names, mesh.spec.names[1:] + mesh.spec.names[:1], strict=True)
+    ]
+    policy: dict[str, object] = {"loadBalancer": {"localityLbSetting": {"enabled": True, "failover": failover}}}
+    if outlier_detection:
+        policy["outlierDetection"] = {"consecutive5xxErrors": 1, "interval": "1s", "baseEjectionTime": "1m"}
+    return policy
+
+
+def _apply_everywhere(mesh: Mesh, obj: dict[str, object]) -> None:
+    """Istio config goes to every cluster that holds config (each primary reads only its own)."""
+    for name in sorted({mesh.spec.config_cluster(n) for n in mesh.spec.names}):
+        mesh[name].apply(obj)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def locality_restored(mesh: Mesh) -> Iterator[None]:
+    yield
+    for name in sorted({mesh.spec.config_cluster(n) for n in mesh.spec.names}):
+        mesh[name].delete("DestinationRule", "echo-locality", TEST_NAMESPACE)
+    home = mesh[mesh.spec.names[0]]
+    home.patch("Deployment", manifests.ECHO, TEST_NAMESPACE, {"spec": {"replicas": 1}})
+    deployment = home.get("Deployment", manifests.ECHO, TEST_NAMESPACE) or {}
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [e for e in container["env"] if e["name"] != "FAIL_WITH"]
+    home.patch(
+        "Deployment", manifests.ECHO, TEST_NAMESPACE, {"spec": {"template": {"spec": {"containers": [container]}}}}
+    )
+    home.wait_ready(manifests.ECHO, TEST_NAMESPACE, timeout=mesh.convergence_deadline * 10)
+
+
+class Watch:
+    """Calls from one client to ``echo`` until the answers come from ``cluster`` (N in a row), timed."""
+
+    def __init__(self, mesh: Mesh, source: str) -> None:
+        cluster = mesh[source]
+        pod = cluster.pod_of(TEST_NAMESPACE, CLIENT).name
+        self.make = lambda n: cluster.call(pod, TEST_NAMESPACE, service_url(manifests.ECHO), n, timeout=5)
+        self.mesh = mesh
+        self.steps: list[tuple[str, int, int]] = []
+
+    def until(self, step: str, cluster: str, consecutive: int = 5) -> tuple[bool, float, str]:
+        started = time.monotonic()
+        outcome = converge(
+            step,
+            self.make,
+            consecutive=consecutive,
+            batch=1,
+            answered_by=cluster,
+            deadline=self.mesh.convergence_deadline + 10,
+        )
+        elapsed = time.monotonic() - started
+        answered = sum(r.ok for r in outcome.results)
+        self.steps.append((f"{step} ({elapsed:.1f}s)", answered, len(outcome.results) - answered))
+        return outcome.converged, elapsed, outcome.message()
+
+
+@case(
+    "LocalityFailover",
+    "With localityLbSetting failover and outlierDetection, calls stay in their region, move to the other region when the local echo goes or fails, and come back.",
+    {Feature.LOCALITY_FAILOVER},
+    profile="extended",
+)
+def test_locality_failover(
+    mesh: Mesh, suite_options: SuiteOptions, run_record: RunRecord, locality_restored: None
+) -> None:
+    if suite_options.backend == "existing" and not suite_options.allow_destructive:
+        not_supported(
+            "destructive: it scales and breaks the echo; pass --allow-destructive to run it on existing clusters"
+        )
+    home, away = mesh.spec.names[0], mesh.spec.names[1]
+    watch = Watch(mesh, home)
+    problems: list[str] = []
+    _apply_everywhere(
+        mesh,
+        manifests.destination_rule("echo-locality", manifests.ECHO, _locality_policy(mesh, outlier_detection=False)),
+    )
+    sample = watch.make(12 * len(mesh.spec.names))
+    spread = {r.cluster for r in sample if r.ok}
+    answered = sum(r.ok for r in sample)
+    watch.steps.append(
+        (
+            f"without outlierDetection: answered by {', '.join(sorted(map(str, spread)))}",
+            answered,
+            len(sample) - answered,
+        )
+    )
+    if spread != set(mesh.spec.names):
+        problems.append(
+            f"without outlierDetection traffic must spread over every cluster (Istio ignores locality then), but only {sorted(map(str, spread))} answered"
+        )
+    _apply_everywhere(
+        mesh,
+        manifests.destination_rule("echo-locality", manifests.ECHO, _locality_policy(mesh, outlier_detection=True)),
+    )
+    for step, act, target in (
+        ("stays local", None, home),
+        (f"echo in {home} scaled to 0: fail over", lambda: mesh[home].scale(manifests.ECHO, TEST_NAMESPACE, 0), away),
+        (f"echo in {home} back: fail back", lambda: mesh[home].scale(manifests.ECHO, TEST_NAMESPACE, 1), home),
+        (f"echo in {home} answers 503: ejected, fail over", lambda: _fail(mesh, home, "503"), away),
+        (f"echo in {home} healthy again: fail back", lambda: _fail(mesh, home, None), home),
+    ):
+        if act is not None:
+            act()
+        converged, _, message = watch.until(step, target)
+        if not converged:
+            problems.append(f"{step}: calls from {home} were not answered by {target}: {message}")
+    run_record.procedures["LocalityFailover"] = watch.steps
+    require(not problems, "; ".join(problems))
+
+
+def _fail(mesh: Mesh, cluster: str, status: str | None) -> None:
+    """Patch the echo Deployment's env (FAIL_WITH makes it answer that status) and roll it out."""
+    target = mesh[cluster]
+    deployment = target.get("Deployment", manifests.ECHO, TEST_NAMESPACE) or {}
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [e for e in container["env"] if e["name"] != "FAIL_WITH"] + (
+        [{"name": "FAIL_WITH", "value": status}] if status else []
+    )
+    target.patch(
+        "Deployment", manifests.ECHO, TEST_NAMESPACE, {"spec": {"template": {"spec": {"containers": [container]}}}}
+    )
+    target.wait_ready(manifests.ECHO, TEST_NAMESPACE, timeout=mesh.convergence_deadline * 10)

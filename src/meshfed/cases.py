@@ -25,9 +25,10 @@ class Feature(enum.Enum):
     AUTHORIZATION = "Authorization"
     MISCONFIGURATION_REGRESSION = "MisconfigurationRegression"
     CONTROL_PLANE_OUTAGE = "ControlPlaneOutage"
+    LOCALITY_FAILOVER = "LocalityFailover"
 
 
-EXTENDED = frozenset({Feature.MISCONFIGURATION_REGRESSION, Feature.CONTROL_PLANE_OUTAGE})
+EXTENDED = frozenset({Feature.MISCONFIGURATION_REGRESSION, Feature.CONTROL_PLANE_OUTAGE, Feature.LOCALITY_FAILOVER})
 PROFILES: dict[str, frozenset[Feature]] = {
     "core": frozenset(Feature) - EXTENDED,
     "extended": EXTENDED,

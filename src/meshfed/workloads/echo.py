@@ -108,8 +108,11 @@ def _handler(state: EchoState) -> type[BaseHTTPRequestHandler]:
     return EchoHandler
 
 
-def make_server(host: str, port: int, identity: EchoIdentity) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), _handler(EchoState(identity)))
+def make_server(host: str, port: int, identity: EchoIdentity, fail_with: int | None = None) -> ThreadingHTTPServer:
+    """The echo server; ``fail_with`` (env ``FAIL_WITH``) makes every answer that status, for outlier detection."""
+    state = EchoState(identity)
+    state.fail_with = fail_with
+    server = ThreadingHTTPServer((host, port), _handler(state))
     server.daemon_threads = True
     return server
 
@@ -177,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     calls.add_argument("--header", action="append", default=[], metavar="NAME:VALUE")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        make_server("", args.port, EchoIdentity.from_environment()).serve_forever()
+        fail_with = int(os.environ["FAIL_WITH"]) if os.environ.get("FAIL_WITH", "").isdigit() else None
+        make_server("", args.port, EchoIdentity.from_environment(), fail_with).serve_forever()
     elif args.command == "idle":
         threading.Event().wait()
     else:

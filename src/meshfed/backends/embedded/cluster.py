@@ -310,10 +310,11 @@ class ClusterRuntime:
         identity = echo.EchoIdentity(
             env.get("CLUSTER", ""), pod.name, env.get("VERSION", ""), env.get("SERVICE", ""), pod.namespace
         )
+        fail_with = int(env["FAIL_WITH"]) if env.get("FAIL_WITH", "").isdigit() else None
         if injection is not None:
             pod.agent = ProxyAgent(self, pod.name, pod.namespace, pod.service_account, pod.labels, injection)
             if pod.role == "echo":
-                pod.server = echo.make_server("127.0.0.1", 0, identity)
+                pod.server = echo.make_server("127.0.0.1", 0, identity, fail_with)
                 app_ports = {port: pod.server.server_address[1]}
             else:
                 app_ports = {}
@@ -322,7 +323,7 @@ class ClusterRuntime:
                 pod.message = pod.agent.error
             pod.sidecar.start()
         elif pod.role == "echo":
-            pod.server = echo.make_server(pod.ip, port, identity)
+            pod.server = echo.make_server(pod.ip, port, identity, fail_with)
         if pod.server is not None:
             threading.Thread(target=pod.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 

@@ -26,8 +26,9 @@ def choose(
     turn: int,
     region: str,
     zone: str,
+    ejected: Collection[xds.Endpoint] = (),
 ) -> xds.Endpoint | None:
-    candidates = [e for e in view.endpoints if e not in exclude]
+    candidates = [e for e in view.endpoints if e not in exclude and e not in ejected]
     if not candidates:
         return None
     policy = view.traffic_policy

@@ -25,6 +25,7 @@ import itertools
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from meshfed.backends.embedded import xds
 from meshfed.backends.embedded.agent import ProxyAgent
 from meshfed.backends.embedded.fabric import close_listener, reset, serve
+from meshfed.backends.embedded.istiod import go_duration
 from meshfed.backends.embedded.lb import choose
 from meshfed.backends.embedded.tls import contexts, envoy_reset_text, mesh_time_problem
 from meshfed.pki import WorkloadCert
@@ -119,6 +121,7 @@ class Sidecar:
         self._pool: dict[tuple[str, int, str], list[http.client.HTTPConnection]] = {}
         self._pool_lock = threading.Lock()
         self._pool_version: tuple[int, int] = (-1, 0)
+        self._outliers: dict[tuple[str, int, str, str], tuple[int, float]] = {}
         agent.on_certificate = self._use
         if agent.cert is not None:
             self._use(agent.cert)
@@ -193,7 +196,34 @@ class Sidecar:
     # -- outbound -------------------------------------------------------------------------------
     def pick(self, view: xds.ServiceView, exclude: list[xds.Endpoint]) -> xds.Endpoint | None:
         counter = self._counters.setdefault((view.fqdn, view.port), itertools.count())
-        return choose(view, exclude, next(counter), self.runtime.spec.region, self.runtime.spec.zone)
+        ejected = self._ejected(view)
+        return choose(view, exclude, next(counter), self.runtime.spec.region, self.runtime.spec.zone, ejected)
+
+    # -- outlier detection --------------------------------------------------------------------------
+    # Envoy's consecutive-5xx detection as Istio configures it from a DestinationRule's outlierDetection:
+    # 5xx answers and connection failures count; at consecutive5xxErrors (default 5) the host is ejected
+    # for baseEjectionTime (default 30 s); at most maxEjectionPercent (default 10) of the hosts, but
+    # always at least one.
+    def _ejected(self, view: xds.ServiceView) -> list[xds.Endpoint]:
+        now = time.monotonic()
+        return [
+            e for e in view.endpoints if self._outliers.get((view.fqdn, view.port, e.address, e.pod), (0, 0.0))[1] > now
+        ]
+
+    def record(self, view: xds.ServiceView, endpoint: xds.Endpoint, failed: bool) -> None:
+        detection = view.traffic_policy.get("outlierDetection")
+        if not detection:
+            return
+        key = (view.fqdn, view.port, endpoint.address, endpoint.pod)
+        count, until = self._outliers.get(key, (0, 0.0))
+        count = count + 1 if failed else 0
+        if count >= int(detection.get("consecutive5xxErrors", 5)):
+            ejected = len(self._ejected(view))
+            limit = max(1, int(len(view.endpoints) * int(detection.get("maxEjectionPercent", 10)) / 100))
+            if ejected < limit:
+                until = time.monotonic() + go_duration(str(detection.get("baseEjectionTime", "30s"))).total_seconds()
+            count = 0
+        self._outliers[key] = (count, until)
 
     def _pooled(self, key: tuple[str, int, str]) -> http.client.HTTPConnection | None:
         """An idle upstream connection, as Envoy's connection pool keeps them. The pool is emptied
@@ -355,7 +385,9 @@ def _outbound_handler(sidecar: Sidecar) -> type[BaseHTTPRequestHandler]:
                     )
                 except UpstreamError as error:
                     last = error.cause
+                    sidecar.record(view, endpoint, failed=True)
                     continue
+                sidecar.record(view, endpoint, failed=status >= 500)
                 _relay(self, status, reply_headers, reply)
                 return
             if last is None:
