@@ -21,12 +21,15 @@ NEWCOMER = "newcomer"
 
 
 def cross_cluster_traffic(mesh: Mesh) -> Traffic:
+    """Every ordered pair calling without pause, each call from the client pod that is ready at the time
+    (procedures restart the clients too)."""
     calls = {}
     for pair in mesh.spec.pairs():
         cluster = mesh[pair.source]
-        pod = cluster.pod_of(TEST_NAMESPACE, CLIENT).name
         url = service_url(only_in(pair.destination))
-        calls[pair.id] = lambda n, c=cluster, p=pod, u=url: c.call(p, TEST_NAMESPACE, u, n, timeout=5)
+        calls[pair.id] = lambda n, c=cluster, u=url: c.call(
+            c.pod_of(TEST_NAMESPACE, CLIENT).name, TEST_NAMESPACE, u, n, timeout=5
+        )
     return Traffic(calls)
 
 
@@ -216,3 +219,107 @@ def _fail(mesh: Mesh, cluster: str, status: str | None) -> None:
         "Deployment", manifests.ECHO, TEST_NAMESPACE, {"spec": {"template": {"spec": {"containers": [container]}}}}
     )
     target.wait_ready(manifests.ECHO, TEST_NAMESPACE, timeout=mesh.convergence_deadline * 10)
+
+
+CANARY = "canary"  # a revision name without dots, as Istio requires
+
+
+def _istiod(revision: str) -> str:
+    return f"istiod-{revision}" if revision else "istiod"
+
+
+def _gateway_address(mesh: Mesh, cluster: str) -> str:
+    service = mesh[cluster].get("Service", manifests.EASTWEST_GATEWAY, ISTIO_SYSTEM) or {}
+    return str((((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or [{}])[0].get("ip", ""))
+
+
+def _data_plane_ahead(mesh: Mesh) -> list[str]:
+    """Pods whose sidecar revision has no ready control plane where their configuration comes from."""
+    found = []
+    for name in mesh.spec.names:
+        config = mesh[mesh.spec.config_cluster(name)]
+        for pod in mesh[name].pods(TEST_NAMESPACE):
+            if not pod.has_sidecar:
+                continue
+            revision = "" if pod.revision == "default" else pod.revision
+            istiods = config.pods(ISTIO_SYSTEM, {"app": "istiod", "istio.io/rev": pod.revision})
+            if not any(p.ready for p in istiods):
+                found.append(
+                    f"{name}/{pod.name} runs revision {pod.revision or 'default'} but {_istiod(revision)} is not serving"
+                )
+    return found
+
+
+def upgrade(mesh: Mesh, traffic: Traffic, old: str, new: str) -> list[str]:
+    """Istio's canary upgrade, control plane first in every cluster, then the data plane cluster by cluster."""
+    problems: list[str] = []
+    deadline = mesh.convergence_deadline * 10
+    label = new or "default"
+    traffic.step(f"control plane {label} installed in every cluster")
+    for spec in mesh.spec.primaries:
+        serves_remotes = mesh.spec.topology is Topology.PRIMARY_REMOTE
+        mesh[spec.name].apply(manifests.istio_operator(spec, mesh.spec, external_istiod=serves_remotes, revision=new))
+        if not mesh[spec.name].wait_ready(_istiod(new), ISTIO_SYSTEM, timeout=deadline):
+            problems.append(f"{spec.name}: {_istiod(new)} did not get ready")
+        if serves_remotes:
+            for obj in manifests.expose_istiod(new):
+                mesh[spec.name].apply(obj)
+    for spec in mesh.spec.clusters:
+        if spec.role == "remote":
+            primary = mesh.spec.config_cluster(spec.name)
+            mesh[spec.name].apply(
+                manifests.istio_operator_remote(spec, mesh.spec, _gateway_address(mesh, primary), revision=new)
+            )
+    for spec in mesh.spec.primaries:
+        for revision in (old, new):
+            if not any(
+                p.ready
+                for p in mesh[spec.name].pods(ISTIO_SYSTEM, {"app": "istiod", "istio.io/rev": revision or "default"})
+            ):
+                problems.append(f"{spec.name}: revision {revision or 'default'} does not serve while both should")
+    traffic.step(f"east-west gateways moved to {label}")
+    for spec in mesh.spec.clusters:
+        mesh[spec.name].apply(manifests.eastwest_gateway(spec.network, revision=new))
+        mesh[spec.name].wait_ready(manifests.EASTWEST_GATEWAY, ISTIO_SYSTEM, timeout=deadline)
+    for spec in mesh.spec.clusters:
+        traffic.step(f"data plane of {spec.name} moved to {label}")
+        cluster = mesh[spec.name]
+        labels = (
+            {"istio-injection": "enabled", "istio.io/rev": None}
+            if not new
+            else {"istio-injection": None, "istio.io/rev": new}
+        )
+        cluster.patch("Namespace", TEST_NAMESPACE, None, {"metadata": {"labels": labels}})
+        for deployment in cluster.list("Deployment", TEST_NAMESPACE):
+            cluster.rollout_restart(deployment["metadata"]["name"], TEST_NAMESPACE, timeout=deadline)
+        behind = [p.name for p in cluster.pods(TEST_NAMESPACE) if p.has_sidecar and p.revision != label]
+        if behind:
+            problems.append(f"{spec.name}: pods still on the old revision after the restart: {', '.join(behind)}")
+        problems += _data_plane_ahead(mesh)
+    traffic.step(f"revision {old or 'default'} removed")
+    for spec in mesh.spec.clusters:
+        name = f"control-plane-{old}" if old else "control-plane"
+        mesh[spec.name].delete("IstioOperator", name, ISTIO_SYSTEM)
+        if spec.role == "primary" and mesh.spec.topology is Topology.PRIMARY_REMOTE and old:
+            for obj in manifests.expose_istiod(old):
+                mesh[spec.name].delete(obj["kind"], obj["metadata"]["name"], ISTIO_SYSTEM)
+    problems += _data_plane_ahead(mesh)
+    return problems
+
+
+@case(
+    "CanaryUpgrade",
+    "A canary upgrade by revision, control plane first in every cluster, then the data plane cluster by cluster, loses no call.",
+    {Feature.CANARY_UPGRADE},
+    profile="extended",
+)
+def test_canary_upgrade(mesh: Mesh, suite_options: SuiteOptions, run_record: RunRecord) -> None:
+    if suite_options.backend == "existing" and not suite_options.allow_destructive:
+        not_supported("destructive: it installs and removes control-plane revisions; pass --allow-destructive")
+    with cross_cluster_traffic(mesh) as traffic:
+        problems = upgrade(mesh, traffic, old="", new=CANARY)
+        problems += [f"while restoring: {p}" for p in upgrade(mesh, traffic, old=CANARY, new="")]
+        traffic.step("after")
+    run_record.procedures["CanaryUpgrade"] = traffic.counts()
+    problems += [f"calls were lost: {line}" for line in traffic.lost()]
+    require(not problems, "; ".join(problems))

@@ -48,3 +48,13 @@ def test_traffic_files_every_call_under_its_step() -> None:
     assert steps[0] == "start" and set(steps) <= {"start", "second"}
     assert sum(failed for _, _, failed in traffic.counts()) == 2
     assert len(traffic.lost()) >= 1 and all(": b->a: " in line for line in traffic.lost())
+
+
+def test_a_call_that_cannot_be_made_counts_as_lost() -> None:
+    def broken(n: int) -> list[CallResult]:
+        raise RuntimeError("no pod")
+
+    with Traffic({"a->b": broken}) as traffic:
+        pass
+    [line] = traffic.lost()
+    assert line.startswith("start: a->b: ") and "failed" in line

@@ -26,9 +26,17 @@ class Feature(enum.Enum):
     MISCONFIGURATION_REGRESSION = "MisconfigurationRegression"
     CONTROL_PLANE_OUTAGE = "ControlPlaneOutage"
     LOCALITY_FAILOVER = "LocalityFailover"
+    CANARY_UPGRADE = "CanaryUpgrade"
 
 
-EXTENDED = frozenset({Feature.MISCONFIGURATION_REGRESSION, Feature.CONTROL_PLANE_OUTAGE, Feature.LOCALITY_FAILOVER})
+EXTENDED = frozenset(
+    {
+        Feature.MISCONFIGURATION_REGRESSION,
+        Feature.CONTROL_PLANE_OUTAGE,
+        Feature.LOCALITY_FAILOVER,
+        Feature.CANARY_UPGRADE,
+    }
+)
 PROFILES: dict[str, frozenset[Feature]] = {
     "core": frozenset(Feature) - EXTENDED,
     "extended": EXTENDED,

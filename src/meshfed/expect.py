@@ -81,7 +81,11 @@ class Traffic:
 
     def _run(self, label: str) -> None:
         while not self._stopping.is_set():
-            for result in self._make_calls[label](1):
+            try:
+                results = self._make_calls[label](1)
+            except Exception as error:
+                results = [CallResult(None, None, 0.0, error=f"the call could not be made: {error}")]
+            for result in results:
                 with self._lock:
                     self.results.setdefault(self._step, {}).setdefault(label, []).append(result)
 

@@ -104,13 +104,14 @@ def istio_operator(
     }
 
 
-def istio_operator_remote(cluster: ClusterSpec, mesh: MeshSpec, remote_pilot_address: str) -> Obj:
+def istio_operator_remote(cluster: ClusterSpec, mesh: MeshSpec, remote_pilot_address: str, revision: str = "") -> Obj:
     """The remote profile: no istiod; injection and config come from the primary's istiod."""
     return {
         "apiVersion": "install.istio.io/v1alpha1",
         "kind": "IstioOperator",
-        "metadata": _meta("control-plane", ISTIO_SYSTEM),
+        "metadata": _meta(f"control-plane{'-' + revision if revision else ''}", ISTIO_SYSTEM),
         "spec": {
+            **({"revision": revision} if revision else {}),
             "profile": "remote",
             "values": {
                 "istiodRemote": {"injectionPath": f"/inject/cluster/{cluster.name}/net/{cluster.network}"},
@@ -181,43 +182,46 @@ def cross_network_gateway() -> Obj:
     }
 
 
-def expose_istiod() -> list[Obj]:
-    """``samples/multicluster/expose-istiod.yaml``: istiod's 15012 and 15017 through the gateway."""
+def expose_istiod(revision: str = "") -> list[Obj]:
+    """``samples/multicluster/expose-istiod.yaml`` (``expose-istiod-rev.yaml.tmpl`` for a revision):
+    istiod's 15012 and 15017 through the east-west gateway; a revision is told apart by its SNI."""
+    suffix = f"-{revision}" if revision else ""
+    hosts = [f"istiod{suffix}.{ISTIO_SYSTEM}.svc"] if revision else ["*"]
     gateway = {
         "apiVersion": "networking.istio.io/v1",
         "kind": "Gateway",
-        "metadata": _meta("istiod-gateway", ISTIO_SYSTEM),
+        "metadata": _meta(f"istiod-gateway{suffix}", ISTIO_SYSTEM),
         "spec": {
             "selector": {"istio": "eastwestgateway"},
             "servers": [
                 {
-                    "port": {"name": "tls-istiod", "number": 15012, "protocol": "tls"},
+                    "port": {"name": f"tls-istiod{suffix}", "number": 15012, "protocol": "tls"},
                     "tls": {"mode": "PASSTHROUGH"},
-                    "hosts": ["*"],
+                    "hosts": hosts,
                 },
                 {
-                    "port": {"name": "tls-istiodwebhook", "number": 15017, "protocol": "tls"},
+                    "port": {"name": f"tls-istiodwebhook{suffix}", "number": 15017, "protocol": "tls"},
                     "tls": {"mode": "PASSTHROUGH"},
-                    "hosts": ["*"],
+                    "hosts": hosts,
                 },
             ],
         },
     }
-    istiod = "istiod.istio-system.svc.cluster.local"
+    istiod = f"istiod{suffix}.{ISTIO_SYSTEM}.svc.cluster.local"
     virtual_service = {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
-        "metadata": _meta("istiod-vs", ISTIO_SYSTEM),
+        "metadata": _meta(f"istiod-vs{suffix}", ISTIO_SYSTEM),
         "spec": {
-            "hosts": ["*"],
-            "gateways": ["istiod-gateway"],
+            "hosts": hosts,
+            "gateways": [f"istiod-gateway{suffix}"],
             "tls": [
                 {
-                    "match": [{"port": 15012, "sniHosts": ["*"]}],
+                    "match": [{"port": 15012, "sniHosts": hosts}],
                     "route": [{"destination": {"host": istiod, "port": {"number": 15012}}}],
                 },
                 {
-                    "match": [{"port": 15017, "sniHosts": ["*"]}],
+                    "match": [{"port": 15017, "sniHosts": hosts}],
                     "route": [{"destination": {"host": istiod, "port": {"number": 443}}}],
                 },
             ],

@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from meshfed.backends.embedded.cluster import ClusterRuntime
     from meshfed.backends.embedded.istiod import Istiod
 
-ISTIOD_SNI = "istiod.istio-system.svc"
-
 
 @dataclass(frozen=True)
 class Injection:
@@ -152,7 +150,9 @@ class ProxyAgent:
             )
             request["csr"] = csr.public_bytes(serialization.Encoding.PEM).decode()
         raw = self.runtime.connect(self.network, self.injection.discovery_address, 15012, timeout=2.0)
-        with trust_only(roots).wrap_socket(raw, server_hostname=ISTIOD_SNI) as conn:
+        revision = "" if self.injection.revision == "default" else f"-{self.injection.revision}"
+        sni = f"istiod{revision}.istio-system.svc"  # a revision's istiod is told apart by its name
+        with trust_only(roots).wrap_socket(raw, server_hostname=sni) as conn:
             conn.sendall(json.dumps(request).encode() + b"\n")
             line = conn.makefile("rb").readline()
         if not line:

@@ -45,6 +45,8 @@ from meshfed.workloads import echo
 if TYPE_CHECKING:
     from meshfed.backends.embedded.mesh import MeshRuntime
 
+DRAIN_SECONDS = 1.0
+
 
 @dataclass
 class PodRuntime:
@@ -107,6 +109,7 @@ class ClusterRuntime:
         self._lb_listeners: dict[tuple[str, str], list[socket.socket]] = {}
         self._generations: dict[tuple[str, str], int] = {}
         self._reconciling: set[tuple[str, str]] = set()
+        self._draining: dict[int, tuple[PodRuntime, threading.Timer]] = {}
         self.store.watch(self._on_event)
 
     # -- events -------------------------------------------------------------------------------
@@ -120,8 +123,8 @@ class ClusterRuntime:
             elif self._generations.get(key) != obj["metadata"]["generation"]:  # not a status update
                 self._generations[key] = obj["metadata"]["generation"]
                 self.reconcile(*reversed(key))
-        elif kind == "IstioOperator" and event != "DELETED":
-            self._install(obj)
+        elif kind == "IstioOperator":
+            self._install(obj, remove=event == "DELETED")
         elif kind == "Service" and event != "DELETED" and obj.get("spec", {}).get("type") == "LoadBalancer":
             self._ensure_loadbalancer(obj)
         elif kind == "Service" and event == "DELETED":
@@ -131,7 +134,7 @@ class ClusterRuntime:
             pod = self.pods.pop((obj["metadata"]["namespace"], obj["metadata"]["name"]), None)
             if pod is not None:
                 by_controller = pod.stopped
-                pod.stop()
+                self._drain(pod)
                 if by_controller:
                     self._after_pod_change(obj["metadata"]["namespace"], pod.owner)
                 else:  # someone deleted the pod: its ReplicaSet makes a new one
@@ -194,6 +197,19 @@ class ClusterRuntime:
             "observedGeneration": deployment["metadata"]["generation"],
         }
         self.store.set_status("Deployment", name, namespace, status)
+
+    def _drain(self, pod: PodRuntime) -> None:
+        """A deleted pod leaves the endpoints at once but keeps serving what is in flight for a moment,
+        as a terminating pod does while its sidecar drains (Istio's terminationDrainDuration, 5 s; 1 s here)."""
+        pod.stopped = True
+        timer = threading.Timer(DRAIN_SECONDS, self._finish_drain, args=(pod,))
+        timer.daemon = True
+        self._draining[id(pod)] = (pod, timer)
+        timer.start()
+
+    def _finish_drain(self, pod: PodRuntime) -> None:
+        if self._draining.pop(id(pod), None) is not None:
+            pod.stop()
 
     def _delete_pod(self, pod: PodRuntime) -> None:
         pod.stopped = True  # the controller's own deletion: not to be replaced
@@ -364,11 +380,15 @@ class ClusterRuntime:
         return Injection(address, network, mesh.get("trustDomain", "cluster.local"), revision, pod_labels)
 
     # -- istioctl install ---------------------------------------------------------------------
-    def _install(self, operator: Obj) -> None:
+    def _install(self, operator: Obj, *, remove: bool = False) -> None:
+        """``istioctl install -f``, or ``istioctl uninstall`` of what it installed when the operator goes."""
         from meshfed.backends.embedded.installer import objects_for
 
         for obj in objects_for(operator, self.name, self.mesh.istio_version):
-            self.store.apply(obj)
+            if remove:
+                self.store.delete(obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace"))
+            else:
+                self.store.apply(obj)
 
     # -- services -------------------------------------------------------------------------------
     def _ensure_loadbalancer(self, service: Obj) -> None:
@@ -435,6 +455,10 @@ class ClusterRuntime:
         return self.mesh.fabric.dial(network, random.choice(pods).ip, target, timeout)
 
     def shutdown(self) -> None:
+        for pod, timer in list(self._draining.values()):
+            timer.cancel()
+            pod.stop()
+        self._draining.clear()
         for pod in list(self.pods.values()):
             pod.stop()
         for listeners in self._lb_listeners.values():

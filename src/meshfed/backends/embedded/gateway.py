@@ -100,6 +100,7 @@ class EastWestGateway:
             if not any(s.mode == "PASSTHROUGH" and xds.host_matches(sni, s.hosts) for s in servers):
                 return None
             routes = [r for r in config.tls_routes if r.port == port and xds.host_matches(sni, r.sni_hosts)]
+            routes.sort(key=lambda r: sni not in r.sni_hosts)  # an exact SNI host before a wildcard
             if not routes:
                 return None
             fqdn, service_port = routes[0].host, routes[0].target_port
