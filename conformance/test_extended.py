@@ -4,16 +4,19 @@ every lost call is reported with its symptom, step by step."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from meshfed import manifests
 from meshfed.backends.base import BackendError, Cluster, Mesh
+from meshfed.calls import CallResult
 from meshfed.cases import Feature, case, not_supported
 from meshfed.expect import Traffic, converge, require
 from meshfed.manifests import CLIENT, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
 from meshfed.options import SuiteOptions
+from meshfed.pki import ChainVerificationError, PluginCA, bundle_from_secret, cert_pem, verify_chain
+from meshfed.pki.authority import new_intermediate, new_root
 from meshfed.report.model import RunRecord
 from meshfed.topology import Topology
 
@@ -322,4 +325,111 @@ def test_canary_upgrade(mesh: Mesh, suite_options: SuiteOptions, run_record: Run
         traffic.step("after")
     run_record.procedures["CanaryUpgrade"] = traffic.counts()
     problems += [f"calls were lost: {line}" for line in traffic.lost()]
+    require(not problems, "; ".join(problems))
+
+
+def _cacerts_files(mesh: Mesh, cluster: str) -> dict[str, bytes]:
+    secret = mesh[cluster].get("Secret", "cacerts", ISTIO_SYSTEM)
+    return bundle_from_secret(secret) if secret else {}
+
+
+def _reinstall(mesh: Mesh, env: dict[str, str] | None) -> None:
+    for spec in mesh.spec.primaries:
+        serves_remotes = mesh.spec.topology is Topology.PRIMARY_REMOTE
+        mesh[spec.name].apply(manifests.istio_operator(spec, mesh.spec, external_istiod=serves_remotes, pilot_env=env))
+        mesh[spec.name].wait_ready("istiod", ISTIO_SYSTEM, timeout=mesh.convergence_deadline * 10)
+
+
+def _restart_everywhere(mesh: Mesh) -> None:
+    for name in mesh.spec.names:
+        for deployment in mesh[name].list("Deployment", TEST_NAMESPACE):
+            mesh[name].rollout_restart(
+                deployment["metadata"]["name"], TEST_NAMESPACE, timeout=mesh.convergence_deadline * 10
+            )
+
+
+def rotate_root(
+    mesh: Mesh, traffic: Traffic, steps: list[tuple[str, Callable[[str, dict[str, bytes]], dict[str, bytes]]]]
+) -> list[str]:
+    """Each step rewrites every cluster's cacerts; istiod (multi-root) takes it, then workloads restart."""
+    problems = []
+    for title, rewrite in steps:
+        traffic.step(title)
+        for name in mesh.spec.names:
+            files = _cacerts_files(mesh, name)
+            if files:
+                mesh[name].apply(manifests.cacerts(rewrite(name, files)))
+        _restart_everywhere(mesh)
+        for pair in mesh.spec.pairs():
+            outcome = converge(
+                pair.id,
+                calls_between(mesh, pair.source, pair.destination),
+                answered_by=pair.destination,
+                deadline=mesh.convergence_deadline,
+            )
+            if not outcome.converged:
+                problems.append(f"after '{title}': {outcome.message()}")
+    return problems
+
+
+def calls_between(mesh: Mesh, source: str, destination: str) -> Callable[[int], list[CallResult]]:
+    cluster = mesh[source]
+    url = service_url(only_in(destination))
+    return lambda n: cluster.call(cluster.pod_of(TEST_NAMESPACE, CLIENT).name, TEST_NAMESPACE, url, n)
+
+
+@case(
+    "RootRotation",
+    "The shared root is rotated (combined roots, new intermediates, old root removed) with every pair calling and no call lost.",
+    {Feature.ROOT_ROTATION},
+    profile="extended",
+)
+def test_root_rotation(mesh: Mesh, suite_options: SuiteOptions, run_record: RunRecord) -> None:
+    if suite_options.backend == "existing" and not suite_options.allow_destructive:
+        not_supported("destructive: it replaces every cluster's CA; pass --allow-destructive")
+    if any(not _cacerts_files(mesh, spec.name) for spec in mesh.spec.primaries):
+        not_supported("the mesh has no plug-in CA (cacerts) in every primary, so there is no shared root to rotate")
+    new = new_root(key_type="ecdsa" if suite_options.backend == "embedded" else "rsa", common_name="Root CA (rotated)")
+    new_pem = cert_pem(new.cert)
+    fresh: dict[str, PluginCA] = {}
+
+    def combined(name: str, files: dict[str, bytes]) -> dict[str, bytes]:
+        return {**files, "root-cert.pem": files["root-cert.pem"] + new_pem}
+
+    def new_intermediate_signed_by_new_root(name: str, files: dict[str, bytes]) -> dict[str, bytes]:
+        fresh[name] = PluginCA.from_parts(
+            new_intermediate(new, name, key_type="ecdsa" if suite_options.backend == "embedded" else "rsa"), [new.cert]
+        )
+        return {**fresh[name].secret_data(), "root-cert.pem": files["root-cert.pem"]}
+
+    def old_root_removed(name: str, files: dict[str, bytes]) -> dict[str, bytes]:
+        return {**files, "root-cert.pem": new_pem}
+
+    with cross_cluster_traffic(mesh) as traffic:
+        traffic.step("istiod restarted with ISTIO_MULTIROOT_MESH=true")
+        _reinstall(mesh, {"ISTIO_MULTIROOT_MESH": "true"})
+        problems = rotate_root(
+            mesh,
+            traffic,
+            [
+                ("1. root-cert.pem holds the old and the new root", combined),
+                ("2. new intermediates signed by the new root", new_intermediate_signed_by_new_root),
+                ("3. the old root removed", old_root_removed),
+            ],
+        )
+        traffic.step("istiod back to its install options")
+        _reinstall(mesh, None)
+        traffic.step("after")
+    run_record.procedures["RootRotation"] = traffic.counts()
+    problems += [f"calls were lost: {line}" for line in traffic.lost()]
+    for name in mesh.spec.names:
+        for pod in mesh[name].pods(TEST_NAMESPACE):
+            if not pod.has_sidecar:
+                continue
+            certs = mesh[name].proxy_certs(pod.name, TEST_NAMESPACE)
+            try:
+                if verify_chain(certs.chain, [new.cert]).root != new.cert:
+                    problems.append(f"{name}/{pod.name}: its chain does not lead to the new root")
+            except ChainVerificationError as error:
+                problems.append(f"{name}/{pod.name}: its chain does not lead to the new root ({error})")
     require(not problems, "; ".join(problems))

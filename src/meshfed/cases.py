@@ -27,6 +27,7 @@ class Feature(enum.Enum):
     CONTROL_PLANE_OUTAGE = "ControlPlaneOutage"
     LOCALITY_FAILOVER = "LocalityFailover"
     CANARY_UPGRADE = "CanaryUpgrade"
+    ROOT_ROTATION = "RootRotation"
 
 
 EXTENDED = frozenset(

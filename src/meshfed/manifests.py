@@ -80,9 +80,10 @@ def istio_operator(
     *,
     external_istiod: bool = False,
     revision: str = "",
-    ca_certificates: Sequence[str] = (),
+    pilot_env: Mapping[str, str] | None = None,
 ) -> Obj:
-    """The control plane of a primary: ``istioctl install -f`` this (meshID, clusterName, network)."""
+    """The control plane of a primary: ``istioctl install -f`` this (meshID, clusterName, network;
+    ``pilot_env`` e.g. ``ISTIO_MULTIROOT_MESH=true`` for a root rotation)."""
     global_values: Obj = {
         "meshID": mesh.mesh_id,
         "multiCluster": {"clusterName": cluster.name},
@@ -91,9 +92,10 @@ def istio_operator(
     if external_istiod:
         global_values["externalIstiod"] = True
     mesh_config: Obj = {"trustDomain": mesh.trust_domain}
-    if ca_certificates:
-        mesh_config["caCertificates"] = [{"pem": pem} for pem in ca_certificates]
-    spec: Obj = {"meshConfig": mesh_config, "values": {"global": global_values}}
+    values: Obj = {"global": global_values}
+    if pilot_env:
+        values["pilot"] = {"env": dict(pilot_env)}
+    spec: Obj = {"meshConfig": mesh_config, "values": values}
     if revision:
         spec["revision"] = revision
     return {

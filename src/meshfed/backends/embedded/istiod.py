@@ -32,7 +32,6 @@ keeps its last push when istiod goes away.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import socket
 import ssl
@@ -267,6 +266,7 @@ class Istiod:
         ca = PluginCA(report.signing_cert, report.key, report.roots, report.chain)
         self.ca_choice = CAChoice(ca, plugged=True, root_bundle=new_root)
         self.log.append("Istiod has detected the newly added intermediate CA and updated its key and certs accordingly")
+        self._context = self._serving_context()
         self._write_root_certs()
 
     def sign(self, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -296,7 +296,9 @@ class Istiod:
         }
 
     # -- discovery server (15012) ---------------------------------------------------------------
-    def _serve_discovery(self) -> None:
+    def _serving_context(self) -> ssl.SSLContext:
+        """istiod's serving certificate from its current CA (made anew when the CA changes, as
+        ``updateRootCertAndGenKeyCert`` does)."""
         key = self.runtime.mesh.new_key()
         cert = _istiod_serving_cert(self.ca, key.public_key(), self.runtime.clock.now())
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -304,10 +306,14 @@ class Istiod:
             f"istiod-{self.cluster}-{self.pod_name}", key, cert_pem(cert, *self.ca.cert_chain)
         )
         context.load_cert_chain(chain_file, key_file)
-        handle = functools.partial(self._serve_one, context=context)
-        self._listener = serve((self.pod_ip, DISCOVERY_PORT), handle, f"istiod-{self.cluster}")
+        return context
 
-    def _serve_one(self, raw: socket.socket, _peer: Any, *, context: ssl.SSLContext) -> None:
+    def _serve_discovery(self) -> None:
+        self._context = self._serving_context()
+        self._listener = serve((self.pod_ip, DISCOVERY_PORT), self._serve_one, f"istiod-{self.cluster}")
+
+    def _serve_one(self, raw: socket.socket, _peer: Any) -> None:
+        context = self._context
         try:
             with context.wrap_socket(raw, server_side=True) as conn:
                 conn.settimeout(10)
