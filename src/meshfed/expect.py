@@ -94,14 +94,14 @@ class Traffic:
             thread.start()
         return self
 
-    def step(self, name: str, settle: float = 0.3) -> None:
+    def step(self, name: str, settle: float = 0.1) -> None:
         """Let some calls land in the current step, then start the next one."""
         time.sleep(settle)
         with self._lock:
             self._step = name
 
     def __exit__(self, *exc: object) -> None:
-        time.sleep(0.3)
+        time.sleep(0.1)
         self._stopping.set()
         for thread in self._threads:
             thread.join(timeout=30)
