@@ -1,0 +1,81 @@
+"""Reading what ``istioctl`` prints, for the backends that run against real clusters.
+
+* ``istioctl proxy-config secret <pod>.<ns> -o json``: an Envoy SecretsConfigDump. Envoy's admin API
+  prints it in snake_case, istioctl in camelCase; both are read. The proxy's chain is the
+  ``default`` secret's ``tlsCertificate.certificateChain.inlineBytes``, its roots the ``ROOTCA``
+  secret's ``validationContext.trustedCa.inlineBytes`` (base64 PEM). The private key is never read.
+* ``istioctl remote-clusters``: a table ``NAME SECRET STATUS ISTIOD [REVISION]``; status values are
+  lower case in Istio's source (synced, syncing, timeout, closed) and read case-insensitively.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from meshfed.backends.base import BackendError, ProxyCerts, RemoteClusterStatus
+from meshfed.pki import PemError, load_certs
+
+
+def _field(obj: Mapping[str, Any], camel: str) -> Any:
+    """A field by its camelCase name or its snake_case twin."""
+    if camel in obj:
+        return obj[camel]
+    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
+    return obj.get(snake)
+
+
+def _inline_pem(secret: Mapping[str, Any], *path: str) -> bytes:
+    node: Any = secret
+    for name in path:
+        node = _field(node or {}, name)
+    if not node:
+        raise BackendError(f"the secret dump has no {'.'.join(path)}")
+    try:
+        return base64.b64decode(str(node), validate=True)
+    except binascii.Error:
+        raise BackendError(f"the secret dump's {'.'.join(path)} is not base64") from None
+
+
+def parse_secret_dump(text: str) -> ProxyCerts:
+    """The certificates an Envoy holds, from ``istioctl proxy-config secret -o json``."""
+    try:
+        dump = json.loads(text)
+    except ValueError as error:
+        raise BackendError(f"istioctl proxy-config secret printed no JSON ({error})") from None
+    secrets: dict[str, Mapping[str, Any]] = {}
+    for config in dump.get("configs") or []:
+        for entry in _field(config, "dynamicActiveSecrets") or []:
+            secrets[str(entry.get("name"))] = entry.get("secret") or {}
+    if "default" not in secrets or "ROOTCA" not in secrets:
+        found = ", ".join(sorted(secrets)) or "none"
+        raise BackendError(
+            f"the proxy has no active default and ROOTCA secrets (it has: {found}): is it connected to istiod?"
+        )
+    try:
+        chain = load_certs(
+            _inline_pem(secrets["default"], "tlsCertificate", "certificateChain", "inlineBytes"), "default"
+        )
+        roots = load_certs(_inline_pem(secrets["ROOTCA"], "validationContext", "trustedCa", "inlineBytes"), "ROOTCA")
+    except PemError as error:
+        raise BackendError(f"the proxy's certificates cannot be read: {error}") from None
+    return ProxyCerts(tuple(chain), tuple(roots))
+
+
+def parse_remote_clusters(text: str) -> list[RemoteClusterStatus]:
+    """The rows of ``istioctl remote-clusters``."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines or lines[0].split()[:4] != ["NAME", "SECRET", "STATUS", "ISTIOD"]:
+        raise BackendError("istioctl remote-clusters printed no NAME SECRET STATUS table")
+    header = lines[0]
+    starts = [header.index(column) for column in ("NAME", "SECRET", "STATUS", "ISTIOD")]
+    statuses = []
+    for line in lines[1:]:
+        # Cells are read by column position: the config cluster's own row has an empty SECRET.
+        name, secret, status = (line[start:end].strip() for start, end in itertools.pairwise(starts))
+        statuses.append(RemoteClusterStatus(name, secret, status.lower()))
+    return statuses
