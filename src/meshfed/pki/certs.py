@@ -94,14 +94,6 @@ def name_text(name: x509.Name) -> str:
     return ", ".join(f"{attribute.rfc4514_attribute_name}={attribute.value!s}" for attribute in name)
 
 
-def not_before(cert: x509.Certificate) -> datetime:
-    return cert.not_valid_before_utc
-
-
-def not_after(cert: x509.Certificate) -> datetime:
-    return cert.not_valid_after_utc
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
