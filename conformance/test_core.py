@@ -251,16 +251,7 @@ def stranger(mesh: Mesh, pair: ClusterPair) -> Iterator[Cluster]:
     """A second client in the source cluster with its own service account."""
     cluster = mesh[pair.source]
     cluster.apply(manifests.service_account(STRANGER))
-    cluster.apply(
-        manifests.deployment(
-            STRANGER,
-            app=STRANGER,
-            service_account_name=STRANGER,
-            args=["idle"],
-            cluster=cluster.name,
-            version=cluster.name,
-        )
-    )
+    cluster.apply(manifests.idle_client(STRANGER, cluster.name))
     try:
         ready = cluster.wait_ready(STRANGER, TEST_NAMESPACE, timeout=mesh.convergence_deadline * 4)
         require(ready, f"{pair.source}: the second client did not get ready")

@@ -45,11 +45,7 @@ def cross_cluster_traffic(mesh: Mesh) -> Traffic:
 
 def start_newcomer(mesh: Mesh, cluster: Cluster) -> bool:
     """A new pod in ``cluster``: True when it got ready with a certificate."""
-    cluster.apply(
-        manifests.deployment(
-            NEWCOMER, app=NEWCOMER, service_account_name=CLIENT, args=["idle"], cluster=cluster.name, version="new"
-        )
-    )
+    cluster.apply(manifests.idle_client(NEWCOMER, cluster.name, account=CLIENT, version="new"))
     if not cluster.wait_ready(NEWCOMER, TEST_NAMESPACE, timeout=mesh.convergence_deadline):
         return False
     try:

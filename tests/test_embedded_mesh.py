@@ -167,11 +167,7 @@ def test_authorization_policy_allows_only_the_named_principal(provision: Provisi
     mesh, _ = provision()
     a, b = mesh["cluster-a"], mesh["cluster-b"]
     a.apply(manifests.service_account("stranger"))
-    a.apply(
-        manifests.deployment(
-            "stranger", app="stranger", service_account_name="stranger", args=["idle"], cluster="cluster-a", version="x"
-        )
-    )
+    a.apply(manifests.idle_client("stranger", "cluster-a"))
     target = only_in("cluster-b")
     b.apply(manifests.authorization_policy("only-client", target, ["cluster.local/ns/meshfed/sa/client"]))
     assert all(r.ok for r in calls(a, service_url(target)))

@@ -339,21 +339,35 @@ def deployment(
     }
 
 
+def idle_client(
+    name: str,
+    cluster: str,
+    *,
+    account: str | None = None,
+    version: str = "",
+    namespace_: str = TEST_NAMESPACE,
+    image: str = WORKLOAD_IMAGE,
+) -> Obj:
+    """A Deployment whose pod runs ``echo.py idle``: a client the suite makes calls from."""
+    return deployment(
+        name,
+        app=name,
+        service_account_name=account or name,
+        args=["idle"],
+        cluster=cluster,
+        version=version or cluster,
+        namespace_=namespace_,
+        image=image,
+    )
+
+
 def client_outside_mesh(cluster: str, namespace_: str) -> list[Obj]:
     """A client in a namespace without injection: a caller with no sidecar (and so no mesh identity)."""
     return [
         namespace(namespace_),
         workload_configmap(namespace_),
         service_account(CLIENT, namespace_),
-        deployment(
-            CLIENT,
-            app=CLIENT,
-            service_account_name=CLIENT,
-            args=["idle"],
-            cluster=cluster,
-            version="outside",
-            namespace_=namespace_,
-        ),
+        idle_client(CLIENT, cluster, version="outside", namespace_=namespace_),
     ]
 
 
@@ -371,17 +385,7 @@ def workloads(cluster: ClusterSpec, mesh: MeshSpec, image: str = WORKLOAD_IMAGE)
     (here only), with a Service for every cluster's ``echo-<cluster>`` so that each name resolves."""
     objects = [workload_configmap(), service_account(CLIENT), service_account(ECHO), service(ECHO)]
     objects += [service(only_in(other)) for other in mesh.names]
-    objects.append(
-        deployment(
-            CLIENT,
-            app=CLIENT,
-            service_account_name=CLIENT,
-            args=["idle"],
-            cluster=cluster.name,
-            version=cluster.name,
-            image=image,
-        )
-    )
+    objects.append(idle_client(CLIENT, cluster.name, image=image))
     objects.append(
         deployment(
             ECHO,

@@ -115,11 +115,16 @@ def _second_root(mesh: Mesh, saved: dict[str, Any]) -> None:
     _restart_workloads(mesh, name)
 
 
-def _restore_cacerts(mesh: Mesh, saved: dict[str, Any]) -> None:
-    name = target(mesh.spec)
-    _restore(mesh, saved, "cacerts")
-    _restart_istiod(mesh, name)
-    _restart_workloads(mesh, name)
+def _restored(key: str) -> Callable[[Mesh, dict[str, Any]], None]:
+    """The fix that puts the saved object back, then restarts istiod and the workloads of the target."""
+
+    def fix(mesh: Mesh, saved: dict[str, Any]) -> None:
+        name = target(mesh.spec)
+        _restore(mesh, saved, key)
+        _restart_istiod(mesh, name)
+        _restart_workloads(mesh, name)
+
+    return fix
 
 
 def _install_before_cacerts(mesh: Mesh, saved: dict[str, Any]) -> None:
@@ -218,13 +223,6 @@ def _other_trust_domain(mesh: Mesh, saved: dict[str, Any]) -> None:
     _restart_workloads(mesh, name)
 
 
-def _restore_trust_domain(mesh: Mesh, saved: dict[str, Any]) -> None:
-    name = target(mesh.spec)
-    _restore(mesh, saved, "mesh")
-    _restart_istiod(mesh, name)
-    _restart_workloads(mesh, name)
-
-
 def _incomplete_cacerts(mesh: Mesh, saved: dict[str, Any]) -> None:
     name = mesh.spec.config_cluster(target(mesh.spec))
     _save(mesh, saved, "cacerts", name, "Secret", "cacerts", ISTIO_SYSTEM)
@@ -277,7 +275,7 @@ CATALOG: list[Misconfiguration] = [
         "second-root-ca",
         "one cluster's cacerts holds a different root (istiod and workloads restarted)",
         [Stage("second root in cacerts", _second_root, lambda s: _both(s, TLS_FAILURES), "root-mismatch")],
-        _restore_cacerts,
+        _restored("cacerts"),
         _multi_primary_only("in primary-remote one istiod signs for every cluster: a remote's cacerts is not used"),
     ),
     Misconfiguration(
@@ -298,7 +296,7 @@ CATALOG: list[Misconfiguration] = [
             ),
             Stage("workloads restarted", _restart_target_workloads, lambda s: _both(s, OK), None),
         ],
-        _restore_cacerts,
+        _restored("cacerts"),
         _multi_primary_only(
             "in primary-remote every cluster gets its certificates from the one istiod, so they still share its root"
         ),
@@ -373,7 +371,7 @@ CATALOG: list[Misconfiguration] = [
         "different-trust-domains",
         "the clusters use different trust domains",
         [Stage("trust domain changed", _other_trust_domain, lambda s: _both(s, TLS_FAILURES), "trust-domain-mismatch")],
-        _restore_trust_domain,
+        _restored("mesh"),
         _multi_primary_only("in primary-remote the one istiod signs every identity in its own trust domain"),
     ),
     Misconfiguration(
