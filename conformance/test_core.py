@@ -99,7 +99,7 @@ def test_mesh_wide_load_balancing(mesh: Mesh, cluster_name: str) -> None:
 def outside_client(mesh: Mesh, pair: ClusterPair) -> Iterator[Cluster]:
     """A client without a sidecar (its namespace has no injection label) in the destination cluster."""
     cluster = mesh[pair.destination]
-    for obj in manifests.client_outside_mesh(cluster.name, OUTSIDE):
+    for obj in manifests.client_outside_mesh(cluster.name, OUTSIDE, mesh.spec.workload_image):
         cluster.apply(obj)
     try:
         ready = cluster.wait_ready(CLIENT, OUTSIDE, timeout=mesh.convergence_deadline * 4)
@@ -251,7 +251,7 @@ def stranger(mesh: Mesh, pair: ClusterPair) -> Iterator[Cluster]:
     """A second client in the source cluster with its own service account."""
     cluster = mesh[pair.source]
     cluster.apply(manifests.service_account(STRANGER))
-    cluster.apply(manifests.idle_client(STRANGER, cluster.name))
+    cluster.apply(manifests.idle_client(STRANGER, cluster.name, image=mesh.spec.workload_image))
     try:
         ready = cluster.wait_ready(STRANGER, TEST_NAMESPACE, timeout=mesh.convergence_deadline * 4)
         require(ready, f"{pair.source}: the second client did not get ready")

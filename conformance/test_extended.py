@@ -45,7 +45,9 @@ def cross_cluster_traffic(mesh: Mesh) -> Traffic:
 
 def start_newcomer(mesh: Mesh, cluster: Cluster) -> bool:
     """A new pod in ``cluster``: True when it got ready with a certificate."""
-    cluster.apply(manifests.idle_client(NEWCOMER, cluster.name, account=CLIENT, version="new"))
+    cluster.apply(
+        manifests.idle_client(NEWCOMER, cluster.name, image=mesh.spec.workload_image, account=CLIENT, version="new")
+    )
     if not cluster.wait_ready(NEWCOMER, TEST_NAMESPACE, timeout=mesh.convergence_deadline):
         return False
     try:

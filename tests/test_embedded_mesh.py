@@ -147,7 +147,7 @@ def test_a_name_resolves_only_where_its_service_exists(provision: Provision) -> 
 
 
 def _outside_client(cluster: Cluster) -> None:
-    for obj in manifests.client_outside_mesh(cluster.name, "outside"):
+    for obj in manifests.client_outside_mesh(cluster.name, "outside", "python:3"):
         cluster.apply(obj)
 
 
@@ -167,7 +167,7 @@ def test_authorization_policy_allows_only_the_named_principal(provision: Provisi
     mesh, _ = provision()
     a, b = mesh["cluster-a"], mesh["cluster-b"]
     a.apply(manifests.service_account("stranger"))
-    a.apply(manifests.idle_client("stranger", "cluster-a"))
+    a.apply(manifests.idle_client("stranger", "cluster-a", image="python:3"))
     target = only_in("cluster-b")
     b.apply(manifests.authorization_policy("only-client", target, ["cluster.local/ns/meshfed/sa/client"]))
     assert all(r.ok for r in calls(a, service_url(target)))

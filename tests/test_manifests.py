@@ -30,7 +30,7 @@ def every_object(topology: Topology) -> list[dict[str, object]]:
         obj for step in plan(spec, {n: ca.secret_data() for n, ca in pki.cluster_cas.items()}) for obj in step.objects
     ]
     objects.append(manifests.istio_operator_remote(spec.clusters[1], spec, "127.0.0.1", revision="canary"))
-    objects += manifests.client_outside_mesh("cluster-a", "meshfed-outside")
+    objects += manifests.client_outside_mesh("cluster-a", "meshfed-outside", "python:3.12.12-slim-bookworm")
     objects.append(manifests.remote_secret("cluster-b", manifests.kubeconfig("cluster-b", "https://172.18.0.3:6443")))
     return objects
 

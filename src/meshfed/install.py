@@ -12,8 +12,12 @@ nothing depends on it (it never does here: the order is the contract).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from meshfed import manifests
 from meshfed.manifests import Obj
@@ -64,15 +68,13 @@ def _gateway(cluster: ClusterSpec) -> Iterator[Step]:
     yield Step(cluster.name, StepKind.WAIT_GATEWAY_ADDRESS, "east-west gateway address")
 
 
-def _workloads(mesh: MeshSpec, image: str) -> Iterator[Step]:
+def _workloads(mesh: MeshSpec) -> Iterator[Step]:
     for cluster in mesh.clusters:
-        objects = (manifests.test_namespace(), *manifests.workloads(cluster, mesh, image))
+        objects = (manifests.test_namespace(), *manifests.workloads(cluster, mesh))
         yield Step(cluster.name, StepKind.APPLY, "test namespace and workloads", objects)
 
 
-def plan(
-    mesh: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], image: str = manifests.WORKLOAD_IMAGE
-) -> list[Step]:
+def plan(mesh: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]]) -> list[Step]:
     """The steps for ``mesh``; ``cacerts`` maps a cluster to its plug-in files (none: istiod self-signs)."""
     steps: list[Step] = []
     if mesh.topology is Topology.MULTI_PRIMARY:
@@ -130,5 +132,59 @@ def plan(
                 Step(primary.name, StepKind.REMOTE_SECRET, f"remote secret for {remote.name}", source=remote.name)
             )
             steps += _gateway(remote)
-    steps += _workloads(mesh, image)
+    steps += _workloads(mesh)
     return steps
+
+
+class Applier(Protocol):
+    def apply(self, obj: Obj) -> Obj: ...
+
+
+@contextmanager
+def timed(title: str, progress: Callable[[str], None], every: float = 15.0) -> Iterator[None]:
+    """Say ``title``, then "still at it" every ``every`` seconds, then how long it took."""
+    started = time.monotonic()
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(every):
+            progress(f"{title}: still running ({time.monotonic() - started:.0f} s)")
+
+    progress(f"{title} ...")
+    thread = threading.Thread(target=heartbeat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+    progress(f"{title}: done in {time.monotonic() - started:.1f} s")
+
+
+def execute(
+    steps: list[Step],
+    mesh: MeshSpec,
+    clusters: Mapping[str, Applier],
+    *,
+    gateway_address: Callable[[str], str],
+    remote_secret: Callable[[str, str], list[Obj]],
+    progress: Callable[[str], None],
+) -> None:
+    """Carry out ``steps`` in order. ``gateway_address(cluster)`` waits for the east-west gateway's
+    address; ``remote_secret(source, destination)`` gives the objects that let ``destination`` read ``source``."""
+    for step in steps:
+        cluster = clusters[step.cluster]
+        with timed(str(step), progress):
+            if step.kind in (StepKind.APPLY, StepKind.INSTALL):
+                for obj in step.objects:
+                    cluster.apply(obj)
+            elif step.kind is StepKind.WAIT_GATEWAY_ADDRESS:
+                gateway_address(step.cluster)
+            elif step.kind is StepKind.INSTALL_REMOTE:
+                assert step.source is not None
+                address = gateway_address(step.source)
+                cluster.apply(manifests.istio_operator_remote(mesh.cluster(step.cluster), mesh, address))
+            elif step.kind is StepKind.REMOTE_SECRET:
+                assert step.source is not None
+                for obj in remote_secret(step.source, step.cluster):
+                    cluster.apply(obj)

@@ -24,7 +24,6 @@ MULTICLUSTER_LABEL = "istio/multiCluster"
 CLUSTER_ANNOTATION = "networking.istio.io/cluster"
 EASTWEST_GATEWAY = "istio-eastwestgateway"
 ECHO_PORT = 8080
-WORKLOAD_IMAGE = "python:3.12-slim"
 WORKLOAD_CONFIGMAP = "meshfed-workload"
 WORKLOAD_MOUNT = "/opt/meshfed"
 CLIENT = "client"
@@ -298,8 +297,8 @@ def deployment(
     args: Sequence[str],
     cluster: str,
     version: str,
+    image: str,
     namespace_: str = TEST_NAMESPACE,
-    image: str = WORKLOAD_IMAGE,
     replicas: int = 1,
 ) -> Obj:
     """A Deployment running the workload program from its ConfigMap in a stock Python image."""
@@ -343,10 +342,10 @@ def idle_client(
     name: str,
     cluster: str,
     *,
+    image: str,
     account: str | None = None,
     version: str = "",
     namespace_: str = TEST_NAMESPACE,
-    image: str = WORKLOAD_IMAGE,
 ) -> Obj:
     """A Deployment whose pod runs ``echo.py idle``: a client the suite makes calls from."""
     return deployment(
@@ -361,13 +360,13 @@ def idle_client(
     )
 
 
-def client_outside_mesh(cluster: str, namespace_: str) -> list[Obj]:
+def client_outside_mesh(cluster: str, namespace_: str, image: str) -> list[Obj]:
     """A client in a namespace without injection: a caller with no sidecar (and so no mesh identity)."""
     return [
         namespace(namespace_),
         workload_configmap(namespace_),
         service_account(CLIENT, namespace_),
-        idle_client(CLIENT, cluster, version="outside", namespace_=namespace_),
+        idle_client(CLIENT, cluster, image=image, version="outside", namespace_=namespace_),
     ]
 
 
@@ -380,9 +379,10 @@ def service_url(name: str, namespace_: str = TEST_NAMESPACE, port: int = ECHO_PO
     return f"http://{name}.{namespace_}.svc.cluster.local:{port}/"
 
 
-def workloads(cluster: ClusterSpec, mesh: MeshSpec, image: str = WORKLOAD_IMAGE) -> list[Obj]:
+def workloads(cluster: ClusterSpec, mesh: MeshSpec) -> list[Obj]:
     """The test workloads of one cluster: the client, ``echo`` (everywhere) and ``echo-<cluster>``
     (here only), with a Service for every cluster's ``echo-<cluster>`` so that each name resolves."""
+    image = mesh.workload_image
     objects = [workload_configmap(), service_account(CLIENT), service_account(ECHO), service(ECHO)]
     objects += [service(only_in(other)) for other in mesh.names]
     objects.append(idle_client(CLIENT, cluster.name, image=image))

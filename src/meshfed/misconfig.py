@@ -251,7 +251,7 @@ OUTSIDE = "meshfed-outside"
 def _strict_with_outside_caller(mesh: Mesh, saved: dict[str, Any]) -> None:
     name = target(mesh.spec)
     cluster = mesh[name]
-    for obj in manifests.client_outside_mesh(name, OUTSIDE):
+    for obj in manifests.client_outside_mesh(name, OUTSIDE, mesh.spec.workload_image):
         cluster.apply(obj)
     cluster.wait_ready(manifests.CLIENT, OUTSIDE, timeout=mesh.convergence_deadline * 10)
     mesh[mesh.spec.config_cluster(name)].apply(manifests.peer_authentication("STRICT"))

@@ -55,6 +55,8 @@ class MeshSpec:
     clusters: tuple[ClusterSpec, ...]
     mesh_id: str = "mesh1"
     trust_domain: str = "cluster.local"
+    # The stock Python image the workload program runs in (real backends); a tag that exists on Docker Hub.
+    workload_image: str = "python:3.12.12-slim-bookworm"
 
     @classmethod
     def default(cls, topology: Topology, count: int) -> MeshSpec:

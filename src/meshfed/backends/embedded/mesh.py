@@ -29,7 +29,7 @@ from meshfed.backends.embedded.istiod import Istiod
 from meshfed.backends.embedded.store import ObjectStore, StoreError
 from meshfed.backends.embedded.tls import KeyFolder
 from meshfed.calls import CallResult
-from meshfed.install import StepKind, plan
+from meshfed.install import execute, plan
 from meshfed.manifests import EASTWEST_GATEWAY, ISTIO_SYSTEM, Obj
 from meshfed.topology import ClusterSpec, MeshSpec
 from meshfed.workloads import echo
@@ -285,23 +285,20 @@ class EmbeddedBackend(Backend):
     ) -> EmbeddedMesh:
         runtime = MeshRuntime(spec)
         mesh = EmbeddedMesh(runtime)
+
+        def remote_secret(source: str, _destination: str) -> list[Obj]:
+            kubeconfig = manifests.kubeconfig(source, runtime.fabric.api_server(source))
+            return [manifests.remote_secret(source, kubeconfig)]
+
         try:
-            for step in plan(spec, cacerts):
-                progress(str(step))
-                cluster = mesh[step.cluster]
-                if step.kind in (StepKind.APPLY, StepKind.INSTALL):
-                    for obj in step.objects:
-                        cluster.apply(obj)
-                elif step.kind is StepKind.WAIT_GATEWAY_ADDRESS:
-                    _gateway_address(cluster)
-                elif step.kind is StepKind.INSTALL_REMOTE:
-                    assert step.source is not None
-                    address = _gateway_address(mesh[step.source])
-                    cluster.apply(manifests.istio_operator_remote(spec.cluster(step.cluster), spec, address))
-                elif step.kind is StepKind.REMOTE_SECRET:
-                    assert step.source is not None
-                    kubeconfig = manifests.kubeconfig(step.source, runtime.fabric.api_server(step.source))
-                    cluster.apply(manifests.remote_secret(step.source, kubeconfig))
+            execute(
+                plan(spec, cacerts),
+                spec,
+                mesh.clusters,
+                gateway_address=lambda name: _gateway_address(mesh[name]),
+                remote_secret=remote_secret,
+                progress=progress,
+            )
         except BaseException:
             mesh.teardown()
             raise

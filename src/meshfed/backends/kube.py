@@ -1,0 +1,395 @@
+"""The backend contract over a real Kubernetes API server, shared by the ``kind`` and ``existing`` backends.
+
+Objects go through the Kubernetes API with the official client (server-side apply, JSON merge patch,
+label-selected lists); a call is made by ``kubectl exec`` into the client pod, which runs the workload
+program; a proxy's certificates come from ``istioctl proxy-config secret -o json`` and the remote
+clusters from ``istioctl remote-clusters``. Applying an ``IstioOperator`` runs ``istioctl install``
+and deleting one runs ``istioctl uninstall --revision``, as a user does by hand: a real cluster has
+no IstioOperator resource (Istio removed the in-cluster operator in 1.24).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import urllib3
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from meshfed import manifests
+from meshfed.backends import istioctl
+from meshfed.backends.base import BackendError, Cluster, PodInfo, ProxyCerts, RemoteClusterStatus
+from meshfed.calls import CallResult
+from meshfed.manifests import Obj
+
+FIELD_MANAGER = "meshfed"
+
+
+@dataclass(frozen=True)
+class Resource:
+    group_version: str  # "v1", "apps/v1", ...
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None, name: str | None = None) -> str:
+        base = "/api/v1" if self.group_version == "v1" else f"/apis/{self.group_version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{urllib.parse.quote(namespace)}"
+        base += f"/{self.plural}"
+        return base + (f"/{urllib.parse.quote(name)}" if name else "")
+
+
+RESOURCES: Mapping[str, Resource] = {
+    "Namespace": Resource("v1", "namespaces", namespaced=False),
+    "Node": Resource("v1", "nodes", namespaced=False),
+    "Secret": Resource("v1", "secrets"),
+    "ConfigMap": Resource("v1", "configmaps"),
+    "Service": Resource("v1", "services"),
+    "ServiceAccount": Resource("v1", "serviceaccounts"),
+    "Pod": Resource("v1", "pods"),
+    "Deployment": Resource("apps/v1", "deployments"),
+    "Gateway": Resource("networking.istio.io/v1", "gateways"),
+    "VirtualService": Resource("networking.istio.io/v1", "virtualservices"),
+    "DestinationRule": Resource("networking.istio.io/v1", "destinationrules"),
+    "ServiceEntry": Resource("networking.istio.io/v1", "serviceentries"),
+    "PeerAuthentication": Resource("security.istio.io/v1", "peerauthentications"),
+    "AuthorizationPolicy": Resource("security.istio.io/v1", "authorizationpolicies"),
+    "IPAddressPool": Resource("metallb.io/v1beta1", "ipaddresspools"),
+    "L2Advertisement": Resource("metallb.io/v1beta1", "l2advertisements"),
+}
+
+
+def resource(kind: str) -> Resource:
+    try:
+        return RESOURCES[kind]
+    except KeyError:
+        raise BackendError(f"meshfed does not handle {kind} objects on real clusters") from None
+
+
+class KubeApi:
+    """REST calls to one API server, authenticated from a kubeconfig context by the official client."""
+
+    def __init__(self, kubeconfig: Path | None, context: str | None, label: str) -> None:
+        self.label = label
+        try:
+            self._client = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=str(kubeconfig) if kubeconfig else None, context=context, persist_config=False
+            )
+        except (k8s_config.ConfigException, OSError, ValueError) as error:
+            where = f"context {context!r}" if context else "the current context"
+            raise BackendError(
+                f"{label}: cannot use {where} of {kubeconfig or 'your kubeconfig'} ({error}): "
+                "check the name with `kubectl config get-contexts`"
+            ) from None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+        missing_ok: bool = False,
+        timeout: float = 30,
+    ) -> Obj | None:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        method_, url, headers_, body_, post = self._client.param_serialize(
+            method, path, query_params=list(query), header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        try:
+            response = self._client.call_api(method_, url, headers_, body_, post, _request_timeout=timeout)
+            raw = response.read()
+        except (urllib3.exceptions.HTTPError, k8s.ApiException, OSError) as error:
+            raise BackendError(
+                f"{self.label}: the API server at {self._client.configuration.host} does not answer ({error}): "
+                "check that the cluster is running and the kubeconfig is current"
+            ) from None
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            data = {"message": raw[:200].decode(errors="replace")}
+        if response.status == 404 and missing_ok:
+            return None
+        if response.status >= 400:
+            message = data.get("message") or response.reason
+            raise BackendError(f"{self.label}: {method} {path} was refused ({response.status}): {message}")
+        return data if isinstance(data, dict) else {"items": data}
+
+    def server_version(self) -> str:
+        data = self.request("GET", "/version") or {}
+        return str(data.get("gitVersion", ""))
+
+
+def merge(target: Obj, patch: Obj) -> Obj:
+    """RFC 7386 JSON merge patch of ``target`` with ``patch`` (a new dict)."""
+    result = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def _selector(labels: Mapping[str, str] | None) -> list[tuple[str, str]]:
+    if not labels:
+        return []
+    return [("labelSelector", ",".join(f"{key}={value}" for key, value in sorted(labels.items())))]
+
+
+def pod_info(pod: Obj) -> PodInfo:
+    metadata, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+    labels = metadata.get("labels") or {}
+    containers = [c.get("name") for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])]
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    has_sidecar = "istio-proxy" in containers  # a container, or a native sidecar (an init container) since 1.27
+    # The injector writes the revision as an annotation (and in sidecar.istio.io/status), not a label.
+    annotations = metadata.get("annotations") or {}
+    try:
+        status_revision = json.loads(annotations.get("sidecar.istio.io/status") or "{}").get("revision", "")
+    except (ValueError, AttributeError):
+        status_revision = ""
+    return PodInfo(
+        name=metadata["name"],
+        namespace=metadata.get("namespace", ""),
+        labels=labels,
+        service_account=spec.get("serviceAccountName", "default"),
+        ready=conditions.get("Ready") == "True" and metadata.get("deletionTimestamp") is None,
+        phase=status.get("phase", ""),
+        ip=status.get("podIP", ""),
+        has_sidecar=has_sidecar,
+        revision=(annotations.get("istio.io/rev") or status_revision or "") if has_sidecar else "",
+    )
+
+
+def rollout_complete(deployment: Obj) -> bool:
+    """As ``kubectl rollout status``: the new ReplicaSet has every replica, available, and no old one is left."""
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    wanted = spec.get("replicas", 1)
+    generation = deployment["metadata"].get("generation", 0)
+    return bool(
+        status.get("observedGeneration", 0) >= generation
+        and status.get("updatedReplicas", 0) == wanted
+        and status.get("replicas", 0) == wanted
+        and status.get("availableReplicas", 0) == wanted
+    )
+
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+class KubeCluster(Cluster):
+    """One cluster reached through ``kubeconfig``/``context``; ``istioctl`` installs and inspects Istio."""
+
+    def __init__(
+        self,
+        name: str,
+        kubeconfig: Path | None,
+        context: str | None,
+        *,
+        kubectl: Path,
+        istioctl_binary: Path,
+        istioctl_by_revision: Mapping[str, Path] | None = None,
+        control_plane_namespace: str = manifests.ISTIO_SYSTEM,
+        installs_istio: bool = True,
+        poll: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.kubeconfig = kubeconfig
+        self.context = context
+        self.api = KubeApi(kubeconfig, context, name)
+        self.kubectl = kubectl
+        self.istioctl = istioctl_binary
+        self.istioctl_by_revision = dict(istioctl_by_revision or {})
+        self.control_plane_namespace = control_plane_namespace
+        self.installs_istio = installs_istio
+        self.poll = poll
+
+    # Namespaces: the contract speaks of istio-system for "the control plane's namespace".
+    def _namespace(self, namespace: str | None) -> str | None:
+        return self.control_plane_namespace if namespace == manifests.ISTIO_SYSTEM else namespace
+
+    def _tool_args(self) -> list[str]:
+        args = []
+        if self.kubeconfig:
+            args += ["--kubeconfig", str(self.kubeconfig)]
+        if self.context:
+            args += ["--context", self.context]
+        return args
+
+    def run(self, binary: Path, args: Sequence[str], *, timeout: float = 600, stdin: str | None = None) -> str:
+        """Run a tool against this cluster; a failure is a BackendError quoting the tool's last words."""
+        command = [str(binary), *args, *self._tool_args()]
+        try:
+            done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise BackendError(f"{self.name}: `{_show(command)}` did not finish within {timeout:g} s") from None
+        except OSError as error:
+            raise BackendError(f"{self.name}: cannot run {binary} ({error.strerror})") from None
+        if done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
+            raise BackendError(
+                f"{self.name}: `{_show(command)}` failed (exit {done.returncode}): {' / '.join(last) or 'no output'}"
+            )
+        return done.stdout
+
+    # Objects
+    def apply(self, obj: Obj) -> Obj:
+        if obj["kind"] == "IstioOperator":
+            self.install(obj)
+            return obj
+        kind, metadata = obj["kind"], obj["metadata"]
+        res = resource(kind)
+        namespace = self._namespace(metadata.get("namespace")) if res.namespaced else None
+        body = json.loads(json.dumps(obj))
+        if namespace:
+            body["metadata"]["namespace"] = namespace
+        applied = self.api.request(
+            "PATCH",
+            res.path(namespace, metadata["name"]),
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            body=body,
+            content_type="application/apply-patch+yaml",
+        )
+        return applied or body
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None:
+        res = resource(kind)
+        return self.api.request("GET", res.path(self._namespace(namespace), name), missing_ok=True)
+
+    def list(
+        self, kind: str, namespace: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[Obj]:
+        res = resource(kind)
+        found = self.api.request("GET", res.path(self._namespace(namespace)), query=_selector(labels)) or {}
+        return [dict(item, kind=kind) for item in found.get("items") or []]
+
+    def patch(self, kind: str, name: str, namespace: str | None, patch: Obj) -> Obj:
+        res = resource(kind)
+        patched = self.api.request(
+            "PATCH",
+            res.path(self._namespace(namespace), name),
+            query=[("fieldManager", FIELD_MANAGER)],
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+        return patched or {}
+
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        if kind == "IstioOperator":
+            return self.uninstall(name)
+        res = resource(kind)
+        return self.api.request("DELETE", res.path(self._namespace(namespace), name), missing_ok=True) is not None
+
+    # Deployments
+    def rollout_restart(self, deployment: str, namespace: str, timeout: float = 120) -> None:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        annotation = {"kubectl.kubernetes.io/restartedAt": stamp}
+        self.patch(
+            "Deployment", deployment, namespace, {"spec": {"template": {"metadata": {"annotations": annotation}}}}
+        )
+        if not self.wait_ready(deployment, namespace, timeout):
+            raise BackendError(f"{self.name}: the restart of {namespace}/{deployment} did not finish in {timeout:g} s")
+
+    def scale(self, deployment: str, namespace: str, replicas: int, timeout: float = 120) -> None:
+        self.patch("Deployment", deployment, namespace, {"spec": {"replicas": replicas}})
+        if not self.wait_ready(deployment, namespace, timeout):
+            raise BackendError(f"{self.name}: {namespace}/{deployment} did not reach {replicas} ready pods")
+
+    def wait_ready(self, deployment: str, namespace: str, timeout: float = 120) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.get("Deployment", deployment, namespace)
+            if found is not None and rollout_complete(found):
+                labels = (found["spec"].get("selector") or {}).get("matchLabels") or {}
+                pods = [p for p in self.pods(namespace, labels) if p.phase != "Succeeded"]
+                if all(p.ready for p in pods) and len(pods) == found["spec"].get("replicas", 1):
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(self.poll)
+
+    def pods(self, namespace: str, labels: Mapping[str, str] | None = None) -> builtins.list[PodInfo]:
+        return [pod_info(pod) for pod in self.list("Pod", namespace, labels)]
+
+    # Calls and proxies
+    def call(
+        self,
+        pod: str,
+        namespace: str,
+        url: str,
+        count: int = 1,
+        *,
+        timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> builtins.list[CallResult]:
+        found = self.get("Pod", pod, namespace)
+        if found is None:
+            raise BackendError(f"{self.name}: no pod {namespace}/{pod} to call from")
+        container = (found["metadata"].get("labels") or {}).get("app", manifests.CLIENT)
+        program = ["python", f"{manifests.WORKLOAD_MOUNT}/echo.py", "call", url, "--count", str(count)]
+        program += ["--timeout", f"{timeout:g}"]
+        for key, value in (headers or {}).items():
+            program += ["--header", f"{key}:{value}"]
+        args = ["exec", pod, "-n", self._namespace(namespace) or namespace, "-c", container, "--", *program]
+        output = self.run(self.kubectl, args, timeout=count * (timeout + 2) + 30)
+        results = [CallResult.from_program(json.loads(line)) for line in output.splitlines() if line.startswith("{")]
+        if len(results) != count:
+            raise BackendError(f"{self.name}: {pod} answered {len(results)} of {count} calls: {output[-200:]!r}")
+        return results
+
+    def proxy_certs(self, pod: str, namespace: str) -> ProxyCerts:
+        target = f"{pod}.{self._namespace(namespace)}"
+        istio_namespace = ["--istioNamespace", self.control_plane_namespace]
+        output = self.run(self.istioctl, ["proxy-config", "secret", target, "-o", "json", *istio_namespace], timeout=60)
+        return istioctl.parse_secret_dump(output)
+
+    def remote_clusters(self) -> builtins.list[RemoteClusterStatus]:
+        output = self.run(self.istioctl, ["remote-clusters", "--istioNamespace", self.control_plane_namespace])
+        return istioctl.parse_remote_clusters(output)
+
+    # Istio itself
+    def _istioctl_for(self, revision: str) -> Path:
+        return self.istioctl_by_revision.get(revision, self.istioctl)
+
+    def install(self, operator: Obj) -> None:
+        if not self.installs_istio:
+            raise BackendError(f"{self.name}: meshfed does not install Istio on clusters it did not create")
+        revision = (operator.get("spec") or {}).get("revision", "")
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="meshfed-iop-") as file:
+            yaml.safe_dump(operator, file, sort_keys=False)
+            file.flush()
+            self.run(self._istioctl_for(revision), ["install", "-y", "-f", file.name], timeout=900)
+
+    def uninstall(self, operator_name: str) -> bool:
+        """``istioctl uninstall`` of the revision an IstioOperator of ours installed (control-plane[-REV])."""
+        if not self.installs_istio:
+            raise BackendError(f"{self.name}: meshfed does not uninstall Istio from clusters it did not create")
+        revision = operator_name.removeprefix("control-plane").lstrip("-") or "default"
+        self.run(self._istioctl_for(revision), ["uninstall", "--revision", revision, "-y"], timeout=600)
+        return True
+
+    def create_remote_secret(self, server: str) -> builtins.list[Obj]:
+        """``istioctl create-remote-secret`` for reading this cluster, its API server reached at ``server``."""
+        args = ["create-remote-secret", "--name", self.name, "--server", server]
+        args += ["--istioNamespace", self.control_plane_namespace]
+        output = self.run(self.istioctl, args)
+        return [doc for doc in yaml.safe_load_all(output) if doc]
+
+
+def _show(command: Sequence[str]) -> str:
+    return " ".join(Path(command[0]).name if i == 0 else part for i, part in enumerate(command))
