@@ -7,7 +7,7 @@ Each case follows an Istio guide: "Install Multi-Primary / Primary-Remote on dif
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from cryptography import x509
@@ -155,22 +155,42 @@ def plugged_intermediate(mesh: Mesh, cluster: str) -> x509.Certificate | None:
     return load_certs(data, "ca-cert.pem")[0] if data else None
 
 
+def first_proxy_root(mesh: Mesh) -> x509.Certificate | None:
+    """The root the first sidecar of the first cluster trusts: the reference when no cacerts names one."""
+    for cluster in mesh.clusters.values():
+        for pod in cluster.pods(TEST_NAMESPACE):
+            if pod.has_sidecar and pod.ready:
+                roots = cluster.proxy_certs(pod.name, TEST_NAMESPACE).trusted_roots
+                return roots[0] if roots else None
+    return None
+
+
 @case(
     "SharedRootOfTrust",
     "One root everywhere: in every cacerts Secret, every istio-ca-root-cert, every proxy; every workload chain verifies in every other cluster.",
     {Feature.SHARED_ROOT},
 )
-def test_shared_root_of_trust(mesh: Mesh) -> None:
+def test_shared_root_of_trust(mesh: Mesh, record_property: Callable[[str, object], None]) -> None:
     problems: list[str] = []
     roots = cacerts_roots(mesh)
     missing = [spec.name for spec in mesh.spec.primaries if roots.get(spec.name) is None]
-    if missing:
+    managed_ca = mesh.backend == "existing" and len(missing) == len(mesh.spec.primaries)
+    if managed_ca:
+        # A managed or external CA leaves no cacerts Secret: what the proxies hold is judged instead.
+        record_property(
+            "notApplicable",
+            "secret-level check: no cacerts Secret in any primary (a managed or external CA); "
+            "the root every proxy trusts and every workload chain are checked",
+        )
+    elif missing:
         problems.append(f"no cacerts root in {', '.join(missing)}: istiod there signs with a root of its own")
     roots = {name: root for name, root in roots.items() if root is not None}
     mismatch = root_mismatch(roots)
     if mismatch:
         problems.append(mismatch)
     shared = next((root for root in roots.values() if root is not None), None)
+    if managed_ca:
+        shared = first_proxy_root(mesh)
     workloads = {}
     for name, cluster in mesh.clusters.items():
         root_map = cluster.get("ConfigMap", "istio-ca-root-cert", TEST_NAMESPACE)

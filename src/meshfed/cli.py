@@ -1,4 +1,4 @@
-"""The ``meshfed`` command: ``meshfed pki init``, ``meshfed pki verify`` and ``meshfed doctor``."""
+"""The ``meshfed`` command: ``pki init``, ``pki verify``, ``doctor`` and ``report gate``."""
 
 from __future__ import annotations
 
@@ -257,7 +257,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("-o", "--output", choices=("table", "json"), default="table")
     check.set_defaults(run=doctor)
+    report = commands.add_parser("report", help="read conformance reports").add_subparsers(
+        dest="report_command", required=True
+    )
+    gate = report.add_parser("gate", help="exit 1 unless a profile of a conformance report passed (for CI)")
+    gate.add_argument("report", type=Path, metavar="REPORT", help="a conformance-report.yaml")
+    gate.add_argument("--profile", default="core", help="the profile that must pass (default: core)")
+    gate.set_defaults(run=report_gate)
     return parser
+
+
+def report_gate(args: argparse.Namespace) -> int:
+    """0 when the profile passed (cases "not supported" on the backend aside), 1 when it failed or never ran."""
+    import yaml
+
+    try:
+        report = yaml.safe_load(args.report.read_text())
+    except OSError as error:
+        raise CliError(
+            f"cannot read {args.report} ({error.strerror}): give the conformance-report.yaml of a run"
+        ) from None
+    except yaml.YAMLError:
+        raise CliError(f"{args.report} is not YAML: give the conformance-report.yaml of a run") from None
+    profiles = {p.get("name"): p for p in (report or {}).get("profiles") or [] if isinstance(p, dict)}
+    if args.profile not in profiles:
+        raise CliError(
+            f"{args.report} has no profile {args.profile!r}: it has {', '.join(map(str, profiles)) or 'none'}"
+        )
+    profile = profiles[args.profile]
+    result, stats = profile.get("result"), profile.get("statistics") or {}
+    counts = ", ".join(f"{n} {k}" for k, n in stats.items() if n)
+    provisioning = (report or {}).get("provisioningError")
+    if result in ("success", "partial"):
+        print(f"profile {args.profile}: {result} ({counts})")
+        return 0
+    failed = ", ".join(profile.get("failedTests") or []) or "no case ran" + (f": {provisioning}" if provisioning else "")
+    print(f"profile {args.profile}: {result} ({counts or 'nothing ran'}); failed: {failed}")
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -253,9 +253,12 @@ def remote_secret(cluster_name: str, kubeconfig_text: str) -> Obj:
     )
 
 
+MANAGED_BY = {"app.kubernetes.io/managed-by": "meshfed"}  # on every namespace of meshfed's own
+
+
 def test_namespace(revision: str = "") -> Obj:
     labels = {"istio.io/rev": revision} if revision else {"istio-injection": "enabled"}
-    return namespace(TEST_NAMESPACE, labels)
+    return namespace(TEST_NAMESPACE, {**labels, **MANAGED_BY})
 
 
 def service_account(name: str, namespace_: str = TEST_NAMESPACE) -> Obj:
@@ -363,7 +366,7 @@ def idle_client(
 def client_outside_mesh(cluster: str, namespace_: str, image: str) -> list[Obj]:
     """A client in a namespace without injection: a caller with no sidecar (and so no mesh identity)."""
     return [
-        namespace(namespace_),
+        namespace(namespace_, MANAGED_BY),
         workload_configmap(namespace_),
         service_account(CLIENT, namespace_),
         idle_client(CLIENT, cluster, image=image, version="outside", namespace_=namespace_),

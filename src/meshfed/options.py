@@ -101,6 +101,31 @@ OPTIONS: tuple[OptionSpec, ...] = (
         type=istio_version,
     ),
     OptionSpec(
+        "--upgrade-to",
+        "kind: the Istio release CanaryUpgrade moves to (default: --istio-version, a same-version canary)",
+        None,
+        type=istio_version,
+    ),
+    OptionSpec(
+        "--workload-image",
+        f"real backends: the stock Python image the workload program runs in (default: {MeshSpec.workload_image})",
+        None,
+        metavar="IMAGE",
+    ),
+    OptionSpec(
+        "--istio-namespace",
+        "existing: the namespace the control plane runs in (default: istio-system)",
+        "istio-system",
+        metavar="NAMESPACE",
+    ),
+    OptionSpec(
+        "--kubeconfig",
+        "existing: the kubeconfig holding the --context names (default: $KUBECONFIG or ~/.kube/config)",
+        None,
+        type=Path,
+        metavar="FILE",
+    ),
+    OptionSpec(
         "--cacerts-dir",
         "use your own PKI: a folder with one sub-folder per cluster name in Istio's plug-in layout",
         None,
@@ -154,6 +179,10 @@ class SuiteOptions:
     keep_clusters: bool
     allow_destructive: bool
     report_dir: Path
+    upgrade_to: str | None = None
+    workload_image: str | None = None
+    istio_namespace: str = "istio-system"
+    kubeconfig: Path | None = None
     features: frozenset[Feature] | None = None
     exempt_features: frozenset[Feature] = frozenset()
     implementation: Mapping[str, str] = field(default_factory=dict)
@@ -177,6 +206,10 @@ class SuiteOptions:
             keep_clusters=values["--keep-clusters"],
             allow_destructive=values["--allow-destructive"],
             report_dir=values["--report-dir"],
+            upgrade_to=values["--upgrade-to"],
+            workload_image=values["--workload-image"],
+            istio_namespace=values["--istio-namespace"],
+            kubeconfig=values["--kubeconfig"],
             features=values["--features"],
             exempt_features=values["--exempt-features"] or frozenset(),
             implementation={
@@ -196,6 +229,8 @@ class SuiteOptions:
 
     def mesh_spec(self) -> MeshSpec:
         spec = MeshSpec.default(self.topology, len(self.cluster_names))
+        if self.workload_image:
+            spec = replace(spec, workload_image=self.workload_image)
         if self.backend != "existing":
             return spec
         # Existing clusters keep the names the user gave them, in the order given.
@@ -215,6 +250,23 @@ class SuiteOptions:
             raise OptionError(
                 f"--context is for the existing backend only; drop it, or add --backend existing "
                 f"(the {self.backend} backend names its own clusters)"
+            )
+        only = {
+            "--upgrade-to": ("kind", self.upgrade_to is not None),
+            "--istio-namespace": ("existing", self.istio_namespace != "istio-system"),
+            "--kubeconfig": ("existing", self.kubeconfig is not None),
+            "--workload-image": ("kind or existing", self.workload_image is not None),
+            "--cacerts-dir": ("embedded or kind", self.cacerts_dir is not None),
+        }
+        for flag, (backends, given) in only.items():
+            if given and self.backend not in backends.split(" or "):
+                raise OptionError(
+                    f"{flag} is for the {backends} backend; drop it, or choose that backend with --backend "
+                    f"(the {self.backend} backend has no use for it)"
+                )
+        if self.kubeconfig is not None and not self.kubeconfig.is_file():
+            raise OptionError(
+                f"--kubeconfig {self.kubeconfig} is not a file: give the kubeconfig holding your contexts"
             )
         if self.cacerts_dir is not None:
             folder = self.cacerts_dir

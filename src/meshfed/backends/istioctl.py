@@ -1,7 +1,8 @@
 """Reading what ``istioctl`` prints, for the backends that run against real clusters.
 
-* ``istioctl proxy-config secret <pod>.<ns> -o json``: an Envoy SecretsConfigDump. Envoy's admin API
-  prints it in snake_case, istioctl in camelCase; both are read. The proxy's chain is the
+* ``istioctl proxy-config secret <pod>.<ns> -o json``: an Envoy SecretsConfigDump, printed bare by
+  istioctl in camelCase (``PrintSecretDump``), inside ``configs`` and in snake_case by Envoy's admin
+  API; all are read. The proxy's chain is the
   ``default`` secret's ``tlsCertificate.certificateChain.inlineBytes``, its roots the ``ROOTCA``
   secret's ``validationContext.trustedCa.inlineBytes`` (base64 PEM). The private key is never read.
 * ``istioctl remote-clusters``: a table ``NAME SECRET STATUS ISTIOD [REVISION]``; status values are
@@ -48,7 +49,9 @@ def parse_secret_dump(text: str) -> ProxyCerts:
     except ValueError as error:
         raise BackendError(f"istioctl proxy-config secret printed no JSON ({error})") from None
     secrets: dict[str, Mapping[str, Any]] = {}
-    for config in dump.get("configs") or []:
+    # istioctl prints the SecretsConfigDump itself; Envoy's /config_dump wraps it in "configs".
+    dumps = dump.get("configs") or [dump] if isinstance(dump, dict) else []
+    for config in dumps:
         for entry in _field(config, "dynamicActiveSecrets") or []:
             secrets[str(entry.get("name"))] = entry.get("secret") or {}
     if "default" not in secrets or "ROOTCA" not in secrets:

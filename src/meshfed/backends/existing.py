@@ -1,0 +1,185 @@
+"""The ``existing`` backend: certify a mesh someone else installed (a vendor's or managed Istio).
+
+It reads the clusters through the user's kubeconfig contexts, creates only its own namespace with
+the workloads in it (labelled for the revision the mesh injects with), and deletes that namespace at
+the end. It installs nothing else and changes nothing else: cases that break and repair the mesh
+are "not supported" unless ``--allow-destructive``. A managed control plane may live in another
+namespace (``--istio-namespace``) and a managed CA leaves no ``cacerts`` Secret; the trust cases
+then judge what the proxies hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshfed import manifests
+from meshfed.backends import tools
+from meshfed.backends.base import Backend, BackendError, Mesh, Progress
+from meshfed.backends.kube import KubeCluster
+from meshfed.install import timed
+from meshfed.manifests import MANAGED_BY, TEST_NAMESPACE, Obj
+from meshfed.topology import MeshSpec, Topology
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """What a cluster shows of Istio: its istiod revisions and their versions (none on a remote)."""
+
+    revisions: Mapping[str, str]  # revision -> Istio version (from istiod's image tag)
+    namespace_exists: bool
+
+    @property
+    def is_primary(self) -> bool:
+        return bool(self.revisions)
+
+
+def image_version(image: str) -> str:
+    """The Istio version of an istiod image (``docker.io/istio/pilot:1.30.3`` -> 1.30.3; digests ignored)."""
+    tag = image.split("@")[0].rsplit("/", 1)[-1]
+    return tag.split(":", 1)[1] if ":" in tag else "unknown"
+
+
+def control_plane(cluster: KubeCluster) -> ControlPlane:
+    revisions: dict[str, str] = {}
+    for deployment in cluster.list("Deployment", manifests.ISTIO_SYSTEM, {"app": "istiod"}):
+        labels = deployment["metadata"].get("labels") or {}
+        containers = deployment["spec"]["template"]["spec"].get("containers") or [{}]
+        revisions[labels.get("istio.io/rev", "default")] = image_version(containers[0].get("image", ""))
+    return ControlPlane(revisions, cluster.get("Namespace", manifests.ISTIO_SYSTEM) is not None)
+
+
+def check_topology(topology: Topology, planes: Mapping[str, ControlPlane], namespace: str) -> None:
+    """One sentence when the clusters do not look like the topology the user asked to certify."""
+    for name, plane in planes.items():
+        if not plane.namespace_exists:
+            raise BackendError(
+                f"{name}: no namespace {namespace}, so no Istio: install Istio there, or name the namespace its "
+                "control plane runs in with --istio-namespace"
+            )
+    primaries = [name for name, plane in planes.items() if plane.is_primary]
+    names = list(planes)
+    if topology is Topology.MULTI_PRIMARY and len(primaries) != len(names):
+        remotes = [name for name in names if name not in primaries]
+        raise BackendError(
+            f"{', '.join(remotes)} run no istiod in {namespace}, so the mesh looks primary-remote: run with "
+            "--topology primary-remote (primary first), or --istio-namespace if istiod runs elsewhere"
+        )
+    if topology is Topology.PRIMARY_REMOTE and primaries != names[:1]:
+        raise BackendError(
+            f"in primary-remote the first --context must be the only cluster running istiod, but istiod runs in "
+            f"{', '.join(primaries) or 'none of them'}: put the primary first, or run with --topology multi-primary"
+        )
+
+
+def injection_revision(planes: Mapping[str, ControlPlane]) -> str:
+    """The revision to label the test namespace with: "" (istio-injection=enabled) when "default" serves."""
+    revisions = {rev for plane in planes.values() for rev in plane.revisions}
+    if not revisions or "default" in revisions:
+        return ""
+    if len(revisions) > 1:
+        raise BackendError(
+            f"the mesh runs several revisions ({', '.join(sorted(revisions))}) and none is 'default': meshfed "
+            "cannot tell which one to inject with; make one the default tag (`istioctl tag set default --revision R`)"
+        )
+    return revisions.pop()
+
+
+class ExistingMesh(Mesh):
+    backend = "existing"
+    convergence_deadline = 120.0
+
+    def __init__(self, spec: MeshSpec, istio_version: str, clusters: Mapping[str, KubeCluster]) -> None:
+        self.spec = spec
+        self.istio_version = istio_version
+        self._clusters = dict(clusters)
+
+    @property
+    def clusters(self) -> Mapping[str, KubeCluster]:
+        return self._clusters
+
+    def teardown(self) -> None:
+        """Delete meshfed's own namespaces, and nothing else."""
+        for cluster in self._clusters.values():
+            for namespace in cluster.list("Namespace", labels=MANAGED_BY):
+                with contextlib.suppress(BackendError):
+                    cluster.delete("Namespace", namespace["metadata"]["name"])
+
+
+class ExistingBackend(Backend):
+    name = "existing"
+
+    def __init__(
+        self,
+        contexts: Mapping[str, str],
+        *,
+        kubeconfig: Path | None = None,
+        control_plane_namespace: str = manifests.ISTIO_SYSTEM,
+        download: tools.Download | None = None,
+    ) -> None:
+        self.contexts = dict(contexts)
+        self.kubeconfig = kubeconfig
+        self.control_plane_namespace = control_plane_namespace
+        self.download = download or tools._http_get
+
+    def provision(
+        self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
+    ) -> ExistingMesh:
+        del cacerts  # the mesh is certified as it is: its CA is whatever it runs
+        planes, clusters = self._inspect(spec, progress)
+        check_topology(spec.topology, planes, self.control_plane_namespace)
+        versions = sorted({version for plane in planes.values() for version in plane.revisions.values()})
+        toolbox = tools.find_tools(versions[-1:], need_kind=False, download=self.download, progress=progress)
+        for cluster in clusters.values():
+            cluster.kubectl = toolbox.kubectl
+            cluster.istioctl = toolbox.istioctl_for(versions[-1])
+        revision = injection_revision(planes)
+        for cluster in clusters.values():
+            self._refuse_foreign_namespace(cluster)
+        mesh = ExistingMesh(spec, ", ".join(versions), clusters)
+        try:
+            for name, cluster in clusters.items():
+                with timed(f"{name}: namespace {TEST_NAMESPACE} and workloads", progress):
+                    for obj in self._workloads(spec, name, revision):
+                        cluster.apply(obj)
+        except BaseException:
+            mesh.teardown()
+            raise
+        return mesh
+
+    def _inspect(self, spec: MeshSpec, progress: Progress) -> tuple[dict[str, ControlPlane], dict[str, KubeCluster]]:
+        planes: dict[str, ControlPlane] = {}
+        clusters: dict[str, KubeCluster] = {}
+        for name in spec.names:
+            context = self.contexts[name]
+            cluster = KubeCluster(
+                name,
+                self.kubeconfig,
+                context,
+                kubectl=Path("kubectl"),
+                istioctl_binary=Path("istioctl"),
+                control_plane_namespace=self.control_plane_namespace,
+                installs_istio=False,
+            )
+            server = cluster.api.server_version()
+            planes[name] = control_plane(cluster)
+            shown = ", ".join(f"{rev} {version}" for rev, version in planes[name].revisions.items()) or "remote"
+            progress(f"{name}: context {context}, Kubernetes {server}, istiod: {shown}")
+            clusters[name] = cluster
+        return planes, clusters
+
+    @staticmethod
+    def _refuse_foreign_namespace(cluster: KubeCluster) -> None:
+        found = cluster.get("Namespace", TEST_NAMESPACE)
+        labels = ((found or {}).get("metadata") or {}).get("labels") or {}
+        if found is not None and labels.get("app.kubernetes.io/managed-by") != "meshfed":
+            raise BackendError(
+                f"{cluster.name}: namespace {TEST_NAMESPACE} already exists and meshfed did not create it: meshfed "
+                "only works in a namespace of its own; delete or rename that one"
+            )
+
+    @staticmethod
+    def _workloads(spec: MeshSpec, name: str, revision: str) -> Sequence[Obj]:
+        return [manifests.test_namespace(revision), *manifests.workloads(spec.cluster(name), spec)]

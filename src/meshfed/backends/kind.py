@@ -1,0 +1,397 @@
+"""The ``kind`` backend: a mesh of kind clusters in Docker, installed with ``istioctl`` as Istio's guides do.
+
+It follows Istio's own kind CI (``common/scripts/kind_provisioner.sh``): clusters created side by side,
+each with its own pod and service subnets (and here its region/zone node labels); MetalLB in every
+cluster with its own slice of the docker ``kind`` network for the east-west gateways; remote secrets
+that reach each API server at its control-plane container's address on that network (never
+127.0.0.1, which means the pod itself inside a cluster). The suite talks to each cluster through
+the kubeconfig ``kind create cluster`` writes (127.0.0.1 and a published port).
+
+``--keep-clusters`` keeps the clusters, and a later run with it reuses them: when every cluster
+carries the marker of the same mesh (topology, clusters, Istio version, root of trust, image), the
+install plan is skipped. Without it the clusters are deleted at the end, after a failure or Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import ipaddress
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+from pytest_kind import KindCluster
+
+from meshfed.backends import preflight, tools
+from meshfed.backends.base import Backend, BackendError, Mesh, Progress
+from meshfed.backends.kube import KubeCluster
+from meshfed.install import execute, plan, timed
+from meshfed.manifests import EASTWEST_GATEWAY, ISTIO_SYSTEM, Obj
+from meshfed.topology import ClusterSpec, MeshSpec
+
+PREFIX = "meshfed-"
+STATE_CONFIGMAP = "meshfed-state"
+METALLB_NAMESPACE = "metallb-system"
+ADDRESSES_PER_CLUSTER = 32
+CANARY = "canary"  # the revision the CanaryUpgrade case installs; it runs --upgrade-to's istioctl
+
+
+def kind_name(cluster: str) -> str:
+    return PREFIX + cluster
+
+
+def kind_config(cluster: ClusterSpec, index: int, image: str) -> Obj:
+    """The kind cluster: its own pod and service subnets (as Istio's CI topologies), region and zone labels."""
+    return {
+        "kind": "Cluster",
+        "apiVersion": "kind.x-k8s.io/v1alpha4",
+        "networking": {"podSubnet": f"10.{10 + index}.0.0/16", "serviceSubnet": f"10.255.{10 + index}.0/24"},
+        "nodes": [
+            {
+                "role": "control-plane",
+                "image": image,
+                "labels": {
+                    "topology.kubernetes.io/region": cluster.region,
+                    "topology.kubernetes.io/zone": cluster.zone,
+                },
+            }
+        ],
+    }
+
+
+def ipv4_subnet(network_inspect: str) -> ipaddress.IPv4Network:
+    """The IPv4 subnet of ``docker network inspect kind`` (Docker lists IPv4 and IPv6 in either order)."""
+    try:
+        networks = json.loads(network_inspect)
+        configs = networks[0]["IPAM"]["Config"] or []
+    except (ValueError, LookupError, TypeError):
+        raise BackendError("cannot read `docker network inspect kind`: recreate the network with kind") from None
+    for config in configs:
+        subnet = ipaddress.ip_network(config.get("Subnet", "::/128"), strict=False)
+        if isinstance(subnet, ipaddress.IPv4Network):
+            return subnet
+    raise BackendError("the docker network 'kind' has no IPv4 subnet: MetalLB needs one; recreate it with IPv4")
+
+
+def address_slices(subnet: ipaddress.IPv4Network, count: int) -> list[list[str]]:
+    """Per cluster, a slice of the subnet's upper addresses (Docker hands out the lower ones to containers),
+    as Istio's CI does: hosts [3/4 size, size), or [1000, 2000) in a large subnet."""
+    hosts = subnet.num_addresses - 2
+    start, end = (1000, 2000) if hosts > 2000 else (hosts * 3 // 4, hosts)
+    pool = [str(subnet.network_address + 1 + offset) for offset in range(start, end)]
+    size = min(ADDRESSES_PER_CLUSTER, len(pool) // count)
+    if size < 2:
+        raise BackendError(
+            f"the docker network 'kind' ({subnet}) is too small for {count} clusters' load balancer addresses: "
+            "delete it (`docker network rm kind`, after deleting every kind cluster) so kind recreates a /16"
+        )
+    return [pool[i * size : (i + 1) * size] for i in range(count)]
+
+
+def metallb_pool(addresses: Sequence[str]) -> list[Obj]:
+    meta = {"namespace": METALLB_NAMESPACE}
+    return [
+        {
+            "apiVersion": "metallb.io/v1beta1",
+            "kind": "IPAddressPool",
+            "metadata": {"name": "default-pool", **meta},
+            "spec": {"addresses": [f"{address}/32" for address in addresses]},
+        },
+        {
+            "apiVersion": "metallb.io/v1beta1",
+            "kind": "L2Advertisement",
+            "metadata": {"name": "default-l2", **meta},
+            "spec": {"ipAddressPools": ["default-pool"]},
+        },
+    ]
+
+
+def mesh_marker(spec: MeshSpec, istio_version: str, cacerts: Mapping[str, Mapping[str, bytes]]) -> str:
+    """What a kept mesh was made from; a later run reuses it only when this is the same."""
+    roots = {name: hashlib.sha256(files.get("root-cert.pem", b"")).hexdigest() for name, files in cacerts.items()}
+    return json.dumps(
+        {
+            "topology": spec.topology.value,
+            "clusters": [[c.name, c.network, c.region, c.zone, c.role] for c in spec.clusters],
+            "meshID": spec.mesh_id,
+            "trustDomain": spec.trust_domain,
+            "workloadImage": spec.workload_image,
+            "istioVersion": istio_version,
+            "roots": roots,
+        },
+        sort_keys=True,
+    )
+
+
+class KindMesh(Mesh):
+    backend = "kind"
+    convergence_deadline = 120.0
+
+    def __init__(
+        self,
+        spec: MeshSpec,
+        istio_version: str,
+        clusters: Mapping[str, KubeCluster],
+        delete: Callable[[], None],
+    ) -> None:
+        self.spec = spec
+        self.istio_version = istio_version
+        self._clusters = dict(clusters)
+        self._delete = delete
+
+    @property
+    def clusters(self) -> Mapping[str, KubeCluster]:
+        return self._clusters
+
+    def teardown(self) -> None:
+        self._delete()
+
+
+class KindBackend(Backend):
+    name = "kind"
+
+    def __init__(
+        self,
+        istio_version: str,
+        *,
+        upgrade_to: str | None = None,
+        keep_clusters: bool = False,
+        node_image: str = tools.NODE_IMAGE,
+        download: tools.Download | None = None,
+        state_dir: Path | None = None,
+        run: Callable[[list[str]], subprocess.CompletedProcess[str]] | None = None,
+    ) -> None:
+        self.istio_version = istio_version
+        self.upgrade_to = upgrade_to or istio_version
+        self.keep_clusters = keep_clusters
+        self.node_image = node_image
+        self.download = download or tools._http_get
+        self.state_dir = state_dir or tools.cache_dir() / "kind"
+        self._run_command = run or _run
+
+    # Commands
+    def run(self, command: list[str], what: str) -> str:
+        try:
+            done = self._run_command(command)
+        except FileNotFoundError:
+            raise BackendError(f"{command[0]} is not installed: install it and run again") from None
+        if done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-2:]
+            raise BackendError(f"{what} failed (`{' '.join(command[:4])} ...`): {' / '.join(last) or 'no output'}")
+        return done.stdout
+
+    def provision(
+        self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
+    ) -> KindMesh:
+        info = preflight.docker_info(self._run_command)
+        names = [kind_name(name) for name in spec.names]
+        toolbox = tools.find_tools(
+            [self.istio_version, self.upgrade_to], need_kind=True, download=self.download, progress=progress
+        )
+        existing = self._kind_clusters(toolbox)
+        present = [name for name in names if name in existing]
+        if present and not self.keep_clusters:
+            raise BackendError(
+                f"kind clusters {', '.join(present)} already exist (kept by an earlier --keep-clusters run?): run "
+                f"with --keep-clusters to reuse them, or delete them with `kind delete cluster --name NAME`"
+            )
+        if len(present) < len(names):
+            preflight.check_memory(info, len(names) - len(present))
+            preflight.check_inotify(len(names))
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        missing = [name for name in names if name not in present]
+        try:
+            if missing:
+                with timed(f"creating kind clusters {', '.join(missing)} ({self.node_image})", progress):
+                    self._create(spec, toolbox, missing)
+            clusters = {cluster.name: self._cluster(cluster.name, toolbox) for cluster in spec.clusters}
+            marker = mesh_marker(spec, self.istio_version, cacerts)
+            if present == names and all(self._marker(c) == marker for c in clusters.values()):
+                progress(f"reusing the kept clusters {', '.join(names)}: same mesh, install plan skipped")
+            else:
+                self._metallb(spec, toolbox, clusters, progress)
+                execute(
+                    plan(spec, cacerts),
+                    spec,
+                    clusters,
+                    gateway_address=lambda name: self._gateway_address(clusters[name], progress),
+                    remote_secret=lambda source, _dest: clusters[source].create_remote_secret(
+                        f"https://{self._container_ip(kind_name(source))}:6443"
+                    ),
+                    progress=progress,
+                )
+                for cluster in clusters.values():
+                    cluster.apply(_state_configmap(marker))
+        except BaseException:
+            if not self.keep_clusters:
+                with contextlib.suppress(BackendError):
+                    self._delete(toolbox, names)
+            raise
+        if self.keep_clusters:
+            return KindMesh(spec, self.istio_version, clusters, lambda: progress(f"kept {', '.join(names)}"))
+        return KindMesh(spec, self.istio_version, clusters, lambda: self._delete(toolbox, names))
+
+    def _kind_clusters(self, toolbox: tools.Toolbox) -> set[str]:
+        return set(self.run([str(toolbox.kind), "get", "clusters"], "listing kind clusters").split())
+
+    def _kubeconfig(self, name: str) -> Path:
+        return self.state_dir / f"kubeconfig-{name}"
+
+    def _create(self, spec: MeshSpec, toolbox: tools.Toolbox, names: Sequence[str]) -> None:
+        """Create the clusters side by side with pytest-kind, given the pinned kind, kubectl and node image."""
+        configs = {}
+        for index, cluster in enumerate(spec.clusters):
+            if kind_name(cluster.name) in names:
+                path = self.state_dir / f"kind-config-{cluster.name}.yaml"
+                path.write_text(yaml.safe_dump(kind_config(cluster, index, self.node_image), sort_keys=False))
+                configs[kind_name(cluster.name)] = path
+
+        def create(name: str) -> str:
+            kubeconfig = self._kubeconfig(name)
+            with _pytest_kind_folder(name):
+                cluster = KindCluster(
+                    name,
+                    kubeconfig=kubeconfig,
+                    image=self.node_image,
+                    kind_path=toolbox.kind,
+                    kubectl_path=toolbox.kubectl,
+                )
+                try:
+                    cluster.create(configs[name])
+                except subprocess.CalledProcessError as error:
+                    raise BackendError(
+                        f"`kind create cluster --name {name}` failed (exit {error.returncode}): see kind's output "
+                        "above; `docker ps -a` shows what is left, `kind delete cluster --name NAME` removes it"
+                    ) from None
+            kubeconfig.chmod(0o600)
+            return name
+
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            futures = [pool.submit(create, name) for name in names]
+            errors = []
+            for future in futures:
+                try:
+                    future.result()
+                except BackendError as error:
+                    errors.append(error)
+        if errors:
+            raise errors[0]
+
+    def _cluster(self, name: str, toolbox: tools.Toolbox) -> KubeCluster:
+        istioctl = toolbox.istioctl_for(self.istio_version)
+        by_revision = {CANARY: toolbox.istioctl_for(self.upgrade_to)}
+        return KubeCluster(
+            name,
+            self._kubeconfig(kind_name(name)),
+            f"kind-{kind_name(name)}",
+            kubectl=toolbox.kubectl,
+            istioctl_binary=istioctl,
+            istioctl_by_revision=by_revision,
+        )
+
+    def _container_ip(self, container: str) -> str:
+        fmt = "{{ .NetworkSettings.Networks.kind.IPAddress }}"
+        address = self.run(["docker", "inspect", container, "--format", fmt], f"finding {container}'s address").strip()
+        if not address:
+            raise BackendError(f"{container} has no address on the docker network 'kind': recreate the cluster")
+        return address
+
+    def _metallb(
+        self, spec: MeshSpec, toolbox: tools.Toolbox, clusters: Mapping[str, KubeCluster], progress: Progress
+    ) -> None:
+        subnet = ipv4_subnet(self.run(["docker", "network", "inspect", "kind"], "reading the docker network 'kind'"))
+        slices = address_slices(subnet, len(spec.clusters))
+        assert toolbox.metallb_manifest is not None
+        for cluster_spec, addresses in zip(spec.clusters, slices, strict=True):
+            cluster = clusters[cluster_spec.name]
+            with timed(
+                f"{cluster.name}: MetalLB {tools.METALLB_VERSION}, addresses {addresses[0]}-{addresses[-1]}", progress
+            ):
+                cluster.run(toolbox.kubectl, ["apply", "-f", str(toolbox.metallb_manifest)])
+                if not cluster.wait_ready("controller", METALLB_NAMESPACE, timeout=300):
+                    raise BackendError(
+                        f"{cluster.name}: MetalLB's controller did not get ready in 300 s: "
+                        f"see `kubectl --context {cluster.context} -n {METALLB_NAMESPACE} get pods`"
+                    )
+                # The pool is validated by MetalLB's webhook, which answers a little after the controller is ready.
+                _retry(functools.partial(_apply_all, cluster, metallb_pool(addresses)), seconds=120)
+
+    def _gateway_address(self, cluster: KubeCluster, progress: Progress, timeout: float = 300) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            service = cluster.get("Service", EASTWEST_GATEWAY, ISTIO_SYSTEM) or {}
+            ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+            if ingress and (ingress[0].get("ip") or ingress[0].get("hostname")):
+                return str(ingress[0].get("ip") or ingress[0].get("hostname"))
+            if time.monotonic() >= deadline:
+                raise BackendError(
+                    f"{cluster.name}: the east-west gateway got no external address in {timeout:g} s: check MetalLB "
+                    f"(`kubectl --context {cluster.context} -n {METALLB_NAMESPACE} get pods,ipaddresspools`)"
+                )
+            time.sleep(cluster.poll)
+
+    @staticmethod
+    def _marker(cluster: KubeCluster) -> str:
+        found = cluster.get("ConfigMap", STATE_CONFIGMAP, "kube-system") or {}
+        return str((found.get("data") or {}).get("mesh", ""))
+
+    def _delete(self, toolbox: tools.Toolbox, names: Sequence[str]) -> None:
+        for name in names:
+            self.run([str(toolbox.kind), "delete", "cluster", "--name", name], f"deleting kind cluster {name}")
+            self._kubeconfig(name).unlink(missing_ok=True)
+            (self.state_dir / f"kind-config-{name.removeprefix(PREFIX)}.yaml").unlink(missing_ok=True)
+
+
+def _state_configmap(marker: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": STATE_CONFIGMAP,
+            "namespace": "kube-system",
+            "labels": {"app.kubernetes.io/managed-by": "meshfed"},
+        },
+        "data": {"mesh": marker},
+    }
+
+
+def _apply_all(cluster: KubeCluster, objects: Sequence[Obj]) -> None:
+    for obj in objects:
+        cluster.apply(obj)
+
+
+def _retry(action: Callable[[], object], seconds: float, every: float = 2.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            action()
+            return
+        except BackendError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(every)
+
+
+@contextlib.contextmanager
+def _pytest_kind_folder(name: str) -> Iterator[None]:
+    """pytest-kind makes ``.pytest-kind/NAME`` in the working folder; leave nothing behind."""
+    folder = Path(".pytest-kind")
+    existed = folder.exists()
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder / name, ignore_errors=True)
+        if not existed:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
