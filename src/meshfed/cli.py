@@ -291,7 +291,9 @@ def report_gate(args: argparse.Namespace) -> int:
     if result in ("success", "partial"):
         print(f"profile {args.profile}: {result} ({counts})")
         return 0
-    failed = ", ".join(profile.get("failedTests") or []) or "no case ran" + (f": {provisioning}" if provisioning else "")
+    failed = ", ".join(profile.get("failedTests") or []) or "no case ran" + (
+        f": {provisioning}" if provisioning else ""
+    )
     print(f"profile {args.profile}: {result} ({counts or 'nothing ran'}); failed: {failed}")
     return 1
 

@@ -119,13 +119,6 @@ OPTIONS: tuple[OptionSpec, ...] = (
         metavar="NAMESPACE",
     ),
     OptionSpec(
-        "--kubeconfig",
-        "existing: the kubeconfig holding the --context names (default: $KUBECONFIG or ~/.kube/config)",
-        None,
-        type=Path,
-        metavar="FILE",
-    ),
-    OptionSpec(
         "--cacerts-dir",
         "use your own PKI: a folder with one sub-folder per cluster name in Istio's plug-in layout",
         None,
@@ -182,7 +175,6 @@ class SuiteOptions:
     upgrade_to: str | None = None
     workload_image: str | None = None
     istio_namespace: str = "istio-system"
-    kubeconfig: Path | None = None
     features: frozenset[Feature] | None = None
     exempt_features: frozenset[Feature] = frozenset()
     implementation: Mapping[str, str] = field(default_factory=dict)
@@ -209,7 +201,6 @@ class SuiteOptions:
             upgrade_to=values["--upgrade-to"],
             workload_image=values["--workload-image"],
             istio_namespace=values["--istio-namespace"],
-            kubeconfig=values["--kubeconfig"],
             features=values["--features"],
             exempt_features=values["--exempt-features"] or frozenset(),
             implementation={
@@ -254,7 +245,6 @@ class SuiteOptions:
         only = {
             "--upgrade-to": ("kind", self.upgrade_to is not None),
             "--istio-namespace": ("existing", self.istio_namespace != "istio-system"),
-            "--kubeconfig": ("existing", self.kubeconfig is not None),
             "--workload-image": ("kind or existing", self.workload_image is not None),
             "--cacerts-dir": ("embedded or kind", self.cacerts_dir is not None),
         }
@@ -264,10 +254,6 @@ class SuiteOptions:
                     f"{flag} is for the {backends} backend; drop it, or choose that backend with --backend "
                     f"(the {self.backend} backend has no use for it)"
                 )
-        if self.kubeconfig is not None and not self.kubeconfig.is_file():
-            raise OptionError(
-                f"--kubeconfig {self.kubeconfig} is not a file: give the kubeconfig holding your contexts"
-            )
         if self.cacerts_dir is not None:
             folder = self.cacerts_dir
             if not folder.is_dir():

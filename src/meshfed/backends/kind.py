@@ -167,7 +167,9 @@ class KindBackend(Backend):
         download: tools.Download | None = None,
         state_dir: Path | None = None,
         run: Callable[[list[str]], subprocess.CompletedProcess[str]] | None = None,
+        host: preflight.HostPaths | None = None,
     ) -> None:
+        self.host = host or preflight.HostPaths()
         self.istio_version = istio_version
         self.upgrade_to = upgrade_to or istio_version
         self.keep_clusters = keep_clusters
@@ -203,8 +205,8 @@ class KindBackend(Backend):
                 f"with --keep-clusters to reuse them, or delete them with `kind delete cluster --name NAME`"
             )
         if len(present) < len(names):
-            preflight.check_memory(info, len(names) - len(present))
-            preflight.check_inotify(len(names))
+            preflight.check_memory(info, len(names) - len(present), self.host.meminfo)
+            preflight.check_inotify(len(names), self.host.inotify)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         missing = [name for name in names if name not in present]
         try:
@@ -223,7 +225,7 @@ class KindBackend(Backend):
                     clusters,
                     gateway_address=lambda name: self._gateway_address(clusters[name], progress),
                     remote_secret=lambda source, _dest: clusters[source].create_remote_secret(
-                        f"https://{self._container_ip(kind_name(source))}:6443"
+                        f"https://{self._container_ip(kind_name(source) + '-control-plane')}:6443"
                     ),
                     progress=progress,
                 )
@@ -255,25 +257,20 @@ class KindBackend(Backend):
 
         def create(name: str) -> str:
             kubeconfig = self._kubeconfig(name)
-            with _pytest_kind_folder(name):
-                cluster = KindCluster(
-                    name,
-                    kubeconfig=kubeconfig,
-                    image=self.node_image,
-                    kind_path=toolbox.kind,
-                    kubectl_path=toolbox.kubectl,
-                )
-                try:
-                    cluster.create(configs[name])
-                except subprocess.CalledProcessError as error:
-                    raise BackendError(
-                        f"`kind create cluster --name {name}` failed (exit {error.returncode}): see kind's output "
-                        "above; `docker ps -a` shows what is left, `kind delete cluster --name NAME` removes it"
-                    ) from None
+            cluster = KindCluster(
+                name, kubeconfig=kubeconfig, image=self.node_image, kind_path=toolbox.kind, kubectl_path=toolbox.kubectl
+            )
+            try:
+                cluster.create(configs[name])
+            except subprocess.CalledProcessError as error:
+                raise BackendError(
+                    f"`kind create cluster --name {name}` failed (exit {error.returncode}): see kind's output "
+                    "above; `docker ps -a` shows what is left, `kind delete cluster --name NAME` removes it"
+                ) from None
             kubeconfig.chmod(0o600)
             return name
 
-        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        with _pytest_kind_folder(), ThreadPoolExecutor(max_workers=len(names)) as pool:
             futures = [pool.submit(create, name) for name in names]
             errors = []
             for future in futures:
@@ -380,17 +377,19 @@ def _retry(action: Callable[[], object], seconds: float, every: float = 2.0) -> 
 
 
 @contextlib.contextmanager
-def _pytest_kind_folder(name: str) -> Iterator[None]:
-    """pytest-kind makes ``.pytest-kind/NAME`` in the working folder; leave nothing behind."""
+def _pytest_kind_folder() -> Iterator[None]:
+    """pytest-kind makes ``.pytest-kind/NAME`` in the working folder (our kubeconfigs live elsewhere):
+    leave nothing behind that was not there before."""
     folder = Path(".pytest-kind")
-    existed = folder.exists()
+    before = set(folder.iterdir()) if folder.is_dir() else None
     try:
         yield
     finally:
-        shutil.rmtree(folder / name, ignore_errors=True)
-        if not existed:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        if before is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            for path in set(folder.iterdir()) - before:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _run(command: list[str]) -> subprocess.CompletedProcess[str]:

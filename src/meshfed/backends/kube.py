@@ -233,7 +233,7 @@ class KubeCluster(Cluster):
 
     def run(self, binary: Path, args: Sequence[str], *, timeout: float = 600, stdin: str | None = None) -> str:
         """Run a tool against this cluster; a failure is a BackendError quoting the tool's last words."""
-        command = [str(binary), *args, *self._tool_args()]
+        command = [str(binary), *self._tool_args(), *args]  # global flags first: nothing may follow `--`
         try:
             done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:

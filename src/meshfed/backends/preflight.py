@@ -6,6 +6,7 @@ import json
 import platform
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from meshfed.backends.base import BackendError
@@ -17,6 +18,14 @@ MEMORY_PER_CLUSTER = 2 * GIB
 INOTIFY_MINIMUMS = {"max_user_watches": 524288, "max_user_instances": 512}
 
 Run = Callable[[list[str]], subprocess.CompletedProcess[str]]
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """Where this host's memory and inotify limits are read (tests point them elsewhere)."""
+
+    meminfo: Path = Path("/proc/meminfo")
+    inotify: Path = Path("/proc/sys/fs/inotify")
 
 
 def _run(command: list[str]) -> subprocess.CompletedProcess[str]:

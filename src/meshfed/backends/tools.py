@@ -176,7 +176,7 @@ def expected_checksum(release: Release, os_name: str, arch: str, download: Downl
 def install(release: Release, os_name: str, arch: str, download: Download = _http_get) -> Path:
     """Download ``release`` into the cache, verify it and return the binary's path."""
     target = release.cache_path()
-    if target.is_file() and os.access(target, os.X_OK):
+    if target.is_file() and (release.platform_free or os.access(target, os.X_OK)):
         return target
     expected = expected_checksum(release, os_name, arch, download)
     try:
@@ -184,7 +184,7 @@ def install(release: Release, os_name: str, arch: str, download: Download = _htt
     except (OSError, urllib.error.URLError) as error:
         raise BackendError(
             f"could not download {release.name} {release.version} from {release.url} ({error}): check the "
-            f"network, or put {release.name} {release.version} on PATH or at {target}"
+            f"network, or put that file at {target} yourself"
         ) from None
     actual = hashlib.sha256(payload).hexdigest()
     if actual != expected:

