@@ -60,7 +60,8 @@ def test_workflow_certifies_on_kind_and_gates_on_core() -> None:
     assert set(job["strategy"]["matrix"]["topology"]) == {"multi-primary", "primary-remote"}
     suite = _step("pytest conformance/")
     assert "--backend kind" in suite["run"] and suite["id"]
-    assert "continue-on-error" not in suite
+    # The suite may fail on an extended case; the job's verdict is the gate's, on the core profile.
+    assert suite["continue-on-error"] is True
     upload = _step("actions/upload-artifact@")
     assert upload["if"] == "always()" and upload["with"]["path"] == "reports/"
     gate = _step("meshfed report gate")
