@@ -48,7 +48,7 @@ def control_plane(cluster: KubeCluster) -> ControlPlane:
         labels = deployment["metadata"].get("labels") or {}
         containers = deployment["spec"]["template"]["spec"].get("containers") or [{}]
         revisions[labels.get("istio.io/rev", "default")] = image_version(containers[0].get("image", ""))
-    return ControlPlane(revisions, cluster.get("Namespace", manifests.ISTIO_SYSTEM) is not None)
+    return ControlPlane(revisions, cluster.get("Namespace", manifests.ISTIO_SYSTEM) is not None)  # or its stand-in
 
 
 def check_topology(topology: Topology, planes: Mapping[str, ControlPlane], namespace: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -82,9 +83,11 @@ class KubeApi:
 
     def __init__(self, kubeconfig: Path | None, context: str | None, label: str) -> None:
         self.label = label
+        # $KUBECONFIG is read now (the client reads it once, at import), and may list several files.
+        config_file = str(kubeconfig) if kubeconfig else os.environ.get("KUBECONFIG") or None
         try:
             self._client = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=str(kubeconfig) if kubeconfig else None, context=context, persist_config=False
+                config_file=config_file, context=context, persist_config=False
             )
         except (k8s_config.ConfigException, OSError, ValueError) as error:
             where = f"context {context!r}" if context else "the current context"
@@ -219,9 +222,13 @@ class KubeCluster(Cluster):
         self.installs_istio = installs_istio
         self.poll = poll
 
-    # Namespaces: the contract speaks of istio-system for "the control plane's namespace".
+    # The contract speaks of istio-system for "the control plane's namespace", as a namespace of objects
+    # and as a Namespace object; a managed control plane's own namespace stands in for it.
     def _namespace(self, namespace: str | None) -> str | None:
         return self.control_plane_namespace if namespace == manifests.ISTIO_SYSTEM else namespace
+
+    def _name(self, kind: str, name: str) -> str:
+        return self._namespace(name) or name if kind == "Namespace" else name
 
     def _tool_args(self) -> list[str]:
         args = []
@@ -258,9 +265,11 @@ class KubeCluster(Cluster):
         body = json.loads(json.dumps(obj))
         if namespace:
             body["metadata"]["namespace"] = namespace
+        name = self._name(kind, metadata["name"])
+        body["metadata"]["name"] = name
         applied = self.api.request(
             "PATCH",
-            res.path(namespace, metadata["name"]),
+            res.path(namespace, name),
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             body=body,
             content_type="application/apply-patch+yaml",
@@ -269,7 +278,7 @@ class KubeCluster(Cluster):
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None:
         res = resource(kind)
-        return self.api.request("GET", res.path(self._namespace(namespace), name), missing_ok=True)
+        return self.api.request("GET", res.path(self._namespace(namespace), self._name(kind, name)), missing_ok=True)
 
     def list(
         self, kind: str, namespace: str | None = None, labels: Mapping[str, str] | None = None
@@ -282,7 +291,7 @@ class KubeCluster(Cluster):
         res = resource(kind)
         patched = self.api.request(
             "PATCH",
-            res.path(self._namespace(namespace), name),
+            res.path(self._namespace(namespace), self._name(kind, name)),
             query=[("fieldManager", FIELD_MANAGER)],
             body=patch,
             content_type="application/merge-patch+json",
@@ -293,7 +302,8 @@ class KubeCluster(Cluster):
         if kind == "IstioOperator":
             return self.uninstall(name)
         res = resource(kind)
-        return self.api.request("DELETE", res.path(self._namespace(namespace), name), missing_ok=True) is not None
+        path = res.path(self._namespace(namespace), self._name(kind, name))
+        return self.api.request("DELETE", path, missing_ok=True) is not None
 
     # Deployments
     def rollout_restart(self, deployment: str, namespace: str, timeout: float = 120) -> None:

@@ -1,0 +1,180 @@
+"""The existing backend against stand-in API servers (the user's contexts) and the fake istioctl/kubectl:
+preflight sentences, its own namespace only, the revision the mesh injects with, and a clean teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from meshfed.backends.base import BackendError
+from meshfed.backends.existing import ExistingBackend, image_version
+from meshfed.manifests import TEST_NAMESPACE
+from meshfed.topology import MeshSpec, Topology
+from tests.kube_standin import KubeApiStandIn
+
+FAKES = Path(__file__).resolve().parent / "fakes" / "bin"
+CONTEXTS = {"east": "gke_acme_east", "west": "gke_acme_west"}
+
+
+def _send(server: KubeApiStandIn, path: str, obj: dict[str, Any]) -> None:
+    code, answer = server.handle("POST", path, "application/json", json.dumps(obj).encode())
+    assert code == 201, answer
+
+
+def _istiod(
+    server: KubeApiStandIn, namespace: str = "istio-system", revision: str = "", version: str = "1.30.3"
+) -> None:
+    if server.object(f"/api/v1/namespaces/{namespace}") is None:
+        _send(server, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    labels = {"app": "istiod", "istio.io/rev": revision or "default"}
+    name = f"istiod-{revision}" if revision else "istiod"
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "discovery", "image": f"docker.io/istio/pilot:{version}"}]},
+            },
+        },
+    }
+    _send(server, f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment)
+
+
+@pytest.fixture
+def servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, KubeApiStandIn]]:
+    started = {name: KubeApiStandIn(name, injection=True).start() for name in CONTEXTS}
+    merged: dict[str, Any] = {"apiVersion": "v1", "kind": "Config", "clusters": [], "contexts": [], "users": []}
+    for name, server in started.items():
+        config = yaml.safe_load(server.kubeconfig(CONTEXTS[name]))
+        for key in ("clusters", "contexts", "users"):
+            merged[key] += config[key]
+    merged["current-context"] = CONTEXTS["east"]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(merged))
+    for key in [k for k in os.environ if k.startswith("MESHFED_FAKE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("PATH", f"{FAKES}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MESHFED_FAKE_PYTHON", sys.executable)
+    monkeypatch.setenv("MESHFED_FAKE_LOG", str(tmp_path / "calls.jsonl"))
+    monkeypatch.setenv("MESHFED_FAKE_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("MESHFED_CACHE", str(tmp_path / "cache"))
+    try:
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+def _spec(topology: Topology = Topology.MULTI_PRIMARY) -> MeshSpec:
+    spec = MeshSpec.default(topology, 2)
+    clusters = tuple(replace(c, name=n) for c, n in zip(spec.clusters, CONTEXTS, strict=True))
+    return replace(spec, clusters=clusters)
+
+
+def _writes(server: KubeApiStandIn) -> list[tuple[str, str]]:
+    return [(m, p) for m, p, _ in server.requests if m in ("POST", "PUT", "PATCH", "DELETE")]
+
+
+def test_it_deploys_only_its_own_namespace_and_removes_it(servers: dict[str, KubeApiStandIn]) -> None:
+    for server in servers.values():
+        _istiod(server)
+        server.requests.clear()
+    progress: list[str] = []
+    mesh = ExistingBackend(CONTEXTS).provision(_spec(), {}, progress.append)
+    assert mesh.istio_version == "1.30.3"
+    assert any("east: context gke_acme_east, Kubernetes v1.34.0, istiod: default 1.30.3" in p for p in progress)
+    for server in servers.values():
+        writes = _writes(server)
+        assert writes and all(f"/namespaces/{TEST_NAMESPACE}" in path for _, path in writes), writes
+        namespace = server.object(f"/api/v1/namespaces/{TEST_NAMESPACE}")
+        assert namespace is not None
+        assert namespace["metadata"]["labels"]["istio-injection"] == "enabled"
+    pods = mesh["west"].pods(TEST_NAMESPACE)
+    assert pods and all(p.has_sidecar for p in pods)
+    before = {name: server.objects("Deployment", "istio-system") for name, server in servers.items()}
+    mesh.teardown()
+    for name, server in servers.items():
+        assert server.object(f"/api/v1/namespaces/{TEST_NAMESPACE}") is None
+        assert server.objects("Deployment", "istio-system") == before[name]
+    with pytest.raises(BackendError, match="does not install Istio on clusters it did not create"):
+        mesh["east"].apply(
+            {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "metadata": {"name": "x"}}
+        )
+
+
+def test_a_revisioned_mesh_gets_a_revision_label(servers: dict[str, KubeApiStandIn]) -> None:
+    for server in servers.values():
+        _istiod(server, revision="1-30")
+    ExistingBackend(CONTEXTS).provision(_spec(), {})
+    labels = servers["east"].object(f"/api/v1/namespaces/{TEST_NAMESPACE}")["metadata"]["labels"]  # type: ignore[index]
+    assert labels["istio.io/rev"] == "1-30" and "istio-injection" not in labels
+
+
+def test_a_managed_control_plane_namespace_is_used(servers: dict[str, KubeApiStandIn]) -> None:
+    for server in servers.values():
+        _istiod(server, namespace="aks-istio-system")
+    with pytest.raises(BackendError, match=r"east: no namespace istio-system, so no Istio: .* --istio-namespace"):
+        ExistingBackend(CONTEXTS).provision(_spec(), {})
+    mesh = ExistingBackend(CONTEXTS, control_plane_namespace="aks-istio-system").provision(_spec(), {})
+    # In the contract, istio-system means the control plane's namespace, as a namespace and as a Namespace.
+    assert mesh["east"].get("Deployment", "istiod", "istio-system") is not None
+    assert mesh["east"].get("Namespace", "istio-system")["metadata"]["name"] == "aks-istio-system"  # type: ignore[index]
+
+
+def test_a_remote_cluster_under_multi_primary_is_one_sentence(servers: dict[str, KubeApiStandIn]) -> None:
+    _istiod(servers["east"])
+    _send(
+        servers["west"],
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}},
+    )
+    with pytest.raises(BackendError, match=r"^west run no istiod in istio-system, so the mesh looks primary-remote"):
+        ExistingBackend(CONTEXTS).provision(_spec(), {})
+    mesh = ExistingBackend(CONTEXTS).provision(_spec(Topology.PRIMARY_REMOTE), {})
+    assert set(mesh.clusters) == {"east", "west"}
+
+
+def test_an_unknown_context_names_the_fix(servers: dict[str, KubeApiStandIn]) -> None:
+    with pytest.raises(BackendError, match=r"east: cannot use context 'nope' .*kubectl config get-contexts"):
+        ExistingBackend({"east": "nope", "west": CONTEXTS["west"]}).provision(_spec(), {})
+
+
+def test_an_unreachable_api_server_names_the_fix(servers: dict[str, KubeApiStandIn]) -> None:
+    servers["west"].stop()
+    _istiod(servers["east"])
+    with pytest.raises(BackendError, match=r"west: the API server at http://127.0.0.1:\d+ does not answer .*: check"):
+        ExistingBackend(CONTEXTS).provision(_spec(), {})
+
+
+def test_a_namespace_meshfed_did_not_create_is_left_alone(servers: dict[str, KubeApiStandIn]) -> None:
+    for server in servers.values():
+        _istiod(server)
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": TEST_NAMESPACE}}
+    _send(servers["west"], "/api/v1/namespaces", ns)
+    with pytest.raises(BackendError, match=r"west: namespace meshfed already exists and meshfed did not create it"):
+        ExistingBackend(CONTEXTS).provision(_spec(), {})
+    assert servers["west"].object(f"/api/v1/namespaces/{TEST_NAMESPACE}") is not None
+
+
+@pytest.mark.parametrize(
+    ("image", "version"),
+    [
+        ("docker.io/istio/pilot:1.30.3", "1.30.3"),
+        ("gcr.io/gke-release/asm/pilot:1.30.3-asm.2@sha256:" + "0" * 64, "1.30.3-asm.2"),
+        ("localhost:5000/pilot", "unknown"),
+    ],
+)
+def test_the_version_comes_from_istiods_image(image: str, version: str) -> None:
+    assert image_version(image) == version
