@@ -24,6 +24,7 @@ from meshfed.backends.base import BackendError
 from meshfed.backends.kind import KindBackend, address_slices, ipv4_subnet
 from meshfed.backends.kube import KubeApi
 from meshfed.backends.preflight import HostPaths
+from meshfed.diagnose import diagnose
 from meshfed.manifests import TEST_NAMESPACE
 from meshfed.pki import create_mesh_pki
 from meshfed.topology import MeshSpec, Topology
@@ -307,3 +308,24 @@ def test_metallb_slices_do_not_overlap_and_take_ipv4_whatever_the_order() -> Non
     assert slices[0][0] == "172.18.3.233"  # host 1000 onwards, clear of the containers' low addresses
     with pytest.raises(BackendError, match="too small"):
         address_slices(ipv4_subnet(json.dumps([{"IPAM": {"Config": [{"Subnet": "172.18.0.0/29"}]}}])), 3)
+
+
+def test_host_evidence_is_read_with_testinfra(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec()
+    mesh = world.backend().provision(spec, _cacerts(spec))
+    evidence = mesh["cluster-a"].host_evidence()
+    found = {(e.check, e.ok) for e in evidence}
+    assert found == {
+        ("kubelet-not-running", True),
+        ("pilot-agent-not-running", True),
+        ("eastwest-not-listening", True),
+        ("sidecar-not-intercepting", True),
+    }, [e.text for e in evidence]
+    docker_exec = [c["argv"] for c in world.calls("docker") if c["argv"][0] == "exec"]
+    assert ["exec", "meshfed-cluster-a-control-plane", "/bin/sh", "-c", "systemctl is-active kubelet"] in docker_exec
+
+    monkeypatch.setenv("MESHFED_FAKE_NO_15443", "1")
+    monkeypatch.setenv("MESHFED_FAKE_KUBELET", "inactive")
+    problems = {(c.check, c.cluster) for c in diagnose(mesh) if c.status == "error"}
+    assert {("eastwest-not-listening", "cluster-b"), ("kubelet-not-running", "cluster-a")} <= problems
+    mesh.teardown()

@@ -339,8 +339,18 @@ CHECKS = (
 )
 
 
+def check_host_evidence(mesh: Mesh) -> list[Check]:
+    """What testinfra reads on real clusters' nodes and proxies (nothing on the embedded mesh)."""
+    status: dict[bool | None, Status] = {True: "ok", False: "error", None: "warning"}
+    return [
+        Check(found.check, status[found.ok], name, found.text, found.hint)
+        for name, cluster in mesh.clusters.items()
+        for found in cluster.host_evidence()
+    ]
+
+
 def diagnose(mesh: Mesh) -> list[Check]:
     """Every check over the mesh; errors first."""
-    results = [result for check in CHECKS for result in check(mesh)]
+    results = [result for check in (*CHECKS, check_host_evidence) for result in check(mesh)]
     order = {"error": 0, "warning": 1, "ok": 2}
     return sorted(results, key=lambda r: order[r.status])

@@ -1000,7 +1000,24 @@ def docker_network(data: Obj) -> Obj:
     }
 
 
+def docker_exec(argv: list[str]) -> int:
+    """``docker exec NODE /bin/sh -c CMD`` (testinfra's docker:// transport) on a kind node: only
+    ``systemctl is-active kubelet`` is simulated (``MESHFED_FAKE_KUBELET`` gives another state)."""
+    container, command = argv[1], argv[2:]
+    with state() as data:
+        nodes = {c["Name"].lstrip("/") for c in _node_containers(data)}
+    if container not in nodes:
+        raise ToolExit(f"Error response from daemon: No such container: {container}")
+    if command[:2] == ["/bin/sh", "-c"] and command[2:] == ["systemctl is-active kubelet"]:
+        kubelet = _env("MESHFED_FAKE_KUBELET") or "active"
+        out(kubelet)
+        return 0 if kubelet == "active" else 3
+    raise ToolExit(f"fake docker: exec of {' '.join(command)!r} is not simulated")
+
+
 def docker_main(argv: list[str], entry: Obj) -> int:
+    if argv[:1] == ["exec"] and len(argv) > 2 and _env("MESHFED_FAKE_DOCKER_DOWN") != "1":
+        return docker_exec(argv)
     try:
         parsed = parse_flags(argv, DOCKER_FLAGS)
     except FlagError as error:
@@ -2546,6 +2563,8 @@ def kubectl_exec(parsed: Parsed, args: list[str]) -> int:
     container = parsed.get("container")
     if container and containers and container not in containers:
         raise ToolExit(f'error: unable to upgrade connection: container not found ("{container}")')
+    if command[:2] == ["/bin/sh", "-c"] and container == "istio-proxy":
+        return proxy_shell(pod, command[2] if len(command) > 2 else "")
     program = [w for w in command if not w.startswith("python")]
     if (
         len(command) >= 3
@@ -2555,6 +2574,29 @@ def kubectl_exec(parsed: Parsed, args: list[str]) -> int:
     ):
         return echo_call(parsed, target, pod, command[3:])
     raise ToolExit(f"fake kubectl: exec of {' '.join(program or command)!r} is not simulated")
+
+
+# Envoy's and pilot-agent's listeners in a proxy's network namespace (an east-west gateway adds 15443).
+PROXY_PORTS = (15000, 15001, 15004, 15006, 15020, 15021, 15090)
+
+
+def proxy_shell(pod: Obj, command: str) -> int:
+    """testinfra's kubectl:// transport in an istio-proxy container: PID 1's command line and the
+    listening sockets (``MESHFED_FAKE_NO_15443=1`` takes the gateway's passthrough listener away)."""
+    gateway = (pod["metadata"].get("labels") or {}).get("istio") == "eastwestgateway"
+    if command == "cat /proc/1/cmdline":
+        role = "router" if gateway else "sidecar"
+        sys.stdout.write(f"/usr/local/bin/pilot-agent\0proxy\0{role}\0--domain\0meshfed.svc.cluster.local\0")
+        return 0
+    if command == "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null":
+        ports = list(PROXY_PORTS) + ([15443] if gateway and _env("MESHFED_FAKE_NO_15443") != "1" else [])
+        out("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode")
+        for i, port in enumerate(ports):
+            out(
+                f"{i:4}: 00000000:{port:04X} 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1337        0 {9000 + i} 1"
+            )
+        return 0
+    raise ToolExit(f"fake kubectl: shell command {command!r} in istio-proxy is not simulated")
 
 
 def echo_call(parsed: Parsed, target: Target, caller_pod: Obj, argv: list[str]) -> int:

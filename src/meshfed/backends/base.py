@@ -55,6 +55,16 @@ class RemoteClusterStatus:
     status: str  # synced | syncing | timeout | closed
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """One host-level fact: ``ok`` is None when it could not be read."""
+
+    check: str  # stable id, e.g. "eastwest-not-listening"
+    ok: bool | None
+    text: str
+    hint: str = ""
+
+
 class Cluster(abc.ABC):
     name: str
 
@@ -111,6 +121,10 @@ class Cluster(abc.ABC):
     @abc.abstractmethod
     def remote_clusters(self) -> builtins.list[RemoteClusterStatus]:
         """``istioctl remote-clusters`` as seen by this cluster's control plane."""
+
+    def host_evidence(self) -> builtins.list[Evidence]:
+        """Host-level facts a real backend reads with testinfra (its nodes, its proxies); none by default."""
+        return []
 
     def pod_of(self, namespace: str, app: str) -> PodInfo:
         """The first ready pod of an app, or the first pod when none is ready."""

@@ -291,6 +291,7 @@ class KindBackend(Backend):
             kubectl=toolbox.kubectl,
             istioctl_binary=istioctl,
             istioctl_by_revision=by_revision,
+            node_container=f"{kind_name(name)}-control-plane",
         )
 
     def _container_ip(self, container: str) -> str:

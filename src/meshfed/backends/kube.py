@@ -29,10 +29,10 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from meshfed import manifests
-from meshfed.backends import istioctl
-from meshfed.backends.base import BackendError, Cluster, PodInfo, ProxyCerts, RemoteClusterStatus
+from meshfed.backends import evidence, istioctl
+from meshfed.backends.base import BackendError, Cluster, Evidence, PodInfo, ProxyCerts, RemoteClusterStatus
 from meshfed.calls import CallResult
-from meshfed.manifests import Obj
+from meshfed.manifests import TEST_NAMESPACE, Obj
 
 FIELD_MANAGER = "meshfed"
 
@@ -209,8 +209,10 @@ class KubeCluster(Cluster):
         istioctl_by_revision: Mapping[str, Path] | None = None,
         control_plane_namespace: str = manifests.ISTIO_SYSTEM,
         installs_istio: bool = True,
+        node_container: str | None = None,
         poll: float = 1.0,
     ) -> None:
+        self.node_container = node_container
         self.name = name
         self.kubeconfig = kubeconfig
         self.context = context
@@ -371,6 +373,22 @@ class KubeCluster(Cluster):
     def remote_clusters(self) -> builtins.list[RemoteClusterStatus]:
         output = self.run(self.istioctl, ["remote-clusters", "--istioNamespace", self.control_plane_namespace])
         return istioctl.parse_remote_clusters(output)
+
+    def host_evidence(self) -> builtins.list[Evidence]:
+        """The node (kind), an east-west gateway (15443) and a client's sidecar (15006), read with testinfra."""
+        found = [evidence.node(self.node_container)] if self.node_container else []
+        targets = [
+            (manifests.ISTIO_SYSTEM, {"app": manifests.EASTWEST_GATEWAY}, evidence.EASTWEST_PASSTHROUGH),
+            (TEST_NAMESPACE, {"app": manifests.CLIENT}, evidence.SIDECAR_INBOUND),
+        ]
+        for namespace, labels, port in targets:
+            pods = [p for p in self.pods(namespace, labels) if p.ready and p.has_sidecar]  # an istio-proxy container
+            if not pods:
+                continue
+            real_namespace = self._namespace(namespace) or namespace
+            url = evidence.kubectl_url(pods[0].name, real_namespace, "istio-proxy", self.kubeconfig, self.context)
+            found += evidence.proxy(url, f"{self.name}/{pods[0].name}", port)
+        return found
 
     # Istio itself
     def _istioctl_for(self, revision: str) -> Path:
