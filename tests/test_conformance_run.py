@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -15,7 +16,7 @@ from meshfed.cli import main as meshfed
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_suite(report_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_suite(report_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable,
         "-m",
@@ -28,7 +29,8 @@ def run_suite(report_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         str(report_dir),
         *args,
     ]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False, env=environment)
 
 
 def junit_cases(report_dir: Path) -> dict[str, ET.Element]:
@@ -95,10 +97,22 @@ def test_a_second_root_ca_fails_with_the_cause_named(tmp_path: Path) -> None:
 
 
 def test_a_provisioning_failure_still_writes_every_report(tmp_path: Path) -> None:
-    result = run_suite(tmp_path, "--backend", "kind", "--features", "SharedRootOfTrust")
+    # The kind backend, on a machine whose Docker daemon is stopped (the fake docker of tests/fakes).
+    fakes = ROOT / "tests" / "fakes" / "bin"
+    env = {
+        "PATH": f"{fakes}{os.pathsep}{os.environ['PATH']}",
+        "MESHFED_FAKE_PYTHON": sys.executable,
+        "MESHFED_FAKE_DOCKER_DOWN": "1",
+        "MESHFED_FAKE_LOG": str(tmp_path / "calls.jsonl"),
+        "MESHFED_FAKE_STATE": str(tmp_path / "state"),
+    }
+    result = run_suite(tmp_path, "--backend", "kind", "--features", "SharedRootOfTrust", env=env)
     assert result.returncode == 1
     report = yaml.safe_load((tmp_path / "conformance-report.yaml").read_text())
-    assert "the kind backend is not available" in report["provisioningError"]
+    assert report["provisioningError"] == (
+        "Docker is not reachable (Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+        "Is the docker daemon running?): start Docker (or Docker Desktop) and run again"
+    )
     assert report["profiles"][0]["result"] == "failure"
     assert all(case.find("error") is not None for case in junit_cases(tmp_path).values())
     assert "Provisioning failed" in (tmp_path / "report.html").read_text()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from meshfed.options import SuiteOptions
+from meshfed import manifests
+from meshfed.options import OptionError, SuiteOptions
 from meshfed.topology import MeshSpec, Topology
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +81,9 @@ def _values(**overrides: object) -> SuiteOptions:
         "meshfed_keep_clusters": False,
         "meshfed_allow_destructive": False,
         "meshfed_report_dir": Path("reports"),
+        "meshfed_upgrade_to": None,
+        "meshfed_workload_image": None,
+        "meshfed_istio_namespace": "istio-system",
         "meshfed_features": None,
         "meshfed_exempt_features": None,
         "meshfed_impl_organization": "",
@@ -112,3 +116,37 @@ def test_ordered_pairs() -> None:
         "cluster-b->cluster-a",
     ]
     assert len(list(MeshSpec.default(Topology.MULTI_PRIMARY, 3).pairs())) == 6
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sentence"),
+    [
+        ({"meshfed_upgrade_to": "1.31.0"}, r"^--upgrade-to is for the kind backend; drop it, or choose that backend"),
+        (
+            {"meshfed_backend": "kind", "meshfed_istio_namespace": "aks-istio-system"},
+            r"^--istio-namespace is for the existing backend",
+        ),
+        ({"meshfed_workload_image": "python:3"}, r"^--workload-image is for the kind or existing backend"),
+        (
+            {
+                "meshfed_backend": "existing",
+                "meshfed_context": [("a", "x"), ("b", "y")],
+                "meshfed_cacerts_dir": Path("."),
+            },
+            r"^--cacerts-dir is for the embedded or kind backend",
+        ),
+    ],
+)
+def test_options_of_another_backend_are_refused(overrides: dict[str, object], sentence: str) -> None:
+    with pytest.raises(OptionError, match=sentence):
+        _values(**overrides)
+
+
+def test_the_workload_image_reaches_every_workload() -> None:
+    spec = _values(meshfed_backend="kind", meshfed_workload_image="registry.local/python:3.12").mesh_spec()
+    deployments = [o for o in manifests.workloads(spec.clusters[0], spec) if o["kind"] == "Deployment"]
+    assert deployments and all(
+        c["image"] == "registry.local/python:3.12"
+        for d in deployments
+        for c in d["spec"]["template"]["spec"]["containers"]
+    )
