@@ -178,3 +178,23 @@ def test_a_namespace_meshfed_did_not_create_is_left_alone(servers: dict[str, Kub
 )
 def test_the_version_comes_from_istiods_image(image: str, version: str) -> None:
     assert image_version(image) == version
+
+
+def test_doctor_reads_an_existing_mesh_without_changing_it(
+    servers: dict[str, KubeApiStandIn], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshfed.cli import main
+
+    for server in servers.values():
+        _istiod(server)
+        server.requests.clear()
+    contexts = [arg for name, context in CONTEXTS.items() for arg in ("--context", f"{name}={context}")]
+    assert main(["doctor", "--backend", "existing", *contexts, "-o", "json"]) == 1
+    checks = {(c["check"], c["cluster"]) for c in json.loads(capsys.readouterr().out)["checks"]}
+    # The stand-ins run istiod and nothing else: no network label, no gateway, no remote secrets.
+    assert {("network-label-missing", "east"), ("remote-secret-missing", "west")} <= checks
+    for server in servers.values():
+        assert not _writes(server)
+
+    assert main(["doctor", "--backend", "existing", "--context", "east=nope", "--context", "west=nope"]) == 2
+    assert "east: cannot use context 'nope'" in capsys.readouterr().err

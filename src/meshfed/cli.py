@@ -162,9 +162,12 @@ def _print_table(rows: Sequence[Mapping[str, object]]) -> None:
 
 
 def doctor(args: argparse.Namespace) -> int:
-    """Diagnose a mesh. Only the embedded backend exists yet: it brings one up (for demos and tests),
-    optionally breaks it with a catalog entry, and diagnoses it."""
+    """Diagnose a mesh: existing clusters or kept kind clusters as they are (read-only), or an embedded
+    mesh brought up for the purpose (demos and tests), optionally broken first with a catalog entry."""
+    from meshfed.backends.base import BackendError, Mesh
     from meshfed.backends.embedded.mesh import EmbeddedBackend
+    from meshfed.backends.existing import ExistingBackend
+    from meshfed.backends.kind import KindBackend
     from meshfed.diagnose import diagnose
     from meshfed.misconfig import entry
     from meshfed.options import OptionError, SuiteOptions
@@ -173,10 +176,8 @@ def doctor(args: argparse.Namespace) -> int:
         options = SuiteOptions.from_values(lambda dest: getattr(args, dest))
     except OptionError as error:
         raise CliError(str(error)) from None
-    if options.backend != "embedded":
-        raise CliError(
-            f"meshfed doctor cannot read {options.backend} clusters in this version yet; use --backend embedded"
-        )
+    if args.break_with and options.backend != "embedded":
+        raise CliError("--break only breaks an embedded mesh; meshfed doctor never changes real clusters")
     breaking = None
     if args.break_with:
         try:
@@ -188,14 +189,26 @@ def doctor(args: argparse.Namespace) -> int:
         raise CliError(
             f"{breaking.name} cannot happen in {spec.topology.value}: {breaking.not_applicable(spec)}; pick another --break"
         )
-    pki = create_mesh_pki(spec.names, key_type="ecdsa")
-    mesh = EmbeddedBackend().provision(spec, {n: ca.secret_data() for n, ca in pki.cluster_cas.items()})
+    mesh: Mesh
+    try:
+        if options.backend == "existing":
+            mesh = ExistingBackend(options.contexts, control_plane_namespace=options.istio_namespace).connect(spec)
+        elif options.backend == "kind":
+            mesh = KindBackend(options.istio_version).connect(spec)
+        else:
+            pki = create_mesh_pki(spec.names, key_type="ecdsa")
+            mesh = EmbeddedBackend().provision(spec, {n: ca.secret_data() for n, ca in pki.cluster_cas.items()})
+    except BackendError as error:
+        raise CliError(str(error)) from None
     try:
         if breaking is not None:
             breaking.stages[0].act(mesh, {})
         results = diagnose(mesh)
+    except BackendError as error:
+        raise CliError(str(error)) from None
     finally:
-        mesh.teardown()
+        if options.backend == "embedded":
+            mesh.teardown()
     if args.output == "json":
         print(
             json.dumps(
@@ -203,7 +216,7 @@ def doctor(args: argparse.Namespace) -> int:
             )
         )
     elif not results:
-        print(f"{spec.topology.value} mesh of {', '.join(spec.names)} (embedded): no problem found")
+        print(f"{spec.topology.value} mesh of {', '.join(spec.names)} ({options.backend}): no problem found")
     else:
         _print_checks(results)
     return 1 if any(r.status == "error" for r in results) else 0

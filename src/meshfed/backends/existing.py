@@ -123,11 +123,10 @@ class ExistingBackend(Backend):
         self.kubeconfig = kubeconfig
         self.control_plane_namespace = control_plane_namespace
         self.download = download or tools._http_get
+        self._revision = ""
 
-    def provision(
-        self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
-    ) -> ExistingMesh:
-        del cacerts  # the mesh is certified as it is: its CA is whatever it runs
+    def connect(self, spec: MeshSpec, progress: Progress = lambda _: None) -> ExistingMesh:
+        """The mesh as it is, read-only: contexts reachable, Istio present, the topology it appears to have."""
         planes, clusters = self._inspect(spec, progress)
         check_topology(spec.topology, planes, self.control_plane_namespace)
         versions = sorted({version for plane in planes.values() for version in plane.revisions.values()})
@@ -135,14 +134,20 @@ class ExistingBackend(Backend):
         for cluster in clusters.values():
             cluster.kubectl = toolbox.kubectl
             cluster.istioctl = toolbox.istioctl_for(versions[-1])
-        revision = injection_revision(planes)
-        for cluster in clusters.values():
+        self._revision = injection_revision(planes)
+        return ExistingMesh(spec, ", ".join(versions), clusters)
+
+    def provision(
+        self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
+    ) -> ExistingMesh:
+        del cacerts  # the mesh is certified as it is: its CA is whatever it runs
+        mesh = self.connect(spec, progress)
+        for cluster in mesh.clusters.values():
             self._refuse_foreign_namespace(cluster)
-        mesh = ExistingMesh(spec, ", ".join(versions), clusters)
         try:
-            for name, cluster in clusters.items():
+            for name, cluster in mesh.clusters.items():
                 with timed(f"{name}: namespace {TEST_NAMESPACE} and workloads", progress):
-                    for obj in self._workloads(spec, name, revision):
+                    for obj in self._workloads(spec, name, self._revision):
                         cluster.apply(obj)
         except BaseException:
             mesh.teardown()

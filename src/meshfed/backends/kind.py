@@ -240,6 +240,19 @@ class KindBackend(Backend):
             return KindMesh(spec, self.istio_version, clusters, lambda: progress(f"kept {', '.join(names)}"))
         return KindMesh(spec, self.istio_version, clusters, lambda: self._delete(toolbox, names))
 
+    def connect(self, spec: MeshSpec, progress: Progress = lambda _: None) -> KindMesh:
+        """The clusters a --keep-clusters run left, read as they are (for ``meshfed doctor``); nothing is deleted."""
+        toolbox = tools.find_tools([self.istio_version], need_kind=True, download=self.download, progress=progress)
+        names = [kind_name(name) for name in spec.names]
+        missing = [name for name in names if name not in self._kind_clusters(toolbox)]
+        if missing:
+            raise BackendError(
+                f"no kind cluster {', '.join(missing)}: run the suite with --backend kind --keep-clusters first "
+                "(with the same --topology and --clusters)"
+            )
+        clusters = {cluster.name: self._cluster(cluster.name, toolbox) for cluster in spec.clusters}
+        return KindMesh(spec, self.istio_version, clusters, lambda: None)
+
     def _kind_clusters(self, toolbox: tools.Toolbox) -> set[str]:
         return set(self.run([str(toolbox.kind), "get", "clusters"], "listing kind clusters").split())
 

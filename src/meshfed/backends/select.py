@@ -1,0 +1,18 @@
+"""The backend the options ask for."""
+
+from __future__ import annotations
+
+from meshfed.backends.base import Backend
+from meshfed.backends.embedded.mesh import EmbeddedBackend
+from meshfed.backends.existing import ExistingBackend
+from meshfed.backends.kind import KindBackend
+from meshfed.options import SuiteOptions
+
+
+def backend_for(options: SuiteOptions) -> Backend:
+    if options.backend == "kind":
+        return KindBackend(options.istio_version, upgrade_to=options.upgrade_to, keep_clusters=options.keep_clusters)
+    if options.backend == "existing":
+        # The contexts are read from $KUBECONFIG (or ~/.kube/config), as kubectl reads them.
+        return ExistingBackend(options.contexts, control_plane_namespace=options.istio_namespace)
+    return EmbeddedBackend()
