@@ -193,6 +193,7 @@ def test_doctor_reads_an_existing_mesh_without_changing_it(
     checks = {(c["check"], c["cluster"]) for c in json.loads(capsys.readouterr().out)["checks"]}
     # The stand-ins run istiod and nothing else: no network label, no gateway, no remote secrets.
     assert {("network-label-missing", "east"), ("remote-secret-missing", "west")} <= checks
+    assert ("cacerts-not-used", "east, west") in checks  # a managed CA is not an error
     for server in servers.values():
         assert not _writes(server)
 

@@ -70,11 +70,46 @@ def _labels(obj: Mapping[str, Any] | None) -> dict[str, str]:
     return dict(((obj or {}).get("metadata") or {}).get("labels") or {})
 
 
+def _proxy_roots(mesh: Mesh) -> list[Check]:
+    """Without cacerts anywhere (a managed CA): the root each cluster's first ready sidecar trusts, compared."""
+    roots: dict[str, x509.Certificate] = {}
+    for name, cluster in mesh.clusters.items():
+        for pod in cluster.pods(TEST_NAMESPACE):
+            if pod.has_sidecar and pod.ready:
+                try:
+                    trusted = cluster.proxy_certs(pod.name, TEST_NAMESPACE).trusted_roots
+                except BackendError:
+                    continue
+                if trusted:
+                    roots[name] = trusted[0]
+                break
+    if len({fingerprint(root) for root in roots.values()}) <= 1:
+        return []
+    listed = ", ".join(f"{name} SHA256 {fingerprint(root)}" for name, root in roots.items())
+    return [
+        Check(
+            "proxy-root-mismatch",
+            "error",
+            name,
+            f"the proxies trust different roots: {listed}",
+            "configure the managed CA of every cluster with one root of trust (see your provider's multi-cluster guide)",
+        )
+        for name in roots
+    ]
+
+
 def check_trust(mesh: Mesh) -> list[Check]:
     results: list[Check] = []
     reports = {}
+    secrets = {name: cluster.get("Secret", "cacerts", ISTIO_SYSTEM) for name, cluster in mesh.clusters.items()}
+    if mesh.backend == "existing" and not any(secrets.values()):
+        note = (
+            "no cacerts Secret in any cluster: a managed or external CA (or istiod's self-signed roots); the "
+            "secret-level checks do not apply, the roots the proxies trust are compared instead"
+        )
+        return [Check("cacerts-not-used", "warning", ", ".join(secrets), note), *_proxy_roots(mesh)]
     for name, cluster in mesh.clusters.items():
-        secret = cluster.get("Secret", "cacerts", ISTIO_SYSTEM)
+        secret = secrets[name]
         if secret is None:
             results.append(
                 Check(
