@@ -108,7 +108,7 @@ def check_trust(mesh: Mesh) -> list[Check]:
             "secret-level checks do not apply, the roots the proxies trust are compared instead"
         )
         return [Check("cacerts-not-used", "warning", ", ".join(secrets), note), *_proxy_roots(mesh)]
-    for name, cluster in mesh.clusters.items():
+    for name in mesh.clusters:
         secret = secrets[name]
         if secret is None:
             results.append(
