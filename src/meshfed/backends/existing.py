@@ -11,6 +11,7 @@ then judge what the proxies hold.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,10 +131,17 @@ class ExistingBackend(Backend):
         planes, clusters = self._inspect(spec, progress)
         check_topology(spec.topology, planes, self.control_plane_namespace)
         versions = sorted({version for plane in planes.values() for version in plane.revisions.values()})
-        toolbox = tools.find_tools(versions[-1:], need_kind=False, download=self.download, progress=progress)
+        # istioctl of the release the vendor's build is based on (1.30.3 for 1.30.3-asm.2).
+        releases = sorted({m.group(0) for v in versions if (m := re.match(r"\d+\.\d+\.\d+", v))})
+        if not releases:
+            raise BackendError(
+                f"cannot tell the Istio release from istiod's image ({', '.join(versions) or 'no istiod'}): "
+                "meshfed needs it to pick istioctl; run istiod from an image tagged with its version"
+            )
+        toolbox = tools.find_tools(releases[-1:], need_kind=False, download=self.download, progress=progress)
         for cluster in clusters.values():
             cluster.kubectl = toolbox.kubectl
-            cluster.istioctl = toolbox.istioctl_for(versions[-1])
+            cluster.istioctl = toolbox.istioctl_for(releases[-1])
         self._revision = injection_revision(planes)
         return ExistingMesh(spec, ", ".join(versions), clusters)
 
