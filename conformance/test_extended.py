@@ -15,7 +15,15 @@ from meshfed.cases import Feature, case, not_supported
 from meshfed.expect import Traffic, converge, require
 from meshfed.manifests import CLIENT, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
 from meshfed.options import SuiteOptions
-from meshfed.pki import ChainVerificationError, PluginCA, bundle_from_secret, cert_pem, verify_chain
+from meshfed.pki import (
+    ChainVerificationError,
+    PluginCA,
+    bundle_from_secret,
+    cert_pem,
+    fingerprint,
+    load_certs,
+    verify_chain,
+)
 from meshfed.pki.authority import new_intermediate, new_root
 from meshfed.report.model import RunRecord
 from meshfed.topology import Topology
@@ -364,6 +372,7 @@ def rotate_root(
             files = _cacerts_files(mesh, name)
             if files:
                 mesh[name].apply(manifests.cacerts(rewrite(name, files)))
+        problems += _wait_for_istiod_roots(mesh, title)
         _restart_everywhere(mesh)
         for pair in mesh.spec.pairs():
             outcome = converge(
@@ -375,6 +384,26 @@ def rotate_root(
             if not outcome.converged:
                 problems.append(f"after '{title}': {outcome.message()}")
     return problems
+
+
+def _wait_for_istiod_roots(mesh: Mesh, title: str) -> list[str]:
+    """Until every istiod serves the roots of its new cacerts (in istio-ca-root-cert): on a real cluster a
+    Secret reaches istiod's mounted files only after the kubelet's sync, up to a minute later."""
+    deadline = time.monotonic() + mesh.convergence_deadline * 2
+    waiting = [spec.name for spec in mesh.spec.primaries]
+    while waiting:
+        for name in list(waiting):
+            files = _cacerts_files(mesh, name)
+            expected = {fingerprint(c) for c in load_certs(files.get("root-cert.pem", b""), "root-cert.pem")}
+            served = mesh[name].get("ConfigMap", "istio-ca-root-cert", TEST_NAMESPACE) or {}
+            pem = ((served.get("data") or {}).get("root-cert.pem") or "").encode()
+            if pem and expected <= {fingerprint(c) for c in load_certs(pem, "istio-ca-root-cert")}:
+                waiting.remove(name)
+        if waiting and time.monotonic() >= deadline:
+            return [f"after '{title}': istiod in {', '.join(waiting)} does not serve the new roots"]
+        if waiting:
+            time.sleep(1)
+    return []
 
 
 def calls_between(mesh: Mesh, source: str, destination: str) -> Callable[[int], list[CallResult]]:

@@ -262,10 +262,14 @@ def test_kept_clusters_are_reused_without_reinstalling(world: World) -> None:
     assert any("reusing the kept clusters" in line for line in progress)
     assert second["cluster-b"].pods(TEST_NAMESPACE)
 
-    # Another root of trust is another mesh: the plan runs again on the same clusters.
+    # Another root of trust is another mesh: istiod would not swap its root, so the clusters are recreated.
     world.reset_calls()
-    world.backend(keep_clusters=True).provision(spec, _cacerts(spec))
-    assert not [c for c in world.calls("kind") if c["argv"][0] == "create"]
+    progress.clear()
+    world.backend(keep_clusters=True).provision(spec, _cacerts(spec), progress.append)
+    assert any("hold another mesh, or an unfinished one: recreating them" in line for line in progress)
+    kind = [c["argv"][:2] for c in world.calls("kind")]
+    assert kind.count(["delete", "cluster"]) == 2 and kind.count(["create", "cluster"]) == 2
+    assert kind.index(["delete", "cluster"]) < kind.index(["create", "cluster"])
     assert [c for c in world.calls("istioctl") if _sub(c["argv"])[0] == "install"]
 
 

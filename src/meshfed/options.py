@@ -127,7 +127,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec(
         "--keep-clusters",
-        "keep the clusters after the run so a later run reuses them",
+        "kind: keep the clusters after the run so a later run reuses them",
         False,
         action="store_true",
     ),
@@ -247,6 +247,7 @@ class SuiteOptions:
             "--istio-namespace": ("existing", self.istio_namespace != "istio-system"),
             "--workload-image": ("kind or existing", self.workload_image is not None),
             "--cacerts-dir": ("embedded or kind", self.cacerts_dir is not None),
+            "--keep-clusters": ("kind", self.keep_clusters),
         }
         for flag, (backends, given) in only.items():
             if given and self.backend not in backends.split(" or "):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from meshfed import manifests
@@ -88,6 +88,36 @@ def injection_revision(planes: Mapping[str, ControlPlane]) -> str:
     return revisions.pop()
 
 
+def _as_deployed(spec: MeshSpec, clusters: Mapping[str, KubeCluster]) -> MeshSpec:
+    """The spec with what the clusters say: each one's network (istio-system's label) and region and zone
+    (its first node's labels), so that checks compare the mesh with itself, not with meshfed's defaults.
+    A primary's name must be the cluster ID its istiod uses: remote secrets and endpoints are keyed by it."""
+    refined = []
+    for cluster_spec in spec.clusters:
+        cluster = clusters[cluster_spec.name]
+        labels = ((cluster.get("Namespace", manifests.ISTIO_SYSTEM) or {}).get("metadata") or {}).get("labels") or {}
+        nodes = cluster.list("Node")
+        node_labels = (nodes[0]["metadata"].get("labels") or {}) if nodes else {}
+        for istiod in cluster.list("Deployment", manifests.ISTIO_SYSTEM, {"app": "istiod"}):
+            for container in istiod["spec"]["template"]["spec"].get("containers") or []:
+                env = {e.get("name"): e.get("value") for e in container.get("env") or []}
+                cluster_id = env.get("CLUSTER_ID")
+                if cluster_id and cluster_id != cluster_spec.name:
+                    raise BackendError(
+                        f"istiod in context {cluster.context} calls its cluster {cluster_id!r}, not "
+                        f"{cluster_spec.name!r}: name it as Istio does, --context {cluster_id}={cluster.context}"
+                    )
+        refined.append(
+            replace(
+                cluster_spec,
+                network=labels.get(manifests.NETWORK_LABEL) or cluster_spec.network,
+                region=node_labels.get("topology.kubernetes.io/region") or cluster_spec.region,
+                zone=node_labels.get("topology.kubernetes.io/zone") or cluster_spec.zone,
+            )
+        )
+    return replace(spec, clusters=tuple(refined))
+
+
 class ExistingMesh(Mesh):
     backend = "existing"
     convergence_deadline = 120.0
@@ -132,7 +162,10 @@ class ExistingBackend(Backend):
         check_topology(spec.topology, planes, self.control_plane_namespace)
         versions = sorted({version for plane in planes.values() for version in plane.revisions.values()})
         # istioctl of the release the vendor's build is based on (1.30.3 for 1.30.3-asm.2).
-        releases = sorted({m.group(0) for v in versions if (m := re.match(r"\d+\.\d+\.\d+", v))})
+        releases = sorted(
+            {m.group(0) for v in versions if (m := re.match(r"\d+\.\d+\.\d+", v))},
+            key=lambda v: tuple(int(part) for part in v.split(".")),
+        )
         if not releases:
             raise BackendError(
                 f"cannot tell the Istio release from istiod's image ({', '.join(versions) or 'no istiod'}): "
@@ -143,7 +176,7 @@ class ExistingBackend(Backend):
             cluster.kubectl = toolbox.kubectl
             cluster.istioctl = toolbox.istioctl_for(releases[-1])
         self._revision = injection_revision(planes)
-        return ExistingMesh(spec, ", ".join(versions), clusters)
+        return ExistingMesh(_as_deployed(spec, clusters), ", ".join(versions), clusters)
 
     def provision(
         self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None

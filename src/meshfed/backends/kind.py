@@ -204,18 +204,25 @@ class KindBackend(Backend):
                 f"kind clusters {', '.join(present)} already exist (kept by an earlier --keep-clusters run?): run "
                 f"with --keep-clusters to reuse them, or delete them with `kind delete cluster --name NAME`"
             )
-        if len(present) < len(names):
-            preflight.check_memory(info, len(names) - len(present), self.host.meminfo)
+        marker = mesh_marker(spec, self.istio_version, cacerts)
+        # A kept cluster is reused only when it holds this very mesh, finished (the marker is written
+        # last). Installing another mesh over it would leave the old one's pieces (a root istiod will
+        # not swap, remote secrets, gateways): it is recreated instead.
+        stale = [name for name in present if self._kept_marker(toolbox, name) != marker]
+        if stale:
+            progress(f"the kept clusters {', '.join(stale)} hold another mesh, or an unfinished one: recreating them")
+            self._delete(toolbox, stale)
+        missing = [name for name in names if name not in present or name in stale]
+        if missing:
+            preflight.check_memory(info, len(missing), self.host.meminfo)
             preflight.check_inotify(len(names), self.host.inotify)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        missing = [name for name in names if name not in present]
         try:
             if missing:
                 with timed(f"creating kind clusters {', '.join(missing)} ({self.node_image})", progress):
                     self._create(spec, toolbox, missing)
             clusters = {cluster.name: self._cluster(cluster.name, toolbox) for cluster in spec.clusters}
-            marker = mesh_marker(spec, self.istio_version, cacerts)
-            if present == names and all(self._marker(c) == marker for c in clusters.values()):
+            if not missing:
                 progress(f"reusing the kept clusters {', '.join(names)}: same mesh, install plan skipped")
             else:
                 self._metallb(spec, toolbox, clusters, progress)
@@ -348,16 +355,35 @@ class KindBackend(Backend):
                 )
             time.sleep(cluster.poll)
 
-    @staticmethod
-    def _marker(cluster: KubeCluster) -> str:
-        found = cluster.get("ConfigMap", STATE_CONFIGMAP, "kube-system") or {}
-        return str((found.get("data") or {}).get("mesh", ""))
+    def _kept_marker(self, toolbox: tools.Toolbox, name: str) -> str:
+        """The mesh a kept cluster holds ("" when unknown: no marker, no kubeconfig, no answer)."""
+        kubeconfig = self._kubeconfig(name)
+        try:
+            if not kubeconfig.is_file():
+                text = self.run(
+                    [str(toolbox.kind), "get", "kubeconfig", "--name", name], f"reading {name}'s kubeconfig"
+                )
+                kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+                kubeconfig.write_text(text)
+                kubeconfig.chmod(0o600)
+            found = self._cluster(name.removeprefix(PREFIX), toolbox).get("ConfigMap", STATE_CONFIGMAP, "kube-system")
+        except BackendError:
+            return ""
+        return str(((found or {}).get("data") or {}).get("mesh", ""))
 
     def _delete(self, toolbox: tools.Toolbox, names: Sequence[str]) -> None:
+        """Delete every cluster, each on its own: one that fails does not keep the others alive."""
+        errors = []
         for name in names:
-            self.run([str(toolbox.kind), "delete", "cluster", "--name", name], f"deleting kind cluster {name}")
+            try:
+                self.run([str(toolbox.kind), "delete", "cluster", "--name", name], f"deleting kind cluster {name}")
+            except BackendError as error:
+                errors.append(str(error))
+                continue
             self._kubeconfig(name).unlink(missing_ok=True)
             (self.state_dir / f"kind-config-{name.removeprefix(PREFIX)}.yaml").unlink(missing_ok=True)
+        if errors:
+            raise BackendError("; ".join(errors) + ": delete what is left with `kind delete cluster --name NAME`")
 
 
 def _state_configmap(marker: str) -> Obj:

@@ -305,7 +305,18 @@ class KubeCluster(Cluster):
             return self.uninstall(name)
         res = resource(kind)
         path = res.path(self._namespace(namespace), self._name(kind, name))
-        return self.api.request("DELETE", path, missing_ok=True) is not None
+        deleted = self.api.request("DELETE", path, missing_ok=True) is not None
+        if deleted and kind == "Namespace":
+            self._wait_gone(path, f"namespace {name}")
+        return deleted
+
+    def _wait_gone(self, path: str, what: str, timeout: float = 180) -> None:
+        """A Namespace stays Terminating until its pods are gone; nothing can be created in it meanwhile."""
+        deadline = time.monotonic() + timeout
+        while self.api.request("GET", path, missing_ok=True) is not None:
+            if time.monotonic() >= deadline:
+                raise BackendError(f"{self.name}: {what} is still terminating after {timeout:g} s")
+            time.sleep(self.poll)
 
     # Deployments
     def rollout_restart(self, deployment: str, namespace: str, timeout: float = 120) -> None:
@@ -328,7 +339,7 @@ class KubeCluster(Cluster):
             found = self.get("Deployment", deployment, namespace)
             if found is not None and rollout_complete(found):
                 labels = (found["spec"].get("selector") or {}).get("matchLabels") or {}
-                pods = [p for p in self.pods(namespace, labels) if p.phase != "Succeeded"]
+                pods = [p for p in self.pods(namespace, labels) if p.phase not in ("Succeeded", "Failed")]
                 if all(p.ready for p in pods) and len(pods) == found["spec"].get("replicas", 1):
                     return True
             if time.monotonic() >= deadline:

@@ -153,7 +153,8 @@ def envoy_reset_text(error: BaseException, retried: bool) -> str:
         )
     if isinstance(error, ssl.SSLCertVerificationError):
         reason = "CERTIFICATE_VERIFY_FAILED"
-    elif isinstance(error, ssl.SSLError) and error.reason is not None:
+    elif isinstance(error, ssl.SSLError) and getattr(error, "reason", None) is not None:
+        # (an SSLError raised by Python itself, not by OpenSSL, has no reason attribute at all)
         reason = str(error.reason)
     else:
         return head + f"remote connection failure, transport failure reason: {error}"
