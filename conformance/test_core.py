@@ -170,17 +170,16 @@ def first_proxy_root(mesh: Mesh) -> x509.Certificate | None:
     "One root everywhere: in every cacerts Secret, every istio-ca-root-cert, every proxy; every workload chain verifies in every other cluster.",
     {Feature.SHARED_ROOT},
 )
-def test_shared_root_of_trust(mesh: Mesh, record_property: Callable[[str, object], None]) -> None:
+def test_shared_root_of_trust(mesh: Mesh, not_applicable: Callable[[str], None]) -> None:
     problems: list[str] = []
     roots = cacerts_roots(mesh)
     missing = [spec.name for spec in mesh.spec.primaries if roots.get(spec.name) is None]
     managed_ca = mesh.backend == "existing" and len(missing) == len(mesh.spec.primaries)
     if managed_ca:
         # A managed or external CA leaves no cacerts Secret: what the proxies hold is judged instead.
-        record_property(
-            "notApplicable",
+        not_applicable(
             "secret-level check: no cacerts Secret in any primary (a managed or external CA); "
-            "the root every proxy trusts and every workload chain are checked",
+            "the root every proxy trusts and every workload chain are checked"
         )
     elif missing:
         problems.append(f"no cacerts root in {', '.join(missing)}: istiod there signs with a root of its own")

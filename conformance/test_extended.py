@@ -65,10 +65,13 @@ def start_newcomer(mesh: Mesh, cluster: Cluster) -> bool:
 
 
 @pytest.fixture
-def istiod_restored(mesh: Mesh) -> Iterator[None]:
-    yield
-    for spec in mesh.spec.primaries:
-        mesh[spec.name].scale("istiod", ISTIO_SYSTEM, 1, timeout=mesh.convergence_deadline * 10)
+def istiod_restored(mesh: Mesh) -> Iterator[dict[str, dict[str, int]]]:
+    """Each primary's istiod Deployments and replicas, as they were before the case; put back after it."""
+    saved = {spec.name: mesh[spec.name].istiods() for spec in mesh.spec.primaries}
+    yield saved
+    for name, istiods in saved.items():
+        for deployment, replicas in istiods.items():
+            mesh[name].scale(deployment, ISTIO_SYSTEM, replicas, timeout=mesh.convergence_deadline * 10)
     for name in mesh.spec.names:
         mesh[name].delete("Deployment", NEWCOMER, TEST_NAMESPACE)
 
@@ -80,7 +83,7 @@ def istiod_restored(mesh: Mesh) -> Iterator[None]:
     profile="extended",
 )
 def test_control_plane_outage(
-    mesh: Mesh, suite_options: SuiteOptions, run_record: RunRecord, istiod_restored: None
+    mesh: Mesh, suite_options: SuiteOptions, run_record: RunRecord, istiod_restored: dict[str, dict[str, int]]
 ) -> None:
     if suite_options.backend == "existing" and not suite_options.allow_destructive:
         not_supported("destructive: it stops istiod; pass --allow-destructive to run it on existing clusters")
@@ -89,7 +92,8 @@ def test_control_plane_outage(
     problems: list[str] = []
     with cross_cluster_traffic(mesh) as traffic:
         traffic.step(f"istiod of {down} scaled to 0")
-        mesh[down].scale("istiod", ISTIO_SYSTEM, 0)
+        for deployment in istiod_restored[down]:
+            mesh[down].scale(deployment, ISTIO_SYSTEM, 0)
         traffic.step(f"new pod in {other}")
         got_certificate = start_newcomer(mesh, mesh[other])
         if mesh.spec.topology is Topology.MULTI_PRIMARY and not got_certificate:
@@ -101,7 +105,8 @@ def test_control_plane_outage(
                 f"primary-remote: with the primary's istiod down, a new pod in the remote {other} got a certificate: who signed it?"
             )
         traffic.step(f"istiod of {down} back")
-        mesh[down].scale("istiod", ISTIO_SYSTEM, 1)
+        for deployment, replicas in istiod_restored[down].items():
+            mesh[down].scale(deployment, ISTIO_SYSTEM, replicas)
         if not mesh[other].wait_ready(NEWCOMER, TEST_NAMESPACE, timeout=mesh.convergence_deadline * 4):
             problems.append(f"with istiod back, the new pod in {other} did not get ready")
         traffic.step("after")

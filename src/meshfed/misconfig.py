@@ -73,7 +73,8 @@ def _one_way(spec: MeshSpec, symptoms: frozenset[Symptom]) -> list[Expect]:
 
 
 def _restart_istiod(mesh: Mesh, cluster: str) -> None:
-    mesh[cluster].rollout_restart("istiod", ISTIO_SYSTEM, timeout=mesh.convergence_deadline * 10)
+    for name in mesh[cluster].istiods():
+        mesh[cluster].rollout_restart(name, ISTIO_SYSTEM, timeout=mesh.convergence_deadline * 10)
 
 
 def _restart_workloads(mesh: Mesh, cluster: str) -> None:

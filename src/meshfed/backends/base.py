@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 from meshfed.calls import CallResult
-from meshfed.manifests import Obj
+from meshfed.manifests import ISTIO_SYSTEM, Obj
 from meshfed.topology import MeshSpec
 
 Progress = Callable[[str], None]
@@ -125,6 +125,12 @@ class Cluster(abc.ABC):
     def host_evidence(self) -> builtins.list[Evidence]:
         """Host-level facts a real backend reads with testinfra (its nodes, its proxies); none by default."""
         return []
+
+    def istiods(self) -> dict[str, int]:
+        """This cluster's istiod Deployments (any revision; ``istiod-<rev>`` on revisioned installs) and
+        their replicas."""
+        deployments = self.list("Deployment", ISTIO_SYSTEM, {"app": "istiod"})
+        return {d["metadata"]["name"]: int((d.get("spec") or {}).get("replicas", 1)) for d in deployments}
 
     def pod_of(self, namespace: str, app: str) -> PodInfo:
         """The first ready pod of an app, or the first pod when none is ready."""
