@@ -333,3 +333,17 @@ def test_host_evidence_is_read_with_testinfra(world: World, monkeypatch: pytest.
     problems = {(c.check, c.cluster) for c in diagnose(mesh) if c.status == "error"}
     assert {("eastwest-not-listening", "cluster-b"), ("kubelet-not-running", "cluster-a")} <= problems
     mesh.teardown()
+
+
+def test_a_node_whose_kubelet_is_down_stops_provisioning(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHFED_FAKE_KUBELET", "failed")
+    spec = _spec()
+    with pytest.raises(
+        BackendError, match=r"meshfed-cluster-a-control-plane: kubelet is failed: the node did not come up"
+    ):
+        world.backend().provision(spec, _cacerts(spec))
+    assert not [c for c in world.calls("istioctl") if _sub(c["argv"])[0] == "install"]
+    assert {c["argv"][3] for c in world.calls("kind") if c["argv"][:2] == ["delete", "cluster"]} == {
+        "meshfed-cluster-a",
+        "meshfed-cluster-b",
+    }

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 from pytest_kind import KindCluster
 
-from meshfed.backends import preflight, tools
+from meshfed.backends import evidence, preflight, tools
 from meshfed.backends.base import Backend, BackendError, Mesh, Progress
 from meshfed.backends.kube import KubeCluster
 from meshfed.install import execute, plan, timed
@@ -221,6 +221,7 @@ class KindBackend(Backend):
             if missing:
                 with timed(f"creating kind clusters {', '.join(missing)} ({self.node_image})", progress):
                     self._create(spec, toolbox, missing)
+                self._check_nodes(missing, progress)
             clusters = {cluster.name: self._cluster(cluster.name, toolbox) for cluster in spec.clusters}
             if not missing:
                 progress(f"reusing the kept clusters {', '.join(names)}: same mesh, install plan skipped")
@@ -300,6 +301,15 @@ class KindBackend(Backend):
                     errors.append(error)
         if errors:
             raise errors[0]
+
+    @staticmethod
+    def _check_nodes(names: Sequence[str], progress: Progress) -> None:
+        """Each new node container runs its kubelet (testinfra, docker://), before anything is installed."""
+        for name in names:
+            found = evidence.node(f"{name}-control-plane")
+            if found.ok is False:
+                raise BackendError(f"{found.text}: the node did not come up; see `{found.hint}`")
+            progress(found.text)
 
     def _cluster(self, name: str, toolbox: tools.Toolbox) -> KubeCluster:
         istioctl = toolbox.istioctl_for(self.istio_version)
