@@ -319,10 +319,11 @@ class Sidecar:
 
 def _linger_close(tls: ssl.SSLSocket) -> None:
     """End a refused TLS connection gently: stop sending, read what the peer still sends, then close,
-    so the peer reads OpenSSL's alert rather than a reset."""
+    so the peer reads OpenSSL's alert rather than a reset. The caller closes as soon as it has read the
+    alert; the wait is long because on a loaded machine a short one let the close overtake the alert."""
     try:
         socket.socket.shutdown(tls, socket.SHUT_WR)
-        tls.settimeout(0.5)
+        tls.settimeout(5)
         while socket.socket.recv(tls, 4096):
             pass
     except OSError:
