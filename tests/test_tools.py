@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -103,3 +104,17 @@ def test_docker_missing_is_one_sentence() -> None:
 
     with pytest.raises(BackendError, match=r"^docker is not installed: the kind backend runs its clusters in Docker"):
         docker_info(missing)  # type: ignore[arg-type]
+
+
+def test_a_cached_kubectl_is_used_and_put_on_path_for_testinfra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no kubectl anywhere
+    cached = tools.kubectl_release(*tools.host_platform()).cache_path()
+    cached.parent.mkdir(parents=True)
+    cached.write_text("#!/bin/sh\n")
+    cached.chmod(0o755)
+    toolbox = tools.find_tools([], need_kind=False, download=lambda url: b"", progress=lambda line: None)
+    assert toolbox.kubectl == cached
+    assert toolbox.metallb_manifest is None and dict(toolbox.istioctl) == {}
+    assert os.environ["PATH"].split(os.pathsep)[0] == str(cached.parent)

@@ -270,6 +270,8 @@ def find_tools(
     kubectl = _on_path("kubectl", lambda path: bool(run_version(path, ["version", "--client", "-o", "json"])))
     if kubectl is None:
         kubectl = _fetch(kubectl_release(os_name, arch), os_name, arch, download, progress)
+        # testinfra's kubectl:// transport runs `kubectl` by name: let it find this one.
+        os.environ["PATH"] = f"{kubectl.parent}{os.pathsep}{os.environ.get('PATH', '')}"
     istioctl: dict[str, Path] = {}
     for version in dict.fromkeys(istio_versions):
         on_path = _on_path("istioctl", functools.partial(_is_istioctl, version))
