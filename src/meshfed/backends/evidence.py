@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import urllib.parse
 from pathlib import Path
-from typing import Any
 
 import testinfra
 
@@ -33,10 +32,6 @@ def listening_ports(proc_net_tcp: str) -> set[int]:
     return ports
 
 
-def _host(url: str) -> Any:
-    return testinfra.get_host(url)
-
-
 def kubectl_url(pod: str, namespace: str, container: str, kubeconfig: Path | None, context: str | None) -> str:
     query = {"container": container, "namespace": namespace}
     if kubeconfig:
@@ -48,7 +43,7 @@ def kubectl_url(pod: str, namespace: str, container: str, kubeconfig: Path | Non
 
 def node(container: str) -> Evidence:
     try:
-        result = _host(f"docker://{container}").run("systemctl is-active kubelet")
+        result = testinfra.get_host(f"docker://{container}").run("systemctl is-active kubelet")
     except Exception as error:
         return Evidence("kubelet-not-running", None, f"{container}: cannot read the node ({error})")
     state = result.stdout.strip() or result.stderr.strip()
@@ -64,7 +59,7 @@ def node(container: str) -> Evidence:
 
 def proxy(url: str, what: str, port: int) -> list[Evidence]:
     """``what`` (e.g. "cluster-a/istio-eastwestgateway-...") runs pilot-agent and listens on ``port``."""
-    host = _host(url)
+    host = testinfra.get_host(url)
     try:
         # host.run only: testinfra's modules first probe the OS with commands a proxy image lacks.
         cmdline = host.run("cat /proc/1/cmdline").stdout.replace("\0", " ").strip()

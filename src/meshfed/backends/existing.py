@@ -18,8 +18,8 @@ from pathlib import Path
 
 from meshfed import manifests
 from meshfed.backends import tools
-from meshfed.backends.base import Backend, BackendError, Mesh, Progress
-from meshfed.backends.kube import KubeCluster
+from meshfed.backends.base import Backend, BackendError, Progress
+from meshfed.backends.kube import KubeCluster, KubeMesh
 from meshfed.install import timed
 from meshfed.manifests import MANAGED_BY, TEST_NAMESPACE, Obj
 from meshfed.topology import MeshSpec, Topology
@@ -118,25 +118,12 @@ def _as_deployed(spec: MeshSpec, clusters: Mapping[str, KubeCluster]) -> MeshSpe
     return replace(spec, clusters=tuple(refined))
 
 
-class ExistingMesh(Mesh):
-    backend = "existing"
-    convergence_deadline = 120.0
-
-    def __init__(self, spec: MeshSpec, istio_version: str, clusters: Mapping[str, KubeCluster]) -> None:
-        self.spec = spec
-        self.istio_version = istio_version
-        self._clusters = dict(clusters)
-
-    @property
-    def clusters(self) -> Mapping[str, KubeCluster]:
-        return self._clusters
-
-    def teardown(self) -> None:
-        """Delete meshfed's own namespaces, and nothing else."""
-        for cluster in self._clusters.values():
-            for namespace in cluster.list("Namespace", labels=MANAGED_BY):
-                with contextlib.suppress(BackendError):
-                    cluster.delete("Namespace", namespace["metadata"]["name"])
+def _remove_own_namespaces(clusters: Mapping[str, KubeCluster]) -> None:
+    """Delete meshfed's own namespaces, and nothing else."""
+    for cluster in clusters.values():
+        for namespace in cluster.list("Namespace", labels=MANAGED_BY):
+            with contextlib.suppress(BackendError):
+                cluster.delete("Namespace", namespace["metadata"]["name"])
 
 
 class ExistingBackend(Backend):
@@ -154,10 +141,13 @@ class ExistingBackend(Backend):
         self.kubeconfig = kubeconfig
         self.control_plane_namespace = control_plane_namespace
         self.download = download or tools._http_get
-        self._revision = ""
 
-    def connect(self, spec: MeshSpec, progress: Progress = lambda _: None) -> ExistingMesh:
+    def connect(self, spec: MeshSpec, progress: Progress = lambda _: None) -> KubeMesh:
         """The mesh as it is, read-only: contexts reachable, Istio present, the topology it appears to have."""
+        return self._connect(spec, progress)[0]
+
+    def _connect(self, spec: MeshSpec, progress: Progress) -> tuple[KubeMesh, str]:
+        """The mesh, and the revision its test namespace is labelled for."""
         planes, clusters = self._inspect(spec, progress)
         check_topology(spec.topology, planes, self.control_plane_namespace)
         versions = sorted({version for plane in planes.values() for version in plane.revisions.values()})
@@ -175,20 +165,21 @@ class ExistingBackend(Backend):
         for cluster in clusters.values():
             cluster.kubectl = toolbox.kubectl
             cluster.istioctl = toolbox.istioctl_for(releases[-1])
-        self._revision = injection_revision(planes)
-        return ExistingMesh(_as_deployed(spec, clusters), ", ".join(versions), clusters)
+        deployed = _as_deployed(spec, clusters)
+        mesh = KubeMesh("existing", deployed, ", ".join(versions), clusters, lambda: _remove_own_namespaces(clusters))
+        return mesh, injection_revision(planes)
 
     def provision(
         self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
-    ) -> ExistingMesh:
+    ) -> KubeMesh:
         del cacerts  # the mesh is certified as it is: its CA is whatever it runs
-        mesh = self.connect(spec, progress)
+        mesh, revision = self._connect(spec, progress)
         for cluster in mesh.clusters.values():
             self._refuse_foreign_namespace(cluster)
         try:
             for name, cluster in mesh.clusters.items():
                 with timed(f"{name}: namespace {TEST_NAMESPACE} and workloads", progress):
-                    for obj in self._workloads(spec, name, self._revision):
+                    for obj in self._workloads(mesh.spec, name, revision):
                         cluster.apply(obj)
         except BaseException:
             mesh.teardown()

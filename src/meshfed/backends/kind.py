@@ -30,8 +30,8 @@ import yaml
 from pytest_kind import KindCluster
 
 from meshfed.backends import evidence, preflight, tools
-from meshfed.backends.base import Backend, BackendError, Mesh, Progress
-from meshfed.backends.kube import KubeCluster
+from meshfed.backends.base import Backend, BackendError, Progress
+from meshfed.backends.kube import KubeCluster, KubeMesh
 from meshfed.install import execute, plan, timed
 from meshfed.manifests import EASTWEST_GATEWAY, ISTIO_SYSTEM, Obj
 from meshfed.topology import ClusterSpec, MeshSpec
@@ -130,30 +130,6 @@ def mesh_marker(spec: MeshSpec, istio_version: str, cacerts: Mapping[str, Mappin
     )
 
 
-class KindMesh(Mesh):
-    backend = "kind"
-    convergence_deadline = 120.0
-
-    def __init__(
-        self,
-        spec: MeshSpec,
-        istio_version: str,
-        clusters: Mapping[str, KubeCluster],
-        delete: Callable[[], None],
-    ) -> None:
-        self.spec = spec
-        self.istio_version = istio_version
-        self._clusters = dict(clusters)
-        self._delete = delete
-
-    @property
-    def clusters(self) -> Mapping[str, KubeCluster]:
-        return self._clusters
-
-    def teardown(self) -> None:
-        self._delete()
-
-
 class KindBackend(Backend):
     name = "kind"
 
@@ -166,7 +142,7 @@ class KindBackend(Backend):
         node_image: str = tools.NODE_IMAGE,
         download: tools.Download | None = None,
         state_dir: Path | None = None,
-        run: Callable[[list[str]], subprocess.CompletedProcess[str]] | None = None,
+        run: preflight.Run | None = None,
         host: preflight.HostPaths | None = None,
     ) -> None:
         self.host = host or preflight.HostPaths()
@@ -191,7 +167,7 @@ class KindBackend(Backend):
 
     def provision(
         self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
-    ) -> KindMesh:
+    ) -> KubeMesh:
         info = preflight.docker_info(self._run_command)
         names = [kind_name(name) for name in spec.names]
         toolbox = tools.find_tools(
@@ -245,10 +221,10 @@ class KindBackend(Backend):
                     self._delete(toolbox, names)
             raise
         if self.keep_clusters:
-            return KindMesh(spec, self.istio_version, clusters, lambda: progress(f"kept {', '.join(names)}"))
-        return KindMesh(spec, self.istio_version, clusters, lambda: self._delete(toolbox, names))
+            return KubeMesh("kind", spec, self.istio_version, clusters, lambda: progress(f"kept {', '.join(names)}"))
+        return KubeMesh("kind", spec, self.istio_version, clusters, lambda: self._delete(toolbox, names))
 
-    def connect(self, spec: MeshSpec, progress: Progress = lambda _: None) -> KindMesh:
+    def connect(self, spec: MeshSpec, progress: Progress = lambda _: None) -> KubeMesh:
         """The clusters a --keep-clusters run left, read as they are (for ``meshfed doctor``); nothing is deleted."""
         toolbox = tools.find_tools([self.istio_version], need_kind=True, download=self.download, progress=progress)
         names = [kind_name(name) for name in spec.names]
@@ -259,7 +235,7 @@ class KindBackend(Backend):
                 "(with the same --topology and --clusters)"
             )
         clusters = {cluster.name: self._cluster(cluster.name, toolbox) for cluster in spec.clusters}
-        return KindMesh(spec, self.istio_version, clusters, lambda: None)
+        return KubeMesh("kind", spec, self.istio_version, clusters, lambda: None)
 
     def _kind_clusters(self, toolbox: tools.Toolbox) -> set[str]:
         return set(self.run([str(toolbox.kind), "get", "clusters"], "listing kind clusters").split())

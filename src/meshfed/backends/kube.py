@@ -30,9 +30,10 @@ from kubernetes import config as k8s_config
 
 from meshfed import manifests
 from meshfed.backends import evidence, istioctl
-from meshfed.backends.base import BackendError, Cluster, Evidence, PodInfo, ProxyCerts, RemoteClusterStatus
+from meshfed.backends.base import BackendError, Cluster, Evidence, Mesh, PodInfo, ProxyCerts, RemoteClusterStatus
 from meshfed.calls import CallResult
 from meshfed.manifests import TEST_NAMESPACE, Obj
+from meshfed.topology import MeshSpec
 
 FIELD_MANAGER = "meshfed"
 
@@ -135,19 +136,6 @@ class KubeApi:
         return str(data.get("gitVersion", ""))
 
 
-def merge(target: Obj, patch: Obj) -> Obj:
-    """RFC 7386 JSON merge patch of ``target`` with ``patch`` (a new dict)."""
-    result = dict(target)
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        elif isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = value
-    return result
-
-
 def _selector(labels: Mapping[str, str] | None) -> list[tuple[str, str]]:
     if not labels:
         return []
@@ -190,9 +178,6 @@ def rollout_complete(deployment: Obj) -> bool:
         and status.get("replicas", 0) == wanted
         and status.get("availableReplicas", 0) == wanted
     )
-
-
-Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 class KubeCluster(Cluster):
@@ -240,11 +225,11 @@ class KubeCluster(Cluster):
             args += ["--context", self.context]
         return args
 
-    def run(self, binary: Path, args: Sequence[str], *, timeout: float = 600, stdin: str | None = None) -> str:
+    def run(self, binary: Path, args: Sequence[str], *, timeout: float = 600) -> str:
         """Run a tool against this cluster; a failure is a BackendError quoting the tool's last words."""
         command = [str(binary), *self._tool_args(), *args]  # global flags first: nothing may follow `--`
         try:
-            done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise BackendError(f"{self.name}: `{_show(command)}` did not finish within {timeout:g} s") from None
         except OSError as error:
@@ -418,6 +403,8 @@ class KubeCluster(Cluster):
         """``istioctl uninstall`` of the revision an IstioOperator of ours installed (control-plane[-REV])."""
         if not self.installs_istio:
             raise BackendError(f"{self.name}: meshfed does not uninstall Istio from clusters it did not create")
+        if not operator_name.startswith("control-plane"):
+            raise BackendError(f"{self.name}: meshfed only uninstalls its control planes, not {operator_name!r}")
         revision = operator_name.removeprefix("control-plane").lstrip("-") or "default"
         self.run(self._istioctl_for(revision), ["uninstall", "--revision", revision, "-y"], timeout=600)
         return True
@@ -428,6 +415,33 @@ class KubeCluster(Cluster):
         args += ["--istioNamespace", self.control_plane_namespace]
         output = self.run(self.istioctl, args)
         return [doc for doc in yaml.safe_load_all(output) if doc]
+
+
+class KubeMesh(Mesh):
+    """A mesh of real clusters; ``teardown`` is what its backend leaves behind or removes."""
+
+    convergence_deadline = 120.0
+
+    def __init__(
+        self,
+        backend: str,
+        spec: MeshSpec,
+        istio_version: str,
+        clusters: Mapping[str, KubeCluster],
+        teardown: Callable[[], None],
+    ) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.istio_version = istio_version
+        self._clusters = dict(clusters)
+        self._teardown = teardown
+
+    @property
+    def clusters(self) -> Mapping[str, KubeCluster]:
+        return self._clusters
+
+    def teardown(self) -> None:
+        self._teardown()
 
 
 def _show(command: Sequence[str]) -> str:
