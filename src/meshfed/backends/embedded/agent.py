@@ -71,6 +71,7 @@ class ProxyAgent:
         self.error = ""
         self.on_certificate: Callable[[WorkloadCert], None] = lambda _: None
         self._lock = threading.Lock()
+        self._calling = threading.Lock()  # one conversation with istiod at a time
 
     @property
     def network(self) -> str:
@@ -94,6 +95,10 @@ class ProxyAgent:
 
     def bootstrap(self) -> bool:
         """Get a certificate and the first push; False (with ``error``) when istiod cannot be reached."""
+        with self._calling:
+            return self._bootstrap()
+
+    def _bootstrap(self) -> bool:
         try:
             self._call_istiod(with_csr=True)
         except (OSError, ssl.SSLError, ValueError) as error:
@@ -101,6 +106,11 @@ class ProxyAgent:
             return False
         self.error = ""
         return True
+
+    @property
+    def disconnected(self) -> bool:
+        """Without a certificate, or without a running istiod to stream configuration from."""
+        return self.cert is None or self.istiod is None or not self.istiod.running
 
     def renew_if_due(self) -> None:
         """Renew at half the certificate's lifetime (pilot-agent's default grace period)."""
@@ -112,15 +122,20 @@ class ProxyAgent:
             self.bootstrap()
 
     def reconnect(self) -> bool:
-        """Open the xDS stream again (after istiod came back); the certificate stays until renewal."""
-        if self.cert is None:
-            return self.bootstrap()
-        try:
-            self._call_istiod(with_csr=False)
-        except (OSError, ssl.SSLError, ValueError) as error:
-            self.error = f"cannot reach istiod at {self.injection.discovery_address}:15012: {error}"
-            return False
-        return True
+        """Get a certificate if there is none, else open the xDS stream again (after istiod came back);
+        the certificate stays until renewal. Nothing to do when connected (a call in flight counts)."""
+        with self._calling:
+            if not self.disconnected:
+                return True
+            if self.cert is None:
+                return self._bootstrap()
+            try:
+                self._call_istiod(with_csr=False)
+            except (OSError, ssl.SSLError, ValueError) as error:
+                self.error = f"cannot reach istiod at {self.injection.discovery_address}:15012: {error}"
+                return False
+            self.error = ""
+            return True
 
     def detach(self) -> None:
         if self.istiod is not None:
@@ -161,6 +176,8 @@ class ProxyAgent:
         if "error" in response:
             raise ValueError(response["error"])
         istiod = self.runtime.mesh.istiod(response["istiod"])
+        if istiod is None or not istiod.running:
+            raise ValueError(f"istiod {response['istiod']} went away")
         if with_csr:
             self._install(key, response)
         if istiod is not None and istiod is not self.istiod:

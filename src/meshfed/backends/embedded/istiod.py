@@ -314,6 +314,9 @@ class Istiod:
 
     def _serve_one(self, raw: socket.socket, _peer: Any) -> None:
         context = self._context
+        if not self._running:  # a connection accepted while istiod stops: its stream breaks
+            raw.close()
+            return
         try:
             with context.wrap_socket(raw, server_side=True) as conn:
                 conn.settimeout(10)

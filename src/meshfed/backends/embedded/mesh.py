@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -37,6 +38,11 @@ from meshfed.workloads import echo
 EMBEDDED_VERSION = "embedded"
 
 
+# pilot-agent never gives up on istiod: a broken xDS stream or a failed certificate request is retried
+# with backoff. The embedded agents are retried on this fixed interval instead.
+RECONNECT_INTERVAL = 0.5
+
+
 class MeshRuntime:
     """What the clusters of one embedded mesh share: the network, the clock, the key folder."""
 
@@ -53,6 +59,8 @@ class MeshRuntime:
             self.fabric.add_cluster(cluster.name, cluster.network)
             self.clusters[cluster.name] = ClusterRuntime(self, cluster)
         self.clock.on_advance(self._renew)
+        self._closed = threading.Event()
+        threading.Thread(target=self._keep_reconnecting, name="pilot-agent-retries", daemon=True).start()
 
     def spec_of(self, cluster: str) -> ClusterSpec:
         return self.spec.cluster(cluster)
@@ -85,17 +93,21 @@ class MeshRuntime:
         # Gateways first: a remote's proxies reach istiod through the primary's east-west gateway.
         for runtime, pod in sorted(self._agent_pods(), key=lambda item: not item[1].agent.is_gateway):  # type: ignore[union-attr]
             assert pod.agent is not None
-            was_ready = pod.ready
-            if pod.agent.cert is None:
-                ok = pod.agent.bootstrap()
-            elif pod.agent.istiod is None or not pod.agent.istiod.running:
-                ok = pod.agent.reconnect()
-            else:
+            if not pod.agent.disconnected:
                 continue
-            pod.message = "" if ok else pod.agent.error
-            if pod.ready != was_ready or not ok:
+            was_ready = pod.ready
+            ok = pod.agent.reconnect()
+            message = "" if ok else pod.agent.error
+            if pod.ready != was_ready or message != pod.message:
+                pod.message = message
                 runtime.write_pod_status(pod)
                 runtime._after_pod_change(pod.namespace, pod.owner)
+
+    def _keep_reconnecting(self) -> None:
+        """Retry in the background what an event-driven reconnect missed (e.g. a stream that reached an
+        istiod in the moment it stopped), as pilot-agent's retries do."""
+        while not self._closed.wait(RECONNECT_INTERVAL):
+            self.reconnect_proxies()
 
     def _renew(self) -> None:
         for runtime, pod in self._agent_pods():
@@ -105,6 +117,7 @@ class MeshRuntime:
 
     def shutdown(self) -> None:
         self.closing = True
+        self._closed.set()
         for runtime in self.clusters.values():
             runtime.shutdown()
         self.keys.remove()

@@ -7,6 +7,7 @@ does it; this module only builds the contexts, reads the SNI of a ClientHello wi
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import ssl
@@ -22,15 +23,20 @@ from meshfed.pki.certs import PrivateKey, cert_pem, key_pem, write_private
 
 
 class KeyFolder:
-    """A private folder (0700) where each proxy's key is its own file (0600), as OpenSSL needs files."""
+    """A private folder (0700) where each proxy's key is its own file (0600), as OpenSSL needs files.
+
+    Every write gets new file names, so a reader never sees one certificate's chain beside another's
+    key, or a half-written file; the folder goes at teardown."""
 
     def __init__(self) -> None:
         self.path = Path(tempfile.mkdtemp(prefix="meshfed-keys-"))
         os.chmod(self.path, 0o700)
+        self._writes = itertools.count()
 
     def write(self, name: str, key: PrivateKey, chain_pem: bytes) -> tuple[Path, Path]:
-        key_file = self.path / f"{name}.key"
-        chain_file = self.path / f"{name}.crt"
+        serial = next(self._writes)
+        key_file = self.path / f"{name}.{serial}.key"
+        chain_file = self.path / f"{name}.{serial}.crt"
         write_private(key_file, key_pem(key))
         chain_file.write_bytes(chain_pem)
         return chain_file, key_file
