@@ -30,7 +30,11 @@ def _send(server: KubeApiStandIn, path: str, obj: dict[str, Any]) -> None:
 
 
 def _istiod(
-    server: KubeApiStandIn, namespace: str = "istio-system", revision: str = "", version: str = "1.30.3"
+    server: KubeApiStandIn,
+    namespace: str = "istio-system",
+    revision: str = "",
+    version: str = "1.30.3",
+    cluster_id: str = "",
 ) -> None:
     if server.object(f"/api/v1/namespaces/{namespace}") is None:
         _send(server, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
@@ -44,7 +48,15 @@ def _istiod(
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "discovery", "image": f"docker.io/istio/pilot:{version}"}]},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "discovery",
+                            "image": f"docker.io/istio/pilot:{version}",
+                            "env": [{"name": "CLUSTER_ID", "value": cluster_id}] if cluster_id else [],
+                        }
+                    ]
+                },
             },
         },
     }
@@ -144,6 +156,46 @@ def test_a_remote_cluster_under_multi_primary_is_one_sentence(servers: dict[str,
         ExistingBackend(CONTEXTS).provision(_spec(), {})
     mesh = ExistingBackend(CONTEXTS).provision(_spec(Topology.PRIMARY_REMOTE), {})
     assert set(mesh.clusters) == {"east", "west"}
+
+
+def test_a_primary_must_be_named_by_its_istiods_cluster_id(servers: dict[str, KubeApiStandIn]) -> None:
+    _istiod(servers["east"], cluster_id="east")
+    _istiod(servers["west"], cluster_id="cluster2")
+    with pytest.raises(
+        BackendError,
+        match=r"^the mesh calls the cluster of context gke_acme_west 'cluster2', not 'west': "
+        r"name it as Istio does, --context cluster2=gke_acme_west$",
+    ):
+        ExistingBackend(CONTEXTS).provision(_spec(), {})
+    assert servers["west"].object(f"/api/v1/namespaces/{TEST_NAMESPACE}") is None  # refused before any write
+
+
+def test_a_remote_must_be_named_as_its_injector_names_it(servers: dict[str, KubeApiStandIn]) -> None:
+    """A remote runs no istiod: its name is the injector's global.multiCluster.clusterName (what the
+    primary's remote secret and the remote's proxies call it)."""
+    _istiod(servers["east"], cluster_id="east")
+    _send(
+        servers["west"],
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}},
+    )
+    values = {"global": {"multiCluster": {"clusterName": "remote-1"}, "network": "network2"}, "revision": ""}
+    injector = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "istio-sidecar-injector", "namespace": "istio-system"},
+        "data": {"values": json.dumps(values), "config": "policy: enabled"},
+    }
+    _send(servers["west"], "/api/v1/namespaces/istio-system/configmaps", injector)
+    with pytest.raises(
+        BackendError, match=r"context gke_acme_west 'remote-1', not 'west'.*--context remote-1=gke_acme_west"
+    ):
+        ExistingBackend(CONTEXTS).provision(_spec(Topology.PRIMARY_REMOTE), {})
+    spec = _spec(Topology.PRIMARY_REMOTE)
+    spec = replace(spec, clusters=(spec.clusters[0], replace(spec.clusters[1], name="remote-1")))
+    mesh = ExistingBackend({"east": CONTEXTS["east"], "remote-1": CONTEXTS["west"]}).provision(spec, {})
+    assert list(mesh.clusters) == ["east", "remote-1"]
+    mesh.teardown()
 
 
 def test_an_unknown_context_names_the_fix(servers: dict[str, KubeApiStandIn]) -> None:

@@ -11,6 +11,7 @@ then judge what the proxies hold.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -88,25 +89,45 @@ def injection_revision(planes: Mapping[str, ControlPlane]) -> str:
     return revisions.pop()
 
 
+def mesh_names(cluster: KubeCluster) -> set[str]:
+    """The names the mesh gives a cluster: its istiods' ``CLUSTER_ID`` and the injector's
+    ``global.multiCluster.clusterName`` (the only one a remote has; proxies report it as their cluster)."""
+    names: set[str] = set()
+    for istiod in cluster.list("Deployment", manifests.ISTIO_SYSTEM, {"app": "istiod"}):
+        for container in istiod["spec"]["template"]["spec"].get("containers") or []:
+            env = {e.get("name"): e.get("value") for e in container.get("env") or []}
+            if env.get("CLUSTER_ID"):
+                names.add(str(env["CLUSTER_ID"]))
+    for config_map in cluster.list("ConfigMap", manifests.ISTIO_SYSTEM):
+        if not config_map["metadata"]["name"].startswith("istio-sidecar-injector"):
+            continue
+        try:
+            values = json.loads((config_map.get("data") or {}).get("values") or "{}")
+        except ValueError:
+            continue
+        name = ((values.get("global") or {}).get("multiCluster") or {}).get("clusterName")
+        if name:
+            names.add(str(name))
+    return names
+
+
 def _as_deployed(spec: MeshSpec, clusters: Mapping[str, KubeCluster]) -> MeshSpec:
     """The spec with what the clusters say: each one's network (istio-system's label) and region and zone
     (its first node's labels), so that checks compare the mesh with itself, not with meshfed's defaults.
-    A primary's name must be the cluster ID its istiod uses: remote secrets and endpoints are keyed by it."""
+    Each cluster must be named as the mesh names it: remote secrets and endpoints are keyed by that name."""
     refined = []
     for cluster_spec in spec.clusters:
         cluster = clusters[cluster_spec.name]
+        known = mesh_names(cluster)
+        if known and cluster_spec.name not in known:
+            called = " and ".join(repr(n) for n in sorted(known))
+            raise BackendError(
+                f"the mesh calls the cluster of context {cluster.context} {called}, not {cluster_spec.name!r}: "
+                f"name it as Istio does, --context {sorted(known)[0]}={cluster.context}"
+            )
         labels = ((cluster.get("Namespace", manifests.ISTIO_SYSTEM) or {}).get("metadata") or {}).get("labels") or {}
         nodes = cluster.list("Node")
         node_labels = (nodes[0]["metadata"].get("labels") or {}) if nodes else {}
-        for istiod in cluster.list("Deployment", manifests.ISTIO_SYSTEM, {"app": "istiod"}):
-            for container in istiod["spec"]["template"]["spec"].get("containers") or []:
-                env = {e.get("name"): e.get("value") for e in container.get("env") or []}
-                cluster_id = env.get("CLUSTER_ID")
-                if cluster_id and cluster_id != cluster_spec.name:
-                    raise BackendError(
-                        f"istiod in context {cluster.context} calls its cluster {cluster_id!r}, not "
-                        f"{cluster_spec.name!r}: name it as Istio does, --context {cluster_id}={cluster.context}"
-                    )
         refined.append(
             replace(
                 cluster_spec,
