@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from meshfed.backends.base import BackendError
-from meshfed.backends.existing import ExistingBackend, image_version
-from meshfed.manifests import TEST_NAMESPACE
+from meshfed.backends.existing import ExistingBackend
+from meshfed.manifests import TEST_NAMESPACE, image_version
 from meshfed.topology import MeshSpec, Topology
 from tests.kube_standin import KubeApiStandIn
 
@@ -251,3 +251,34 @@ def test_doctor_reads_an_existing_mesh_without_changing_it(
 
     assert main(["doctor", "--backend", "existing", "--context", "east=nope", "--context", "west=nope"]) == 2
     assert "east: cannot use context 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("istiod", "check", "status"),
+    [("1.29.2", "data-plane-ahead", "error"), ("1.32.0", "data-plane-too-old", "warning"), ("1.31.1", None, None)],
+)
+def test_the_diagnosis_holds_proxies_to_istios_skew_policy(
+    servers: dict[str, KubeApiStandIn],
+    monkeypatch: pytest.MonkeyPatch,
+    istiod: str,
+    check: str | None,
+    status: str | None,
+) -> None:
+    """The stand-ins' injector gives 1.30.3 proxies: ahead of a 1.29 istiod, two minors behind a 1.32 one,
+    and within policy one minor behind a 1.31 one."""
+    from meshfed.diagnose import check_version_skew
+
+    monkeypatch.setenv("MESHFED_FAKE_ISTIO_VERSION", istiod)
+    for server in servers.values():
+        _istiod(server, version=istiod)
+    mesh = ExistingBackend(CONTEXTS).provision(_spec(), {})
+    try:
+        found = check_version_skew(mesh)
+    finally:
+        mesh.teardown()
+    if check is None:
+        assert found == []
+        return
+    assert {(c.check, c.status, c.cluster) for c in found} == {(check, status, "east"), (check, status, "west")}
+    client = next(c for c in found if c.cluster == "east" and "/client-" in c.evidence)
+    assert f"runs proxy 1.30.3 against istiod {istiod} (revision default)" in client.evidence

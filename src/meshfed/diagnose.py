@@ -7,6 +7,7 @@ result has a status (ok, warning, error), the evidence, and a hint that says wha
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,7 +16,14 @@ import yaml
 from cryptography import x509
 
 from meshfed.backends.base import BackendError, Cluster, Mesh
-from meshfed.manifests import EASTWEST_GATEWAY, ISTIO_SYSTEM, MULTICLUSTER_LABEL, NETWORK_LABEL, TEST_NAMESPACE
+from meshfed.manifests import (
+    EASTWEST_GATEWAY,
+    ISTIO_SYSTEM,
+    MULTICLUSTER_LABEL,
+    NETWORK_LABEL,
+    TEST_NAMESPACE,
+    image_version,
+)
 from meshfed.pki import BundleSourceError, PemError, bundle_from_secret, fingerprint, load_certs, validate_bundle
 from meshfed.pki.bundle import compare_roots
 
@@ -366,6 +374,56 @@ def check_peer_authentication(mesh: Mesh) -> list[Check]:
     return results
 
 
+def _minor(version: str) -> tuple[int, int] | None:
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def check_version_skew(mesh: Mesh) -> list[Check]:
+    """Istio's skew policy: the control plane may be one minor version ahead of the data plane; the data
+    plane is never ahead. Each proxy's version (its istio-proxy image, sidecars and gateways) against the
+    istiod of its revision in the cluster it gets its configuration from. The embedded mesh's proxies have
+    no image, so there it finds nothing."""
+    results = []
+    for spec in mesh.spec.clusters:
+        cluster = mesh[spec.name]
+        istiods: dict[str, str] = {}
+        for deployment in mesh[mesh.spec.config_cluster(spec.name)].list("Deployment", ISTIO_SYSTEM, {"app": "istiod"}):
+            containers = deployment["spec"]["template"]["spec"].get("containers") or [{}]
+            istiods[_labels(deployment).get("istio.io/rev", "default")] = image_version(containers[0].get("image", ""))
+        for namespace in (TEST_NAMESPACE, ISTIO_SYSTEM):
+            for pod in cluster.pods(namespace):
+                revision = pod.revision or "default"
+                if not pod.proxy_image or revision not in istiods:
+                    continue
+                proxy, control = image_version(pod.proxy_image), istiods[revision]
+                proxy_minor, control_minor = _minor(proxy), _minor(control)
+                if proxy_minor is None or control_minor is None:
+                    continue
+                where = f"{namespace}/{pod.name} runs proxy {proxy} against istiod {control} (revision {revision})"
+                if proxy_minor > control_minor:
+                    results.append(
+                        Check(
+                            "data-plane-ahead",
+                            "error",
+                            spec.name,
+                            f"{where}: the data plane must never be ahead of its control plane",
+                            "upgrade the control plane first (every cluster), then restart the workloads into its revision",
+                        )
+                    )
+                elif proxy_minor[0] == control_minor[0] and control_minor[1] - proxy_minor[1] > 1:
+                    results.append(
+                        Check(
+                            "data-plane-too-old",
+                            "warning",
+                            spec.name,
+                            f"{where}: the control plane may be only one minor version ahead",
+                            "restart the workload so that it is injected with its istiod's proxy",
+                        )
+                    )
+    return results
+
+
 CHECKS = (
     check_trust,
     check_remote_secrets,
@@ -373,6 +431,7 @@ CHECKS = (
     check_mesh_config,
     check_services,
     check_peer_authentication,
+    check_version_skew,
 )
 
 

@@ -30,6 +30,12 @@ CLIENT = "client"
 ECHO = "echo"
 
 
+def image_version(image: str) -> str:
+    """The Istio version of an Istio image (``docker.io/istio/pilot:1.30.3`` -> 1.30.3; digests ignored)."""
+    tag = image.split("@")[0].rsplit("/", 1)[-1]
+    return tag.split(":", 1)[1] if ":" in tag else "unknown"
+
+
 def _meta(name: str, namespace: str | None = None, **fields: Mapping[str, str]) -> Obj:
     meta: Obj = {"name": name}
     if namespace is not None:

@@ -35,7 +35,8 @@ class PodInfo:
     phase: str
     ip: str
     has_sidecar: bool
-    revision: str = ""  # the control-plane revision its sidecar was injected by
+    revision: str = ""  # the control-plane revision its proxy (sidecar or gateway) belongs to
+    proxy_image: str = ""  # the istio-proxy container's image ("" without one, or on the embedded mesh)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from meshfed.backends import tools
 from meshfed.backends.base import Backend, BackendError, Progress
 from meshfed.backends.kube import KubeCluster, KubeMesh
 from meshfed.install import timed
-from meshfed.manifests import MANAGED_BY, TEST_NAMESPACE, Obj
+from meshfed.manifests import MANAGED_BY, TEST_NAMESPACE, Obj, image_version
 from meshfed.topology import MeshSpec, Topology
 
 
@@ -36,12 +36,6 @@ class ControlPlane:
     @property
     def is_primary(self) -> bool:
         return bool(self.revisions)
-
-
-def image_version(image: str) -> str:
-    """The Istio version of an istiod image (``docker.io/istio/pilot:1.30.3`` -> 1.30.3; digests ignored)."""
-    tag = image.split("@")[0].rsplit("/", 1)[-1]
-    return tag.split(":", 1)[1] if ":" in tag else "unknown"
 
 
 def control_plane(cluster: KubeCluster) -> ControlPlane:

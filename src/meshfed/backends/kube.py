@@ -145,10 +145,11 @@ def _selector(labels: Mapping[str, str] | None) -> list[tuple[str, str]]:
 def pod_info(pod: Obj) -> PodInfo:
     metadata, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
     labels = metadata.get("labels") or {}
-    containers = [c.get("name") for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])]
+    containers = {c.get("name"): c for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])}
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
     has_sidecar = "istio-proxy" in containers  # a container, or a native sidecar (an init container) since 1.27
-    # The injector writes the revision as an annotation (and in sidecar.istio.io/status), not a label.
+    # The injector writes the revision as an annotation (and in sidecar.istio.io/status), not a label;
+    # a gateway's pod carries it as a label.
     annotations = metadata.get("annotations") or {}
     try:
         status_revision = json.loads(annotations.get("sidecar.istio.io/status") or "{}").get("revision", "")
@@ -163,7 +164,10 @@ def pod_info(pod: Obj) -> PodInfo:
         phase=status.get("phase", ""),
         ip=status.get("podIP", ""),
         has_sidecar=has_sidecar,
-        revision=(annotations.get("istio.io/rev") or status_revision or "") if has_sidecar else "",
+        revision=(annotations.get("istio.io/rev") or status_revision or labels.get("istio.io/rev") or "")
+        if has_sidecar
+        else "",
+        proxy_image=str(containers["istio-proxy"].get("image", "")) if has_sidecar else "",
     )
 
 
