@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -355,3 +356,21 @@ def test_a_server_that_does_not_trust_the_caller_answers_unknown_ca(provision: P
     results = calls(a, service_url(only_in("cluster-b")), count=20)
     assert {r.described for r in results} == {"unknown CA (TLSV1_ALERT_UNKNOWN_CA)"}
     assert "TLS_error:|268436504:SSL routines:OPENSSL_internal:TLSV1_ALERT_UNKNOWN_CA:TLS_error_end" in results[0].body
+
+
+def test_a_proxy_that_lost_istiod_unnoticed_reconnects_as_pilot_agent_retries(provision: Provision) -> None:
+    """An xDS stream can end without an event to reconnect on (it reached an istiod in the moment it
+    stopped). pilot-agent retries: the gateway gets istiod's pushes again and routes to the new pods."""
+    mesh, _ = provision()
+    b = mesh["cluster-b"]
+    gateway = next(p.agent for p in mesh.runtime.clusters["cluster-b"].pods.values() if p.gateway is not None)
+    assert gateway is not None
+    gateway.detach()  # the stream is gone; no istiod stopped, so nothing else makes it reconnect
+    b.rollout_restart("echo", TEST_NAMESPACE, timeout=5)  # the echo pods get new addresses
+    deadline = time.monotonic() + 5
+    while gateway.disconnected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not gateway.disconnected, "the gateway did not reconnect to istiod"
+    assert all(r.ok for r in calls(mesh["cluster-a"], service_url(only_in("cluster-b")))), (
+        "the gateway routes to the new pods"
+    )
