@@ -33,3 +33,26 @@ def test_doctor_bad_input_is_one_sentence(capsys: pytest.CaptureFixture[str]) ->
     assert capsys.readouterr().err == (
         "meshfed: --break only breaks an embedded mesh; meshfed doctor never changes real clusters\n"
     )
+
+
+def test_proxies_without_istiod_are_named_and_clear_once_it_is_back() -> None:
+    from meshfed.backends.embedded.mesh import EmbeddedBackend
+    from meshfed.diagnose import check_proxy_connections
+    from meshfed.manifests import ISTIO_SYSTEM
+    from meshfed.pki import create_mesh_pki
+    from meshfed.topology import MeshSpec, Topology
+
+    spec = MeshSpec.default(Topology.MULTI_PRIMARY, 2)
+    pki = create_mesh_pki(spec.names, key_type="ecdsa")
+    mesh = EmbeddedBackend().provision(spec, {n: ca.secret_data() for n, ca in pki.cluster_cas.items()})
+    try:
+        assert check_proxy_connections(mesh) == []
+        mesh["cluster-a"].scale("istiod", ISTIO_SYSTEM, 0)
+        found = check_proxy_connections(mesh)
+        assert {(c.check, c.status, c.cluster) for c in found} == {("proxy-disconnected", "error", "cluster-a")}
+        named = {c.evidence.split(" ")[0].rsplit("-", 2)[0] for c in found}  # namespace/deployment
+        assert named >= {"meshfed/client", "meshfed/echo", "istio-system/istio-eastwestgateway"}, named
+        mesh["cluster-a"].scale("istiod", ISTIO_SYSTEM, 1)
+        assert check_proxy_connections(mesh) == [], "the proxies reconnect once istiod is back"
+    finally:
+        mesh.teardown()

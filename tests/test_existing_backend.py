@@ -282,3 +282,25 @@ def test_the_diagnosis_holds_proxies_to_istios_skew_policy(
     assert {(c.check, c.status, c.cluster) for c in found} == {(check, status, "east"), (check, status, "west")}
     client = next(c for c in found if c.cluster == "east" and "/client-" in c.evidence)
     assert f"runs proxy 1.30.3 against istiod {istiod} (revision default)" in client.evidence
+
+
+def test_the_diagnosis_names_a_proxy_that_istioctl_proxy_status_does_not_list(
+    servers: dict[str, KubeApiStandIn], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshfed.diagnose import check_proxy_connections
+
+    for server in servers.values():
+        _istiod(server)
+    mesh = ExistingBackend(CONTEXTS).provision(_spec(), {})
+    try:
+        mesh.convergence_deadline = 0.5
+        assert check_proxy_connections(mesh) == []
+        echo = mesh["west"].pod_of(TEST_NAMESPACE, "echo").name
+        monkeypatch.setenv("MESHFED_FAKE_PROXY_STATUS_MISSING", f"{echo}.")
+        found = check_proxy_connections(mesh)
+    finally:
+        mesh.teardown()
+    assert [(c.check, c.status, c.cluster) for c in found] == [("proxy-disconnected", "error", "west")]
+    assert found[0].evidence.startswith(f"{TEST_NAMESPACE}/{echo} is ready but connected to no istiod")
+    calls = [json.loads(line) for line in Path(os.environ["MESHFED_FAKE_LOG"]).read_text().splitlines()]
+    assert any(c["tool"] == "istioctl" and "proxy-status" in c["argv"] for c in calls)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from meshfed.backends.base import BackendError
-from meshfed.backends.istioctl import parse_remote_clusters, parse_secret_dump
+from meshfed.backends.istioctl import parse_proxy_status, parse_remote_clusters, parse_secret_dump
 from meshfed.pki.certs import fingerprint
 
 REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "istio"
@@ -72,3 +72,61 @@ def test_remote_clusters_table() -> None:
     assert statuses[1].secret == "istio-system/istio-remote-secret-cluster-b"
     with pytest.raises(BackendError, match="no NAME SECRET STATUS table"):
         parse_remote_clusters("error: context not found")
+
+
+def test_proxy_status_table_of_recent_istio() -> None:
+    """The table since Istio 1.2x (tabwriter, padding 5): NAME CLUSTER ISTIOD VERSION SUBSCRIBED TYPES."""
+    text = (
+        "NAME                                                  CLUSTER        ISTIOD                      VERSION     SUBSCRIBED TYPES\n"
+        "client-7d4f74889d-mb5dh.meshfed                       cluster-a      istiod-7d4f74889d-xk2lp     1.30.3      4 (CDS,LDS,EDS,RDS)\n"
+        "istio-eastwestgateway-b6cd68585-8mnj7.istio-system    cluster-b      istiod-7d4f74889d-xk2lp     1.30.3      4 (CDS,LDS,EDS,RDS)\n"
+    )
+    proxies = parse_proxy_status(text)
+    assert [(p.pod, p.namespace, p.cluster, p.istiod) for p in proxies] == [
+        ("client-7d4f74889d-mb5dh", "meshfed", "cluster-a", "istiod-7d4f74889d-xk2lp"),
+        ("istio-eastwestgateway-b6cd68585-8mnj7", "istio-system", "cluster-b", "istiod-7d4f74889d-xk2lp"),
+    ]
+
+
+def _tabwriter(rows: list[list[str]]) -> str:
+    """What Go's tabwriter prints with istioctl's settings (minwidth 0, padding 5, last cell unpadded)."""
+    widths = [max(len(row[i]) for row in rows) + 5 for i in range(len(rows[0]) - 1)]
+    return "".join("".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + row[-1] + "\n" for row in rows)
+
+
+def test_proxy_status_table_with_sync_columns() -> None:
+    """The older table, whose cells hold spaces ("NOT SENT", "STALE (Never Acknowledged)")."""
+    text = _tabwriter(
+        [
+            ["NAME", "CLUSTER", "CDS", "LDS", "EDS", "RDS", "ECDS", "ISTIOD", "VERSION"],
+            [
+                "echo-5d9c8b7f6-x2x9q.meshfed",
+                "Kubernetes",
+                "SYNCED",
+                "STALE (Never Acknowledged)",
+                "SYNCED",
+                "NOT SENT",
+                "NOT SENT",
+                "istiod-6c4f9-abcde",
+                "1.19.3",
+            ],
+            [
+                "client-6f7d9-q8w7e.meshfed",
+                "",
+                "SYNCED",
+                "SYNCED",
+                "SYNCED",
+                "SYNCED",
+                "NOT SENT",
+                "istiod-6c4f9-abcde",
+                "1.19.3",
+            ],
+        ]
+    )
+    proxies = parse_proxy_status(text)
+    assert [(p.pod, p.namespace, p.cluster, p.istiod) for p in proxies] == [
+        ("echo-5d9c8b7f6-x2x9q", "meshfed", "Kubernetes", "istiod-6c4f9-abcde"),
+        ("client-6f7d9-q8w7e", "meshfed", "", "istiod-6c4f9-abcde"),
+    ]
+    with pytest.raises(BackendError, match=r"no NAME \.\.\. ISTIOD table"):
+        parse_proxy_status('Error: no running Istio pods in "istio-system"')

@@ -8,6 +8,7 @@ result has a status (ok, warning, error), the evidence, and a hint that says wha
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -424,6 +425,54 @@ def check_version_skew(mesh: Mesh) -> list[Check]:
     return results
 
 
+def _unconnected(mesh: Mesh) -> tuple[list[tuple[str, str, str]], list[Check]]:
+    """Ready proxies (sidecars and gateways) that no istiod lists, as (cluster, namespace, pod), and a
+    warning for each primary whose list could not be read."""
+    listed: set[tuple[str, str, str]] = set()
+    unreadable = []
+    for primary in mesh.spec.primaries:
+        try:
+            for proxy in mesh[primary.name].connected_proxies():
+                # A cluster ID the mesh does not know (istiod's default "Kubernetes") is the primary's own.
+                cluster = proxy.cluster if proxy.cluster in mesh.clusters else primary.name
+                listed.add((cluster, proxy.namespace, proxy.pod))
+        except BackendError as error:
+            unreadable.append(
+                Check("proxy-status-unreadable", "warning", primary.name, f"istioctl proxy-status failed: {error}")
+            )
+    missing = [
+        (spec.name, namespace, pod.name)
+        for spec in mesh.spec.clusters
+        for namespace in (TEST_NAMESPACE, ISTIO_SYSTEM)
+        for pod in mesh[spec.name].pods(namespace)
+        if pod.has_sidecar and pod.ready and (spec.name, namespace, pod.name) not in listed
+    ]
+    return missing, unreadable
+
+
+def check_proxy_connections(mesh: Mesh) -> list[Check]:
+    """Every ready proxy has an xDS stream to an istiod (``istioctl proxy-status`` lists it). One that has
+    none keeps its last configuration and misses every change (new endpoints, policies). A proxy
+    reconnecting after an istiod restart is given up to 10 s (the mesh's convergence deadline if shorter)."""
+    deadline = time.monotonic() + min(mesh.convergence_deadline, 10.0)
+    missing, unreadable = _unconnected(mesh)
+    while missing and not unreadable and time.monotonic() < deadline:
+        time.sleep(min(1.0, mesh.convergence_deadline / 5))
+        missing, unreadable = _unconnected(mesh)
+    return unreadable + [
+        Check(
+            "proxy-disconnected",
+            "error",
+            cluster,
+            f"{namespace}/{pod} is ready but connected to no istiod (istioctl proxy-status does not list it): "
+            "it keeps its last configuration and misses every change",
+            f"check that istiod runs in {mesh.spec.config_cluster(cluster)} and that the proxy reaches it on 15012 "
+            "(from a remote: through the primary's east-west gateway); the proxy reconnects by itself once it can",
+        )
+        for cluster, namespace, pod in missing
+    ]
+
+
 CHECKS = (
     check_trust,
     check_remote_secrets,
@@ -432,6 +481,7 @@ CHECKS = (
     check_services,
     check_peer_authentication,
     check_version_skew,
+    check_proxy_connections,
 )
 
 

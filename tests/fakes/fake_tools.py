@@ -18,6 +18,8 @@ Environment protocol (all optional except where a test needs the behaviour):
 * ``MESHFED_FAKE_KIND_NETWORK=1``: the docker network ``kind`` exists before any cluster was created.
 * ``MESHFED_FAKE_ISTIO_VERSION`` (default 1.30.3), ``MESHFED_FAKE_PROXY_SECRET`` (a file printed by
   ``istioctl proxy-config secret ... -o json``), ``MESHFED_FAKE_REMOTE_CLUSTER_STATUS`` (default synced).
+* ``MESHFED_FAKE_PROXY_STATUS_MISSING``: comma-separated name fragments; ``istioctl proxy-status`` leaves
+  out the proxies whose ``pod.namespace`` holds one (proxies that lost their xDS stream).
 * ``MESHFED_FAKE_CALL_STATUS``: what ``kubectl exec ... echo.py call`` reports: an HTTP status (503 gives
   Envoy's upstream-connect-error body), ``timeout`` or ``refused``. ``MESHFED_FAKE_CALL_REPLY``: a JSON
   object (or list of objects, used in turn) overriding fields of each echo reply.
@@ -1564,6 +1566,8 @@ def istioctl_main(argv: list[str], entry: Obj) -> int:
         for row in rows:
             out("".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + row[4])
         return 0
+    if word in ("proxy-status", "ps"):
+        return istioctl_proxy_status(_istio_target(parsed), namespace, version)
     if word in ("proxy-config", "pc") and args[1:2] == ["secret"]:
         if len(args) < 3:
             raise ToolExit("Error: pod name or --file is required")
@@ -1599,7 +1603,6 @@ def istioctl_main(argv: list[str], entry: Obj) -> int:
         "manifest",
         "proxy-config",
         "pc",
-        "proxy-status",
         "tag",
         "upgrade",
         "validate",
@@ -1614,6 +1617,48 @@ def istioctl_main(argv: list[str], entry: Obj) -> int:
         out("Istio configuration command line utility for service operators to\ndebug and diagnose their Istio mesh.")
         return 0
     raise ToolExit(f'Error: unknown command "{word}" for "istioctl"\nRun \'istioctl --help\' for usage.')
+
+
+def _proxy_pods(server: str) -> list[Obj]:
+    """Running pods with an istio-proxy container (a sidecar or a gateway), in every namespace."""
+    return [
+        pod
+        for pod in list_items(server, collection_path("v1", "pods", None))
+        if any(c.get("name") == "istio-proxy" for c in (pod.get("spec") or {}).get("containers") or [])
+        and (pod.get("status") or {}).get("phase", "Running") == "Running"
+    ]
+
+
+def istioctl_proxy_status(target: Target, namespace: str, version: str) -> int:
+    """istioctl 1.2x+'s table: NAME (pod.namespace) CLUSTER ISTIOD VERSION SUBSCRIBED TYPES, for the proxies
+    of this cluster and of the remotes whose secrets it holds (they run no istiod). Proxies whose name holds
+    a MESHFED_FAKE_PROXY_STATUS_MISSING entry have lost their stream and are not listed."""
+    try:
+        istiods = _istiod_pods(target, namespace)
+    except ConnectError as error:
+        raise ToolExit(
+            f'Error: Get "{error.server}/api/v1/namespaces/{namespace}/pods": dial tcp {error.hostport}: connect: connection refused'
+        ) from None
+    if not istiods:
+        raise ToolExit(f'Error: no running Istio pods in "{namespace}"')
+    istiod = sorted(p["metadata"]["name"] for p in istiods)[0]
+    clusters = [(_env_of(istiods[0], "CLUSTER_ID") or "Kubernetes", target.server)]
+    for secret in list_items(target.server, collection_path("v1", "secrets", namespace), "istio/multiCluster=true"):
+        for name in sorted((secret.get("stringData") or {}) | (secret.get("data") or {})):
+            server = apiservers().get(name)
+            if server and not _istiod_pods(Target(name, name, server, namespace, {}), namespace):
+                clusters.append((name, server))
+    missing = [m for m in (_env("MESHFED_FAKE_PROXY_STATUS_MISSING") or "").split(",") if m]
+    rows = [("NAME", "CLUSTER", "ISTIOD", "VERSION", "SUBSCRIBED TYPES")]
+    for cluster, server in clusters:
+        for pod in _proxy_pods(server):
+            name = f"{pod['metadata']['name']}.{pod['metadata']['namespace']}"
+            if not any(m in name for m in missing):
+                rows.append((name, cluster, istiod, version, "4 (CDS,LDS,EDS,RDS)"))
+    widths = [max(len(r[i]) for r in rows) + 5 for i in range(4)]
+    for row in rows:
+        out("".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + row[4])
+    return 0
 
 
 def istioctl_fail(word: str, parsed: Parsed) -> int:

@@ -57,6 +57,16 @@ class RemoteClusterStatus:
 
 
 @dataclass(frozen=True)
+class ConnectedProxy:
+    """One line of ``istioctl proxy-status``: a proxy with an open xDS stream to an istiod."""
+
+    pod: str
+    namespace: str
+    cluster: str  # the proxy's cluster ID ("" when not shown)
+    istiod: str
+
+
+@dataclass(frozen=True)
 class Evidence:
     """One host-level fact: ``ok`` is None when it could not be read."""
 
@@ -122,6 +132,11 @@ class Cluster(abc.ABC):
     @abc.abstractmethod
     def remote_clusters(self) -> builtins.list[RemoteClusterStatus]:
         """``istioctl remote-clusters`` as seen by this cluster's control plane."""
+
+    @abc.abstractmethod
+    def connected_proxies(self) -> builtins.list[ConnectedProxy]:
+        """The proxies connected to this cluster's istiods (``istioctl proxy-status``): its own and, in a
+        primary, its remotes'; none where no istiod runs."""
 
     def host_evidence(self) -> builtins.list[Evidence]:
         """Host-level facts a real backend reads with testinfra (its nodes, its proxies); none by default."""

@@ -5,6 +5,7 @@
   API; all are read. The proxy's chain is the
   ``default`` secret's ``tlsCertificate.certificateChain.inlineBytes``, its roots the ``ROOTCA``
   secret's ``validationContext.trustedCa.inlineBytes`` (base64 PEM). The private key is never read.
+* ``istioctl proxy-status``: a table with NAME (``<pod>.<namespace>``), CLUSTER and ISTIOD columns.
 * ``istioctl remote-clusters``: a table ``NAME SECRET STATUS ISTIOD [REVISION]``; status values are
   lower case in Istio's source (synced, syncing, timeout, closed) and read case-insensitively.
 """
@@ -18,7 +19,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from meshfed.backends.base import BackendError, ProxyCerts, RemoteClusterStatus
+from meshfed.backends.base import BackendError, ConnectedProxy, ProxyCerts, RemoteClusterStatus
 from meshfed.pki import PemError, load_certs
 
 
@@ -82,3 +83,30 @@ def parse_remote_clusters(text: str) -> list[RemoteClusterStatus]:
         name, secret, status = (line[start:end].strip() for start, end in itertools.pairwise(starts))
         statuses.append(RemoteClusterStatus(name, secret, status.lower()))
     return statuses
+
+
+def parse_proxy_status(text: str) -> list[ConnectedProxy]:
+    """The rows of ``istioctl proxy-status``: ``NAME CLUSTER ISTIOD VERSION SUBSCRIBED TYPES`` since 1.2x,
+    ``NAME CLUSTER CDS LDS EDS RDS ECDS ISTIOD VERSION`` before; NAME is ``<pod>.<namespace>``. Cells
+    are read by the header's column positions (a cell may hold spaces, e.g. ``NOT SENT``)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    header = next((line for line in lines if line.split()[:1] == ["NAME"] and " ISTIOD " in f" {line} "), None)
+    if header is None:
+        raise BackendError("istioctl proxy-status printed no NAME ... ISTIOD table")
+    columns = header.split()
+    starts = {name: header.index(name) for name in ("NAME", "CLUSTER", "ISTIOD") if name in columns}
+    order = sorted(header.index(name) for name in columns if name != "TYPES")  # "SUBSCRIBED TYPES" is one
+
+    def cell(line: str, name: str) -> str:
+        if name not in starts:
+            return ""
+        start = starts[name]
+        end = next((o for o in order if o > start), len(line))
+        return line[start:end].strip()
+
+    proxies = []
+    for line in lines[lines.index(header) + 1 :]:
+        pod, _, namespace = cell(line, "NAME").rpartition(".")
+        if pod:
+            proxies.append(ConnectedProxy(pod, namespace, cell(line, "CLUSTER"), cell(line, "ISTIOD")))
+    return proxies

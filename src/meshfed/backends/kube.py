@@ -30,7 +30,16 @@ from kubernetes import config as k8s_config
 
 from meshfed import manifests
 from meshfed.backends import evidence, istioctl
-from meshfed.backends.base import BackendError, Cluster, Evidence, Mesh, PodInfo, ProxyCerts, RemoteClusterStatus
+from meshfed.backends.base import (
+    BackendError,
+    Cluster,
+    ConnectedProxy,
+    Evidence,
+    Mesh,
+    PodInfo,
+    ProxyCerts,
+    RemoteClusterStatus,
+)
 from meshfed.calls import CallResult
 from meshfed.manifests import TEST_NAMESPACE, Obj
 from meshfed.topology import MeshSpec
@@ -373,6 +382,12 @@ class KubeCluster(Cluster):
     def remote_clusters(self) -> builtins.list[RemoteClusterStatus]:
         output = self.run(self.istioctl, ["remote-clusters", "--istioNamespace", self.control_plane_namespace])
         return istioctl.parse_remote_clusters(output)
+
+    def connected_proxies(self) -> builtins.list[ConnectedProxy]:
+        if not self.list("Deployment", manifests.ISTIO_SYSTEM, {"app": "istiod"}):
+            return []  # a remote: its proxies are listed by its primary
+        output = self.run(self.istioctl, ["proxy-status", "--istioNamespace", self.control_plane_namespace], timeout=60)
+        return istioctl.parse_proxy_status(output)
 
     def host_evidence(self) -> builtins.list[Evidence]:
         """The node (kind), an east-west gateway (15443) and a client's sidecar (15006), read with testinfra."""

@@ -422,6 +422,11 @@ class Istiod:
         with self._lock:
             self.proxies.discard(agent)
 
+    def connected(self) -> list[ProxyAgent]:
+        """The proxies whose xDS stream is open to this istiod (what ``istioctl proxy-status`` lists)."""
+        with self._lock:
+            return [agent for agent in self.proxies if agent.istiod is self]
+
     def push(self) -> None:
         with self._lock:
             self.generation += 1

@@ -16,6 +16,7 @@ from meshfed.backends.base import (
     Backend,
     BackendError,
     Cluster,
+    ConnectedProxy,
     Mesh,
     PodInfo,
     Progress,
@@ -254,6 +255,14 @@ class EmbeddedCluster(Cluster):
         if not istiods:
             raise BackendError(f"{self.name}: no running istiod here; ask the cluster that runs its control plane")
         return istiods[0].remote_status()
+
+    def connected_proxies(self) -> builtins.list[ConnectedProxy]:
+        return [
+            ConnectedProxy(agent.pod, agent.namespace, agent.runtime.name, pod.name)
+            for pod in list(self.runtime.pods.values())
+            if pod.istiod is not None and not pod.stopped and pod.istiod.running
+            for agent in pod.istiod.connected()
+        ]
 
     # Embedded-only: the mesh clock and istiod's log, for cases that need them.
     def istiod_log(self) -> builtins.list[str]:
