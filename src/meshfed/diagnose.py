@@ -456,7 +456,17 @@ def check_proxy_connections(mesh: Mesh) -> list[Check]:
     reconnecting after an istiod restart is given up to 10 s (the mesh's convergence deadline if shorter)."""
     deadline = time.monotonic() + min(mesh.convergence_deadline, 10.0)
     missing, unreadable = _unconnected(mesh)
-    while missing and not unreadable and time.monotonic() < deadline:
+    # A proxy can only reconnect to a ready istiod: the others are not waited for.
+    serving = {
+        primary.name
+        for primary in mesh.spec.primaries
+        if any(pod.ready for pod in mesh[primary.name].pods(ISTIO_SYSTEM, {"app": "istiod"}))
+    }
+
+    def may_reconnect() -> bool:
+        return any(mesh.spec.config_cluster(cluster) in serving for cluster, _, _ in missing)
+
+    while may_reconnect() and not unreadable and time.monotonic() < deadline:
         time.sleep(min(1.0, mesh.convergence_deadline / 5))
         missing, unreadable = _unconnected(mesh)
     return unreadable + [
