@@ -298,8 +298,13 @@ def test_the_diagnosis_names_a_proxy_that_istioctl_proxy_status_does_not_list(
         echo = mesh["west"].pod_of(TEST_NAMESPACE, "echo").name
         monkeypatch.setenv("MESHFED_FAKE_PROXY_STATUS_MISSING", f"{echo}.")
         found = check_proxy_connections(mesh)
+        monkeypatch.setenv("MESHFED_FAKE_FAIL", "proxy-status")
+        unknown = check_proxy_connections(mesh)
     finally:
         mesh.teardown()
+    # When istioctl cannot tell, the proxies are not called disconnected: a warning says it is unknown.
+    assert {(c.check, c.status) for c in unknown} == {("proxy-status-unreadable", "warning")}
+    assert "context deadline exceeded" in unknown[0].evidence and not unknown[0].evidence.startswith("east")
     assert [(c.check, c.status, c.cluster) for c in found] == [("proxy-disconnected", "error", "west")]
     assert found[0].evidence.startswith(f"{TEST_NAMESPACE}/{echo} is ready but connected to no istiod")
     calls = [json.loads(line) for line in Path(os.environ["MESHFED_FAKE_LOG"]).read_text().splitlines()]

@@ -437,12 +437,21 @@ def _unconnected(mesh: Mesh) -> tuple[list[tuple[str, str, str]], list[Check]]:
                 cluster = proxy.cluster if proxy.cluster in mesh.clusters else primary.name
                 listed.add((cluster, proxy.namespace, proxy.pod))
         except BackendError as error:
+            reason = str(error).removeprefix(f"{primary.name}: ")
             unreadable.append(
-                Check("proxy-status-unreadable", "warning", primary.name, f"istioctl proxy-status failed: {error}")
+                Check(
+                    "proxy-status-unreadable",
+                    "warning",
+                    primary.name,
+                    f"istioctl proxy-status failed, so whether its proxies are connected is unknown: {reason}",
+                    "run `istioctl proxy-status` against this cluster to see why (every istiod pod must answer)",
+                )
             )
+    unknown = {check.cluster for check in unreadable}
     missing = [
         (spec.name, namespace, pod.name)
         for spec in mesh.spec.clusters
+        if mesh.spec.config_cluster(spec.name) not in unknown
         for namespace in (TEST_NAMESPACE, ISTIO_SYSTEM)
         for pod in mesh[spec.name].pods(namespace)
         if pod.has_sidecar and pod.ready and (spec.name, namespace, pod.name) not in listed
@@ -466,7 +475,7 @@ def check_proxy_connections(mesh: Mesh) -> list[Check]:
     def may_reconnect() -> bool:
         return any(mesh.spec.config_cluster(cluster) in serving for cluster, _, _ in missing)
 
-    while may_reconnect() and not unreadable and time.monotonic() < deadline:
+    while may_reconnect() and time.monotonic() < deadline:
         time.sleep(min(1.0, mesh.convergence_deadline / 5))
         missing, unreadable = _unconnected(mesh)
     return unreadable + [

@@ -1675,6 +1675,10 @@ def istioctl_fail(word: str, parsed: Parsed) -> int:
         )
     if word == "remote-clusters":
         raise ToolExit("Error: unable to find any Istiod instances")
+    if word in ("proxy-status", "ps"):
+        raise ToolExit(
+            'Error: could not get XDS from discovery pod "istiod-6c4f9d8b7-abcde": context deadline exceeded'
+        )
     if word in ("proxy-config", "pc"):
         raise ToolExit(
             'Error: failed to execute command on sidecar: error execing into pod: container not found ("istio-proxy")'

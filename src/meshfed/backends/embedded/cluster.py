@@ -65,10 +65,11 @@ class PodRuntime:
     istiod: Istiod | None = None
     server: Any = None  # the echo app's HTTP server
     stopped: bool = False
+    starting: bool = True  # until the kubelet has started its containers
 
     @property
     def ready(self) -> bool:
-        if self.stopped:
+        if self.stopped or self.starting:
             return False
         if self.role == "istiod":
             return self.istiod is not None and self.istiod.ca_choice is not None
@@ -105,7 +106,7 @@ class ClusterRuntime:
         self.store = ObjectStore(spec.name)
         self.clock = mesh.clock
         self.pods: dict[tuple[str, str], PodRuntime] = {}
-        self._lock = threading.RLock()
+        self._lock = mesh.reconcile_lock  # one for the mesh: a reconcile in one cluster may start one in another
         self._lb_listeners: dict[tuple[str, str], list[socket.socket]] = {}
         self._generations: dict[tuple[str, str], int] = {}
         self._reconciling: set[tuple[str, str]] = set()
@@ -264,6 +265,7 @@ class ClusterRuntime:
                 self._run(pod, container, spec)
             except (OSError, StoreError) as error:
                 pod.message = str(error)
+        pod.starting = False
         self.write_pod_status(pod)
         if pod.role == "istiod" and pod.ready:
             self.mesh.reconnect_proxies()  # once its endpoint is ready, proxies find it

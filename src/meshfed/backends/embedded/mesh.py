@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import builtins
+import logging
 import socket
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -40,8 +42,12 @@ EMBEDDED_VERSION = "embedded"
 
 
 # pilot-agent never gives up on istiod: a broken xDS stream or a failed certificate request is retried
-# with backoff. The embedded agents are retried on this fixed interval instead.
+# with backoff. The embedded agents are retried on this fixed interval instead, each on its own worker,
+# so that an agent whose dial times out does not hold up the others.
 RECONNECT_INTERVAL = 0.5
+RETRY_WORKERS = 4
+
+log = logging.getLogger(__name__)
 
 
 class MeshRuntime:
@@ -56,12 +62,17 @@ class MeshRuntime:
         self.clusters: dict[str, ClusterRuntime] = {}
         self._istiods: dict[str, Istiod] = {}
         self.closing = False
+        self.reconcile_lock = threading.RLock()
         for cluster in spec.clusters:
             self.fabric.add_cluster(cluster.name, cluster.network)
             self.clusters[cluster.name] = ClusterRuntime(self, cluster)
         self.clock.on_advance(self._renew)
         self._closed = threading.Event()
-        threading.Thread(target=self._keep_reconnecting, name="pilot-agent-retries", daemon=True).start()
+        self._retries = ThreadPoolExecutor(RETRY_WORKERS, thread_name_prefix="pilot-agent-retry")
+        self._retrying: set[int] = set()  # agents (by id) with a retry queued or running
+        self._retrying_lock = threading.Lock()
+        self._retry_loop = threading.Thread(target=self._keep_reconnecting, name="pilot-agent-retries", daemon=True)
+        self._retry_loop.start()
 
     def spec_of(self, cluster: str) -> ClusterSpec:
         return self.spec.cluster(cluster)
@@ -80,35 +91,54 @@ class MeshRuntime:
         return self._istiods.get(ident)
 
     def _agent_pods(self) -> builtins.list[tuple[ClusterRuntime, PodRuntime]]:
+        """Pods with a proxy agent that run: neither stopped nor still being started by their kubelet."""
         return [
             (c, p)
             for c in self.clusters.values()
             for p in list(c.pods.values())
-            if p.agent is not None and not p.stopped
+            if p.agent is not None and not p.stopped and not p.starting
         ]
 
     def reconnect_proxies(self) -> None:
         """Proxies waiting for a certificate retry, and proxies whose istiod went away reconnect."""
-        if self.closing:
-            return
         # Gateways first: a remote's proxies reach istiod through the primary's east-west gateway.
         for runtime, pod in sorted(self._agent_pods(), key=lambda item: not item[1].agent.is_gateway):  # type: ignore[union-attr]
-            assert pod.agent is not None
-            if not pod.agent.disconnected:
-                continue
-            was_ready = pod.ready
-            ok = pod.agent.reconnect()
-            message = "" if ok else pod.agent.error
-            if pod.ready != was_ready or message != pod.message:
-                pod.message = message
-                runtime.write_pod_status(pod)
-                runtime._after_pod_change(pod.namespace, pod.owner)
+            self._reconnect(runtime, pod)
+
+    def _reconnect(self, runtime: ClusterRuntime, pod: PodRuntime) -> None:
+        agent = pod.agent
+        if self.closing or agent is None or pod.stopped or not agent.disconnected:
+            return
+        was_ready = pod.ready
+        ok = agent.reconnect()
+        message = "" if ok else agent.error
+        if not self.closing and not pod.stopped and (pod.ready != was_ready or message != pod.message):
+            pod.message = message
+            runtime.write_pod_status(pod)
+            runtime._after_pod_change(pod.namespace, pod.owner)
 
     def _keep_reconnecting(self) -> None:
         """Retry in the background what an event-driven reconnect missed (e.g. a stream that reached an
         istiod in the moment it stopped), as pilot-agent's retries do."""
         while not self._closed.wait(RECONNECT_INTERVAL):
-            self.reconnect_proxies()
+            for runtime, pod in self._agent_pods():
+                agent = pod.agent
+                if agent is None or not agent.disconnected:
+                    continue
+                with self._retrying_lock:
+                    if id(agent) in self._retrying or self.closing:
+                        continue
+                    self._retrying.add(id(agent))
+                self._retries.submit(self._retry, runtime, pod, id(agent))
+
+    def _retry(self, runtime: ClusterRuntime, pod: PodRuntime, key: int) -> None:
+        try:
+            self._reconnect(runtime, pod)
+        except Exception:  # a retry must never end the retries (that is how a proxy stays stale)
+            log.exception("embedded pilot-agent retry for %s/%s failed", runtime.name, pod.name)
+        finally:
+            with self._retrying_lock:
+                self._retrying.discard(key)
 
     def _renew(self) -> None:
         for runtime, pod in self._agent_pods():
@@ -119,6 +149,8 @@ class MeshRuntime:
     def shutdown(self) -> None:
         self.closing = True
         self._closed.set()
+        self._retry_loop.join(timeout=5)
+        self._retries.shutdown(wait=True, cancel_futures=True)  # a running retry ends within its 2 s dial
         for runtime in self.clusters.values():
             runtime.shutdown()
         self.keys.remove()
