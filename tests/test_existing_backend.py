@@ -170,23 +170,40 @@ def test_a_primary_must_be_named_by_its_istiods_cluster_id(servers: dict[str, Ku
     assert servers["west"].object(f"/api/v1/namespaces/{TEST_NAMESPACE}") is None  # refused before any write
 
 
-def test_a_remote_must_be_named_as_its_injector_names_it(servers: dict[str, KubeApiStandIn]) -> None:
-    """A remote runs no istiod: its name is the injector's global.multiCluster.clusterName (what the
-    primary's remote secret and the remote's proxies call it)."""
+@pytest.mark.parametrize("source", ["injection webhook", "injector ConfigMap"])
+def test_a_remote_must_be_named_as_its_injector_names_it(servers: dict[str, KubeApiStandIn], source: str) -> None:
+    """A remote runs no istiod: its name is in its injection webhook's path (the remote profile's
+    ``/inject/cluster/<name>/net/<network>``) or, where kept, the injector ConfigMap's
+    ``global.multiCluster.clusterName``: what the primary's remote secret and the remote's proxies call it."""
     _istiod(servers["east"], cluster_id="east")
     _send(
         servers["west"],
         "/api/v1/namespaces",
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}},
     )
-    values = {"global": {"multiCluster": {"clusterName": "remote-1"}, "network": "network2"}, "revision": ""}
-    injector = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "istio-sidecar-injector", "namespace": "istio-system"},
-        "data": {"values": json.dumps(values), "config": "policy: enabled"},
-    }
-    _send(servers["west"], "/api/v1/namespaces/istio-system/configmaps", injector)
+    if source == "injection webhook":
+        webhook = {
+            "name": "rev.namespace.sidecar-injector.istio.io",
+            "clientConfig": {"url": "https://172.18.0.10:15017/inject/cluster/remote-1/net/network2"},
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+        }
+        configuration = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "istio-sidecar-injector", "labels": {"istio.io/rev": "default"}},
+            "webhooks": [webhook],
+        }
+        _send(servers["west"], "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", configuration)
+    else:
+        values = {"global": {"multiCluster": {"clusterName": "remote-1"}, "network": "network2"}, "revision": ""}
+        injector = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "istio-sidecar-injector", "namespace": "istio-system"},
+            "data": {"values": json.dumps(values), "config": "policy: enabled"},
+        }
+        _send(servers["west"], "/api/v1/namespaces/istio-system/configmaps", injector)
     with pytest.raises(
         BackendError, match=r"context gke_acme_west 'remote-1', not 'west'.*--context remote-1=gke_acme_west"
     ):

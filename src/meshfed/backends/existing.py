@@ -83,10 +83,21 @@ def injection_revision(planes: Mapping[str, ControlPlane]) -> str:
     return revisions.pop()
 
 
+_INJECTION_PATH = re.compile(r"/inject/cluster/([^/]+)/net/")
+
+
 def mesh_names(cluster: KubeCluster) -> set[str]:
-    """The names the mesh gives a cluster: its istiods' ``CLUSTER_ID`` and the injector's
-    ``global.multiCluster.clusterName`` (the only one a remote has; proxies report it as their cluster)."""
+    """The names the mesh gives a cluster: its istiods' ``CLUSTER_ID``; on a remote (no istiod) the
+    cluster in its injection webhook's path (``/inject/cluster/<name>/net/<network>``, what its proxies
+    report as their cluster); and the injector ConfigMap's ``global.multiCluster.clusterName`` where
+    there is one (the remote profile omits it)."""
     names: set[str] = set()
+    for configuration in cluster.list("MutatingWebhookConfiguration"):
+        for webhook in configuration.get("webhooks") or []:
+            client = webhook.get("clientConfig") or {}
+            path = client.get("url") or (client.get("service") or {}).get("path") or ""
+            if found := _INJECTION_PATH.search(path):
+                names.add(found.group(1))
     for istiod in cluster.list("Deployment", manifests.ISTIO_SYSTEM, {"app": "istiod"}):
         for container in istiod["spec"]["template"]["spec"].get("containers") or []:
             env = {e.get("name"): e.get("value") for e in container.get("env") or []}
@@ -114,10 +125,15 @@ def _as_deployed(spec: MeshSpec, clusters: Mapping[str, KubeCluster]) -> MeshSpe
         cluster = clusters[cluster_spec.name]
         known = mesh_names(cluster)
         if known and cluster_spec.name not in known:
-            called = " and ".join(repr(n) for n in sorted(known))
+            if len(known) > 1:
+                raise BackendError(
+                    f"the mesh gives the cluster of context {cluster.context} several names "
+                    f"({', '.join(sorted(known))}): make istiod's CLUSTER_ID and the injection webhook agree"
+                )
+            (name,) = known
             raise BackendError(
-                f"the mesh calls the cluster of context {cluster.context} {called}, not {cluster_spec.name!r}: "
-                f"name it as Istio does, --context {sorted(known)[0]}={cluster.context}"
+                f"the mesh calls the cluster of context {cluster.context} {name!r}, not {cluster_spec.name!r}: "
+                f"name it as Istio does, --context {name}={cluster.context}"
             )
         labels = ((cluster.get("Namespace", manifests.ISTIO_SYSTEM) or {}).get("metadata") or {}).get("labels") or {}
         nodes = cluster.list("Node")

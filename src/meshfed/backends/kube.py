@@ -76,6 +76,9 @@ RESOURCES: Mapping[str, Resource] = {
     "ServiceEntry": Resource("networking.istio.io/v1", "serviceentries"),
     "PeerAuthentication": Resource("security.istio.io/v1", "peerauthentications"),
     "AuthorizationPolicy": Resource("security.istio.io/v1", "authorizationpolicies"),
+    "MutatingWebhookConfiguration": Resource(
+        "admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations", namespaced=False
+    ),
     "IPAddressPool": Resource("metallb.io/v1beta1", "ipaddresspools"),
     "L2Advertisement": Resource("metallb.io/v1beta1", "l2advertisements"),
 }
