@@ -326,3 +326,34 @@ def test_the_diagnosis_names_a_proxy_that_istioctl_proxy_status_does_not_list(
     assert found[0].evidence.startswith(f"{TEST_NAMESPACE}/{echo} is ready but connected to no istiod")
     calls = [json.loads(line) for line in Path(os.environ["MESHFED_FAKE_LOG"]).read_text().splitlines()]
     assert any(c["tool"] == "istioctl" and "proxy-status" in c["argv"] for c in calls)
+
+
+def test_a_revision_tag_is_judged_by_the_revision_it_stands_for(
+    servers: dict[str, KubeApiStandIn], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshfed.diagnose import check_version_skew
+
+    monkeypatch.setenv("MESHFED_FAKE_ISTIO_VERSION", "1.29.2")
+    for server in servers.values():
+        _istiod(server, version="1.29.2")
+    mesh = ExistingBackend(CONTEXTS).provision(_spec(), {})
+    try:
+        echo = mesh["east"].pod_of(TEST_NAMESPACE, "echo").name
+        tagged = {"metadata": {"annotations": {"istio.io/rev": "prod-stable"}}}
+        mesh["east"].patch("Pod", echo, TEST_NAMESPACE, tagged)
+        assert not any(echo in c.evidence for c in check_version_skew(mesh)), "an unknown tag is not judged"
+        tag = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {
+                "name": "istio-revision-tag-prod-stable",
+                "labels": {"istio.io/tag": "prod-stable", "istio.io/rev": "default"},
+            },
+            "webhooks": [],
+        }
+        _send(servers["east"], "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", tag)
+        found = [c for c in check_version_skew(mesh) if echo in c.evidence]
+    finally:
+        mesh.teardown()
+    assert [c.check for c in found] == ["data-plane-ahead"]
+    assert "against istiod 1.29.2 (revision prod-stable)" in found[0].evidence

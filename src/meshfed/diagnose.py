@@ -388,10 +388,21 @@ def check_version_skew(mesh: Mesh) -> list[Check]:
     results = []
     for spec in mesh.spec.clusters:
         cluster = mesh[spec.name]
+        config = mesh[mesh.spec.config_cluster(spec.name)]
         istiods: dict[str, str] = {}
-        for deployment in mesh[mesh.spec.config_cluster(spec.name)].list("Deployment", ISTIO_SYSTEM, {"app": "istiod"}):
+        for deployment in config.list("Deployment", ISTIO_SYSTEM, {"app": "istiod"}):
             containers = deployment["spec"]["template"]["spec"].get("containers") or [{}]
             istiods[_labels(deployment).get("istio.io/rev", "default")] = image_version(containers[0].get("image", ""))
+        # A revision tag (istioctl tag set prod-stable --revision 1-30-3) stands for its revision; the
+        # embedded mesh has no webhook configurations, hence no tags.
+        try:
+            webhooks = config.list("MutatingWebhookConfiguration")
+        except BackendError:
+            webhooks = []
+        for webhook in webhooks:
+            tag, revision = _labels(webhook).get("istio.io/tag"), _labels(webhook).get("istio.io/rev")
+            if tag and revision in istiods:
+                istiods.setdefault(tag, istiods[revision])
         for namespace in (TEST_NAMESPACE, ISTIO_SYSTEM):
             for pod in cluster.pods(namespace):
                 revision = pod.revision or "default"

@@ -175,7 +175,10 @@ class EmbeddedCluster(Cluster):
     def list(
         self, kind: str, namespace: str | None = None, labels: Mapping[str, str] | None = None
     ) -> builtins.list[Obj]:
-        return self.runtime.store.list(kind, namespace, labels)
+        try:
+            return self.runtime.store.list(kind, namespace, labels)
+        except StoreError as error:
+            raise BackendError(f"{self.name}: {error}") from None
 
     def patch(self, kind: str, name: str, namespace: str | None, patch: Obj) -> Obj:
         try:
