@@ -121,15 +121,21 @@ class MeshRuntime:
         """Retry in the background what an event-driven reconnect missed (e.g. a stream that reached an
         istiod in the moment it stopped), as pilot-agent's retries do."""
         while not self._closed.wait(RECONNECT_INTERVAL):
-            for runtime, pod in self._agent_pods():
-                agent = pod.agent
-                if agent is None or not agent.disconnected:
+            try:
+                self._queue_retries()
+            except Exception:  # the loop outlives any one pass
+                log.exception("embedded pilot-agent retry pass failed")
+
+    def _queue_retries(self) -> None:
+        for runtime, pod in self._agent_pods():
+            agent = pod.agent
+            if agent is None or not agent.disconnected:
+                continue
+            with self._retrying_lock:
+                if id(agent) in self._retrying or self.closing:
                     continue
-                with self._retrying_lock:
-                    if id(agent) in self._retrying or self.closing:
-                        continue
-                    self._retrying.add(id(agent))
-                self._retries.submit(self._retry, runtime, pod, id(agent))
+                self._retrying.add(id(agent))
+            self._retries.submit(self._retry, runtime, pod, id(agent))
 
     def _retry(self, runtime: ClusterRuntime, pod: PodRuntime, key: int) -> None:
         try:
