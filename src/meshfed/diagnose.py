@@ -389,10 +389,7 @@ def check_version_skew(mesh: Mesh) -> list[Check]:
     for spec in mesh.spec.clusters:
         cluster = mesh[spec.name]
         config = mesh[mesh.spec.config_cluster(spec.name)]
-        istiods: dict[str, str] = {}
-        for deployment in config.list("Deployment", ISTIO_SYSTEM, {"app": "istiod"}):
-            containers = deployment["spec"]["template"]["spec"].get("containers") or [{}]
-            istiods[_labels(deployment).get("istio.io/rev", "default")] = image_version(containers[0].get("image", ""))
+        istiods = config.istiod_versions()
         # A revision tag (istioctl tag set prod-stable --revision 1-30-3) stands for its revision; the
         # embedded mesh has no webhook configurations, hence no tags.
         try:

@@ -1562,9 +1562,7 @@ def istioctl_main(argv: list[str], entry: Obj) -> int:
                 keys = sorted((secret.get("stringData") or {}) | (secret.get("data") or {}))
                 for key in keys:
                     rows.append((key, f"{namespace}/{secret['metadata']['name']}", status, pod_name, revision))
-        widths = [max(len(r[i]) for r in rows) + 5 for i in range(4)]
-        for row in rows:
-            out("".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + row[4])
+        _tabwriter(rows)
         return 0
     if word in ("proxy-status", "ps"):
         return istioctl_proxy_status(_istio_target(parsed), namespace, version)
@@ -1619,6 +1617,13 @@ def istioctl_main(argv: list[str], entry: Obj) -> int:
     raise ToolExit(f'Error: unknown command "{word}" for "istioctl"\nRun \'istioctl --help\' for usage.')
 
 
+def _tabwriter(rows: list[tuple[str, ...]]) -> None:
+    """A table as istioctl prints it with Go's tabwriter (padding 5; the last cell unpadded)."""
+    widths = [max(len(r[i]) for r in rows) + 5 for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        out("".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + row[-1])
+
+
 def _proxy_pods(server: str) -> list[Obj]:
     """Running pods with an istio-proxy container (a sidecar or a gateway), in every namespace."""
     return [
@@ -1655,9 +1660,7 @@ def istioctl_proxy_status(target: Target, namespace: str, version: str) -> int:
             name = f"{pod['metadata']['name']}.{pod['metadata']['namespace']}"
             if not any(m in name for m in missing):
                 rows.append((name, cluster, istiod, version, "4 (CDS,LDS,EDS,RDS)"))
-    widths = [max(len(r[i]) for r in rows) + 5 for i in range(4)]
-    for row in rows:
-        out("".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + row[4])
+    _tabwriter(rows)
     return 0
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 from meshfed.calls import CallResult
-from meshfed.manifests import ISTIO_SYSTEM, Obj
+from meshfed.manifests import ISTIO_SYSTEM, Obj, image_version
 from meshfed.topology import MeshSpec
 
 Progress = Callable[[str], None]
@@ -147,6 +147,15 @@ class Cluster(abc.ABC):
         their replicas."""
         deployments = self.list("Deployment", ISTIO_SYSTEM, {"app": "istiod"})
         return {d["metadata"]["name"]: int((d.get("spec") or {}).get("replicas", 1)) for d in deployments}
+
+    def istiod_versions(self) -> dict[str, str]:
+        """Each istiod revision here ("default" when unlabelled) and its Istio version, from its image tag."""
+        versions = {}
+        for deployment in self.list("Deployment", ISTIO_SYSTEM, {"app": "istiod"}):
+            labels = deployment["metadata"].get("labels") or {}
+            containers = deployment["spec"]["template"]["spec"].get("containers") or [{}]
+            versions[labels.get("istio.io/rev", "default")] = image_version(containers[0].get("image", ""))
+        return versions
 
     def pod_of(self, namespace: str, app: str) -> PodInfo:
         """The first ready pod of an app, or the first pod when none is ready."""

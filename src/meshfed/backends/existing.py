@@ -22,7 +22,7 @@ from meshfed.backends import tools
 from meshfed.backends.base import Backend, BackendError, Progress
 from meshfed.backends.kube import KubeCluster, KubeMesh
 from meshfed.install import timed
-from meshfed.manifests import MANAGED_BY, TEST_NAMESPACE, Obj, image_version
+from meshfed.manifests import MANAGED_BY, TEST_NAMESPACE, Obj
 from meshfed.topology import MeshSpec, Topology
 
 
@@ -39,12 +39,8 @@ class ControlPlane:
 
 
 def control_plane(cluster: KubeCluster) -> ControlPlane:
-    revisions: dict[str, str] = {}
-    for deployment in cluster.list("Deployment", manifests.ISTIO_SYSTEM, {"app": "istiod"}):
-        labels = deployment["metadata"].get("labels") or {}
-        containers = deployment["spec"]["template"]["spec"].get("containers") or [{}]
-        revisions[labels.get("istio.io/rev", "default")] = image_version(containers[0].get("image", ""))
-    return ControlPlane(revisions, cluster.get("Namespace", manifests.ISTIO_SYSTEM) is not None)  # or its stand-in
+    namespace_exists = cluster.get("Namespace", manifests.ISTIO_SYSTEM) is not None  # or its stand-in
+    return ControlPlane(cluster.istiod_versions(), namespace_exists)
 
 
 def check_topology(topology: Topology, planes: Mapping[str, ControlPlane], namespace: str) -> None:

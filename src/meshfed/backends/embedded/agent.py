@@ -96,13 +96,14 @@ class ProxyAgent:
     def bootstrap(self) -> bool:
         """Get a certificate and the first push; False (with ``error``) when istiod cannot be reached."""
         with self._calling:
-            return self._bootstrap()
+            return self._attempt(with_csr=True)
 
-    def _bootstrap(self) -> bool:
+    def _attempt(self, *, with_csr: bool) -> bool:
         try:
-            self._call_istiod(with_csr=True)
+            self._call_istiod(with_csr=with_csr)
         except (OSError, ssl.SSLError, ValueError) as error:
-            self.error = f"failed to get a certificate from {self.injection.discovery_address}:15012: {error}"
+            failed = "failed to get a certificate from" if with_csr else "cannot reach istiod at"
+            self.error = f"{failed} {self.injection.discovery_address}:15012: {error}"
             return False
         self.error = ""
         return True
@@ -125,17 +126,7 @@ class ProxyAgent:
         """Get a certificate if there is none, else open the xDS stream again (after istiod came back);
         the certificate stays until renewal. Nothing to do when connected (a call in flight counts)."""
         with self._calling:
-            if not self.disconnected:
-                return True
-            if self.cert is None:
-                return self._bootstrap()
-            try:
-                self._call_istiod(with_csr=False)
-            except (OSError, ssl.SSLError, ValueError) as error:
-                self.error = f"cannot reach istiod at {self.injection.discovery_address}:15012: {error}"
-                return False
-            self.error = ""
-            return True
+            return not self.disconnected or self._attempt(with_csr=self.cert is None)
 
     def detach(self) -> None:
         if self.istiod is not None:
