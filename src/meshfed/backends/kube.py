@@ -79,6 +79,8 @@ RESOURCES: Mapping[str, Resource] = {
     "MutatingWebhookConfiguration": Resource(
         "admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations", namespaced=False
     ),
+    "ClusterRole": Resource("rbac.authorization.k8s.io/v1", "clusterroles", namespaced=False),
+    "ClusterRoleBinding": Resource("rbac.authorization.k8s.io/v1", "clusterrolebindings", namespaced=False),
     "IPAddressPool": Resource("metallb.io/v1beta1", "ipaddresspools"),
     "L2Advertisement": Resource("metallb.io/v1beta1", "l2advertisements"),
 }
@@ -211,8 +213,10 @@ class KubeCluster(Cluster):
         control_plane_namespace: str = manifests.ISTIO_SYSTEM,
         installs_istio: bool = True,
         node_container: str | None = None,
+        install_overlays: Sequence[Path] = (),
         poll: float = 1.0,
     ) -> None:
+        self.install_overlays = tuple(install_overlays)
         self.node_container = node_container
         self.name = name
         self.kubeconfig = kubeconfig
@@ -419,7 +423,9 @@ class KubeCluster(Cluster):
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="meshfed-iop-") as file:
             yaml.safe_dump(operator, file, sort_keys=False)
             file.flush()
-            self.run(self._istioctl_for(revision), ["install", "-y", "-f", file.name], timeout=900)
+            # A backend's overlays follow the plan's file, as a user's extra `-f` files do (istioctl merges them).
+            overlays = [arg for path in self.install_overlays for arg in ("-f", str(path))]
+            self.run(self._istioctl_for(revision), ["install", "-y", "-f", file.name, *overlays], timeout=900)
 
     def uninstall(self, operator_name: str) -> bool:
         """``istioctl uninstall`` of the revision an IstioOperator of ours installed (control-plane[-REV])."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from meshfed.backends.base import Backend
 from meshfed.backends.embedded.mesh import EmbeddedBackend
 from meshfed.backends.existing import ExistingBackend
+from meshfed.backends.host.backend import HostBackend
 from meshfed.backends.kind import KindBackend
 from meshfed.options import SuiteOptions
 
@@ -15,4 +16,6 @@ def backend_for(options: SuiteOptions) -> Backend:
     if options.backend == "existing":
         # The contexts are read from $KUBECONFIG (or ~/.kube/config), as kubectl reads them.
         return ExistingBackend(options.contexts, control_plane_namespace=options.istio_namespace)
+    if options.backend == "host":
+        return HostBackend(options.istio_version, bin_dir=options.bin_dir, envoy=options.envoy)
     return EmbeddedBackend()

@@ -42,6 +42,7 @@ ISTIO_RELEASE_COMMITS: Mapping[str, str] = {
 }
 ISTIO_MASTER = "v0.0.0-20260827124520-eed52ebb66ad"  # master, 2026-08-27 (VERSION 1.31)
 
+BOOTSTRAP_TEMPLATE = "tools/packaging/common/envoy_bootstrap.json"
 Run = Callable[[Sequence[str], Path, Mapping[str, str], float], "subprocess.CompletedProcess[str]"]
 
 
@@ -111,7 +112,7 @@ def kubernetes_module(staging: Sequence[str], version: str = KUBERNETES_VERSION)
     )
 
 
-KUBE_PROGRAMS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
+KUBE_PROGRAMS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl")
 
 COREDNS_MAIN = """\
 // Command coredns is CoreDNS with the plugins a cluster's DNS needs, chosen at compile time
@@ -182,6 +183,7 @@ class Binaries:
     istio: IstioSource | None = None
     kubernetes_version: str = KUBERNETES_VERSION
     envoy: str = ""  # Envoy's --version line
+    bootstrap: Path = Path()  # Istio's Envoy bootstrap template (tools/packaging/common/envoy_bootstrap.json)
     built: dict[str, dict[str, object]] = field(default_factory=dict)  # module -> its build.json
 
     def __getitem__(self, name: str) -> Path:
@@ -262,6 +264,15 @@ class Builder:
             else f"meshfed knows no release commit of Istio {requested}"
         )
         return IstioSource(requested, ISTIO_MASTER, f"{base}-dev", f"{why}, so master of {info['Version']} was built")
+
+    def bootstrap_template(self, source: IstioSource) -> Path:
+        """Istio's Envoy bootstrap template, from the module of the Istio that is run."""
+        info = self.module_info("istio.io/istio", source.module_version or ISTIO_MASTER)
+        if info is None:
+            raise BackendError(
+                "the Go module proxy does not serve istio.io/istio: pilot-agent's bootstrap template comes from it"
+            )
+        return Path(info["Dir"], BOOTSTRAP_TEMPLATE)
 
     def kubernetes_staging(self, version: str = KUBERNETES_VERSION) -> list[str]:
         """The staging modules k8s.io/kubernetes replaces with ./staging (each must be pinned in a wrapper)."""
@@ -387,6 +398,7 @@ def build_all(
         binaries.istio = builder.istio_source(istio_version)
     else:
         binaries.istio = IstioSource(istio_version, "", _istio_version_of(given["pilot-discovery"]), "from --bin-dir")
+    binaries.bootstrap = builder.bootstrap_template(binaries.istio)
     modules = []
     if any(name in missing for name in ("etcd", *KUBE_PROGRAMS)):
         modules.append(kubernetes_module(builder.kubernetes_staging()))

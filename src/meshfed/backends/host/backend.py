@@ -1,0 +1,178 @@
+"""The ``host`` backend's provisioning: check the host, get the binaries and images, bring the clusters up,
+then Istio's install plan through the same code as ``kind``; tear everything down at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from meshfed.backends import tools
+from meshfed.backends.base import Backend, BackendError, Progress
+from meshfed.backends.host import binaries, images, network
+from meshfed.backends.host.components import ClusterFiles
+from meshfed.backends.host.loadbalancer import LoadBalancers
+from meshfed.backends.host.node import HostNode, install_addons
+from meshfed.backends.kube import KubeCluster, KubeMesh
+from meshfed.install import execute, plan, timed
+from meshfed.manifests import EASTWEST_GATEWAY, ISTIO_SYSTEM, Obj
+from meshfed.topology import MeshSpec
+
+COMMANDS = {
+    "ip": "iproute2",
+    "iptables": "iptables",
+    "nsenter": "util-linux",
+    "containerd": "containerd",
+    "ctr": "containerd",
+    "runc": "runc",
+    "debootstrap": "debootstrap",
+}
+CNI_PLUGINS = Path("/usr/lib/cni")
+
+# What makes istiod send only upstream Envoy extensions (REAL_ISTIO.md): no metadata exchange, no Istio
+# ALPN filter, no telemetry (istio.stats).
+UPSTREAM_ENVOY_ENV = {"PILOT_ENABLE_METADATA_EXCHANGE": "false", "PILOT_ENABLE_ALPN_FILTER": "false"}
+
+
+def install_overlay(istio_tag: str, *, upstream_envoy: bool) -> Obj:
+    """What every ``istioctl install`` on a host cluster adds to the install plan's IstioOperator (as a
+    second ``-f``): the locally assembled images, never pulled; and for upstream Envoy its three settings."""
+    values: Obj = {"global": {"imagePullPolicy": "Never"}}
+    if upstream_envoy:
+        values["pilot"] = {"env": dict(UPSTREAM_ENVOY_ENV)}
+        values["telemetry"] = {"enabled": False}
+    return {
+        "apiVersion": "install.istio.io/v1alpha1",
+        "kind": "IstioOperator",
+        "spec": {"hub": images.HUB, "tag": istio_tag, "values": values},
+    }
+
+
+def preflight() -> None:
+    """Linux, root, the commands and the CNI plugins: one sentence each, before anything is started."""
+    if platform.system() != "Linux":
+        raise BackendError(f"the host backend runs on Linux, not {platform.system()}: use --backend kind there")
+    if os.geteuid() != 0:
+        raise BackendError("the host backend needs root (network namespaces, mounts, cgroups): run as root")
+    missing = sorted({package for command, package in COMMANDS.items() if shutil.which(command) is None})
+    if missing:
+        raise BackendError(f"missing on this host: {', '.join(missing)}: `apt-get install {' '.join(missing)}`")
+    if not (CNI_PLUGINS / "bridge").is_file():
+        raise BackendError(f"no CNI plugins in {CNI_PLUGINS}: `apt-get install containernetworking-plugins`")
+
+
+@dataclass
+class HostBackend(Backend):
+    istio_version: str
+    bin_dir: Path | None = None
+    envoy: Path | None = None
+    cache: Path | None = None
+
+    name = "host"
+
+    def provision(
+        self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
+    ) -> KubeMesh:
+        preflight()
+        cache = (self.cache or tools.cache_dir()) / "host"
+        bins = binaries.build_all(
+            self.istio_version,
+            bin_dir=self.bin_dir,
+            envoy=self.envoy,
+            builder=binaries.Builder(cache.parent, progress=progress),
+        )
+        assert bins.istio is not None
+        progress(f"{bins.istio.describe()}; Kubernetes {bins.kubernetes_version}; Envoy {bins.envoy}")
+        archive = images.archive(bins, cache / "images", bins.istio.version, bins.bootstrap, progress)
+        spec = replace(spec, workload_image=images.WORKLOAD_IMAGE)
+        nodes = {
+            cluster.name: HostNode(
+                cluster,
+                network.NodeNetwork(cluster.name, index),
+                ClusterFiles(cache / "clusters" / cluster.name),
+                progress,
+            )
+            for index, cluster in enumerate(spec.clusters)
+        }
+        leftovers = network.node_namespaces()
+        if leftovers:
+            progress(f"removing what an earlier run left: {', '.join(leftovers)}")
+            for name in leftovers:
+                cluster_name = name.removeprefix(network.NETNS_PREFIX)
+                HostNode(
+                    spec.clusters[0],
+                    network.NodeNetwork(cluster_name, 0),
+                    ClusterFiles(cache / "clusters" / cluster_name),
+                ).down()
+        overlay = Path(tempfile.mkdtemp(prefix="meshfed-host-")) / "host-overlay.yaml"
+        overlay.write_text(yaml.safe_dump(install_overlay(bins.istio.version, upstream_envoy=self.envoy is None)))
+        balancers: LoadBalancers | None = None
+
+        def teardown() -> None:
+            if balancers is not None:
+                balancers.stop()
+            for node in reversed(list(nodes.values())):
+                with timed(f"{node.name}: stopping and removing the cluster", progress):
+                    node.down()
+            network.remove_shared()
+            shutil.rmtree(overlay.parent, ignore_errors=True)
+
+        try:
+            for node in nodes.values():
+                node.up(bins, archive)
+            clusters = {
+                name: KubeCluster(
+                    name,
+                    node.kubeconfig,
+                    None,
+                    kubectl=bins["kubectl"],
+                    istioctl_binary=bins["istioctl"],
+                    install_overlays=(overlay,),
+                )
+                for name, node in nodes.items()
+            }
+            for name, cluster in clusters.items():
+                with timed(f"{name}: CoreDNS", progress):
+                    install_addons(cluster, nodes[name].net)
+                    if not cluster.wait_ready("coredns", "kube-system", timeout=120):
+                        raise BackendError(f"{name}: CoreDNS did not get ready in 120 s: see its pod's events")
+            balancers = LoadBalancers(
+                {n: c.api for n, c in clusters.items()}, {n: node.net for n, node in nodes.items()}
+            )
+            balancers.start()
+            execute(
+                plan(spec, cacerts),
+                spec,
+                clusters,
+                gateway_address=lambda name: _gateway_address(clusters[name]),
+                remote_secret=lambda source, _dest: clusters[source].create_remote_secret(
+                    f"https://{nodes[source].net.address}:6443"
+                ),
+                progress=progress,
+            )
+        except BaseException:
+            with contextlib.suppress(BackendError):
+                teardown()
+            raise
+        return KubeMesh("host", spec, bins.istio.version, clusters, teardown)
+
+
+def _gateway_address(cluster: KubeCluster, timeout: float = 120) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        service = cluster.get("Service", EASTWEST_GATEWAY, ISTIO_SYSTEM) or {}
+        ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        if ingress and ingress[0].get("ip"):
+            return str(ingress[0]["ip"])
+        if time.monotonic() >= deadline:
+            raise BackendError(f"{cluster.name}: the east-west gateway got no address in {timeout:g} s")
+        time.sleep(0.5)

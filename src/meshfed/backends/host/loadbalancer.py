@@ -1,0 +1,65 @@
+"""LoadBalancer addresses for host clusters, as cloud-provider-kind or MetalLB's L2 mode give them on kind.
+
+A small controller per mesh: every half second it lists each cluster's Services of type LoadBalancer;
+a Service without an address gets the next free one of its cluster's slice of the shared network
+(``status.loadBalancer.ingress``), and the node answers for it (the address on its ``eth0``), where
+kube-proxy's rules send it on to the Service's pods. An address stays with its Service for the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Mapping
+
+from meshfed.backends.base import BackendError
+from meshfed.backends.host import network
+from meshfed.backends.kube import KubeApi
+
+
+class LoadBalancers:
+    def __init__(
+        self, apis: Mapping[str, KubeApi], nodes: Mapping[str, network.NodeNetwork], every: float = 0.5
+    ) -> None:
+        self.apis = dict(apis)
+        self.nodes = dict(nodes)
+        self.every = every
+        self.assigned: dict[tuple[str, str, str], str] = {}  # (cluster, namespace, name) -> address
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="meshfed-loadbalancers", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            for cluster in self.apis:
+                with contextlib.suppress(BackendError):  # an API server restarting: the next pass tries again
+                    self.reconcile(cluster)
+
+    def reconcile(self, cluster: str) -> None:
+        api, node = self.apis[cluster], self.nodes[cluster]
+        services = (api.request("GET", "/api/v1/services") or {}).get("items") or []
+        for service in services:
+            if (service.get("spec") or {}).get("type") != "LoadBalancer":
+                continue
+            meta = service["metadata"]
+            key = (cluster, meta["namespace"], meta["name"])
+            ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+            address = self.assigned.get(key)
+            if address is None:
+                taken = {value for (owner, _, _), value in self.assigned.items() if owner == cluster}
+                free = [candidate for candidate in node.lb_addresses if candidate not in taken]
+                if not free:
+                    continue  # as MetalLB: the Service stays pending
+                address = self.assigned[key] = free[0]
+                network.add_lb_address(node, address)
+            if [item.get("ip") for item in ingress] != [address]:
+                path = f"/api/v1/namespaces/{meta['namespace']}/services/{meta['name']}/status"
+                body = {"status": {"loadBalancer": {"ingress": [{"ip": address, "ipMode": "VIP"}]}}}
+                api.request("PATCH", path, body=body, content_type="application/merge-patch+json")

@@ -1,0 +1,121 @@
+"""One host cluster, brought up and torn down: its node namespace and every process of it.
+
+``up`` runs, in order and each timed: the node's network; certificates and kubeconfigs; etcd,
+kube-apiserver, kube-controller-manager (ready once it has published ``kube-root-ca.crt``) and
+kube-scheduler; containerd with the images imported; the kubelet (ready once its Node is Ready) and
+kube-proxy; CoreDNS. ``down`` stops everything the cluster's cgroup holds (containers and shims
+included), unmounts what is mounted under its folder, deletes its namespace and its folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshfed.backends.base import BackendError, Progress
+from meshfed.backends.host import addons, components, credentials, images, network
+from meshfed.backends.host.binaries import Binaries
+from meshfed.backends.host.supervisor import Check, Component, Supervisor, ensure_cgroups, kill_group, unmount_under
+from meshfed.backends.kube import KubeApi
+from meshfed.install import timed
+from meshfed.topology import ClusterSpec
+
+
+@dataclass
+class HostNode:
+    spec: ClusterSpec
+    net: network.NodeNetwork
+    files: components.ClusterFiles
+    progress: Progress = lambda _: None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.files.kubeconfig("admin")
+
+    def up(self, bins: Binaries, image_archive: Path) -> None:
+        files, net = self.files, self.net
+        with timed(f"{self.name}: node network {net.netns} ({net.address} on {network.BRIDGE})", self.progress):
+            network.ensure_shared()
+            network.ensure_node(net)
+        files.root.mkdir(parents=True, exist_ok=True)
+        credentials.make(files.root, self.name, net.address, components.api_service_address(net))
+        (files.root / "containerd").mkdir(exist_ok=True)
+        (files.root / "containerd" / "config.toml").write_text(components.containerd_config(files))
+        (files.root / "cni").mkdir(exist_ok=True)
+        (files.root / "cni" / "10-meshfed.conflist").write_text(components.cni_config(net))
+        (files.root / "kubelet.yaml").write_text(components.kubelet_config(files, net))
+        (files.root / "kube-proxy.yaml").write_text(components.kube_proxy_config(files, net))
+        ensure_cgroups(net.netns)
+        supervisor = Supervisor(net.netns, net.netns, self.progress)
+        api = KubeApi(self.kubeconfig, None, self.name)
+        start = [
+            components.etcd(files, net, bins),
+            components.kube_apiserver(files, net, bins),
+            _with_check(
+                components.kube_controller_manager(files, net, bins),
+                "kube-root-ca.crt published",
+                lambda: (
+                    api.request("GET", "/api/v1/namespaces/default/configmaps/kube-root-ca.crt", missing_ok=True)
+                    is not None
+                ),
+            ),
+            components.kube_scheduler(files, net, bins),
+            _with_check(
+                components.containerd(files, net),
+                "containerd answers",
+                lambda: files.containerd_socket.exists(),
+            ),
+        ]
+        for component in start:
+            with timed(f"{self.name}: {component.name}", self.progress):
+                supervisor.start(component)
+        with timed(f"{self.name}: images imported into containerd", self.progress):
+            images.import_into(files.containerd_socket, image_archive)
+        node_ready = _with_check(
+            components.kubelet(files, net, bins, self.spec.region, self.spec.zone),
+            f"Node {self.name} Ready",
+            lambda: _node_ready(api, self.name),
+        )
+        for component in (node_ready, components.kube_proxy(files, net, bins)):
+            with timed(f"{self.name}: {component.name}", self.progress):
+                supervisor.start(component)
+
+    def down(self, *, remove_files: bool = True) -> None:
+        """Stop everything of this cluster, unmount, delete its namespace (and its folder)."""
+        kill_group(self.net.netns)
+        unmount_under(self.files.root)
+        network.remove_node(self.net.netns)
+        if remove_files:
+            shutil.rmtree(self.files.root, ignore_errors=True)
+
+
+def _with_check(component: Component, what: str, test: object) -> Component:
+    from dataclasses import replace
+
+    return replace(component, probe=Check(what, test))  # type: ignore[arg-type]
+
+
+def _node_ready(api: KubeApi, name: str) -> bool:
+    try:
+        node = api.request("GET", f"/api/v1/nodes/{name}", missing_ok=True)
+    except BackendError:
+        return False
+    conditions = ((node or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def wait_deployment(cluster: object, deployment: str, namespace: str, timeout: float) -> None:
+    started = time.monotonic()
+    if not cluster.wait_ready(deployment, namespace, timeout):  # type: ignore[attr-defined]
+        raise BackendError(f"{deployment} in {namespace} was not ready within {time.monotonic() - started:.0f} s")
+
+
+def install_addons(cluster: object, net: network.NodeNetwork) -> None:
+    for obj in addons.coredns(images.COREDNS_IMAGE, net.dns_address):
+        cluster.apply(obj)  # type: ignore[attr-defined]

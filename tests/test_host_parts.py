@@ -1,0 +1,211 @@
+"""The host backend's parts that need no root: the Go wrapper modules and the choice of Istio commit, what each
+node runs and reads, the install overlay, the images' archive, and the LoadBalancer controller."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meshfed.backends.base import BackendError
+from meshfed.backends.host import binaries, components, images, network
+from meshfed.backends.host.backend import install_overlay
+from meshfed.backends.host.loadbalancer import LoadBalancers
+
+
+class FakeGo:
+    """Answers ``go mod download -json`` as the Go module proxy does: served versions, or a 403 refusal."""
+
+    def __init__(self, served: Mapping[str, Path]) -> None:
+        self.served = served
+        self.calls: list[list[str]] = []
+
+    def __call__(
+        self, command: Sequence[str], cwd: Path, env: Mapping[str, str], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        self.calls.append(list(command))
+        if command[1:4] == ["mod", "download", "-json"]:
+            wanted = command[4]
+            if wanted in self.served:
+                folder = self.served[wanted]
+                info = {"Path": wanted.split("@")[0], "Version": wanted.split("@")[1], "Dir": str(folder)}
+                info["GoMod"] = str(folder / "go.mod")
+                return subprocess.CompletedProcess(command, 0, json.dumps(info), "")
+            refusal = {"Error": f"{wanted}: reading https://proxy/...: 403 Forbidden"}
+            return subprocess.CompletedProcess(command, 1, json.dumps(refusal), "")
+        if command[1:] == ["version"]:
+            return subprocess.CompletedProcess(command, 0, "go version go1.26.8 linux/amd64\n", "")
+        return subprocess.CompletedProcess(command, 1, "", "unexpected")
+
+
+def test_a_refused_release_commit_falls_back_to_master_and_says_so(tmp_path: Path) -> None:
+    master = tmp_path / "istio-master"
+    master.mkdir()
+    (master / "VERSION").write_text("1.31\n")
+    go = FakeGo({f"istio.io/istio@{binaries.ISTIO_MASTER}": master})
+    source = binaries.Builder(tmp_path, run=go).istio_source("1.30.3")
+    assert source.module_version == binaries.ISTIO_MASTER
+    assert source.version == "1.31-dev"
+    assert "does not serve Istio 1.30.3's release commit" in source.describe()
+    assert source.commit in source.describe()
+    asked = [call[4] for call in go.calls]
+    assert asked == [
+        f"istio.io/istio@{binaries.ISTIO_RELEASE_COMMITS['1.30.3']}",
+        f"istio.io/istio@{binaries.ISTIO_MASTER}",
+    ]
+
+
+def test_a_served_release_commit_is_built_as_that_release(tmp_path: Path) -> None:
+    release = binaries.ISTIO_RELEASE_COMMITS["1.30.3"]
+    go = FakeGo({f"istio.io/istio@{release}": tmp_path})
+    source = binaries.Builder(tmp_path, run=go).istio_source("1.30.3")
+    assert (source.version, source.module_version, source.note) == ("1.30.3", release, "")
+
+
+def test_nothing_served_is_one_sentence_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match=r"serves neither Istio 1\.30\.3.*--bin-dir"):
+        binaries.Builder(tmp_path, run=FakeGo({})).istio_source("1.30.3")
+
+
+def test_kubernetes_wrapper_pins_every_staging_module_to_its_published_version(tmp_path: Path) -> None:
+    folder = tmp_path / "k8s"
+    folder.mkdir()
+    (folder / "go.mod").write_text(
+        "module k8s.io/kubernetes\n\nreplace (\n\tk8s.io/api => ./staging/src/k8s.io/api\n"
+        "\tk8s.io/client-go => ./staging/src/k8s.io/client-go\n)\n"
+    )
+    go = FakeGo({f"k8s.io/kubernetes@{binaries.KUBERNETES_VERSION}": folder})
+    staging = binaries.Builder(tmp_path, run=go).kubernetes_staging()
+    module = binaries.kubernetes_module(staging)
+    text = module.go_mod()
+    assert "require k8s.io/kubernetes v1.34.4" in text
+    assert "replace k8s.io/api => k8s.io/api v0.34.4" in text
+    assert "replace k8s.io/client-go => k8s.io/client-go v0.34.4" in text
+    assert "-X k8s.io/component-base/version.gitVersion=v1.34.4" in module.ldflags
+    assert '_ "k8s.io/kubernetes/cmd/kube-apiserver"' in module.tools_go()
+    assert binaries._output_name(module, "go.etcd.io/etcd/server/v3") == "server"
+
+
+def test_istio_is_built_as_its_makefile_does() -> None:
+    source = binaries.IstioSource("1.30.3", "v0.0.0-20260713165634-56df41f63e51", "1.30.3")
+    module = binaries.istio_module(source)
+    assert module.tags == ("vtprotobuf", "disable_pgv")
+    assert "-X istio.io/istio/pkg/version.buildVersion=1.30.3" in module.ldflags
+    assert set(module.binaries) == {"pilot-discovery", "pilot-agent", "istioctl"}
+
+
+def test_no_go_is_one_sentence(tmp_path: Path) -> None:
+    def missing(*_: object) -> subprocess.CompletedProcess[str]:
+        raise FileNotFoundError("go")
+
+    with pytest.raises(BackendError, match="Go is not installed"):
+        binaries.Builder(tmp_path, run=missing).check_go()
+
+
+def test_a_bin_dir_without_any_program_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match="holds none of"):
+        binaries.build_all("1.30.3", bin_dir=tmp_path, builder=binaries.Builder(tmp_path, run=FakeGo({})))
+
+
+def test_each_cluster_gets_its_own_addresses() -> None:
+    a, b = network.NodeNetwork("cluster-a", 0), network.NodeNetwork("cluster-b", 1)
+    assert (a.address, b.address) == ("10.250.0.10", "10.250.0.11")
+    assert (a.pod_cidr, b.pod_cidr) == ("10.10.0.0/16", "10.11.0.0/16")
+    assert (a.dns_address, b.dns_address) == ("10.255.10.10", "10.255.11.10")
+    assert not set(a.lb_addresses) & set(b.lb_addresses)
+    assert all(address.startswith("10.250.0.") for address in a.lb_addresses + b.lb_addresses)
+    assert len(a.host_veth) <= 15
+
+
+def test_what_a_node_runs(tmp_path: Path) -> None:
+    node = network.NodeNetwork("cluster-b", 1)
+    files = components.ClusterFiles(tmp_path)
+    bins = binaries.Binaries(paths={name: Path(f"/bin/{name}") for name in binaries.ALL_PROGRAMS})
+    apiserver = components.kube_apiserver(files, node, bins)
+    assert "--advertise-address=10.250.0.11" in apiserver.argv
+    assert "--service-cluster-ip-range=10.255.11.0/24" in apiserver.argv
+    assert components.api_service_address(node) == "10.255.11.1"
+    kubelet = yaml.safe_load(components.kubelet_config(files, node))
+    assert kubelet["cgroupRoot"] == "/meshfed-cluster-b"
+    assert kubelet["failCgroupV1"] is False and kubelet["oomScoreAdj"] == 0
+    assert kubelet["clusterDNS"] == ["10.255.11.10"]
+    cni = json.loads(components.cni_config(node))
+    assert cni["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.11.0.0/16"}]]
+    config = components.containerd_config(files)
+    assert "restrict_oom_score_adj = true" in config and str(files.containerd_socket) in config
+
+
+def test_the_install_overlay_says_what_is_not_stock() -> None:
+    overlay = install_overlay("1.31-dev", upstream_envoy=True)
+    spec = overlay["spec"]
+    assert (spec["hub"], spec["tag"]) == (images.HUB, "1.31-dev")
+    assert spec["values"]["global"]["imagePullPolicy"] == "Never"
+    assert spec["values"]["pilot"]["env"] == {
+        "PILOT_ENABLE_METADATA_EXCHANGE": "false",
+        "PILOT_ENABLE_ALPN_FILTER": "false",
+    }
+    assert spec["values"]["telemetry"] == {"enabled": False}
+    assert "pilot" not in install_overlay("1.31-dev", upstream_envoy=False)["spec"]["values"]
+
+
+def test_the_image_archive_stores_a_shared_layer_once(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "usr" / "bin").mkdir(parents=True)
+    (rootfs / "usr" / "bin" / "python3").write_text("#!/bin/sh\n")
+    tool = tmp_path / "tool"
+    tool.write_bytes(b"\x7fELF")
+    base = images.Layer(folder=rootfs)
+    wanted = [
+        images.Image("meshfed.local/a:1", (base,), cmd=("python3",)),
+        images.Image(
+            "meshfed.local/b:1", (base, images.Layer({"usr/local/bin/tool": (tool, 0o755)})), ("/usr/local/bin/tool",)
+        ),
+    ]
+    target = tmp_path / "images.tar"
+    images.write_archive(target, wanted)
+    with tarfile.open(target) as archive:
+        manifest = json.loads(archive.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        layer_files = [name for name in archive.getnames() if name.endswith("layer.tar")]
+        top = tarfile.open(fileobj=archive.extractfile(manifest[1]["Layers"][1]))  # type: ignore[arg-type]
+        assert top.getmember("usr/local/bin/tool").mode == 0o755
+    assert [entry["RepoTags"] for entry in manifest] == [["meshfed.local/a:1"], ["meshfed.local/b:1"]]
+    assert manifest[0]["Layers"][0] == manifest[1]["Layers"][0]
+    assert len(layer_files) == 2
+
+
+class FakeApi:
+    def __init__(self, services: list[dict[str, object]]) -> None:
+        self.services = services
+        self.patches: list[tuple[str, object]] = []
+
+    def request(self, method: str, path: str, **kwargs: object) -> dict[str, object]:
+        if method == "GET":
+            return {"items": self.services}
+        self.patches.append((path, kwargs["body"]))
+        return {}
+
+
+def test_a_load_balancer_service_gets_an_address_of_its_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    added: list[tuple[str, str]] = []
+    monkeypatch.setattr(network, "add_lb_address", lambda node, address: added.append((node.netns, address)))
+    service = {
+        "metadata": {"name": "istio-eastwestgateway", "namespace": "istio-system"},
+        "spec": {"type": "LoadBalancer"},
+    }
+    other = {"metadata": {"name": "istiod", "namespace": "istio-system"}, "spec": {"type": "ClusterIP"}}
+    api = FakeApi([service, other])
+    node = network.NodeNetwork("cluster-b", 1)
+    balancers = LoadBalancers({"cluster-b": api}, {"cluster-b": node})  # type: ignore[dict-item]
+    balancers.reconcile("cluster-b")
+    assert added == [("meshfed-cluster-b", node.lb_addresses[0])]
+    path, body = api.patches[0]
+    assert path == "/api/v1/namespaces/istio-system/services/istio-eastwestgateway/status"
+    assert body == {"status": {"loadBalancer": {"ingress": [{"ip": node.lb_addresses[0], "ipMode": "VIP"}]}}}
+    service["status"] = body["status"]  # type: ignore[index]
+    balancers.reconcile("cluster-b")
+    assert len(api.patches) == 1 and len(added) == 1  # settled: nothing more to do
