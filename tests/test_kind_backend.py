@@ -118,8 +118,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     addressed: dict[str, float] = {}
     wait_address = KindBackend._gateway_address
 
-    def recording_address(self: KindBackend, cluster: Any, progress: Any, timeout: float = 300) -> str:
-        address = wait_address(self, cluster, progress, timeout)
+    def recording_address(self: KindBackend, cluster: Any, timeout: float = 300) -> str:
+        address = wait_address(self, cluster, timeout)
         addressed.setdefault(cluster.name, time.time())
         return address
 

@@ -172,6 +172,8 @@ class Mesh(abc.ABC):
     istio_version: str
     # How long a change may take to reach every proxy: reachability is retried until then.
     convergence_deadline: float = 60.0
+    # What the mesh runs on, for the reports: component -> version, build and anything not stock.
+    environment: Mapping[str, str] = {}
 
     @property
     @abc.abstractmethod

@@ -33,7 +33,7 @@ from meshfed.backends import evidence, preflight, tools
 from meshfed.backends.base import Backend, BackendError, Progress
 from meshfed.backends.kube import KubeCluster, KubeMesh
 from meshfed.install import execute, plan, timed
-from meshfed.manifests import EASTWEST_GATEWAY, ISTIO_SYSTEM, Obj
+from meshfed.manifests import Obj
 from meshfed.topology import ClusterSpec, MeshSpec
 
 PREFIX = "meshfed-"
@@ -207,7 +207,7 @@ class KindBackend(Backend):
                     plan(spec, cacerts),
                     spec,
                     clusters,
-                    gateway_address=lambda name: self._gateway_address(clusters[name], progress),
+                    gateway_address=lambda name: self._gateway_address(clusters[name]),
                     remote_secret=lambda source, _dest: clusters[source].create_remote_secret(
                         f"https://{self._container_ip(kind_name(source) + '-control-plane')}:6443"
                     ),
@@ -327,19 +327,11 @@ class KindBackend(Backend):
                 # The pool is validated by MetalLB's webhook, which answers a little after the controller is ready.
                 _retry(functools.partial(_apply_all, cluster, metallb_pool(addresses)), seconds=120)
 
-    def _gateway_address(self, cluster: KubeCluster, progress: Progress, timeout: float = 300) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            service = cluster.get("Service", EASTWEST_GATEWAY, ISTIO_SYSTEM) or {}
-            ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-            if ingress and (ingress[0].get("ip") or ingress[0].get("hostname")):
-                return str(ingress[0].get("ip") or ingress[0].get("hostname"))
-            if time.monotonic() >= deadline:
-                raise BackendError(
-                    f"{cluster.name}: the east-west gateway got no external address in {timeout:g} s: check MetalLB "
-                    f"(`kubectl --context {cluster.context} -n {METALLB_NAMESPACE} get pods,ipaddresspools`)"
-                )
-            time.sleep(cluster.poll)
+    def _gateway_address(self, cluster: KubeCluster, timeout: float = 300) -> str:
+        return cluster.gateway_address(
+            timeout,
+            f"check MetalLB (`kubectl --context {cluster.context} -n {METALLB_NAMESPACE} get pods,ipaddresspools`)",
+        )
 
     def _kept_marker(self, toolbox: tools.Toolbox, name: str) -> str:
         """The mesh a kept cluster holds ("" when unknown: no marker, no kubeconfig, no answer)."""

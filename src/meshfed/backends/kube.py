@@ -354,6 +354,18 @@ class KubeCluster(Cluster):
     def pods(self, namespace: str, labels: Mapping[str, str] | None = None) -> builtins.list[PodInfo]:
         return [pod_info(pod) for pod in self.list("Pod", namespace, labels)]
 
+    def gateway_address(self, timeout: float, hint: str) -> str:
+        """The east-west gateway Service's external address, once its load balancer gives it one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            service = self.get("Service", manifests.EASTWEST_GATEWAY, manifests.ISTIO_SYSTEM) or {}
+            ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+            if ingress and (ingress[0].get("ip") or ingress[0].get("hostname")):
+                return str(ingress[0].get("ip") or ingress[0].get("hostname"))
+            if time.monotonic() >= deadline:
+                raise BackendError(f"{self.name}: the east-west gateway got no external address in {timeout:g} s: {hint}")
+            time.sleep(min(self.poll, 0.5))
+
     # Calls and proxies
     def call(
         self,
@@ -457,7 +469,9 @@ class KubeMesh(Mesh):
         istio_version: str,
         clusters: Mapping[str, KubeCluster],
         teardown: Callable[[], None],
+        environment: Mapping[str, str] | None = None,
     ) -> None:
+        self.environment = dict(environment or {})
         self.backend = backend
         self.spec = spec
         self.istio_version = istio_version

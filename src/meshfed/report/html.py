@@ -72,6 +72,7 @@ def summary_html(record: RunRecord) -> str:
         ("Istio version", record.istio_version),
         ("Clusters", ", ".join(f"{c['name']} ({c['network']}, {c['role']})" for c in record.clusters)),
     ]
+    rows += [(key, value) for key, value in record.environment.items()]
     if record.implementation:
         rows.append(("Implementation", ", ".join(f"{k}: {v}" for k, v in record.implementation.items())))
     out = ["<h2>Mesh under test</h2>"]

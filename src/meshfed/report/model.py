@@ -44,6 +44,7 @@ class RunRecord:
     pair_status: dict[str, bool] = field(default_factory=dict)  # "a->b" -> reachable
     latencies: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # pair -> same/cross -> ms
     provisioning_error: str = ""
+    environment: dict[str, str] = field(default_factory=dict)  # what it ran against: component -> version and notes
     procedures: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)  # case -> (step, ok, failed)
 
     def record_latency(self, pair: str, kind: str, values: Sequence[float]) -> None:
@@ -109,6 +110,8 @@ def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[s
     if record.backend == "embedded":
         report["certifiesIstio"] = False
         report["note"] = EMBEDDED_NOTE
+    if record.environment:
+        report["environment"] = dict(record.environment)
     if record.provisioning_error:
         report["provisioningError"] = record.provisioning_error
     return report

