@@ -83,6 +83,8 @@ def _values(**overrides: object) -> SuiteOptions:
         "meshfed_report_dir": Path("reports"),
         "meshfed_upgrade_to": None,
         "meshfed_workload_image": None,
+        "meshfed_bin_dir": None,
+        "meshfed_envoy": None,
         "meshfed_istio_namespace": "istio-system",
         "meshfed_features": None,
         "meshfed_exempt_features": None,
@@ -133,7 +135,7 @@ def test_ordered_pairs() -> None:
                 "meshfed_context": [("a", "x"), ("b", "y")],
                 "meshfed_cacerts_dir": Path("."),
             },
-            r"^--cacerts-dir is for the embedded or kind backend",
+            r"^--cacerts-dir is for the embedded or kind or host backend",
         ),
     ],
 )
@@ -150,3 +152,10 @@ def test_the_workload_image_reaches_every_workload() -> None:
         for d in deployments
         for c in d["spec"]["template"]["spec"]["containers"]
     )
+
+
+@pytest.mark.parametrize("flag", ["meshfed_bin_dir", "meshfed_envoy"])
+def test_host_options_are_refused_elsewhere(flag: str) -> None:
+    with pytest.raises(OptionError, match=f"--{flag.removeprefix('meshfed_').replace('_', '-')} is for the host backend"):
+        _values(**{flag: Path("/opt/istio/out")})
+    assert getattr(_values(meshfed_backend="host", **{flag: Path("/x")}), flag.removeprefix("meshfed_")) == Path("/x")

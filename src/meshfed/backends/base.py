@@ -174,6 +174,8 @@ class Mesh(abc.ABC):
     convergence_deadline: float = 60.0
     # What the mesh runs on, for the reports: component -> version, build and anything not stock.
     environment: Mapping[str, str] = {}
+    # Whether a pass certifies an Istio installation; None where the backend does not say (kind, existing).
+    certifies_istio: bool | None = None
 
     @property
     @abc.abstractmethod

@@ -363,7 +363,9 @@ class KubeCluster(Cluster):
             if ingress and (ingress[0].get("ip") or ingress[0].get("hostname")):
                 return str(ingress[0].get("ip") or ingress[0].get("hostname"))
             if time.monotonic() >= deadline:
-                raise BackendError(f"{self.name}: the east-west gateway got no external address in {timeout:g} s: {hint}")
+                raise BackendError(
+                    f"{self.name}: the east-west gateway got no external address in {timeout:g} s: {hint}"
+                )
             time.sleep(min(self.poll, 0.5))
 
     # Calls and proxies
@@ -470,8 +472,10 @@ class KubeMesh(Mesh):
         clusters: Mapping[str, KubeCluster],
         teardown: Callable[[], None],
         environment: Mapping[str, str] | None = None,
+        certifies_istio: bool | None = None,
     ) -> None:
         self.environment = dict(environment or {})
+        self.certifies_istio = certifies_istio
         self.backend = backend
         self.spec = spec
         self.istio_version = istio_version

@@ -45,6 +45,7 @@ class RunRecord:
     latencies: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # pair -> same/cross -> ms
     provisioning_error: str = ""
     environment: dict[str, str] = field(default_factory=dict)  # what it ran against: component -> version and notes
+    certifies_istio: bool | None = None
     procedures: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)  # case -> (step, ok, failed)
 
     def record_latency(self, pair: str, kind: str, values: Sequence[float]) -> None:
@@ -110,6 +111,8 @@ def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[s
     if record.backend == "embedded":
         report["certifiesIstio"] = False
         report["note"] = EMBEDDED_NOTE
+    elif record.certifies_istio is not None:
+        report["certifiesIstio"] = record.certifies_istio
     if record.environment:
         report["environment"] = dict(record.environment)
     if record.provisioning_error:

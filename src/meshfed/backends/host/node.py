@@ -9,6 +9,8 @@ included), unmounts what is mounted under its folder, deletes its namespace and 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ class HostNode:
             network.ensure_shared()
             network.ensure_node(net)
         files.root.mkdir(parents=True, exist_ok=True)
+        (files.root / "node.json").write_text(json.dumps({"cluster": self.name, "index": net.index}) + "\n")
         credentials.make(files.root, self.name, net.address, components.api_service_address(net))
         (files.root / "containerd").mkdir(exist_ok=True)
         (files.root / "containerd" / "config.toml").write_text(components.containerd_config(files))
@@ -86,13 +89,34 @@ class HostNode:
             with timed(f"{self.name}: {component.name}", self.progress):
                 supervisor.start(component)
 
-    def down(self, *, remove_files: bool = True) -> None:
-        """Stop everything of this cluster, unmount, delete its namespace (and its folder)."""
-        kill_group(self.net.netns)
-        unmount_under(self.files.root)
-        network.remove_node(self.net.netns)
-        if remove_files:
-            shutil.rmtree(self.files.root, ignore_errors=True)
+    def down(self) -> None:
+        remove(self.net, self.files.root)
+
+
+def remove(net: network.NodeNetwork, folder: Path) -> None:
+    """Stop everything of a cluster (its cgroup: processes, containers, shims), unmount what is mounted in
+    its folder, delete its namespace and its folder."""
+    kill_group(net.netns)
+    unmount_under(folder)
+    network.remove_node(net)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def clean_leftovers(clusters: Path, progress: Progress) -> None:
+    """Stop and remove what an earlier run left (after a crash or a kill): every cluster folder it wrote,
+    every node namespace of ours, found on the host and not from memory."""
+    found: dict[str, int] = {}
+    for record in clusters.glob("*/node.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            data = json.loads(record.read_text())
+            found[str(data["cluster"])] = int(data["index"])
+    for netns in network.node_namespaces():
+        found.setdefault(netns.removeprefix(network.NETNS_PREFIX), -1)
+    if not found:
+        return
+    progress(f"removing what an earlier run left: {', '.join(sorted(found))}")
+    for name, index in sorted(found.items()):
+        remove(network.NodeNetwork(name, index), clusters / name)
 
 
 def _with_check(component: Component, what: str, test: object) -> Component:
