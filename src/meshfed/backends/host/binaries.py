@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -426,15 +425,3 @@ def _istio_version_of(pilot_discovery: Path) -> str:
     if done.returncode != 0 or not version:
         raise BackendError(f"{pilot_discovery} does not say its version: rebuild it, or leave it out of --bin-dir")
     return version
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m meshfed.backends.host.binaries [ISTIO_VERSION]``: build everything, print the record."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    found = build_all(args[0] if args else "1.30.3", builder=Builder(progress=lambda line: print(line, flush=True)))
-    print(json.dumps({name: str(path) for name, path in found.paths.items()}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

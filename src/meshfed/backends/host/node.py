@@ -43,8 +43,7 @@ class HostNode:
     def up(self, bins: Binaries, image_archive: Path) -> None:
         files, net = self.files, self.net
         with timed(f"{self.name}: node network {net.netns} ({net.address} on {network.BRIDGE})", self.progress):
-            network.ensure_shared()
-            network.ensure_node(net)
+            network.ensure_node(net)  # the shared bridge is there already
         files.root.mkdir(parents=True, exist_ok=True)
         (files.root / "node.json").write_text(json.dumps({"cluster": self.name, "index": net.index}) + "\n")
         credentials.make(files.root, self.name, net.address, components.api_service_address(net))
