@@ -171,8 +171,8 @@ def test_the_image_archive_stores_a_shared_layer_once(tmp_path: Path) -> None:
     with tarfile.open(target) as archive:
         manifest = json.loads(archive.extractfile("manifest.json").read())  # type: ignore[union-attr]
         layer_files = [name for name in archive.getnames() if name.endswith("layer.tar")]
-        top = tarfile.open(fileobj=archive.extractfile(manifest[1]["Layers"][1]))  # type: ignore[arg-type]
-        assert top.getmember("usr/local/bin/tool").mode == 0o755
+        with tarfile.open(fileobj=archive.extractfile(manifest[1]["Layers"][1])) as top:  # type: ignore[arg-type]
+            assert top.getmember("usr/local/bin/tool").mode == 0o755
     assert [entry["RepoTags"] for entry in manifest] == [["meshfed.local/a:1"], ["meshfed.local/b:1"]]
     assert manifest[0]["Layers"][0] == manifest[1]["Layers"][0]
     assert len(layer_files) == 2

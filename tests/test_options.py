@@ -156,6 +156,8 @@ def test_the_workload_image_reaches_every_workload() -> None:
 
 @pytest.mark.parametrize("flag", ["meshfed_bin_dir", "meshfed_envoy"])
 def test_host_options_are_refused_elsewhere(flag: str) -> None:
-    with pytest.raises(OptionError, match=f"--{flag.removeprefix('meshfed_').replace('_', '-')} is for the host backend"):
+    with pytest.raises(
+        OptionError, match=f"--{flag.removeprefix('meshfed_').replace('_', '-')} is for the host backend"
+    ):
         _values(**{flag: Path("/opt/istio/out")})
     assert getattr(_values(meshfed_backend="host", **{flag: Path("/x")}), flag.removeprefix("meshfed_")) == Path("/x")
