@@ -209,3 +209,19 @@ def test_a_load_balancer_service_gets_an_address_of_its_cluster(monkeypatch: pyt
     service["status"] = body["status"]  # type: ignore[index]
     balancers.reconcile("cluster-b")
     assert len(api.patches) == 1 and len(added) == 1  # settled: nothing more to do
+
+
+def test_an_address_given_by_an_earlier_run_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(network, "add_lb_address", lambda node, address: None)
+    node = network.NodeNetwork("cluster-a", 0)
+    given = {"loadBalancer": {"ingress": [{"ip": node.lb_addresses[3], "ipMode": "VIP"}]}}
+    service = {
+        "metadata": {"name": "istio-eastwestgateway", "namespace": "istio-system"},
+        "spec": {"type": "LoadBalancer"},
+        "status": given,
+    }
+    api = FakeApi([service])
+    balancers = LoadBalancers({"cluster-a": api}, {"cluster-a": node})  # type: ignore[dict-item]
+    balancers.reconcile("cluster-a")
+    assert balancers.assigned == {("cluster-a", "istio-system", "istio-eastwestgateway"): node.lb_addresses[3]}
+    assert api.patches == []

@@ -1,8 +1,10 @@
-"""``python -m meshfed.bench``: how fast the embedded mesh is on this machine (a benchmark, not a test).
+"""``python -m meshfed.bench``: how fast a mesh is on this machine (a benchmark, not a test).
 
-For 2, 3 and 5 clusters it prints the time to provision the mesh and the median and p99 latency of
-same-cluster and cross-cluster calls (client -> sidecar -> [east-west gateway] -> sidecar -> echo).
-With ``--suite`` it also times ``pytest conformance/`` on the embedded backend for both topologies.
+For each backend asked for (``--backends embedded host``: the embedded mesh and real Istio side by side)
+and each cluster count it prints the time to provision the mesh and the median and p99 latency of
+same-cluster and cross-cluster calls (client -> sidecar -> [east-west gateway] -> sidecar -> echo), as
+the workload program measures them. With ``--suite`` it also times ``pytest conformance/`` on the
+embedded backend for both topologies.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import sys
 import tempfile
 import time
 
+from meshfed.backends.base import Backend
 from meshfed.backends.embedded.mesh import EmbeddedBackend
+from meshfed.backends.host.backend import HostBackend
 from meshfed.manifests import TEST_NAMESPACE, only_in, service_url
+from meshfed.options import DEFAULT_ISTIO_VERSION
 from meshfed.pki import create_mesh_pki
 from meshfed.topology import MeshSpec, Topology
 
@@ -25,11 +30,12 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def measure(topology: Topology, clusters: int, calls: int) -> dict[str, float]:
+def measure(topology: Topology, clusters: int, calls: int, backend: Backend | None = None) -> dict[str, float]:
     spec = MeshSpec.default(topology, clusters)
     pki = create_mesh_pki(spec.names, key_type="ecdsa")
     started = time.perf_counter()
-    mesh = EmbeddedBackend().provision(spec, {n: ca.secret_data() for n, ca in pki.cluster_cas.items()})
+    backend = backend or EmbeddedBackend()
+    mesh = backend.provision(spec, {n: ca.secret_data() for n, ca in pki.cluster_cas.items()})
     provisioned = time.perf_counter() - started
     try:
         same: list[float] = []
@@ -57,19 +63,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m meshfed.bench", description=__doc__)
     parser.add_argument("--topology", choices=[t.value for t in Topology], default="multi-primary")
     parser.add_argument("--calls", type=int, default=50, help="calls per ordered pair and target (default 50)")
-    parser.add_argument("--clusters", type=int, nargs="+", default=[2, 3, 5])
+    parser.add_argument("--clusters", type=int, nargs="+", help="cluster counts (default: 2 3 5 embedded, 2 host)")
+    parser.add_argument(
+        "--backends", nargs="+", choices=("embedded", "host"), default=["embedded"], help="default: embedded"
+    )
     parser.add_argument("--suite", action="store_true", help="also time pytest conformance/ for both topologies")
     args = parser.parse_args(argv)
-    print(f"embedded mesh, {args.topology}, {args.calls} calls per pair and target")
+    print(f"{args.topology}, {args.calls} calls per pair and target")
     print(
-        f"{'clusters':>8}  {'provision':>9}  {'same median':>11}  {'same p99':>8}  {'cross median':>12}  {'cross p99':>9}"
+        f"{'backend':>8}  {'clusters':>8}  {'provision':>9}  {'same median':>11}  {'same p99':>8}"
+        f"  {'cross median':>12}  {'cross p99':>9}"
     )
-    for count in args.clusters:
-        r = measure(Topology(args.topology), count, args.calls)
-        print(
-            f"{count:>8}  {r['provision_s']:>8.2f}s  {r['same_median_ms']:>9.1f}ms  {r['same_p99_ms']:>6.1f}ms"
-            f"  {r['cross_median_ms']:>10.1f}ms  {r['cross_p99_ms']:>7.1f}ms"
-        )
+    for name in args.backends:
+        for count in args.clusters or ([2, 3, 5] if name == "embedded" else [2]):
+            backend = HostBackend(DEFAULT_ISTIO_VERSION) if name == "host" else EmbeddedBackend()
+            r = measure(Topology(args.topology), count, args.calls, backend)
+            print(
+                f"{name:>8}  {count:>8}  {r['provision_s']:>8.2f}s  {r['same_median_ms']:>9.1f}ms"
+                f"  {r['same_p99_ms']:>6.1f}ms  {r['cross_median_ms']:>10.1f}ms  {r['cross_p99_ms']:>7.1f}ms",
+                flush=True,
+            )
     if args.suite:
         selections = {
             "every case": [],

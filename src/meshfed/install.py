@@ -12,6 +12,8 @@ nothing depends on it (it never does here: the order is the contract).
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -188,3 +190,20 @@ def execute(
                 assert step.source is not None
                 for obj in remote_secret(step.source, step.cluster):
                     cluster.apply(obj)
+
+
+def mesh_marker(spec: MeshSpec, istio_version: str, cacerts: Mapping[str, Mapping[str, bytes]]) -> str:
+    """What a kept mesh was made from; a later run reuses it only when this is the same."""
+    roots = {name: hashlib.sha256(files.get("root-cert.pem", b"")).hexdigest() for name, files in cacerts.items()}
+    return json.dumps(
+        {
+            "topology": spec.topology.value,
+            "clusters": [[c.name, c.network, c.region, c.zone, c.role] for c in spec.clusters],
+            "meshID": spec.mesh_id,
+            "trustDomain": spec.trust_domain,
+            "workloadImage": spec.workload_image,
+            "istioVersion": istio_version,
+            "roots": roots,
+        },
+        sort_keys=True,
+    )

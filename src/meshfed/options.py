@@ -141,7 +141,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec(
         "--keep-clusters",
-        "kind: keep the clusters after the run so a later run reuses them",
+        "kind, host: keep the clusters after the run so a later run reuses them",
         False,
         action="store_true",
     ),
@@ -265,7 +265,7 @@ class SuiteOptions:
             "--istio-namespace": ("existing", self.istio_namespace != "istio-system"),
             "--workload-image": ("kind or existing", self.workload_image is not None),
             "--cacerts-dir": ("embedded or kind or host", self.cacerts_dir is not None),
-            "--keep-clusters": ("kind", self.keep_clusters),
+            "--keep-clusters": ("kind or host", self.keep_clusters),
             "--bin-dir": ("host", self.bin_dir is not None),
             "--envoy": ("host", self.envoy is not None),
         }

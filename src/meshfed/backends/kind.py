@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import ipaddress
 import json
 import shutil
@@ -32,7 +31,7 @@ from pytest_kind import KindCluster
 from meshfed.backends import evidence, preflight, tools
 from meshfed.backends.base import Backend, BackendError, Progress
 from meshfed.backends.kube import KubeCluster, KubeMesh
-from meshfed.install import execute, plan, timed
+from meshfed.install import execute, mesh_marker, plan, timed
 from meshfed.manifests import Obj
 from meshfed.topology import ClusterSpec, MeshSpec
 
@@ -111,23 +110,6 @@ def metallb_pool(addresses: Sequence[str]) -> list[Obj]:
             "spec": {"ipAddressPools": ["default-pool"]},
         },
     ]
-
-
-def mesh_marker(spec: MeshSpec, istio_version: str, cacerts: Mapping[str, Mapping[str, bytes]]) -> str:
-    """What a kept mesh was made from; a later run reuses it only when this is the same."""
-    roots = {name: hashlib.sha256(files.get("root-cert.pem", b"")).hexdigest() for name, files in cacerts.items()}
-    return json.dumps(
-        {
-            "topology": spec.topology.value,
-            "clusters": [[c.name, c.network, c.region, c.zone, c.role] for c in spec.clusters],
-            "meshID": spec.mesh_id,
-            "trustDomain": spec.trust_domain,
-            "workloadImage": spec.workload_image,
-            "istioVersion": istio_version,
-            "roots": roots,
-        },
-        sort_keys=True,
-    )
 
 
 class KindBackend(Backend):

@@ -17,5 +17,7 @@ def backend_for(options: SuiteOptions) -> Backend:
         # The contexts are read from $KUBECONFIG (or ~/.kube/config), as kubectl reads them.
         return ExistingBackend(options.contexts, control_plane_namespace=options.istio_namespace)
     if options.backend == "host":
-        return HostBackend(options.istio_version, bin_dir=options.bin_dir, envoy=options.envoy)
+        return HostBackend(
+            options.istio_version, bin_dir=options.bin_dir, envoy=options.envoy, keep_clusters=options.keep_clusters
+        )
     return EmbeddedBackend()

@@ -8,7 +8,7 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +22,7 @@ from meshfed.backends.host.components import ClusterFiles
 from meshfed.backends.host.loadbalancer import LoadBalancers
 from meshfed.backends.host.node import HostNode, clean_leftovers, install_addons
 from meshfed.backends.kube import KubeCluster, KubeMesh
-from meshfed.install import execute, plan, timed
+from meshfed.install import execute, mesh_marker, plan, timed
 from meshfed.manifests import Obj
 from meshfed.topology import MeshSpec
 
@@ -86,6 +86,16 @@ def _version(command: str) -> str:
     return first.replace("containerd github.com/containerd/containerd", "containerd")
 
 
+def kept_state(nodes: Iterable[HostNode], marker: str) -> str:
+    """ "none" (no cluster kept), "same" (every cluster kept with this mesh and answering), or "other"."""
+    found = [node.kept_marker() for node in nodes]
+    if not any(found):
+        return "none"
+    if all(value == marker for value in found) and all(node.answers() for node in nodes):
+        return "same"
+    return "other"
+
+
 def preflight() -> None:
     """Linux, root, the commands and the CNI plugins: one sentence each, before anything is started."""
     if platform.system() != "Linux":
@@ -109,6 +119,7 @@ class HostBackend(Backend):
     istio_version: str
     bin_dir: Path | None = None
     envoy: Path | None = None
+    keep_clusters: bool = False
     cache: Path | None = None
 
     name = "host"
@@ -137,7 +148,17 @@ class HostBackend(Backend):
             )
             for index, cluster in enumerate(spec.clusters)
         }
-        clean_leftovers(cache / "clusters", progress)
+        marker = mesh_marker(spec, bins.istio.version, cacerts)
+        kept = kept_state(nodes.values(), marker)
+        if kept != "none" and not self.keep_clusters:
+            raise BackendError(
+                f"host clusters kept by an earlier --keep-clusters run are running ({', '.join(nodes)}): run with "
+                "--keep-clusters to reuse them, or remove them with `meshfed host clean`"
+            )
+        if kept == "other":
+            progress("the kept clusters hold another mesh, an unfinished one, or do not answer: recreating them")
+        if kept != "same":
+            clean_leftovers(cache / "clusters", progress)
         overlay = Path(tempfile.mkdtemp(prefix="meshfed-host-")) / "host-overlay.yaml"
         overlay.write_text(yaml.safe_dump(install_overlay(bins.istio.version, upstream_envoy=self.envoy is None)))
         balancers: LoadBalancers | None = None
@@ -145,6 +166,9 @@ class HostBackend(Backend):
         def teardown() -> None:
             if balancers is not None:
                 balancers.stop()
+            if self.keep_clusters:
+                progress(f"kept {', '.join(nodes)} (`meshfed host clean` removes them)")
+                return
             for node in reversed(list(nodes.values())):
                 with timed(f"{node.name}: stopping and removing the cluster", progress):
                     node.down()
@@ -152,11 +176,12 @@ class HostBackend(Backend):
             shutil.rmtree(overlay.parent, ignore_errors=True)
 
         try:
-            network.ensure_shared()
-            # The nodes come up side by side (as kind creates its clusters): most of it is waiting.
-            with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-                for future in [pool.submit(node.up, bins, archive) for node in nodes.values()]:
-                    future.result()
+            if kept != "same":
+                network.ensure_shared()
+                # The nodes come up side by side (as kind creates its clusters): most of it is waiting.
+                with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+                    for future in [pool.submit(node.up, bins, archive) for node in nodes.values()]:
+                        future.result()
             clusters = {
                 name: KubeCluster(
                     name,
@@ -169,6 +194,8 @@ class HostBackend(Backend):
                 for name, node in nodes.items()
             }
             for name, cluster in clusters.items():
+                if kept == "same":
+                    break
                 with timed(f"{name}: CoreDNS", progress):
                     install_addons(cluster, nodes[name].net)
                     if not cluster.wait_ready("coredns", "kube-system", timeout=120):
@@ -177,21 +204,29 @@ class HostBackend(Backend):
                 {n: c.api for n, c in clusters.items()}, {n: node.net for n, node in nodes.items()}
             )
             balancers.start()
-            execute(
-                plan(spec, cacerts),
-                spec,
-                clusters,
-                gateway_address=lambda name: clusters[name].gateway_address(
-                    120, "see the host backend's LoadBalancer controller"
-                ),
-                remote_secret=lambda source, _dest: clusters[source].create_remote_secret(
-                    f"https://{nodes[source].net.address}:6443"
-                ),
-                progress=progress,
-            )
+            if kept == "same":
+                progress(f"reusing the kept clusters {', '.join(nodes)}: same mesh, install plan skipped")
+            else:
+                execute(
+                    plan(spec, cacerts),
+                    spec,
+                    clusters,
+                    gateway_address=lambda name: clusters[name].gateway_address(
+                        120, "see the host backend's LoadBalancer controller"
+                    ),
+                    remote_secret=lambda source, _dest: clusters[source].create_remote_secret(
+                        f"https://{nodes[source].net.address}:6443"
+                    ),
+                    progress=progress,
+                )
+            if self.keep_clusters:
+                for node in nodes.values():
+                    node.mark_kept(marker)  # last: a kept cluster is reused only when it was finished
         except BaseException:
+            keep, self.keep_clusters = self.keep_clusters, False  # an unfinished mesh is never kept
             with contextlib.suppress(BackendError):
                 teardown()
+            self.keep_clusters = keep
             raise
         return KubeMesh(
             "host",

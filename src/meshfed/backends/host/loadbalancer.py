@@ -54,7 +54,9 @@ class LoadBalancers:
             address = self.assigned.get(key)
             if address is None:
                 taken = {value for (owner, _, _), value in self.assigned.items() if owner == cluster}
-                free = [candidate for candidate in node.lb_addresses if candidate not in taken]
+                # An address given by an earlier run (a kept cluster) stays with its Service.
+                had = [item.get("ip") for item in ingress if item.get("ip") in node.lb_addresses]
+                free = [candidate for candidate in had + node.lb_addresses if candidate not in taken]
                 if not free:
                     continue  # as MetalLB: the Service stays pending
                 address = self.assigned[key] = free[0]

@@ -19,10 +19,20 @@ from pathlib import Path
 from meshfed.backends.base import BackendError, Progress
 from meshfed.backends.host import addons, components, credentials, images, network
 from meshfed.backends.host.binaries import Binaries
-from meshfed.backends.host.supervisor import Check, Component, Supervisor, ensure_cgroups, kill_group, unmount_under
+from meshfed.backends.host.supervisor import (
+    Check,
+    Component,
+    HttpProbe,
+    Supervisor,
+    ensure_cgroups,
+    kill_group,
+    unmount_under,
+)
 from meshfed.backends.kube import KubeApi
 from meshfed.install import timed
 from meshfed.topology import ClusterSpec
+
+KEPT = "kept-mesh.json"  # the mesh a --keep-clusters run left in this cluster, written once it was complete
 
 
 @dataclass
@@ -90,6 +100,20 @@ class HostNode:
 
     def down(self) -> None:
         remove(self.net, self.files.root)
+
+    def mark_kept(self, marker: str) -> None:
+        (self.files.root / KEPT).write_text(marker)
+
+    def kept_marker(self) -> str:
+        try:
+            return (self.files.root / KEPT).read_text()
+        except OSError:
+            return ""
+
+    def answers(self) -> bool:
+        """Its API server is ready (a kept cluster after a reboot is not)."""
+        probe = HttpProbe(f"https://{self.net.address}:6443/readyz", ca_file=str(self.files.pki / "ca.crt"))
+        return probe.ok()
 
 
 def remove(net: network.NodeNetwork, folder: Path) -> None:
