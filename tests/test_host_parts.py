@@ -225,3 +225,22 @@ def test_an_address_given_by_an_earlier_run_stays(monkeypatch: pytest.MonkeyPatc
     balancers.reconcile("cluster-a")
     assert balancers.assigned == {("cluster-a", "istio-system", "istio-eastwestgateway"): node.lb_addresses[3]}
     assert api.patches == []
+
+
+def _program(folder: Path, name: str, says: str) -> None:
+    path = folder / name
+    path.write_text(f"#!/bin/sh\necho '{says}'\n")
+    path.chmod(0o755)
+
+
+def test_a_bin_dir_needs_the_three_istio_programs_of_one_build(tmp_path: Path) -> None:
+    _program(tmp_path, "pilot-discovery", "client version: 1.31-dev")
+    _program(tmp_path, "pilot-agent", "client version: 1.30.3")
+    with pytest.raises(BackendError, match="must hold pilot-discovery, pilot-agent and istioctl of one build"):
+        binaries.build_all("1.30.3", bin_dir=tmp_path, builder=binaries.Builder(tmp_path, run=FakeGo({})))
+
+
+def test_a_bin_dir_kubernetes_program_of_another_version_is_refused(tmp_path: Path) -> None:
+    _program(tmp_path, "kube-apiserver", "Kubernetes v1.33.0")
+    with pytest.raises(BackendError, match=r"kube-apiserver says 'Kubernetes v1.33.0', not Kubernetes v1.34.4"):
+        binaries.build_all("1.30.3", bin_dir=tmp_path, builder=binaries.Builder(tmp_path, run=FakeGo({})))

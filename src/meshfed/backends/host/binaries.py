@@ -26,6 +26,7 @@ from pathlib import Path
 
 from meshfed.backends import tools
 from meshfed.backends.base import BackendError, Progress
+from meshfed.install import timed
 
 # Kubernetes 1.34 accepts cgroup v1 (1.35's kubelet refuses it, KEP-5573); Istio 1.30 and 1.31 support it.
 KUBERNETES_VERSION = "v1.34.4"
@@ -60,6 +61,8 @@ class IstioSource:
         return self.module_version.rsplit("-", 1)[-1]
 
     def describe(self) -> str:
+        if not self.module_version:
+            return f"Istio {self.version} ({self.note})"
         text = f"Istio {self.version} (istio.io/istio {self.module_version}, commit {self.commit})"
         return f"{text}; {self.note}" if self.note else text
 
@@ -320,7 +323,8 @@ class Builder:
         args = ["build", "-trimpath", "-o", str(folder) + "/", "-ldflags", " ".join(("-s", "-w", *module.ldflags))]
         if module.tags:
             args += ["-tags", ",".join(module.tags)]
-        self.go([*args, *packages], source, f"building {names}")
+        with timed(f"go build {names}", self.progress):
+            self.go([*args, *packages], source, f"building {names}")
         for name, path in module.binaries.items():
             built = folder / _output_name(module, path)
             if built != folder / name:
@@ -393,11 +397,38 @@ def build_all(
     missing = [name for name in ALL_PROGRAMS if name not in given]
     if missing:
         builder.check_go()
+    given_istio = [name for name in ISTIO_PROGRAMS if name in given]
+    if given_istio:
+        versions = {
+            name: _version_of(given[name], "version", "-s").split()[-1] for name in given_istio if name != "istioctl"
+        }
+        if len(given_istio) < len(ISTIO_PROGRAMS) or len(set(versions.values())) > 1:
+            raise BackendError(
+                f"--bin-dir {bin_dir} must hold pilot-discovery, pilot-agent and istioctl of one build (found "
+                f"{', '.join(given_istio)}{': ' + ', '.join(f'{n} {v}' for n, v in versions.items()) if versions else ''}): "
+                "copy all three from the same build"
+            )
+    given_kube = {name: _version_of(given[name], "--version") for name in KUBE_PROGRAMS if name in given}
+    if given_kube:
+        wanted = f"Kubernetes {KUBERNETES_VERSION}"
+        wrong = {name: version for name, version in given_kube.items() if version != wanted}
+        if wrong:
+            raise BackendError(
+                f"--bin-dir {bin_dir}: {', '.join(f'{n} says {v!r}' for n, v in wrong.items())}, not {wanted}: "
+                "the host backend runs that version; leave those out of --bin-dir to have them built"
+            )
     if any(name in missing for name in ISTIO_PROGRAMS):
         binaries.istio = builder.istio_source(istio_version)
     else:
-        binaries.istio = IstioSource(istio_version, "", _istio_version_of(given["pilot-discovery"]), "from --bin-dir")
-    binaries.bootstrap = builder.bootstrap_template(binaries.istio)
+        version = _version_of(given["pilot-discovery"], "version", "-s").split()[-1]  # "client version: X"
+        binaries.istio = IstioSource(
+            istio_version, "", version, f"pilot-discovery, pilot-agent, istioctl from {bin_dir}"
+        )
+    # Istio's build tree keeps the bootstrap template two folders above out/linux_amd64.
+    tree = [folder / BOOTSTRAP_TEMPLATE for folder in (bin_dir.parent.parent, bin_dir.parent)] if bin_dir else []
+    binaries.bootstrap = next((path for path in tree if path.is_file()), None) or builder.bootstrap_template(
+        binaries.istio
+    )
     modules = []
     if any(name in missing for name in ("etcd", *KUBE_PROGRAMS)):
         modules.append(kubernetes_module(builder.kubernetes_staging()))
@@ -417,11 +448,15 @@ ISTIO_PROGRAMS = ("pilot-discovery", "pilot-agent", "istioctl")
 ALL_PROGRAMS = ("etcd", *KUBE_PROGRAMS, "coredns", *ISTIO_PROGRAMS)
 
 
-def _istio_version_of(pilot_discovery: Path) -> str:
-    done = subprocess.run(
-        [str(pilot_discovery), "version", "-s"], capture_output=True, text=True, timeout=60, check=False
-    )
-    version = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    if done.returncode != 0 or not version:
-        raise BackendError(f"{pilot_discovery} does not say its version: rebuild it, or leave it out of --bin-dir")
-    return version
+def _version_of(program: Path, *args: str) -> str:
+    """The last line a program prints for its version flag (``pilot-discovery version -s``, ``--version``)."""
+    try:
+        done = subprocess.run([str(program), *args], capture_output=True, text=True, timeout=60, check=False)
+    except OSError as error:
+        raise BackendError(
+            f"{program} does not run ({error.strerror}): rebuild it, or leave it out of --bin-dir"
+        ) from None
+    lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0 or not lines:
+        raise BackendError(f"{program} does not say its version: rebuild it, or leave it out of --bin-dir")
+    return lines[-1]
