@@ -244,3 +244,30 @@ def test_a_bin_dir_kubernetes_program_of_another_version_is_refused(tmp_path: Pa
     _program(tmp_path, "kube-apiserver", "Kubernetes v1.33.0")
     with pytest.raises(BackendError, match=r"kube-apiserver says 'Kubernetes v1.33.0', not Kubernetes v1.34.4"):
         binaries.build_all("1.30.3", bin_dir=tmp_path, builder=binaries.Builder(tmp_path, run=FakeGo({})))
+
+
+def test_the_host_is_checked_before_anything_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshfed.backends.host import backend
+
+    monkeypatch.setattr(backend.platform, "system", lambda: "Darwin")
+    with pytest.raises(BackendError, match="runs on Linux, not Darwin: use --backend kind"):
+        backend.preflight()
+    monkeypatch.setattr(backend.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(backend.os, "geteuid", lambda: 1000)
+    with pytest.raises(BackendError, match="needs root"):
+        backend.preflight()
+    monkeypatch.setattr(backend.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(backend.shutil, "which", lambda command: None if command in ("ctr", "runc") else "/x")
+    with pytest.raises(
+        BackendError, match=r"missing on this host: containerd, runc: `apt-get install containerd runc`"
+    ):
+        backend.preflight()
+
+
+def test_a_shared_network_in_use_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    routes = "default via 192.0.2.1 dev eth0\n10.250.0.0/16 dev docker7 proto kernel scope link\n"
+    monkeypatch.setattr(network, "_ip", lambda args, what, ok_if="": routes)
+    with pytest.raises(BackendError, match=r"10\.250\.0\.0/24 .* is already routed on this host"):
+        network.check_free()
+    monkeypatch.setattr(network, "_ip", lambda args, what, ok_if="": "10.250.0.0/24 dev meshfed0 scope link\n")
+    network.check_free()

@@ -112,6 +112,7 @@ def preflight() -> None:
         )
     if not (CNI_PLUGINS / "bridge").is_file():
         raise BackendError(f"no CNI plugins in {CNI_PLUGINS}: `apt-get install containernetworking-plugins`")
+    network.check_free()
 
 
 @dataclass

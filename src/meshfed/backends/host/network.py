@@ -11,6 +11,7 @@ east-west gateways are the only way between clusters, as on kind with MetalLB.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import subprocess
 import time
@@ -88,6 +89,20 @@ def _iptables_rule(action: str, rule: Sequence[str]) -> bool:
 
 # Bridged traffic passes the host's FORWARD chain when br_netfilter is on; Docker's DROP policy would stop it.
 _FORWARD_RULE = ("FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT", "-m", "comment", "--comment", "meshfed")
+
+
+def check_free() -> None:
+    """The shared network's addresses must not be in use on this host (a route to them elsewhere)."""
+    for line in _ip(["-4", "route", "show"], "reading the host's routes").splitlines():
+        fields = line.split()
+        if not fields or fields[0] == "default" or f"dev {BRIDGE}" in line:
+            continue
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_network(fields[0], strict=False).overlaps(SHARED):
+                raise BackendError(
+                    f"{SHARED} (the host backend's shared network) is already routed on this host ({line.strip()}): "
+                    "free it, or run where that network is unused"
+                )
 
 
 def ensure_shared() -> None:
