@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from meshfed.backends.base import BackendError, Progress
@@ -29,7 +29,7 @@ from meshfed.backends.host.supervisor import (
     unmount_under,
 )
 from meshfed.backends.kube import KubeApi
-from meshfed.install import timed
+from meshfed.install import Applier, timed
 from meshfed.topology import ClusterSpec
 
 KEPT = "kept-mesh.json"  # the mesh a --keep-clusters run left in this cluster, written once it was complete
@@ -142,10 +142,8 @@ def clean_leftovers(clusters: Path, progress: Progress) -> None:
         remove(network.NodeNetwork(name, index), clusters / name)
 
 
-def _with_check(component: Component, what: str, test: object) -> Component:
-    from dataclasses import replace
-
-    return replace(component, probe=Check(what, test))  # type: ignore[arg-type]
+def _with_check(component: Component, what: str, test: Callable[[], bool]) -> Component:
+    return replace(component, probe=Check(what, test))
 
 
 def _node_ready(api: KubeApi, name: str) -> bool:
@@ -157,12 +155,6 @@ def _node_ready(api: KubeApi, name: str) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def wait_deployment(cluster: object, deployment: str, namespace: str, timeout: float) -> None:
-    started = time.monotonic()
-    if not cluster.wait_ready(deployment, namespace, timeout):  # type: ignore[attr-defined]
-        raise BackendError(f"{deployment} in {namespace} was not ready within {time.monotonic() - started:.0f} s")
-
-
-def install_addons(cluster: object, net: network.NodeNetwork) -> None:
+def install_addons(cluster: Applier, net: network.NodeNetwork) -> None:
     for obj in addons.coredns(images.COREDNS_IMAGE, net.dns_address):
-        cluster.apply(obj)  # type: ignore[attr-defined]
+        cluster.apply(obj)
