@@ -72,6 +72,12 @@ def environment(bins: binaries.Binaries, *, upstream_envoy: bool) -> dict[str, s
         f"kubelet, kube-proxy built from k8s.io/kubernetes {bins.kubernetes_version}); {_version('containerd')}, "
         f"{_version('runc')}; CoreDNS {binaries.COREDNS_VERSION}",
         "Data plane": data_plane,
+        "Certifies": f"istiod, pilot-agent and istioctl of Istio {bins.istio.version}"
+        + (
+            " with upstream Envoy as the data plane, not Istio's proxy build (certifiesIstio: false)"
+            if upstream_envoy
+            else ", and the Envoy given"
+        ),
         "Not stock": "images assembled locally from Debian bookworm packages and the built binaries (never pulled, "
         "imagePullPolicy Never); LoadBalancer addresses from meshfed's controller (as MetalLB's L2 mode); "
         "one node per cluster, each in its own network namespace",

@@ -47,6 +47,12 @@ def _flags(**values: object) -> list[str]:
     return [f"--{key.replace('_', '-')}={value}" for key, value in values.items()]
 
 
+def _serving(files: ClusterFiles) -> dict[str, object]:
+    """The API server's certificate (it names 127.0.0.1) serves the health endpoints of the controller
+    manager and the scheduler too, so their probes verify it against the cluster's CA."""
+    return {"tls_cert_file": files.pki / "apiserver.crt", "tls_private_key_file": files.pki / "apiserver.key"}
+
+
 def etcd(files: ClusterFiles, node: NodeNetwork, bins: Binaries) -> Component:
     return Component(
         "etcd",
@@ -127,6 +133,7 @@ def kube_controller_manager(files: ClusterFiles, node: NodeNetwork, bins: Binari
                 cluster_cidr=node.pod_cidr,
                 leader_elect="false",
                 bind_address="127.0.0.1",
+                **_serving(files),
             ),
         ),
         files.log("kube-controller-manager"),
@@ -145,9 +152,11 @@ def kube_scheduler(files: ClusterFiles, node: NodeNetwork, bins: Binaries) -> Co
                 authorization_kubeconfig=kubeconfig,
                 leader_elect="false",
                 bind_address="127.0.0.1",
+                **_serving(files),
             ),
         ),
         files.log("kube-scheduler"),
+        HttpProbe("https://127.0.0.1:10259/healthz", netns=node.netns, ca_file=str(files.pki / "ca.crt")),
     )
 
 

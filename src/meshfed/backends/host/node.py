@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -66,29 +68,36 @@ class HostNode:
         ensure_cgroups(net.netns)
         supervisor = Supervisor(net.netns, net.netns, self.progress)
         api = KubeApi(self.kubeconfig, None, self.name)
-        start = [
-            components.etcd(files, net, bins),
-            components.kube_apiserver(files, net, bins),
-            _with_check(
-                components.kube_controller_manager(files, net, bins),
-                "kube-root-ca.crt published",
-                lambda: (
-                    api.request("GET", "/api/v1/namespaces/default/configmaps/kube-root-ca.crt", missing_ok=True)
-                    is not None
+        containerd = _with_check(
+            components.containerd(files, net), "containerd answers", files.containerd_socket.exists
+        )
+        with timed(f"{self.name}: containerd", self.progress):
+            supervisor.start(containerd)
+        # The images go in while the control plane starts: neither waits for the other.
+        with ThreadPoolExecutor(max_workers=1) as background:
+            imported = background.submit(images.import_into, files.containerd_socket, image_archive)
+            started = time.monotonic()
+            control_plane = [
+                components.etcd(files, net, bins),
+                components.kube_apiserver(files, net, bins),
+                _with_check(
+                    components.kube_controller_manager(files, net, bins),
+                    "kube-root-ca.crt published",
+                    lambda: (
+                        api.request("GET", "/api/v1/namespaces/default/configmaps/kube-root-ca.crt", missing_ok=True)
+                        is not None
+                    ),
                 ),
-            ),
-            components.kube_scheduler(files, net, bins),
-            _with_check(
-                components.containerd(files, net),
-                "containerd answers",
-                lambda: files.containerd_socket.exists(),
-            ),
-        ]
-        for component in start:
-            with timed(f"{self.name}: {component.name}", self.progress):
-                supervisor.start(component)
-        with timed(f"{self.name}: images imported into containerd", self.progress):
-            images.import_into(files.containerd_socket, image_archive)
+                components.kube_scheduler(files, net, bins),
+            ]
+            for component in control_plane:
+                with timed(f"{self.name}: {component.name}", self.progress):
+                    supervisor.start(component)
+            with timed(
+                f"{self.name}: images imported into containerd (began {time.monotonic() - started:.0f} s ago)",
+                self.progress,
+            ):
+                imported.result()
         node_ready = _with_check(
             components.kubelet(files, net, bins, self.spec.region, self.spec.zone),
             f"Node {self.name} Ready",
