@@ -176,9 +176,9 @@ class HostBackend(Backend):
             if self.keep_clusters:
                 progress(f"kept {', '.join(nodes)} (`meshfed host clean` removes them)")
                 return
-            for node in reversed(list(nodes.values())):
-                with timed(f"{node.name}: stopping and removing the cluster", progress):
-                    node.down()
+            with timed(f"stopping and removing {', '.join(nodes)}", progress), ThreadPoolExecutor(len(nodes)) as pool:
+                for future in [pool.submit(node.down) for node in nodes.values()]:
+                    future.result()
             network.remove_shared()
             shutil.rmtree(overlay.parent, ignore_errors=True)
 
