@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from meshfed.backends.base import Backend
+from meshfed.backends.base import Backend, Cluster
 from meshfed.backends.embedded.mesh import EmbeddedBackend
 from meshfed.backends.host.backend import HostBackend
 from meshfed.manifests import TEST_NAMESPACE, only_in, service_url
@@ -30,6 +30,15 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+def _converge(cluster: Cluster, client: str, url: str, deadline: float) -> None:
+    """Until one call answers (a new mesh takes a moment to hand out endpoints): latency is measured after."""
+    until = time.monotonic() + deadline
+    while not cluster.call(client, TEST_NAMESPACE, url, 1)[0].ok:
+        if time.monotonic() >= until:
+            raise SystemExit(f"{cluster.name}: {url} did not answer within {deadline:g} s")
+        time.sleep(0.5)
+
+
 def measure(topology: Topology, clusters: int, calls: int, backend: Backend | None = None) -> dict[str, float]:
     spec = MeshSpec.default(topology, clusters)
     pki = create_mesh_pki(spec.names, key_type="ecdsa")
@@ -38,12 +47,16 @@ def measure(topology: Topology, clusters: int, calls: int, backend: Backend | No
     mesh = backend.provision(spec, {n: ca.secret_data() for n, ca in pki.cluster_cas.items()})
     provisioned = time.perf_counter() - started
     try:
+        for cluster in mesh.clusters.values():
+            for deployment in cluster.list("Deployment", TEST_NAMESPACE):
+                cluster.wait_ready(deployment["metadata"]["name"], TEST_NAMESPACE, mesh.convergence_deadline)
         same: list[float] = []
         cross: list[float] = []
         for pair in spec.pairs():
             cluster = mesh[pair.source]
             client = cluster.pod_of(TEST_NAMESPACE, "client").name
             for target, bucket in ((pair.source, same), (pair.destination, cross)):
+                _converge(cluster, client, service_url(only_in(target)), mesh.convergence_deadline)
                 results = cluster.call(client, TEST_NAMESPACE, service_url(only_in(target)), calls)
                 if not all(r.ok for r in results):
                     raise SystemExit(f"{pair.id}: calls to {target} failed: {results[0].described}")
