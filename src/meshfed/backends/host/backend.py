@@ -34,6 +34,7 @@ COMMANDS = {
     "ctr": "containerd",
     "runc": "runc",
     "debootstrap": "debootstrap",
+    "busybox": "busybox-static",
 }
 CNI_PLUGINS = Path("/usr/lib/cni")
 
