@@ -162,11 +162,12 @@ def _print_table(rows: Sequence[Mapping[str, object]]) -> None:
 
 
 def doctor(args: argparse.Namespace) -> int:
-    """Diagnose a mesh: existing clusters or kept kind clusters as they are (read-only), or an embedded
+    """Diagnose a mesh: existing clusters or kept kind or host clusters as they are (read-only), or an embedded
     mesh brought up for the purpose (demos and tests), optionally broken first with a catalog entry."""
     from meshfed.backends.base import BackendError, Mesh
     from meshfed.backends.embedded.mesh import EmbeddedBackend
     from meshfed.backends.existing import ExistingBackend
+    from meshfed.backends.host.backend import HostBackend
     from meshfed.backends.kind import KindBackend
     from meshfed.diagnose import diagnose
     from meshfed.misconfig import entry
@@ -195,6 +196,8 @@ def doctor(args: argparse.Namespace) -> int:
             mesh = ExistingBackend(options.contexts, control_plane_namespace=options.istio_namespace).connect(spec)
         elif options.backend == "kind":
             mesh = KindBackend(options.istio_version).connect(spec)
+        elif options.backend == "host":
+            mesh = HostBackend(options.istio_version, bin_dir=options.bin_dir, envoy=options.envoy).connect(spec)
         else:
             pki = create_mesh_pki(spec.names, key_type="ecdsa")
             mesh = EmbeddedBackend().provision(spec, {n: ca.secret_data() for n, ca in pki.cluster_cas.items()})

@@ -132,6 +132,36 @@ class HostBackend(Backend):
 
     name = "host"
 
+    def connect(self, spec: MeshSpec) -> KubeMesh:
+        """The clusters a --keep-clusters run left, read as they are (for ``meshfed doctor``); nothing is changed."""
+        cache = (self.cache or tools.cache_dir()) / "host"
+        nodes = self._nodes(spec, cache, lambda _: None)
+        missing = [name for name, node in nodes.items() if not node.kept_marker() or not node.answers()]
+        if missing:
+            raise BackendError(
+                f"no kept host cluster {', '.join(missing)} answers: run the suite with --backend host "
+                "--keep-clusters first (with the same --topology and --clusters)"
+            )
+        bins = binaries.build_all(self.istio_version, bin_dir=self.bin_dir, envoy=self.envoy)
+        clusters = {
+            name: KubeCluster(name, node.kubeconfig, None, kubectl=bins["kubectl"], istioctl_binary=bins["istioctl"])
+            for name, node in nodes.items()
+        }
+        assert bins.istio is not None
+        return KubeMesh("host", spec, bins.istio.version, clusters, lambda: None)
+
+    @staticmethod
+    def _nodes(spec: MeshSpec, cache: Path, progress: Progress) -> dict[str, HostNode]:
+        return {
+            cluster.name: HostNode(
+                cluster,
+                network.NodeNetwork(cluster.name, index),
+                ClusterFiles(cache / "clusters" / cluster.name),
+                progress,
+            )
+            for index, cluster in enumerate(spec.clusters)
+        }
+
     def provision(
         self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
     ) -> KubeMesh:
@@ -147,15 +177,7 @@ class HostBackend(Backend):
         progress(f"{bins.istio.describe()}; Kubernetes {bins.kubernetes_version}; Envoy {bins.envoy}")
         archive = images.archive(bins, cache / "images", bins.istio.version, bins.bootstrap, progress)
         spec = replace(spec, workload_image=images.WORKLOAD_IMAGE)
-        nodes = {
-            cluster.name: HostNode(
-                cluster,
-                network.NodeNetwork(cluster.name, index),
-                ClusterFiles(cache / "clusters" / cluster.name),
-                progress,
-            )
-            for index, cluster in enumerate(spec.clusters)
-        }
+        nodes = self._nodes(spec, cache, progress)
         marker = mesh_marker(spec, bins.istio.version, cacerts)
         kept = kept_state(nodes.values(), marker)
         if kept != "none" and not self.keep_clusters:
