@@ -22,6 +22,7 @@ from meshfed.backends.base import BackendError, Progress
 from meshfed.backends.host import addons, components, credentials, images, network
 from meshfed.backends.host.binaries import Binaries
 from meshfed.backends.host.supervisor import (
+    CGROUP_ROOT,
     Check,
     Component,
     HttpProbe,
@@ -144,6 +145,8 @@ def clean_leftovers(clusters: Path, progress: Progress) -> None:
             found[str(data["cluster"])] = int(data["index"])
     for netns in network.node_namespaces():
         found.setdefault(netns.removeprefix(network.NETNS_PREFIX), -1)
+    for group in CGROUP_ROOT.glob(f"*/{network.NETNS_PREFIX}*"):
+        found.setdefault(group.name.removeprefix(network.NETNS_PREFIX), -1)
     if not found:
         return
     progress(f"removing what an earlier run left: {', '.join(sorted(found))}")

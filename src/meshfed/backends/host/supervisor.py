@@ -115,10 +115,11 @@ class Component:
 
 
 def cgroup_dirs(group: str) -> list[Path]:
-    """The cluster's folder in every mounted cgroup v1 hierarchy (or the v2 tree)."""
+    """The cluster's folder in every mounted cgroup v1 hierarchy, and in the v2 tree a hybrid host mounts
+    beside them (``unified``: runc and the kubelet make the pods' groups there too)."""
     found = []
     for hierarchy in sorted(CGROUP_ROOT.iterdir()) if CGROUP_ROOT.is_dir() else []:
-        if (hierarchy / "cgroup.procs").exists() and hierarchy.name != "unified":
+        if (hierarchy / "cgroup.procs").exists():
             found.append(hierarchy / group)
     return found
 
