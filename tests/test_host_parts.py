@@ -271,3 +271,27 @@ def test_a_shared_network_in_use_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
         network.check_free()
     monkeypatch.setattr(network, "_ip", lambda args, what, ok_if="": "10.250.0.0/24 dev meshfed0 scope link\n")
     network.check_free()
+
+
+def test_an_earlier_runs_clusters_are_found_on_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From its folders, its namespaces and its cgroups (v1 hierarchies and a hybrid host's unified tree)."""
+    from meshfed.backends.host import node, supervisor
+
+    cgroups = tmp_path / "cgroup"
+    for hierarchy in ("pids", "memory", "unified"):
+        (cgroups / hierarchy).mkdir(parents=True)
+        (cgroups / hierarchy / "cgroup.procs").write_text("")
+    (cgroups / "unified" / "meshfed-cluster-c").mkdir()
+    monkeypatch.setattr(supervisor, "CGROUP_ROOT", cgroups)
+    monkeypatch.setattr(node, "CGROUP_ROOT", cgroups)
+    assert [d.parent.name for d in supervisor.cgroup_dirs("meshfed-x")] == ["memory", "pids", "unified"]
+    clusters = tmp_path / "clusters"
+    (clusters / "cluster-a").mkdir(parents=True)
+    (clusters / "cluster-a" / "node.json").write_text('{"cluster": "cluster-a", "index": 0}')
+    monkeypatch.setattr(network, "node_namespaces", lambda: ["meshfed-cluster-b"])
+    removed: list[tuple[str, int]] = []
+    monkeypatch.setattr(node, "remove", lambda net, folder: removed.append((net.cluster, net.index)))
+    said: list[str] = []
+    node.clean_leftovers(clusters, said.append)
+    assert removed == [("cluster-a", 0), ("cluster-b", -1), ("cluster-c", -1)]
+    assert said == ["removing what an earlier run left: cluster-a, cluster-b, cluster-c"]
