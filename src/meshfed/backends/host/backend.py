@@ -199,11 +199,22 @@ class HostBackend(Backend):
             if self.keep_clusters:
                 progress(f"kept {', '.join(nodes)} (`meshfed host clean` removes them)")
                 return
+            errors = []
             with timed(f"stopping and removing {', '.join(nodes)}", progress), ThreadPoolExecutor(len(nodes)) as pool:
-                for future in [pool.submit(node.down) for node in nodes.values()]:
-                    future.result()
-            network.remove_shared()
+                for name, future in [(name, pool.submit(node.down)) for name, node in nodes.items()]:
+                    try:
+                        future.result()
+                    except (BackendError, OSError) as error:  # the others are removed all the same
+                        errors.append(f"{name}: {error}")
+            try:
+                network.remove_shared()
+            except BackendError as error:
+                errors.append(str(error))
             shutil.rmtree(overlay.parent, ignore_errors=True)
+            if errors:
+                raise BackendError(
+                    f"removing the host clusters failed ({'; '.join(errors)}): `meshfed host clean` removes what is left"
+                )
 
         try:
             if kept != "same":

@@ -135,10 +135,12 @@ def ensure_cgroups(group: str) -> None:
 
 
 def _tasks(folder: Path) -> set[int]:
+    """Every process in ``folder``'s cgroup tree (groups vanish while it is read: those are skipped)."""
     found: set[int] = set()
-    for procs in folder.rglob("cgroup.procs"):
-        with contextlib.suppress(OSError, ValueError):
-            found |= {int(line) for line in procs.read_text().split()}
+    for root, _dirs, files in os.walk(folder):
+        if "cgroup.procs" in files:
+            with contextlib.suppress(OSError, ValueError):
+                found |= {int(line) for line in Path(root, "cgroup.procs").read_text().split()}
     return found
 
 
@@ -162,12 +164,9 @@ def kill_group(group: str, grace: float = 2) -> None:
             while _tasks(pids_dir) and time.monotonic() < deadline:
                 time.sleep(0.1)
     for folder in cgroup_dirs(group):
-        if folder.is_dir():
-            for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                with contextlib.suppress(OSError):
-                    sub.rmdir()
+        for root, _dirs, _files in os.walk(folder, topdown=False):  # deepest first
             with contextlib.suppress(OSError):
-                folder.rmdir()
+                Path(root).rmdir()
 
 
 @dataclass
