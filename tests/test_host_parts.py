@@ -295,3 +295,24 @@ def test_an_earlier_runs_clusters_are_found_on_the_host(tmp_path: Path, monkeypa
     node.clean_leftovers(clusters, said.append)
     assert removed == [("cluster-a", 0), ("cluster-b", -1), ("cluster-c", -1)]
     assert said == ["removing what an earlier run left: cluster-a, cluster-b, cluster-c"]
+
+
+def test_each_component_gets_its_identity_and_keys_stay_private(tmp_path: Path) -> None:
+    import base64
+    import stat
+
+    from cryptography import x509
+
+    from meshfed.backends.host import credentials
+
+    credentials.make(tmp_path, "cluster-b", "10.250.0.11", "10.255.11.1")
+    keys = [*tmp_path.glob("kubeconfig-*"), *(tmp_path / "pki").glob("*.key")]
+    assert len(keys) == 5 + 4
+    assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in keys)
+    config = yaml.safe_load((tmp_path / "kubeconfig-node").read_text())
+    assert config["clusters"][0]["cluster"]["server"] == "https://10.250.0.11:6443"
+    data = base64.b64decode(config["users"][0]["user"]["client-certificate-data"])
+    assert x509.load_pem_x509_certificate(data).subject.rfc4514_string() == "O=system:nodes,CN=system:node:cluster-b"
+    serving = x509.load_pem_x509_certificate((tmp_path / "pki" / "apiserver.crt").read_bytes())
+    names = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(a) for a in names.get_values_for_type(x509.IPAddress)} == {"10.250.0.11", "10.255.11.1", "127.0.0.1"}

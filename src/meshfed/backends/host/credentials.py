@@ -8,6 +8,7 @@ written mode 0600 and never printed.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from datetime import timedelta
 from pathlib import Path
@@ -21,14 +22,13 @@ from meshfed.pki.authority import CertAndKey, new_root
 from meshfed.pki.certs import cert_pem, key_pem, new_key, signature_hash, utcnow, write_private, write_public
 
 DAYS = 365
-# user -> groups: the identities the components use (kubeadm's names and groups).
-USERS = {
-    "admin": ("system:masters",),
-    "system:kube-controller-manager": (),
-    "system:kube-scheduler": (),
-    "system:node:NODE": ("system:nodes",),
-    "system:kube-proxy": (),
-    "kube-apiserver-kubelet-client": ("system:masters",),
+# kubeconfig-<name> -> the user it authenticates as and its groups (kubeadm's names); {cluster} is the node's.
+KUBECONFIGS = {
+    "admin": ("admin", ("system:masters",)),
+    "kube-controller-manager": ("system:kube-controller-manager", ()),
+    "kube-scheduler": ("system:kube-scheduler", ()),
+    "node": ("system:node:{cluster}", ("system:nodes",)),
+    "kube-proxy": ("system:kube-proxy", ()),
 }
 
 
@@ -69,8 +69,6 @@ def _write_pair(folder: Path, name: str, pair: CertAndKey) -> None:
 
 
 def kubeconfig(cluster: str, server: str, ca_pem: bytes, cert: CertAndKey, user: str) -> str:
-    import base64
-
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode()
 
@@ -121,14 +119,9 @@ def make(folder: Path, cluster: str, node_address: str, api_service_address: str
     )
     write_public(pki / "sa.pub", public)
     server = f"https://{node_address}:6443"
-    for user, groups in USERS.items():
-        user = user.replace("NODE", cluster)
-        pair = _leaf(ca, user, groups)
-        short = user.rsplit(":", 1)[-1] if user.startswith("system:") else user
-        if user == "kube-apiserver-kubelet-client":
-            _write_pair(pki, "apiserver-kubelet-client", pair)
-            continue
-        write_private(
-            folder / f"kubeconfig-{'node' if user.startswith('system:node:') else short}",
-            kubeconfig(cluster, server, cert_pem(ca.cert), pair, user).encode(),
-        )
+    # The API server calls kubelets (exec, port-forward, logs) as a member of system:masters.
+    _write_pair(pki, "apiserver-kubelet-client", _leaf(ca, "kube-apiserver-kubelet-client", ("system:masters",)))
+    for name, (user, groups) in KUBECONFIGS.items():
+        user = user.format(cluster=cluster)
+        config = kubeconfig(cluster, server, cert_pem(ca.cert), _leaf(ca, user, groups), user)
+        write_private(folder / f"kubeconfig-{name}", config.encode())
