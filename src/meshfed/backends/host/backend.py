@@ -28,6 +28,7 @@ from meshfed.topology import MeshSpec
 
 COMMANDS = {
     "ip": "iproute2",
+    "sysctl": "procps",
     "iptables": "iptables",
     "nsenter": "util-linux",
     "containerd": "containerd",
