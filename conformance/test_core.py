@@ -121,7 +121,12 @@ REFUSED = {Symptom.CONNECTION_RESET, Symptom.CONNECTION_REFUSED}
 def test_cross_cluster_mutual_tls(mesh: Mesh, pair: ClusterPair, outside_client: Cluster) -> None:
     url = service_url(only_in(pair.destination))
     expected = f"spiffe://{trust_domain(mesh[pair.source]) or 'cluster.local'}/ns/{TEST_NAMESPACE}/sa/{CLIENT}"
-    replies = calls_from(mesh[pair.source], url)(5)
+    mesh_caller = calls_from(mesh[pair.source], url)
+    # Reachability first, as every case establishes it: the case before may have changed the mesh (its
+    # PeerAuthentication removed), and real Envoy can reset a call while its listener is being replaced.
+    reached = converge(pair.id, mesh_caller, deadline=mesh.convergence_deadline)
+    require(reached.converged, f"{pair.id}: {reached.message()}")
+    replies = mesh_caller(5)
     require(all(r.ok for r in replies), f"{pair.id}: {summarize(replies)}" + explain(replies, mesh))
     seen = {(r.reply or {}).get("caller") for r in replies}
     require(
