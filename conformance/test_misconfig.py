@@ -3,6 +3,8 @@ diagnosis, and the fix heals the mesh. Destructive: on ``existing`` only with ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from meshfed.backends.base import Mesh
@@ -15,8 +17,9 @@ from meshfed.misconfig import CATALOG, Expect, Misconfiguration
 from meshfed.options import SuiteOptions
 
 
-def observe(mesh: Mesh, expect: Expect) -> str | None:
-    """None when calls show one of the expected symptoms in a row; else what they showed instead."""
+def observe(mesh: Mesh, expect: Expect) -> tuple[str, str | None]:
+    """What the calls showed (the symptoms of the last calls), and None when that is one of the expected
+    symptoms in a row, else what they showed instead."""
     cluster = mesh[expect.source]
     pod = cluster.pod_of(expect.namespace, CLIENT)
     url = service_url(only_in(expect.destination))
@@ -30,10 +33,12 @@ def observe(mesh: Mesh, expect: Expect) -> str | None:
         deadline=mesh.convergence_deadline if wanted == {Symptom.OK} else mesh.convergence_deadline + 10,
         accept=lambda r: r.symptom in wanted and (r.symptom is not Symptom.OK or r.cluster == expect.destination),
     )
+    last = outcome.results[-(3 if wanted == {Symptom.OK} else 2) :]
+    shown = f"{expect.source}->{expect.destination}: {', '.join(sorted({r.symptom.value for r in last}))}"
     if outcome.converged:
-        return None
+        return shown, None
     names = " or ".join(sorted(s.value for s in wanted))
-    return f"{outcome.message()} (expected {names})"
+    return shown, f"{outcome.message()} (expected {names})"
 
 
 @case(
@@ -43,7 +48,9 @@ def observe(mesh: Mesh, expect: Expect) -> str | None:
     profile="extended",
 )
 @pytest.mark.parametrize("entry", CATALOG, ids=[m.name for m in CATALOG])
-def test_misconfiguration_regression(mesh: Mesh, entry: Misconfiguration, suite_options: SuiteOptions) -> None:
+def test_misconfiguration_regression(
+    mesh: Mesh, entry: Misconfiguration, suite_options: SuiteOptions, observed: Callable[[str], None]
+) -> None:
     reason = entry.not_applicable(mesh.spec)
     if reason:
         not_supported(f"not applicable to {mesh.spec.topology.value}: {reason}")
@@ -57,7 +64,8 @@ def test_misconfiguration_regression(mesh: Mesh, entry: Misconfiguration, suite_
         for stage in entry.stages:
             stage.act(mesh, saved)
             for expect in stage.expect(mesh.spec):
-                seen = observe(mesh, expect)
+                shown, seen = observe(mesh, expect)
+                observed(f"{stage.title}: {shown}")
                 if seen:
                     problems.append(f"after '{stage.title}': {seen}")
             if stage.istiod_ready is not None:
@@ -66,6 +74,7 @@ def test_misconfiguration_regression(mesh: Mesh, entry: Misconfiguration, suite_
                 if ready != stage.istiod_ready:
                     problems.append(f"after '{stage.title}': istiod ready is {ready}, expected {stage.istiod_ready}")
             findings = [f for f in diagnose(mesh) if f.status != "ok"]
+            observed(f"{stage.title}: diagnosis first: {findings[0].check if findings else 'nothing'}")
             if stage.finding is None:
                 errors = [f.line() for f in findings if f.status == "error"]
                 if errors:
@@ -80,7 +89,7 @@ def test_misconfiguration_regression(mesh: Mesh, entry: Misconfiguration, suite_
     finally:
         entry.fix(mesh, saved)
     for pair in mesh.spec.pairs():
-        seen = observe(mesh, Expect(pair.source, pair.destination, frozenset({Symptom.OK})))
+        _, seen = observe(mesh, Expect(pair.source, pair.destination, frozenset({Symptom.OK})))
         if seen:
             problems.append(f"after the fix: {seen}")
     errors = [f.line() for f in diagnose(mesh) if f.status == "error"]

@@ -69,6 +69,14 @@ def test_a_healthy_mesh_passes_the_core_profile(tmp_path: Path, topology: str) -
     }
     page = (tmp_path / "report.html").read_text()
     assert "<svg" in page and "it certifies no Istio installation" in page and "cross cluster" in page
+    # Every case is listed with its time, and a misconfiguration with what its calls and the diagnosis showed.
+    listed = {case["name"]: case for case in report["cases"]}
+    assert len(listed) == len(cases) and all(case["seconds"] > 0 for case in listed.values())
+    assert "remote secret deleted: cluster-a->cluster-b: no healthy upstream" in " ".join(
+        listed["MisconfigurationRegression[missing-remote-secret]"]["observed"]
+    )
+    # The report and the JUnit file of one run read the same: verdicts and symptoms agree in every case.
+    assert meshfed(["report", "compare", str(tmp_path / "junit.xml"), str(tmp_path / "conformance-report.yaml")]) == 0
 
 
 def test_a_second_root_ca_fails_with_the_cause_named(tmp_path: Path) -> None:

@@ -66,3 +66,40 @@ def test_workflow_certifies_on_kind_and_gates_on_core() -> None:
     assert upload["if"] == "always()" and upload["with"]["path"] == "reports/"
     gate = _step("meshfed report gate")
     assert "--profile core" in gate["run"] and "!cancelled()" in gate["if"]
+
+
+def _compare_script() -> str:
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["compare"]
+    assert job["needs"] == ["versions", "conformance"] and "!cancelled()" in job["if"]
+    (step,) = [s for s in job["steps"] if "meshfed report compare" in s.get("run", "")]
+    script: str = step["run"]
+    return script
+
+
+def _report(directory: Path, outcome: str) -> None:
+    directory.mkdir(parents=True)
+    case = {"name": "CrossClusterReachability[cluster-a->cluster-b]", "outcome": outcome, "seconds": 1.0}
+    document = {"kind": "ConformanceReport", "backend": "kind", "topology": "multi-primary", "cases": [case]}
+    (directory / "conformance-report.yaml").write_text(yaml.safe_dump(document))
+
+
+@pytest.mark.parametrize(("newest", "status"), [("passed", 0), ("failed", 1)])
+def test_nightly_compares_each_release_with_the_one_before(tmp_path: Path, newest: str, status: int) -> None:
+    """The compare step's own script, run as the runner would: it fails exactly when a release regressed."""
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    for program in ("meshfed", "python"):
+        (tmp_path / ".venv" / "bin" / program).symlink_to(Path(sys.executable).parent / program)
+    _report(tmp_path / "downloaded" / "multi-primary-1.30.3", "passed")
+    _report(tmp_path / "downloaded" / "multi-primary-1.31.0", newest)
+    summary = tmp_path / "summary.md"
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "TOPOLOGY": "multi-primary",
+        "VERSIONS": '["1.30.3", "1.31.0"]',
+        "GITHUB_STEP_SUMMARY": str(summary),
+    }
+    script = _compare_script()
+    result = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=environment, capture_output=True, text=True)
+    assert result.returncode == status, result.stdout + result.stderr
+    assert "### multi-primary: Istio 1.30.3 against 1.31.0" in summary.read_text()
+    assert ("| regressed |" in summary.read_text()) == (status == 1)

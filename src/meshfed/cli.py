@@ -292,6 +292,22 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("report", type=Path, metavar="REPORT", help="a conformance-report.yaml")
     gate.add_argument("--profile", default="core", help="the profile that must pass (default: core)")
     gate.set_defaults(run=report_gate)
+    versus = report.add_parser(
+        "compare",
+        help="two runs side by side, case by case: verdict, symptoms, time; exit 1 when B regressed against A",
+    )
+    versus.add_argument(
+        "a",
+        type=Path,
+        metavar="A",
+        help="the reference run: its conformance-report.yaml, junit.xml or report directory",
+    )
+    versus.add_argument("b", type=Path, metavar="B", help="the run judged against A, given the same way")
+    versus.add_argument("-o", "--output", choices=("text", "json", "markdown"), default="text", help="default: text")
+    versus.add_argument(
+        "--all", action="store_true", help="list every case in the text output, not only the changed ones"
+    )
+    versus.set_defaults(run=report_compare)
     return parser
 
 
@@ -364,6 +380,25 @@ def report_gate(args: argparse.Namespace) -> int:
     )
     print(f"profile {args.profile}: {result} ({counts or 'nothing ran'}); failed: {failed}")
     return 1
+
+
+def report_compare(args: argparse.Namespace) -> int:
+    """Print the comparison; 1 when a case that passed in A did not pass in B."""
+    import json
+
+    from meshfed.report import compare
+
+    try:
+        comparison = compare.compare(compare.load(args.a), compare.load(args.b))
+    except compare.CompareError as error:
+        raise CliError(str(error)) from None
+    if args.output == "json":
+        print(json.dumps(comparison.as_json(), indent=2))
+    elif args.output == "markdown":
+        print(compare.as_markdown(comparison))
+    else:
+        print(compare.as_text(comparison, everything=args.all))
+    return 1 if comparison.regressed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -327,7 +327,8 @@ def deployment(
     }
     if args and args[0] == "serve":
         container["ports"] = [{"containerPort": ECHO_PORT, "name": "http"}]
-        container["readinessProbe"] = {"tcpSocket": {"port": ECHO_PORT}, "periodSeconds": 2}
+        # The program's own readiness, which turns false while it drains on SIGTERM (echo.py).
+        container["readinessProbe"] = {"httpGet": {"path": "/ready", "port": ECHO_PORT}, "periodSeconds": 2}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

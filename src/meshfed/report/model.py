@@ -31,6 +31,8 @@ class CaseOutcome:
     features: tuple[str, ...]
     outcome: str  # passed | failed | skipped | not-supported
     message: str = ""
+    seconds: float = 0.0  # the case's own time (its call phase; the setup too when that failed)
+    observed: tuple[str, ...] = ()  # what calls showed at each checked point: "stage: a->b: TLS verify failed"
 
 
 @dataclass
@@ -107,6 +109,18 @@ def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[s
         "istioVersion": record.istio_version,
         "clusters": [{**cluster, "istioVersion": record.istio_version} for cluster in record.clusters],
         "profiles": profiles,
+        # Every case, passed ones included, so that two reports compare case by case (meshfed report compare).
+        "cases": [
+            {
+                "name": o.case_id,
+                "profile": o.profile,
+                "outcome": o.outcome,
+                "seconds": round(o.seconds, 2),
+                **({"message": o.message} if o.message else {}),
+                **({"observed": list(o.observed)} if o.observed else {}),
+            }
+            for o in record.outcomes
+        ],
     }
     if record.backend == "embedded":
         report["certifiesIstio"] = False

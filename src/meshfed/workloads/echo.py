@@ -8,6 +8,12 @@ in-process behind its emulated sidecar.
 The echo reply is JSON naming the cluster, pod, version, service and namespace that answered, the
 caller identity the sidecar vouched for (``URI=`` of ``X-Forwarded-Client-Cert``) and the headers.
 ``call`` prints one JSON line per call: status, reply, latency, error.
+
+``serve`` behaves like a well-kept server, so that a rollout loses no call through the test's own
+program: ``GET /ready`` is its readiness (the pod's probe, which Istio rewrites through pilot-agent);
+on SIGTERM it reports not ready, keeps answering for ``DRAIN_SECONDS`` (default 5, Istio's default
+``terminationDrainDuration``) while the endpoint's removal reaches every proxy, closes each connection
+after its answer, and then exits.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 PORT = 8080
+READY_PATH = "/ready"
+DRAIN_SECONDS = 5.0
 Connect = Callable[[str, int, float], socket.socket]
 
 
@@ -69,6 +77,7 @@ class EchoState:
         self.identity = identity
         self.fail_with: int | None = None
         self.lock = threading.Lock()
+        self.draining = threading.Event()  # set on SIGTERM: not ready, answers with Connection: close
 
 
 def _handler(state: EchoState) -> type[BaseHTTPRequestHandler]:
@@ -85,10 +94,17 @@ def _handler(state: EchoState) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if state.draining.is_set():
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
             self.wfile.write(data)
 
         def do_GET(self) -> None:
+            if self.path == READY_PATH:
+                draining = state.draining.is_set()
+                self._send(503 if draining else 200, {"ready": not draining})
+                return
             with state.lock:
                 fail_with = state.fail_with
             reply = asdict(state.identity)
@@ -109,13 +125,26 @@ def _handler(state: EchoState) -> type[BaseHTTPRequestHandler]:
     return EchoHandler
 
 
-def make_server(host: str, port: int, identity: EchoIdentity, fail_with: int | None = None) -> ThreadingHTTPServer:
+class EchoServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], state: EchoState) -> None:
+        super().__init__(address, _handler(state))
+        self.state = state
+
+    def drain_and_stop(self, seconds: float) -> None:
+        """Report not ready, answer for ``seconds`` more (each connection closed after its answer), then stop."""
+        self.state.draining.set()
+        timer = threading.Timer(seconds, self.shutdown)
+        timer.daemon = True
+        timer.start()
+
+
+def make_server(host: str, port: int, identity: EchoIdentity, fail_with: int | None = None) -> EchoServer:
     """The echo server; ``fail_with`` (env ``FAIL_WITH``) makes every answer that status, for outlier detection."""
     state = EchoState(identity)
     state.fail_with = fail_with
-    server = ThreadingHTTPServer((host, port), _handler(state))
-    server.daemon_threads = True
-    return server
+    return EchoServer((host, port), state)
 
 
 def _direct(host: str, port: int, timeout: float) -> socket.socket:
@@ -185,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.command == "serve":
         fail_with = int(os.environ["FAIL_WITH"]) if os.environ.get("FAIL_WITH", "").isdigit() else None
-        make_server("", args.port, EchoIdentity.from_environment(), fail_with).serve_forever()
+        server = make_server("", args.port, EchoIdentity.from_environment(), fail_with)
+        drain = float(os.environ.get("DRAIN_SECONDS") or DRAIN_SECONDS)
+        signal.signal(signal.SIGTERM, lambda *_: server.drain_and_stop(drain))
+        server.serve_forever()
+        server.server_close()
     elif args.command == "idle":
         threading.Event().wait()
     else:
