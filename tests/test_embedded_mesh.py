@@ -328,7 +328,7 @@ def test_remote_pods_get_no_certificate_while_the_primary_istiod_is_down(provisi
 
 
 def test_workload_certificate_ttl_follows_istiod_environment() -> None:
-    from meshfed.backends.embedded.istiod import go_duration
+    from meshfed.backends.embedded.xds import go_duration
 
     assert go_duration("24h") == timedelta(hours=24)
     assert go_duration("1h30m") == timedelta(minutes=90)
@@ -374,3 +374,45 @@ def test_a_proxy_that_lost_istiod_unnoticed_reconnects_as_pilot_agent_retries(pr
     assert all(r.ok for r in calls(mesh["cluster-a"], service_url(only_in("cluster-b")))), (
         "the gateway routes to the new pods"
     )
+
+
+# Bottom to top: a module of the embedded mesh may import only modules listed before it.
+EMBEDDED_LAYERS = [
+    "clock",
+    "store",
+    "fabric",
+    "tls",
+    "xds",
+    "lb",
+    "admission",
+    "installer",
+    "node",
+    "agent",
+    "sidecar",
+    "gateway",
+    "istiod",
+    "cluster",
+    "mesh",
+]
+
+
+def test_the_embedded_modules_import_downwards_only() -> None:
+    """No circle and no upward import, not even for type checking: a reader finds where each Istio
+    behaviour is decided by reading down from ``mesh``."""
+    import ast
+
+    folder = Path(__file__).resolve().parent.parent / "src" / "meshfed" / "backends" / "embedded"
+    modules = sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
+    assert modules == sorted(EMBEDDED_LAYERS), "a new embedded module needs its place in EMBEDDED_LAYERS"
+    upward = []
+    for module in EMBEDDED_LAYERS:
+        tree = ast.parse((folder / f"{module}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+                for name in names:
+                    prefix = "meshfed.backends.embedded."
+                    target = name[len(prefix) :].split(".")[0] if name.startswith(prefix) else None
+                    if target in EMBEDDED_LAYERS and EMBEDDED_LAYERS.index(target) >= EMBEDDED_LAYERS.index(module):
+                        upward.append(f"{module} imports {target}")
+    assert not upward, upward

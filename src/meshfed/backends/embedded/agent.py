@@ -16,20 +16,16 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshfed.backends.embedded import xds
+from meshfed.backends.embedded.node import ControlPlane, Node
 from meshfed.backends.embedded.tls import trust_only
 from meshfed.pki import SpiffeId, WorkloadCert
 from meshfed.pki.certs import load_certs
-
-if TYPE_CHECKING:
-    from meshfed.backends.embedded.cluster import ClusterRuntime
-    from meshfed.backends.embedded.istiod import Istiod
 
 
 @dataclass(frozen=True)
@@ -46,7 +42,7 @@ class Injection:
 class ProxyAgent:
     def __init__(
         self,
-        runtime: ClusterRuntime,
+        runtime: Node,
         pod: str,
         namespace: str,
         service_account: str,
@@ -67,7 +63,7 @@ class ProxyAgent:
         self._config: xds.ProxyConfig | None = None
         self._generation = -1
         self.config_version = 0  # how many configurations this proxy has had
-        self.istiod: Istiod | None = None
+        self.istiod: ControlPlane | None = None
         self.error = ""
         self.on_certificate: Callable[[WorkloadCert], None] = lambda _: None
         self._lock = threading.Lock()

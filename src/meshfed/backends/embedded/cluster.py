@@ -28,22 +28,38 @@ import string
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import yaml
 
 from meshfed.backends.embedded.agent import Injection, ProxyAgent
+from meshfed.backends.embedded.clock import MeshClock
 from meshfed.backends.embedded.fabric import close_listener, serve
 from meshfed.backends.embedded.gateway import EastWestGateway, pipe
+from meshfed.backends.embedded.installer import objects_for
 from meshfed.backends.embedded.istiod import Istiod, IstiodStartError
+from meshfed.backends.embedded.node import MeshServices
 from meshfed.backends.embedded.sidecar import Sidecar
 from meshfed.backends.embedded.store import ObjectStore, StoreError, matches
 from meshfed.manifests import ISTIO_SYSTEM, NETWORK_LABEL, Obj
 from meshfed.topology import ClusterSpec
 from meshfed.workloads import echo
 
-if TYPE_CHECKING:
-    from meshfed.backends.embedded.mesh import MeshRuntime
+
+class ClusterMesh(MeshServices, Protocol):
+    """What a cluster uses of the mesh it is part of (the mesh itself is the module above)."""
+
+    @property
+    def clock(self) -> MeshClock: ...
+
+    @property
+    def istio_version(self) -> str: ...
+
+    @property
+    def reconcile_lock(self) -> threading.RLock: ...
+
+    def register_istiod(self, istiod: Istiod) -> None: ...
+
 
 DRAIN_SECONDS = 1.0
 
@@ -99,7 +115,7 @@ def _suffix() -> str:
 
 
 class ClusterRuntime:
-    def __init__(self, mesh: MeshRuntime, spec: ClusterSpec) -> None:
+    def __init__(self, mesh: ClusterMesh, spec: ClusterSpec) -> None:
         self.mesh = mesh
         self.spec = spec
         self.name = spec.name
@@ -384,8 +400,6 @@ class ClusterRuntime:
     # -- istioctl install ---------------------------------------------------------------------
     def _install(self, operator: Obj, *, remove: bool = False) -> None:
         """``istioctl install -f``, or ``istioctl uninstall`` of what it installed when the operator goes."""
-        from meshfed.backends.embedded.installer import objects_for
-
         for obj in objects_for(operator, self.name, self.mesh.istio_version):
             if remove:
                 self.store.delete(obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace"))

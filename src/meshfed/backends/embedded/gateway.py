@@ -16,15 +16,13 @@ import functools
 import itertools
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from meshfed.backends.embedded import xds
 from meshfed.backends.embedded.agent import ProxyAgent
 from meshfed.backends.embedded.fabric import close_listener, reset, serve
+from meshfed.backends.embedded.node import Node
 from meshfed.backends.embedded.tls import read_client_hello
-
-if TYPE_CHECKING:
-    from meshfed.backends.embedded.cluster import ClusterRuntime
 
 PORTS = (15443, 15012, 15017)
 
@@ -62,7 +60,7 @@ def parse_outbound_sni(sni: str) -> tuple[str, int] | None:
 
 
 class EastWestGateway:
-    def __init__(self, runtime: ClusterRuntime, agent: ProxyAgent, pod_ip: str) -> None:
+    def __init__(self, runtime: Node, agent: ProxyAgent, pod_ip: str) -> None:
         self.runtime = runtime
         self.agent = agent
         self.pod_ip = pod_ip

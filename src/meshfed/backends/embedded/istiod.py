@@ -39,23 +39,21 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from cryptography import x509
 
 from meshfed.backends.base import RemoteClusterStatus
 from meshfed.backends.embedded import xds
+from meshfed.backends.embedded.agent import ProxyAgent
 from meshfed.backends.embedded.fabric import close_listener, serve
+from meshfed.backends.embedded.node import Node
 from meshfed.backends.embedded.store import ObjectStore, matches
 from meshfed.manifests import ISTIO_SYSTEM, MULTICLUSTER_LABEL, NETWORK_LABEL
 from meshfed.pki import PluginCA, SpiffeId, bundle_from_secret, validate_bundle
 from meshfed.pki.authority import CERT_CHAIN, new_root
 from meshfed.pki.certs import cert_pem, key_pem, load_certs, load_key
-
-if TYPE_CHECKING:
-    from meshfed.backends.embedded.agent import ProxyAgent
-    from meshfed.backends.embedded.cluster import ClusterRuntime
 
 DISCOVERY_PORT = 15012
 # Problems that make istiod's CA constructor fail (NewVerifiedKeyCertBundleFromFile): it does not start.
@@ -148,9 +146,7 @@ def _ready(pod: Mapping[str, Any]) -> bool:
 
 
 class Istiod:
-    def __init__(
-        self, runtime: ClusterRuntime, pod_name: str, pod_ip: str, revision: str, env: Mapping[str, str]
-    ) -> None:
+    def __init__(self, runtime: Node, pod_name: str, pod_ip: str, revision: str, env: Mapping[str, str]) -> None:
         self.runtime = runtime
         self.store = runtime.store
         self.pod_name = pod_name
@@ -288,7 +284,7 @@ class Istiod:
         if not csr.is_signature_valid:
             return {"error": "CSR signature is invalid"}
         # istiod signs the identity it authenticated, whatever SANs the CSR asks for (security/pkg/server/ca).
-        ttl = go_duration(self.env.get("DEFAULT_WORKLOAD_CERT_TTL", "24h"))
+        ttl = xds.go_duration(self.env.get("DEFAULT_WORKLOAD_CERT_TTL", "24h"))
         chain = self.ca.sign_workload(csr.public_key(), identity, ttl=ttl, now=self.runtime.clock.now())  # type: ignore[arg-type]
         return {
             "certChain": [cert_pem(c).decode() for c in chain],
@@ -632,28 +628,6 @@ def _istiod_serving_cert(ca: PluginCA, public_key: Any, now: Any) -> x509.Certif
         )
         .sign(ca.ca_key, signature_hash(ca.ca_key))
     )
-
-
-def go_duration(text: str) -> timedelta:
-    """A Go duration as istiod's environment takes it: ``24h``, ``1h30m``, ``90s``."""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    total, number = 0.0, ""
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if char.isdigit() or char == ".":
-            number += char
-            index += 1
-            continue
-        unit = "ms" if text[index : index + 2] == "ms" else char
-        if unit not in units or not number:
-            raise ValueError(f"{text!r} is not a duration like 24h or 90m")
-        total += float(number) * units[unit]
-        number = ""
-        index += len(unit)
-    if number:
-        raise ValueError(f"{text!r} is not a duration like 24h or 90m: a unit is missing")
-    return timedelta(seconds=total)
 
 
 def _qualify(host: str, namespace: str) -> str:

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -36,14 +36,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from meshfed.backends.embedded import xds
 from meshfed.backends.embedded.agent import ProxyAgent
 from meshfed.backends.embedded.fabric import close_listener, reset, serve
-from meshfed.backends.embedded.istiod import go_duration
 from meshfed.backends.embedded.lb import choose
+from meshfed.backends.embedded.node import Node
 from meshfed.backends.embedded.tls import contexts, envoy_reset_text, mesh_time_problem
 from meshfed.pki import WorkloadCert
 from meshfed.pki.verify import uri_sans
-
-if TYPE_CHECKING:
-    from meshfed.backends.embedded.cluster import ClusterRuntime
 
 CONNECT_TIMEOUT = 1.0  # Envoy's connect timeout is 10 s in Istio; shorter here so unroutable calls fail fast
 _HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"}
@@ -108,7 +105,7 @@ def authorize(policies: tuple[xds.AuthzPolicy, ...], principal: str) -> bool:
 
 
 class Sidecar:
-    def __init__(self, runtime: ClusterRuntime, agent: ProxyAgent, pod_ip: str, app_ports: Mapping[int, int]) -> None:
+    def __init__(self, runtime: Node, agent: ProxyAgent, pod_ip: str, app_ports: Mapping[int, int]) -> None:
         self.runtime = runtime
         self.agent = agent
         self.pod_ip = pod_ip
@@ -221,7 +218,9 @@ class Sidecar:
             ejected = len(self._ejected(view))
             limit = max(1, int(len(view.endpoints) * int(detection.get("maxEjectionPercent", 10)) / 100))
             if ejected < limit:
-                until = time.monotonic() + go_duration(str(detection.get("baseEjectionTime", "30s"))).total_seconds()
+                until = (
+                    time.monotonic() + xds.go_duration(str(detection.get("baseEjectionTime", "30s"))).total_seconds()
+                )
             count = 0
         self._outliers[key] = (count, until)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 
@@ -84,3 +85,25 @@ def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
         if pattern.startswith("*.") and host.endswith(pattern[1:]):
             return True
     return False
+
+
+def go_duration(text: str) -> timedelta:
+    """A Go duration as istiod's environment takes it: ``24h``, ``1h30m``, ``90s``."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    total, number = 0.0, ""
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char.isdigit() or char == ".":
+            number += char
+            index += 1
+            continue
+        unit = "ms" if text[index : index + 2] == "ms" else char
+        if unit not in units or not number:
+            raise ValueError(f"{text!r} is not a duration like 24h or 90m")
+        total += float(number) * units[unit]
+        number = ""
+        index += len(unit)
+    if number:
+        raise ValueError(f"{text!r} is not a duration like 24h or 90m: a unit is missing")
+    return timedelta(seconds=total)

@@ -1,0 +1,96 @@
+"""The embedded mesh's fidelity, measured: the whole suite on ``embedded`` and on ``host`` (real Istio), in
+both topologies, compared case by case; the tables go into the README between its fidelity markers.
+
+    sudo .venv/bin/python -m meshfed.fidelity              # four runs, then the README's tables
+    python -m meshfed.fidelity --from-reports              # the tables again from the last runs' reports
+
+The host runs need what ``--backend host`` needs (root, Linux, the built binaries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from meshfed.report.compare import CompareError, as_markdown, compare, load
+
+ROOT = Path(__file__).resolve().parents[2]
+BEGIN, END = "<!-- fidelity:begin -->", "<!-- fidelity:end -->"
+TOPOLOGIES = ("multi-primary", "primary-remote")
+BACKENDS = ("embedded", "host")
+
+
+def report_dir(base: Path, backend: str, topology: str) -> Path:
+    return base / f"{backend}-{topology}"
+
+
+def run_suite(base: Path, backend: str, topology: str, clusters: int) -> float:
+    """One run of the whole suite; its verdicts are read from its reports, so a failed case is no error here."""
+    started = time.monotonic()
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "conformance/",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--backend",
+        backend,
+        "--topology",
+        topology,
+        "--clusters",
+        str(clusters),
+        "--report-dir",
+        str(report_dir(base, backend, topology)),
+    ]
+    print(f"meshfed fidelity: {' '.join(command[3:])}", flush=True)
+    subprocess.run(command, cwd=ROOT, check=False)
+    return time.monotonic() - started
+
+
+def tables(base: Path) -> str:
+    """Per topology, every case on embedded and on host, and the agreement."""
+    parts = []
+    for topology in TOPOLOGIES:
+        embedded, host = (load(report_dir(base, backend, topology)) for backend in BACKENDS)
+        parts += [f"**{topology}**", "", as_markdown(compare(embedded, host)), ""]
+    return "\n".join(parts).rstrip()
+
+
+def write_readme(readme: Path, text: str) -> None:
+    content = readme.read_text()
+    if BEGIN not in content or END not in content:
+        raise CompareError(f"{readme} has no {BEGIN} ... {END} markers: add them where the tables belong")
+    head, rest = content.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m meshfed.fidelity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reports", type=Path, default=ROOT / "reports" / "fidelity", help="where the runs write")
+    parser.add_argument("--clusters", type=int, default=2)
+    parser.add_argument("--from-reports", action="store_true", help="do not run; tabulate the reports already there")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args(argv)
+    if not args.from_reports:
+        for topology in TOPOLOGIES:
+            for backend in BACKENDS:
+                seconds = run_suite(args.reports, backend, topology, args.clusters)
+                print(f"meshfed fidelity: {backend} {topology} took {seconds:.0f} s", flush=True)
+    try:
+        text = tables(args.reports)
+        write_readme(args.readme, text)
+    except CompareError as error:
+        print(f"meshfed fidelity: {error}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
