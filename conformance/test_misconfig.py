@@ -38,7 +38,9 @@ def observe(mesh: Mesh, expect: Expect) -> tuple[str, str | None]:
     if outcome.converged:
         return shown, None
     names = " or ".join(sorted(s.value for s in wanted))
-    return shown, f"{outcome.message()} (expected {names})"
+    failed = [r for r in outcome.results if not r.ok]
+    last = f"; the last failed call saw: {failed[-1].seen}" if failed else ""
+    return shown, f"{outcome.message()} (expected {names}){last}"
 
 
 @case(

@@ -311,3 +311,33 @@ def test_no_pool_leaves_load_balancers_pending_and_fail_next_answers_once() -> N
         assert unavailable.value.status == 503 and json.loads(unavailable.value.body)["message"] == "try later"
         assert core.read_namespaced_service("lb", "default").metadata.name == "lb"
         api.close()
+
+
+def test_a_rollout_waits_for_a_pod_that_exited_but_is_not_yet_deleted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen on real Kubernetes: a pod whose program exits cleanly on SIGTERM shows phase Succeeded, still
+    deleting, for seconds after its Deployment reports the rollout complete; it is not gone yet."""
+    from meshfed.backends.kube import KubeCluster
+
+    deployment = {
+        "metadata": {"name": "echo", "generation": 2},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "echo"}}},
+        "status": {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
+    }
+
+    def pod(name: str, phase: str, deleting: bool) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"name": name, "namespace": NS, "labels": {"app": "echo"}}
+        if deleting:
+            metadata["deletionTimestamp"] = "2026-11-30T13:38:23Z"
+        status = {"phase": phase, "conditions": [{"type": "Ready", "status": "True"}]}
+        return {"metadata": metadata, "spec": {"containers": [{"name": "echo"}]}, "status": status}
+
+    pods = [pod("echo-new", "Running", False), pod("echo-old", "Succeeded", True)]
+    cluster = object.__new__(KubeCluster)
+    cluster.poll = 0.01
+    monkeypatch.setattr(cluster, "get", lambda kind, name, namespace=None: deployment)
+    monkeypatch.setattr(cluster, "list", lambda kind, namespace=None, labels=None: list(pods))
+    assert not cluster.wait_ready("echo", NS, timeout=0.1)
+    pods.pop()  # deleted at last
+    assert cluster.wait_ready("echo", NS, timeout=0.1)
+    pods.append(pod("echo-evicted", "Failed", False))  # an evicted pod stays, and is no replica
+    assert cluster.wait_ready("echo", NS, timeout=0.1)

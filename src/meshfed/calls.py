@@ -117,6 +117,12 @@ class CallResult:
         return str(self.reply["cluster"]) if self.reply and "cluster" in self.reply else None
 
     @property
+    def seen(self) -> str:
+        """What the caller saw, as it saw it (Envoy's body or the socket error), on one short line."""
+        text = " ".join(f"{self.status or ''} {self.body} {self.error}".split())
+        return text if len(text) <= 240 else text[:237] + "..."
+
+    @property
     def described(self) -> str:
         """The symptom in a user's words, with Envoy's token: ``TLS verify failed (CERTIFICATE_VERIFY_FAILED)``."""
         return f"{self.symptom.value} ({self.token})" if self.token else self.symptom.value

@@ -109,7 +109,7 @@ class Traffic:
     def lost(self) -> list[str]:
         """``step: label: 3/120 failed: ...`` for every step and label that lost calls."""
         return [
-            f"{step}: {label}: {summarize(results)}"
+            f"{step}: {label}: {summarize(results)} (the last failed call saw: {[r for r in results if not r.ok][-1].seen})"
             for step, per_label in self.results.items()
             for label, results in per_label.items()
             if any(not r.ok for r in results)

@@ -37,6 +37,7 @@ class PodInfo:
     has_sidecar: bool
     revision: str = ""  # the control-plane revision its proxy (sidecar or gateway) belongs to
     proxy_image: str = ""  # the istio-proxy container's image ("" without one, or on the embedded mesh)
+    terminating: bool = False  # deleted, still shutting down (it may even have finished: phase Succeeded)
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,7 @@ def pod_info(pod: Obj) -> PodInfo:
         if has_sidecar
         else "",
         proxy_image=str(containers["istio-proxy"].get("image", "")) if has_sidecar else "",
+        terminating=metadata.get("deletionTimestamp") is not None,
     )
 
 
@@ -344,7 +345,11 @@ class KubeCluster(Cluster):
             found = self.get("Deployment", deployment, namespace)
             if found is not None and rollout_complete(found):
                 labels = (found["spec"].get("selector") or {}).get("matchLabels") or {}
-                pods = [p for p in self.pods(namespace, labels) if p.phase not in ("Succeeded", "Failed")]
+                # A finished pod that stays (an evicted one) is no replica; one still being deleted is, until it
+                # is gone: a pod that exited cleanly on SIGTERM shows phase Succeeded for seconds before it goes.
+                pods = [
+                    p for p in self.pods(namespace, labels) if p.terminating or p.phase not in ("Succeeded", "Failed")
+                ]
                 if all(p.ready for p in pods) and len(pods) == found["spec"].get("replicas", 1):
                     return True
             if time.monotonic() >= deadline:
