@@ -122,7 +122,15 @@ def _locality_policy(mesh: Mesh, outlier_detection: bool) -> dict[str, object]:
     ]
     policy: dict[str, object] = {"loadBalancer": {"localityLbSetting": {"enabled": True, "failover": failover}}}
     if outlier_detection:
-        policy["outlierDetection"] = {"consecutive5xxErrors": 1, "interval": "1s", "baseEjectionTime": "1m"}
+        # maxEjectionPercent 100: Envoy (1.31 on) ejects a host only while the ejected share stays within it
+        # (default 10%, and Istio leaves always_eject_one_host off), so with a few endpoints per cluster
+        # nothing would ever be ejected; real Istio on the host backend showed it.
+        policy["outlierDetection"] = {
+            "consecutive5xxErrors": 1,
+            "interval": "1s",
+            "baseEjectionTime": "1m",
+            "maxEjectionPercent": 100,
+        }
     return policy
 
 

@@ -416,3 +416,25 @@ def test_the_embedded_modules_import_downwards_only() -> None:
                     if target in EMBEDDED_LAYERS and EMBEDDED_LAYERS.index(target) >= EMBEDDED_LAYERS.index(module):
                         upward.append(f"{module} imports {target}")
     assert not upward, upward
+
+
+@pytest.mark.parametrize(("max_ejection_percent", "ejected"), [(None, 0), (10, 0), (50, 1), (100, 1)])
+def test_outlier_ejection_stays_within_max_ejection_percent(max_ejection_percent: int | None, ejected: int) -> None:
+    """Envoy 1.31 on, as real Istio showed: a host is ejected only if the ejected share, that host
+    included, stays within maxEjectionPercent (default 10); of two hosts, none is ejected by default."""
+    from meshfed.backends.embedded import xds
+    from meshfed.backends.embedded.sidecar import Sidecar
+
+    detection: dict[str, object] = {"consecutive5xxErrors": 1, "baseEjectionTime": "1m"}
+    if max_ejection_percent is not None:
+        detection["maxEjectionPercent"] = max_ejection_percent
+    local = xds.Endpoint("10.10.0.5", 8080, "cluster-a", "network-a", "region-a", "zone-a1", "echo-1")
+    remote = xds.Endpoint("10.250.0.100", 15443, "cluster-b", "network-b", "region-b", "zone-b1", "echo-2", True)
+    view = xds.ServiceView(
+        "echo.meshfed.svc.cluster.local", 8080, 8080, (local, remote), frozenset(), {"outlierDetection": detection}
+    )
+    sidecar = object.__new__(Sidecar)
+    sidecar._outliers = {}
+    for _ in range(3):
+        sidecar.record(view, local, failed=True)
+    assert len(sidecar._ejected(view)) == ejected

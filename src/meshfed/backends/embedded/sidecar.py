@@ -199,8 +199,11 @@ class Sidecar:
     # -- outlier detection --------------------------------------------------------------------------
     # Envoy's consecutive-5xx detection as Istio configures it from a DestinationRule's outlierDetection:
     # 5xx answers and connection failures count; at consecutive5xxErrors (default 5) the host is ejected
-    # for baseEjectionTime (default 30 s); at most maxEjectionPercent (default 10) of the hosts, but
-    # always at least one.
+    # for baseEjectionTime (default 30 s), unless that would put more than maxEjectionPercent (default 10)
+    # of the cluster's hosts out: Envoy (1.31 on) counts the host being ejected, and Istio does not set
+    # always_eject_one_host, so a cluster of fewer than 10 hosts ejects none without maxEjectionPercent.
+    # Seen on real Istio (LocalityFailover on the host backend): a 2-host cluster never ejected its
+    # failing local endpoint until the DestinationRule said maxEjectionPercent: 100.
     def _ejected(self, view: xds.ServiceView) -> list[xds.Endpoint]:
         now = time.monotonic()
         return [
@@ -216,8 +219,7 @@ class Sidecar:
         count = count + 1 if failed else 0
         if count >= int(detection.get("consecutive5xxErrors", 5)):
             ejected = len(self._ejected(view))
-            limit = max(1, int(len(view.endpoints) * int(detection.get("maxEjectionPercent", 10)) / 100))
-            if ejected < limit:
+            if 100 * (ejected + 1) <= len(view.endpoints) * int(detection.get("maxEjectionPercent", 10)):
                 until = (
                     time.monotonic() + xds.go_duration(str(detection.get("baseEjectionTime", "30s"))).total_seconds()
                 )
