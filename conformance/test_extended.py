@@ -10,7 +10,7 @@ import pytest
 
 from meshfed import manifests
 from meshfed.backends.base import BackendError, Cluster, Mesh
-from meshfed.calls import CallResult
+from meshfed.calls import CallResult, Symptom
 from meshfed.cases import Feature, case, not_supported
 from meshfed.expect import Traffic, converge, require
 from meshfed.manifests import CLIENT, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
@@ -342,7 +342,9 @@ def upgrade(mesh: Mesh, traffic: Traffic, old: str, new: str) -> list[str]:
     {Feature.CANARY_UPGRADE},
     profile="extended",
 )
-def test_canary_upgrade(mesh: Mesh, suite_options: SuiteOptions, run_record: RunRecord) -> None:
+def test_canary_upgrade(
+    mesh: Mesh, suite_options: SuiteOptions, run_record: RunRecord, request: pytest.FixtureRequest
+) -> None:
     if suite_options.backend == "existing":
         not_supported("it installs a second Istio version beside the first, and the existing backend installs no Istio")
     with cross_cluster_traffic(mesh) as traffic:
@@ -350,8 +352,24 @@ def test_canary_upgrade(mesh: Mesh, suite_options: SuiteOptions, run_record: Run
         problems += [f"while restoring: {p}" for p in upgrade(mesh, traffic, old=CANARY, new="")]
         traffic.step("after")
     run_record.procedures["CanaryUpgrade"] = traffic.counts()
-    problems += [f"calls were lost: {line}" for line in traffic.lost()]
+    problems += [f"calls were lost: {line}" for line in traffic.lost(excused=cut_by_gateway_exit)]
+    for line in traffic.excused_losses(cut_by_gateway_exit):  # shown in JUnit and HTML, not failed
+        request.node.user_properties.append(("cutByGatewayExit", line))
     require(not problems, "; ".join(problems))
+
+
+def cut_by_gateway_exit(step: str, result: CallResult) -> bool:
+    """A call in flight when a replaced east-west gateway exits. The gateway passes TLS through, so its
+    drain cannot close the connections through it gracefully; it closes them when it exits, and the
+    caller's sidecar answers 503 "reset reason: connection termination". Istio's default retry policy
+    (connect-failure, refused-stream, unavailable, cancelled, retriable-status-codes) does not retry a
+    reset, so on real Istio a gateway rollout under load may cut such a call (seen on the host backend,
+    about one call in 40 when it happens). Any other failure still fails the case."""
+    return (
+        step.startswith("east-west gateways moved")
+        and result.symptom is Symptom.CONNECTION_RESET
+        and "connection termination" in result.seen
+    )
 
 
 def _cacerts_files(mesh: Mesh, cluster: str) -> dict[str, bytes]:

@@ -58,3 +58,21 @@ def test_a_call_that_cannot_be_made_counts_as_lost() -> None:
         pass
     [line] = traffic.lost()
     assert line.startswith("start: a->b: ") and "failed" in line
+
+
+def test_excused_losses_are_listed_apart_and_not_lost() -> None:
+    cut = CallResult(
+        503,
+        None,
+        1.0,
+        body="upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+    )
+    failures = iter([cut, FAILED])
+    with Traffic({"a->b": lambda n: [next(failures, OK)]}) as traffic:
+        pass
+    excused = lambda step, result: "connection termination" in result.seen  # noqa: E731
+    [lost] = traffic.lost(excused=excused)
+    [apart] = traffic.excused_losses(excused)
+    assert "1/" in lost and "connection termination" not in lost
+    assert "connection reset" in apart and "connection termination" in apart
+    assert len(traffic.lost()) == 1 and "2/" in traffic.lost()[0]

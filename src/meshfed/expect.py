@@ -106,14 +106,23 @@ class Traffic:
         for thread in self._threads:
             thread.join(timeout=30)
 
-    def lost(self) -> list[str]:
-        """``step: label: 3/120 failed: ...`` for every step and label that lost calls."""
-        return [
-            f"{step}: {label}: {summarize(results)} (the last failed call saw: {[r for r in results if not r.ok][-1].seen})"
-            for step, per_label in self.results.items()
-            for label, results in per_label.items()
-            if any(not r.ok for r in results)
-        ]
+    def lost(self, excused: Callable[[str, CallResult], bool] | None = None) -> list[str]:
+        """``step: label: 3/120 failed: ...`` for every step and label that lost calls; a failure that
+        ``excused(step, result)`` accepts is left out (list those with ``excused_losses``)."""
+        return self._lines(lambda step, result: not result.ok and not (excused and excused(step, result)))
+
+    def excused_losses(self, excused: Callable[[str, CallResult], bool]) -> list[str]:
+        return self._lines(lambda step, result: not result.ok and excused(step, result))
+
+    def _lines(self, counted: Callable[[str, CallResult], bool]) -> list[str]:
+        lines = []
+        for step, per_label in self.results.items():
+            for label, results in per_label.items():
+                failed = [r for r in results if counted(step, r)]
+                if failed:
+                    shown = [r for r in results if r.ok or counted(step, r)]
+                    lines.append(f"{step}: {label}: {summarize(shown)} (the last failed call saw: {failed[-1].seen})")
+        return lines
 
     def counts(self) -> list[tuple[str, int, int]]:
         """(step, calls answered, calls failed) over all labels, in step order."""

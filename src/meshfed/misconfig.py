@@ -84,6 +84,16 @@ def _restart_workloads(mesh: Mesh, cluster: str) -> None:
         )
 
 
+def _restart_gateways(mesh: Mesh, cluster: str) -> None:
+    """The cluster's gateways, as a fresh install would start them: on a real cluster a gateway that kept
+    running keeps trusting the root it started with, cannot reach an istiod restarted on another root,
+    and keeps routing to the endpoints it last had (seen on the host backend: calls through it reset)."""
+    for deployment in mesh[cluster].list("Deployment", ISTIO_SYSTEM):
+        name = deployment["metadata"]["name"]
+        if not name.startswith("istiod"):
+            mesh[cluster].rollout_restart(name, ISTIO_SYSTEM, timeout=mesh.convergence_deadline * 10)
+
+
 def _save(
     mesh: Mesh, saved: dict[str, Any], key: str, cluster: str, kind: str, name: str, namespace: str | None
 ) -> None:
@@ -112,7 +122,8 @@ def _second_root(mesh: Mesh, saved: dict[str, Any]) -> None:
     _save(mesh, saved, "cacerts", name, "Secret", "cacerts", ISTIO_SYSTEM)
     stranger = create_mesh_pki([name], key_type="ecdsa").cluster_cas[name]
     mesh[name].apply(manifests.cacerts(stranger.secret_data()))
-    _restart_istiod(mesh, name)
+    _restart_istiod(mesh, name)  # as if the cluster had been installed with this cacerts
+    _restart_gateways(mesh, name)
     _restart_workloads(mesh, name)
 
 
@@ -123,6 +134,7 @@ def _restored(key: str) -> Callable[[Mesh, dict[str, Any]], None]:
         name = target(mesh.spec)
         _restore(mesh, saved, key)
         _restart_istiod(mesh, name)
+        _restart_gateways(mesh, name)
         _restart_workloads(mesh, name)
 
     return fix
@@ -133,6 +145,7 @@ def _install_before_cacerts(mesh: Mesh, saved: dict[str, Any]) -> None:
     _save(mesh, saved, "cacerts", name, "Secret", "cacerts", ISTIO_SYSTEM)
     mesh[name].delete("Secret", "cacerts", ISTIO_SYSTEM)
     _restart_istiod(mesh, name)  # istiod now runs its self-signed CA, as when installed before cacerts
+    _restart_gateways(mesh, name)
     _restart_workloads(mesh, name)
 
 
@@ -142,7 +155,9 @@ def _add_cacerts_restart_istiod(mesh: Mesh, saved: dict[str, Any]) -> None:
     _restart_istiod(mesh, name)
 
 
-def _restart_target_workloads(mesh: Mesh, saved: dict[str, Any]) -> None:
+def _restart_target_proxies(mesh: Mesh, saved: dict[str, Any]) -> None:
+    """Istio's fix once cacerts is in place: restart every proxy, the gateways' too, onto the new root."""
+    _restart_gateways(mesh, target(mesh.spec))
     _restart_workloads(mesh, target(mesh.spec))
 
 
@@ -274,7 +289,7 @@ def _cleanup_outside(mesh: Mesh, saved: dict[str, Any]) -> None:
 CATALOG: list[Misconfiguration] = [
     Misconfiguration(
         "second-root-ca",
-        "one cluster's cacerts holds a different root (istiod and workloads restarted)",
+        "one cluster's cacerts holds a different root (istiod, gateways and workloads restarted)",
         [Stage("second root in cacerts", _second_root, lambda s: _both(s, TLS_FAILURES), "root-mismatch")],
         _restored("cacerts"),
         _multi_primary_only("in primary-remote one istiod signs for every cluster: a remote's cacerts is not used"),
@@ -295,7 +310,7 @@ CATALOG: list[Misconfiguration] = [
                 lambda s: _both(s, TLS_FAILURES),
                 "stale-workload-certificate",
             ),
-            Stage("workloads restarted", _restart_target_workloads, lambda s: _both(s, OK), None),
+            Stage("gateways and workloads restarted", _restart_target_proxies, lambda s: _both(s, OK), None),
         ],
         _restored("cacerts"),
         _multi_primary_only(
