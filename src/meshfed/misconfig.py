@@ -9,6 +9,7 @@ says why instead of passing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,8 @@ from meshfed import manifests
 from meshfed.backends.base import Mesh
 from meshfed.calls import Symptom
 from meshfed.manifests import ISTIO_SYSTEM, NETWORK_LABEL, TEST_NAMESPACE, only_in
-from meshfed.pki import create_mesh_pki
+from meshfed.pki import bundle_from_secret, create_mesh_pki
+from meshfed.pki.certs import fingerprint, load_certs
 from meshfed.topology import MeshSpec, Topology
 
 TLS_FAILURES = frozenset({Symptom.TLS_VERIFY_FAILED, Symptom.UNKNOWN_CA})
@@ -75,6 +77,35 @@ def _one_way(spec: MeshSpec, symptoms: frozenset[Symptom]) -> list[Expect]:
 def _restart_istiod(mesh: Mesh, cluster: str) -> None:
     for name in mesh[cluster].istiods():
         mesh[cluster].rollout_restart(name, ISTIO_SYSTEM, timeout=mesh.convergence_deadline * 10)
+    _wait_for_published_root(mesh, cluster)
+
+
+def _signing_root(mesh: Mesh, cluster: str) -> set[str]:
+    """Fingerprints of the root istiod signs under: cacerts' root-cert.pem, else its self-signed CA's."""
+    for name, key in (("cacerts", "root-cert.pem"), ("istio-ca-secret", "ca-cert.pem")):
+        secret = mesh[cluster].get("Secret", name, ISTIO_SYSTEM)
+        pem = bundle_from_secret(secret).get(key) if secret else None
+        if pem:
+            return {fingerprint(c) for c in load_certs(pem, f"{name} {key}")}
+    return set()
+
+
+def _wait_for_published_root(mesh: Mesh, cluster: str) -> None:
+    """Until istiod has written its root into istio-ca-root-cert of istio-system and the test namespace.
+    A pod mounts that ConfigMap as it is when the pod starts, and the kubelet refreshes the mount only at
+    its next sync (up to about two minutes on real clusters): a proxy started before istiod published a
+    new root cannot verify istiod and gets no certificate until then (seen on the host backend)."""
+    deadline = time.monotonic() + mesh.convergence_deadline * 2
+    while time.monotonic() < deadline:
+        wanted = _signing_root(mesh, cluster)
+        published = []
+        for namespace in (ISTIO_SYSTEM, TEST_NAMESPACE):
+            config = mesh[cluster].get("ConfigMap", "istio-ca-root-cert", namespace) or {}
+            pem = ((config.get("data") or {}).get("root-cert.pem") or "").encode()
+            published.append({fingerprint(c) for c in load_certs(pem, "istio-ca-root-cert")} if pem else set())
+        if wanted and all(wanted <= roots for roots in published):
+            return
+        time.sleep(0.5)
 
 
 def _restart_workloads(mesh: Mesh, cluster: str) -> None:
