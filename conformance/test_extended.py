@@ -332,8 +332,22 @@ def upgrade(mesh: Mesh, traffic: Traffic, old: str, new: str) -> list[str]:
         if spec.role == "primary" and mesh.spec.topology is Topology.PRIMARY_REMOTE and old:
             for obj in manifests.expose_istiod(old):
                 mesh[spec.name].delete(obj["kind"], obj["metadata"]["name"], ISTIO_SYSTEM)
+    problems += _wait_until_removed(mesh, _istiod(old), deadline)
     problems += _data_plane_ahead(mesh)
     return problems
+
+
+def _wait_until_removed(mesh: Mesh, istiod: str, timeout: float) -> list[str]:
+    """Until the removed revision's istiod Deployment is gone everywhere: on a real cluster it is still
+    being deleted when istioctl uninstall returns, and the next case must not find it."""
+    ends = time.monotonic() + timeout
+    while True:
+        left = [spec.name for spec in mesh.spec.primaries if mesh[spec.name].get("Deployment", istiod, ISTIO_SYSTEM)]
+        if not left:
+            return []
+        if time.monotonic() >= ends:
+            return [f"{', '.join(left)}: {istiod} is still there {timeout:g} s after its revision was uninstalled"]
+        time.sleep(1)
 
 
 @case(

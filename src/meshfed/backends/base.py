@@ -147,7 +147,11 @@ class Cluster(abc.ABC):
         """This cluster's istiod Deployments (any revision; ``istiod-<rev>`` on revisioned installs) and
         their replicas."""
         deployments = self.list("Deployment", ISTIO_SYSTEM, {"app": "istiod"})
-        return {d["metadata"]["name"]: int((d.get("spec") or {}).get("replicas", 1)) for d in deployments}
+        return {
+            d["metadata"]["name"]: int((d.get("spec") or {}).get("replicas", 1))
+            for d in deployments
+            if not d["metadata"].get("deletionTimestamp")  # an uninstalled revision's, still going
+        }
 
     def istiod_versions(self) -> dict[str, str]:
         """Each istiod revision here ("default" when unlabelled) and its Istio version, from its image tag."""
