@@ -43,7 +43,7 @@ def trust_domain(cluster: Cluster) -> str | None:
 
 def explain(results: list[CallResult], mesh: Mesh) -> str:
     """The likely cause of failed calls, from a read-only check of the mesh."""
-    if any(r.symptom.name in ("TLS_VERIFY_FAILED", "UNKNOWN_CA") for r in results):
+    if any(r.symptom.name in ("TLS_VERIFY_FAILED", "UNKNOWN_CA", "CONNECTION_FAILURE") for r in results):
         cause = root_mismatch(cacerts_roots(mesh))
         if cause:
             return f"; likely cause: {cause}"

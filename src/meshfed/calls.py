@@ -22,6 +22,7 @@ class Symptom(enum.Enum):
     TLS_VERIFY_FAILED = "TLS verify failed"  # the caller rejected the server's certificate
     UNKNOWN_CA = "unknown CA"  # the server rejected the caller's certificate
     CERTIFICATE_EXPIRED = "certificate expired"  # the peer found our certificate expired
+    CONNECTION_FAILURE = "connection failure"  # Envoy's "connection failure" with no reason given (see below)
     CONNECTION_RESET = "connection reset"
     CONNECTION_REFUSED = "connection refused"
     PROTOCOL_MISMATCH = "plain HTTP to a TLS port"
@@ -53,6 +54,10 @@ _PATTERNS: tuple[tuple[Symptom, re.Pattern[str]], ...] = tuple(
         # An unroutable address shows as a timeout, or as "no route to host" where something answers ICMP.
         (Symptom.TIMEOUT, r"timed out|timeout|delayed connect error: 11[03]|no route to host|EHOSTUNREACH"),
         (Symptom.CONNECTION_REFUSED, r"connection refused|delayed connect error: 111"),
+        # Envoy 1.39 on (and 1.38 backports) no longer puts the transport failure reason into the body
+        # (envoyproxy/envoy#44746): a TLS handshake failure and a refused connection both read "reset
+        # reason: remote connection failure". Seen on real Istio with Envoy 1.40 (second-root-ca).
+        (Symptom.CONNECTION_FAILURE, r"reset reason: (?:remote )?connection failure(?!, transport failure reason)"),
         (
             Symptom.CONNECTION_RESET,
             r"reset by peer|connection reset|connection termination|empty reply from server"

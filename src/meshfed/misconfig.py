@@ -24,7 +24,11 @@ from meshfed.pki import bundle_from_secret, create_mesh_pki
 from meshfed.pki.certs import fingerprint, load_certs
 from meshfed.topology import MeshSpec, Topology
 
-TLS_FAILURES = frozenset({Symptom.TLS_VERIFY_FAILED, Symptom.UNKNOWN_CA})
+# A failed handshake between sidecars, as the caller sees it: Envoy names the TLS error in its 503 body,
+# except Envoy 1.39 on (and 1.38 backports), which keeps every transport failure reason out of the body
+# (envoyproxy/envoy#44746): there the caller sees only "remote connection failure", and the diagnosis,
+# which each entry requires to come first, is what names the cause.
+TLS_FAILURES = frozenset({Symptom.TLS_VERIFY_FAILED, Symptom.UNKNOWN_CA, Symptom.CONNECTION_FAILURE})
 OK = frozenset({Symptom.OK})
 
 
