@@ -237,7 +237,11 @@ def as_markdown(comparison: Comparison) -> str:
     ]
     for row in comparison.rows:
         cells = [_cell(row.a).replace("|", "/"), _cell(row.b).replace("|", "/")]
-        lines.append(f"| {row.case} | {cells[0]} | {cells[1]} | {'yes' if row.change == 'same' else row.change} |")
+        if row.a is None or row.b is None:
+            agree = f"not run on {'A' if row.a is None else 'B'}"
+        else:
+            agree = "yes" if row.change == "same" else row.change
+        lines.append(f"| {row.case} | {cells[0]} | {cells[1]} | {agree} |")
     both = sum(r.a is not None and r.b is not None for r in comparison.rows)
     same = sum(r.change == "same" for r in comparison.rows)
     lines.append(f"\nAgreement: {same} of {both} cases ({comparison.agreement:.0%}).")
