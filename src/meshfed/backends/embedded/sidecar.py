@@ -18,6 +18,7 @@ AuthorizationPolicy (DENY first, then ALLOW) is judged on the caller's principal
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import http.client
@@ -38,7 +39,7 @@ from meshfed.backends.embedded.agent import ProxyAgent
 from meshfed.backends.embedded.fabric import close_listener, reset, serve
 from meshfed.backends.embedded.lb import choose
 from meshfed.backends.embedded.node import Node
-from meshfed.backends.embedded.tls import contexts, envoy_reset_text, mesh_time_problem
+from meshfed.backends.embedded.tls import contexts, envoy_reset_text, mesh_time_problem, transport_failure_reason
 from meshfed.pki import WorkloadCert
 from meshfed.pki.verify import uri_sans
 
@@ -119,6 +120,9 @@ class Sidecar:
         self._pool_lock = threading.Lock()
         self._pool_version: tuple[int, int] = (-1, 0)
         self._outliers: dict[tuple[str, int, str, str], tuple[int, float]] = {}
+        # Failed upstream calls as Envoy's access log shows them: status, flags, service and
+        # %UPSTREAM_TRANSPORT_FAILURE_REASON% (which Envoy 1.39+ keeps out of the 503 body).
+        self.access_log: collections.deque[str] = collections.deque(maxlen=200)
         agent.on_certificate = self._use
         if agent.cert is not None:
             self._use(agent.cert)
@@ -395,6 +399,7 @@ def _outbound_handler(sidecar: Sidecar) -> type[BaseHTTPRequestHandler]:
             if last is None:
                 _text(self, 503, "no healthy upstream")
             else:
+                sidecar.access_log.append(f"503 UF {view.fqdn} {transport_failure_reason(last)}")
                 _text(self, 503, envoy_reset_text(last, retried=len(tried) > 1))
 
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle

@@ -146,26 +146,29 @@ _PREFIX = "upstream connect error or disconnect/reset before headers. "
 
 
 def envoy_reset_text(error: BaseException, retried: bool) -> str:
-    """The 503 body Envoy gives the app when the upstream connection or handshake failed."""
+    """The 503 body Envoy gives the app when the upstream connection or handshake failed. Envoy 1.39 on
+    (and 1.38 backports) keeps the transport failure reason out of it (envoyproxy/envoy#44746), as
+    real Istio with Envoy 1.40 showed: the reason goes to the access log (``transport_failure_reason``)."""
     head = _PREFIX + ("retried and the latest reset reason: " if retried else "reset reason: ")
     if isinstance(error, TimeoutError | socket.timeout):
         return head + "connection timeout"
+    return head + "remote connection failure"
+
+
+def transport_failure_reason(error: BaseException) -> str:
+    """Envoy's ``%UPSTREAM_TRANSPORT_FAILURE_REASON%`` for a failed upstream connection or handshake."""
+    if isinstance(error, TimeoutError | socket.timeout):
+        return ""
     if isinstance(error, ConnectionRefusedError):
-        return head + "remote connection failure, transport failure reason: delayed connect error: 111"
+        return "delayed connect error: 111"
     if isinstance(error, ConnectionResetError | ssl.SSLEOFError | BrokenPipeError | ConnectionAbortedError | EOFError):
-        return head + (
-            "remote connection failure, transport failure reason: "
-            "TLS_error:|33554536:system library:OPENSSL_internal:Connection reset by peer:TLS_error_end"
-        )
+        return "TLS_error:|33554536:system library:OPENSSL_internal:Connection reset by peer:TLS_error_end"
     if isinstance(error, ssl.SSLCertVerificationError):
         reason = "CERTIFICATE_VERIFY_FAILED"
     elif isinstance(error, ssl.SSLError) and getattr(error, "reason", None) is not None:
         # (an SSLError raised by Python itself, not by OpenSSL, has no reason attribute at all)
         reason = str(error.reason)
     else:
-        return head + f"remote connection failure, transport failure reason: {error}"
+        return str(error)
     code = (16 << 24) | _SSL_REASONS.get(reason, 0)
-    return (
-        head
-        + f"remote connection failure, transport failure reason: TLS_error:|{code}:SSL routines:OPENSSL_internal:{reason}:TLS_error_end"
-    )
+    return f"TLS_error:|{code}:SSL routines:OPENSSL_internal:{reason}:TLS_error_end"
