@@ -14,14 +14,13 @@ from meshfed.calls import CallResult, Symptom
 from meshfed.cases import Feature, case, not_supported
 from meshfed.expect import Traffic, converge, require
 from meshfed.manifests import CLIENT, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
+from meshfed.misconfig import publishes_its_root
 from meshfed.options import SuiteOptions
 from meshfed.pki import (
     ChainVerificationError,
     PluginCA,
     bundle_from_secret,
     cert_pem,
-    fingerprint,
-    load_certs,
     verify_chain,
 )
 from meshfed.pki.authority import new_intermediate, new_root
@@ -437,13 +436,7 @@ def _wait_for_istiod_roots(mesh: Mesh, title: str) -> list[str]:
     deadline = time.monotonic() + mesh.convergence_deadline * 2
     waiting = [spec.name for spec in mesh.spec.primaries]
     while waiting:
-        for name in list(waiting):
-            files = _cacerts_files(mesh, name)
-            expected = {fingerprint(c) for c in load_certs(files.get("root-cert.pem", b""), "root-cert.pem")}
-            served = mesh[name].get("ConfigMap", "istio-ca-root-cert", TEST_NAMESPACE) or {}
-            pem = ((served.get("data") or {}).get("root-cert.pem") or "").encode()
-            if pem and expected <= {fingerprint(c) for c in load_certs(pem, "istio-ca-root-cert")}:
-                waiting.remove(name)
+        waiting = [name for name in waiting if not publishes_its_root(mesh, name)]
         if waiting and time.monotonic() >= deadline:
             return [f"after '{title}': istiod in {', '.join(waiting)} does not serve the new roots"]
         if waiting:

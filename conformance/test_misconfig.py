@@ -39,8 +39,8 @@ def observe(mesh: Mesh, expect: Expect) -> tuple[str, str | None]:
         return shown, None
     names = " or ".join(sorted(s.value for s in wanted))
     failed = [r for r in outcome.results if not r.ok]
-    last = f"; the last failed call saw: {failed[-1].seen}" if failed else ""
-    return shown, f"{outcome.message()} (expected {names}){last}"
+    saw = f"; the last failed call saw: {failed[-1].seen}" if failed else ""
+    return shown, f"{outcome.message()} (expected {names}){saw}"
 
 
 @case(

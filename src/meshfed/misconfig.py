@@ -94,21 +94,25 @@ def _signing_root(mesh: Mesh, cluster: str) -> set[str]:
     return set()
 
 
+def publishes_its_root(mesh: Mesh, cluster: str) -> bool:
+    """Whether istiod has written the root it signs under into istio-ca-root-cert of istio-system and the
+    test namespace (a new root reaches istiod's mounted files only after the kubelet's sync)."""
+    wanted = _signing_root(mesh, cluster)
+    for namespace in (ISTIO_SYSTEM, TEST_NAMESPACE):
+        config = mesh[cluster].get("ConfigMap", "istio-ca-root-cert", namespace) or {}
+        pem = ((config.get("data") or {}).get("root-cert.pem") or "").encode()
+        if not pem or not wanted <= {fingerprint(c) for c in load_certs(pem, "istio-ca-root-cert")}:
+            return False
+    return bool(wanted)
+
+
 def _wait_for_published_root(mesh: Mesh, cluster: str) -> None:
-    """Until istiod has written its root into istio-ca-root-cert of istio-system and the test namespace.
-    A pod mounts that ConfigMap as it is when the pod starts, and the kubelet refreshes the mount only at
-    its next sync (up to about two minutes on real clusters): a proxy started before istiod published a
-    new root cannot verify istiod and gets no certificate until then (seen on the host backend)."""
+    """Until istiod publishes its root. A pod mounts istio-ca-root-cert as it is when the pod starts, and the
+    kubelet refreshes the mount only at its next sync (up to about two minutes on real clusters): a proxy
+    started before istiod published a new root cannot verify istiod and gets no certificate until then
+    (seen on the host backend)."""
     deadline = time.monotonic() + mesh.convergence_deadline * 2
-    while time.monotonic() < deadline:
-        wanted = _signing_root(mesh, cluster)
-        published = []
-        for namespace in (ISTIO_SYSTEM, TEST_NAMESPACE):
-            config = mesh[cluster].get("ConfigMap", "istio-ca-root-cert", namespace) or {}
-            pem = ((config.get("data") or {}).get("root-cert.pem") or "").encode()
-            published.append({fingerprint(c) for c in load_certs(pem, "istio-ca-root-cert")} if pem else set())
-        if wanted and all(wanted <= roots for roots in published):
-            return
+    while time.monotonic() < deadline and not publishes_its_root(mesh, cluster):
         time.sleep(0.5)
 
 
