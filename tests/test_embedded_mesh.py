@@ -15,7 +15,7 @@ from meshfed import manifests
 from meshfed.backends.base import BackendError, Cluster
 from meshfed.calls import CallResult, Symptom
 from meshfed.manifests import ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
-from meshfed.pki import create_mesh_pki, fingerprint
+from meshfed.pki import bundle_from_secret, create_mesh_pki, fingerprint
 from meshfed.pki.certs import cert_pem, key_pem, write_private
 from meshfed.pki.spiffe import SpiffeId
 from tests.conftest import Provision
@@ -243,13 +243,35 @@ def test_missing_remote_secret_leaves_no_endpoints(provision: Provision) -> None
     assert calls(mesh["cluster-b"], service_url(only_in("cluster-a")), count=1)[0].ok, "the other direction still works"
 
 
-def test_loopback_remote_secret_is_unreachable(provision: Provision) -> None:
+def test_loopback_remote_secret_keeps_the_old_cluster_until_istiod_restarts(provision: Provision) -> None:
+    """Real Istio keeps the cluster a secret's previous kubeconfig reached until the new one syncs."""
     mesh, _ = provision()
     a = mesh["cluster-a"]
+    reachable = bundle_from_secret(a.get("Secret", "istio-remote-secret-cluster-b", ISTIO_SYSTEM) or {})["cluster-b"]
     kubeconfig = manifests.kubeconfig("cluster-b", "https://127.0.0.1:6443")
     a.apply(manifests.remote_secret("cluster-b", kubeconfig))
-    status = {s.name: s.status for s in a.remote_clusters()}
-    assert status == {"cluster-a": "synced", "cluster-b": "timeout"}
+    status = {s.name: (s.secret, s.status) for s in a.remote_clusters()}
+    assert status == {
+        "cluster-a": ("", "synced"),
+        "cluster-b": ("istio-system/istio-remote-secret-cluster-b", "timeout"),
+    }
+    assert calls(a, service_url(only_in("cluster-b")), count=1)[0].ok, "the old cluster still serves"
+    a.rollout_restart("istiod", ISTIO_SYSTEM)
+    deadline = time.monotonic() + 10  # the old istiod pod drains for a moment, its proxies then reconnect
+    while (symptom := calls(a, service_url(only_in("cluster-b")), count=1)[0].symptom) is Symptom.OK:
+        assert time.monotonic() < deadline, "the restarted istiod still serves cluster-b"
+        time.sleep(0.2)
+    assert symptom is Symptom.NO_HEALTHY_UPSTREAM
+    a.apply(manifests.remote_secret("cluster-b", reachable.decode()))
+    assert calls(a, service_url(only_in("cluster-b")), count=1)[0].ok
+
+
+def test_a_new_loopback_remote_secret_never_syncs(provision: Provision) -> None:
+    mesh, _ = provision()
+    a = mesh["cluster-a"]
+    a.delete("Secret", "istio-remote-secret-cluster-b", ISTIO_SYSTEM)
+    a.apply(manifests.remote_secret("cluster-b", manifests.kubeconfig("cluster-b", "https://127.0.0.1:6443")))
+    assert {s.name: s.status for s in a.remote_clusters()}["cluster-b"] == "timeout"
     assert calls(a, service_url(only_in("cluster-b")), count=1)[0].symptom is Symptom.NO_HEALTHY_UPSTREAM
 
 
@@ -261,9 +283,15 @@ def test_without_cross_network_gateway_calls_into_the_cluster_are_reset(provisio
     assert "Connection reset by peer" in access_log(mesh, "cluster-a")[-1]
 
 
-def test_missing_network_label_hands_out_unroutable_pod_addresses(provision: Provision) -> None:
+def test_an_endpoint_without_any_network_label_is_handed_out_by_its_pod_address(provision: Provision) -> None:
+    """Injected pods carry values.global.network as their own label; istio-system's counts only without it."""
     mesh, _ = provision()
-    mesh["cluster-b"].patch("Namespace", ISTIO_SYSTEM, None, {"metadata": {"labels": {manifests.NETWORK_LABEL: None}}})
+    b = mesh["cluster-b"]
+    echo = b.pod_of(TEST_NAMESPACE, only_in("cluster-b"))
+    assert echo.labels[manifests.NETWORK_LABEL] == "network-b"
+    b.patch("Namespace", ISTIO_SYSTEM, None, {"metadata": {"labels": {manifests.NETWORK_LABEL: None}}})
+    assert calls(mesh["cluster-a"], service_url(only_in("cluster-b")), count=1)[0].ok
+    b.patch("Pod", echo.name, TEST_NAMESPACE, {"metadata": {"labels": {manifests.NETWORK_LABEL: None}}})
     [result] = calls(mesh["cluster-a"], service_url(only_in("cluster-b")), count=1)
     assert result.symptom is Symptom.TIMEOUT, result.described
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from meshfed.manifests import (
     MULTICLUSTER_LABEL,
     NETWORK_LABEL,
     TEST_NAMESPACE,
+    Obj,
     image_version,
 )
 from meshfed.pki import BundleSourceError, PemError, bundle_from_secret, fingerprint, load_certs, validate_bundle
@@ -183,15 +185,34 @@ def check_trust(mesh: Mesh) -> list[Check]:
     return results
 
 
+def _kubeconfig_servers(secret: Obj) -> dict[str, str]:
+    """A remote secret's clusters and the API server each kubeconfig names."""
+    servers = {}
+    for cluster_name, data in bundle_from_secret(secret).items():
+        try:
+            loaded = yaml.safe_load(data) or {}
+            servers[cluster_name] = str(loaded["clusters"][0]["cluster"]["server"])
+        except (yaml.YAMLError, KeyError, IndexError, TypeError):
+            servers[cluster_name] = "unreadable"
+    return servers
+
+
+def _is_loopback(server: str) -> bool:
+    """The loopback addresses a local cluster's kubeconfig names (kind, minikube, k3d). Other 127/8
+    addresses are left alone: the embedded mesh gives each cluster's API server one of its own."""
+    return (urllib.parse.urlsplit(server).hostname or "").lower() in ("127.0.0.1", "localhost", "::1")
+
+
 def check_remote_secrets(mesh: Mesh) -> list[Check]:
     results = []
     for spec in mesh.spec.primaries:
         cluster = mesh[spec.name]
         wanted = [c for c in mesh.spec.names if c != spec.name]
+        secrets = cluster.list("Secret", ISTIO_SYSTEM, {MULTICLUSTER_LABEL: "true"})
         present = {
             s["metadata"].get("annotations", {}).get("networking.istio.io/cluster")
             or s["metadata"]["name"].removeprefix("istio-remote-secret-")
-            for s in cluster.list("Secret", ISTIO_SYSTEM, {MULTICLUSTER_LABEL: "true"})
+            for s in secrets
         }
         for other in wanted:
             if other not in present:
@@ -204,31 +225,40 @@ def check_remote_secrets(mesh: Mesh) -> list[Check]:
                         f"istioctl create-remote-secret --context=<{other}> --name={other} | kubectl apply --context=<{spec.name}> -f -",
                     )
                 )
+        # A loopback server is wrong whatever istiod shows: istiod keeps serving a cluster its secret's
+        # previous kubeconfig reached until the new one syncs, so calls can still work until its restart.
+        loopback = {}
+        for secret in secrets:
+            for remote, server in _kubeconfig_servers(secret).items():
+                if _is_loopback(server):
+                    loopback[remote] = server
+                    results.append(
+                        Check(
+                            "remote-secret-loopback",
+                            "error",
+                            spec.name,
+                            f"the remote secret {secret['metadata']['name']} points istiod at {server} for {remote}: that is istiod's own pod, so {remote} never syncs (istiod keeps a connection it already had only until it restarts)",
+                            f"recreate it with an address istiod can reach: istioctl create-remote-secret --context=<{remote}> --name={remote} --server=https://<{remote}'s API server address>:6443",
+                        )
+                    )
         try:
             statuses = cluster.remote_clusters()
         except BackendError:
             continue
         for status in statuses:
-            if status.name != spec.name and status.status != "synced":
-                secret = cluster.get("Secret", status.secret, ISTIO_SYSTEM)
-                servers = [
-                    line.split("server:", 1)[1].strip()
-                    for data in bundle_from_secret(secret or {}).values()
-                    for line in data.decode(errors="replace").splitlines()
-                    if "server:" in line
-                ]
-                loopback = any("127.0.0.1" in s or "localhost" in s for s in servers)
-                results.append(
-                    Check(
-                        "remote-secret-loopback" if loopback else "remote-secret-unreachable",
-                        "error",
-                        spec.name,
-                        f"remote cluster {status.name} is {status.status} (server {', '.join(servers) or 'unknown'})",
-                        "recreate the remote secret with --server set to an address istiod can reach (on kind: the control-plane container's IP)"
-                        if loopback
-                        else "check that istiod can reach that API server",
-                    )
+            if status.name == spec.name or status.status == "synced" or status.name in loopback:
+                continue
+            holder = cluster.get("Secret", status.secret.rsplit("/", 1)[-1], ISTIO_SYSTEM) or {}
+            server = _kubeconfig_servers(holder).get(status.name, "unknown")
+            results.append(
+                Check(
+                    "remote-secret-unreachable",
+                    "error",
+                    spec.name,
+                    f"remote cluster {status.name} is {status.status} (server {server})",
+                    "check that istiod can reach that API server and that the secret's credentials are valid",
                 )
+            )
     return results
 
 
@@ -238,12 +268,26 @@ def check_gateways(mesh: Mesh) -> list[Check]:
         cluster = mesh[spec.name]
         namespace_network = _labels(cluster.get("Namespace", ISTIO_SYSTEM)).get(NETWORK_LABEL)
         if not namespace_network:
+            # istiod takes an endpoint's network from its pod's label, and only then from istio-system's
+            # (Controller.Network in pilot/pkg/serviceregistry/kube/controller); the injector labels each
+            # pod with values.global.network. Without both, the network is empty: "same as any".
+            unlabelled = sorted(
+                p.name for p in cluster.pods(TEST_NAMESPACE) if p.has_sidecar and not p.labels.get(NETWORK_LABEL)
+            )
             results.append(
                 Check(
                     "network-label-missing",
                     "error",
                     spec.name,
-                    f"istio-system has no {NETWORK_LABEL} label: istiod hands out this cluster's pod addresses to other networks",
+                    f"istio-system has no {NETWORK_LABEL} label and pods {', '.join(unlabelled)} carry none: istiod puts them on no network and hands their pod addresses to callers on other networks",
+                    f"kubectl label namespace istio-system {NETWORK_LABEL}={spec.network}",
+                )
+                if unlabelled
+                else Check(
+                    "network-label-missing",
+                    "warning",
+                    spec.name,
+                    f"istio-system has no {NETWORK_LABEL} label: its pods still carry their own (the injector writes values.global.network), but a pod without one would be handed to other networks by its pod address",
                     f"kubectl label namespace istio-system {NETWORK_LABEL}={spec.network}",
                 )
             )

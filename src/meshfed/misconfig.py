@@ -230,6 +230,10 @@ def _loopback_remote_secret(mesh: Mesh, saved: dict[str, Any]) -> None:
     mesh[holder].apply(manifests.remote_secret(name, manifests.kubeconfig(name, "https://127.0.0.1:6443")))
 
 
+def _restart_holder_istiod(mesh: Mesh, saved: dict[str, Any]) -> None:
+    _restart_istiod(mesh, _remote_secret_holder(mesh.spec))
+
+
 def _drop_cross_network_gateway(mesh: Mesh, saved: dict[str, Any]) -> None:
     mesh[mesh.spec.config_cluster(target(mesh.spec))].delete("Gateway", "cross-network-gateway", ISTIO_SYSTEM)
 
@@ -246,8 +250,8 @@ def _cross_network_expect(spec: MeshSpec) -> list[Expect]:
 
 
 def _unlabelled(spec: MeshSpec) -> str:
-    """Whose istio-system loses its label: a remote's pods carry their network from the injection
-    path, so in primary-remote it is the primary whose endpoints go astray."""
+    """Whose network goes missing: in primary-remote the primary's, whose istiod reads the namespace
+    label (a remote's pods take their network from the injection path)."""
     return spec.primaries[0].name if spec.topology is Topology.PRIMARY_REMOTE else target(spec)
 
 
@@ -255,10 +259,23 @@ def _drop_network_label(mesh: Mesh, saved: dict[str, Any]) -> None:
     mesh[_unlabelled(mesh.spec)].patch("Namespace", ISTIO_SYSTEM, None, {"metadata": {"labels": {NETWORK_LABEL: None}}})
 
 
+def _drop_pod_network_labels(mesh: Mesh, saved: dict[str, Any]) -> None:
+    """The pods lose their own label too, as pods injected without values.global.network have none."""
+    cluster = mesh[_unlabelled(mesh.spec)]
+    saved["pod-networks"] = {
+        p.name: p.labels[NETWORK_LABEL] for p in cluster.pods(TEST_NAMESPACE) if NETWORK_LABEL in p.labels
+    }
+    for name in saved["pod-networks"]:
+        cluster.patch("Pod", name, TEST_NAMESPACE, {"metadata": {"labels": {NETWORK_LABEL: None}}})
+
+
 def _restore_network_label(mesh: Mesh, saved: dict[str, Any]) -> None:
     name = _unlabelled(mesh.spec)
     labels = {NETWORK_LABEL: mesh.spec.cluster(name).network}
     mesh[name].patch("Namespace", ISTIO_SYSTEM, None, {"metadata": {"labels": labels}})
+    for pod, network in saved.get("pod-networks", {}).items():
+        if mesh[name].get("Pod", pod, TEST_NAMESPACE) is not None:
+            mesh[name].patch("Pod", pod, TEST_NAMESPACE, {"metadata": {"labels": {NETWORK_LABEL: network}}})
 
 
 def _network_label_expect(spec: MeshSpec) -> list[Expect]:
@@ -388,12 +405,20 @@ CATALOG: list[Misconfiguration] = [
         "loopback-remote-secret",
         "a remote secret whose kubeconfig points at https://127.0.0.1 (the classic kind mistake)",
         [
+            # Istio keeps the cluster the secret's previous kubeconfig reached until the new one syncs
+            # (addRemoteConfig, pkg/kube/multicluster/secretcontroller.go): nothing breaks yet.
             Stage(
-                "remote secret server is 127.0.0.1",
+                "remote secret replaced by one for 127.0.0.1",
                 _loopback_remote_secret,
+                lambda s: _both(s, OK),
+                "remote-secret-loopback",
+            ),
+            Stage(
+                "istiod restarted (it has only the 127.0.0.1 server)",
+                _restart_holder_istiod,
                 lambda s: _one_way(s, frozenset({Symptom.NO_HEALTHY_UPSTREAM})),
                 "remote-secret-loopback",
-            )
+            ),
         ],
         _restore_remote_secrets,
     ),
@@ -412,21 +437,40 @@ CATALOG: list[Misconfiguration] = [
     ),
     Misconfiguration(
         "missing-network-label",
-        "istio-system has no topology.istio.io/network label",
+        "istio-system has no topology.istio.io/network label, and then the pods have none either",
         [
+            # istiod reads an endpoint's network from its pod's label first, which the injector writes
+            # from values.global.network: the namespace label alone changes nothing (seen on host).
             Stage(
-                "network label removed",
+                "istio-system's network label removed",
                 _drop_network_label,
+                lambda s: _both(s, OK),
+                "network-label-missing",
+            ),
+            Stage(
+                "the pods' network labels removed too (as injected without values.global.network)",
+                _drop_pod_network_labels,
                 _network_label_expect,
                 "network-label-missing",
-            )
+            ),
         ],
         _restore_network_label,
     ),
     Misconfiguration(
         "different-trust-domains",
         "the clusters use different trust domains",
-        [Stage("trust domain changed", _other_trust_domain, lambda s: _both(s, TLS_FAILURES), "trust-domain-mismatch")],
+        # Each client expects the server's SPIFFE ID in the server's own trust domain (istiod reads each
+        # cluster's mesh config through its remote secret) and accepts it; the server accepts client
+        # certificates only of its own trust domain (prefix match, pilot/pkg/security/model/
+        # authentication.go) and closes the connection after the TLS 1.3 handshake: "connection termination".
+        [
+            Stage(
+                "trust domain changed",
+                _other_trust_domain,
+                lambda s: _both(s, frozenset({Symptom.CONNECTION_RESET})),
+                "trust-domain-mismatch",
+            )
+        ],
         _restored("mesh"),
         _multi_primary_only("in primary-remote the one istiod signs every identity in its own trust domain"),
     ),

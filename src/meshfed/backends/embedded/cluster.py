@@ -389,12 +389,14 @@ class ClusterRuntime:
             )
             or {}
         )
-        # A remote's injection path (/inject/cluster/<c>/net/<n>) makes the webhook label the pod with its
-        # network (applyMetadata in pkg/kube/inject/webhook.go), whatever istio-system's label says.
+        # The webhook labels the pod with its network (applyMetadata in pkg/kube/inject/webhook.go): the
+        # pod's own label, else the injection path's (/inject/cluster/<c>/net/<n>, a remote's), else
+        # values.global.network (extractClusterAndNetwork in inject.go); istio-system's label plays no part.
         path = str((values.get("istiodRemote") or {}).get("injectionPath") or "")
         parts = path.strip("/").split("/")
-        pod_labels = {NETWORK_LABEL: parts[parts.index("net") + 1]} if "net" in parts[:-1] else {}
-        network = global_values.get("network", "")
+        network = parts[parts.index("net") + 1] if "net" in parts[:-1] else global_values.get("network", "")
+        network = labels.get(NETWORK_LABEL, network)
+        pod_labels = {NETWORK_LABEL: network} if network else {}
         return Injection(address, network, mesh.get("trustDomain", "cluster.local"), revision, pod_labels)
 
     # -- istioctl install ---------------------------------------------------------------------

@@ -16,11 +16,15 @@ follows:
   external istiod (primary-remote).
 * The registry: its own cluster plus every cluster of a remote secret (label
   ``istio/multiCluster: "true"``) whose kubeconfig server it can reach; ``127.0.0.1`` is its own pod.
+  A secret whose kubeconfig changes to one that cannot sync leaves the cluster it had serving ("it will
+  be stopped after the new cluster syncs", ``addRemoteConfig`` in pkg/kube/multicluster): only a
+  deleted secret, or istiod's restart, drops it. Status rows name the secret ``<namespace>/<name>``.
 * Endpoints: a Service's ready pods in every registry cluster; an endpoint on another network is
   replaced by that network's east-west gateway (a Service labelled ``topology.istio.io/network`` with
   a LoadBalancer address, port 15443) or dropped when there is none; an endpoint's network is the pod
   label, else the ``istio-system`` label of its cluster, and an empty network counts as local
   (``IsSameOrEmpty``).
+* Secure naming: an endpoint's SPIFFE ID is in the trust domain of its own cluster's mesh config.
 * Config (PeerAuthentication, AuthorizationPolicy, DestinationRule, Gateway, VirtualService) comes
   from istiod's own cluster only: each primary reads its own; remotes are configured by their primary.
 
@@ -159,6 +163,7 @@ class Istiod:
         self._lock = threading.RLock()
         self._listener: socket.socket | None = None
         self._watched: dict[str, ObjectStore] = {}
+        self._serving: dict[tuple[str, str], ObjectStore] = {}  # (secret, cluster) -> the cluster it serves
         self._running = False
         self.generation = 0
         self._table: dict[tuple[str, int], tuple[int, list[xds.Endpoint], set[str]]] = {}
@@ -191,6 +196,7 @@ class Istiod:
         )
         self._serve_discovery()
         self._running = True
+        self._serving.clear()  # a new istiod pod knows only what the secrets say now
         self.store.watch(self._on_own_event)
         self._refresh_registry()
         self._write_root_certs()
@@ -328,19 +334,28 @@ class Istiod:
     def registry(self) -> dict[str, ObjectStore]:
         stores = {self.cluster: self.store}
         for status, store in self._remote_clusters():
-            if store is not None and status.status == "synced":
+            if store is not None:
                 stores[status.name] = store
         return stores
 
     def _remote_clusters(self) -> list[tuple[RemoteClusterStatus, ObjectStore | None]]:
-        found = []
-        for secret in self.store.list("Secret", ISTIO_SYSTEM, {MULTICLUSTER_LABEL: "true"}):
-            for name, kubeconfig in bundle_from_secret(secret).items():
-                server = _kubeconfig_server(kubeconfig)
-                target = self.runtime.mesh.fabric.cluster_of_api_server(server) if server else None
-                store = self.runtime.mesh.store_of(target) if target else None
-                status = "synced" if store is not None else "timeout"
-                found.append((RemoteClusterStatus(name, secret["metadata"]["name"], status), store))
+        """Each remote secret's clusters: the status of the kubeconfig it holds now, and the cluster
+        served for it (the one it syncs, else the one its previous kubeconfig synced)."""
+        found, serving = [], {}
+        with self._lock:
+            for secret in self.store.list("Secret", ISTIO_SYSTEM, {MULTICLUSTER_LABEL: "true"}):
+                key = f"{ISTIO_SYSTEM}/{secret['metadata']['name']}"
+                for name, kubeconfig in bundle_from_secret(secret).items():
+                    server = _kubeconfig_server(kubeconfig)
+                    target = self.runtime.mesh.fabric.cluster_of_api_server(server) if server else None
+                    store = self.runtime.mesh.store_of(target) if target else None
+                    status = "synced" if store is not None else "timeout"
+                    served = store or self._serving.get((key, name))
+                    if served is not None:
+                        serving[(key, name)] = served
+                    found.append((RemoteClusterStatus(name, key, status), served))
+            if self._running:
+                self._serving = serving
         return found
 
     def remote_status(self) -> list[RemoteClusterStatus]:
@@ -439,8 +454,12 @@ class Istiod:
     def _endpoint_table(self) -> dict[tuple[str, int], tuple[int, list[xds.Endpoint], set[str]]]:
         """Every service port in the registry: target port, endpoints (pod addresses), accounts."""
         table: dict[tuple[str, int], tuple[int, list[xds.Endpoint], set[str]]] = {}
-        trust_domain = self.trust_domain
+        own_trust_domain = self.trust_domain
         for cluster, store in self.registry().items():
+            # A remote cluster's pods are named in the trust domain of that cluster's own mesh config, read
+            # through its remote secret; the config cluster's when it has none (NewMulticluster's
+            # per-cluster mesh watcher, pilot/pkg/serviceregistry/kube/controller/multicluster.go).
+            trust_domain = str(mesh_config(store, self.revision).get("trustDomain") or own_trust_domain)
             network = cluster_network(store)
             spec = self.runtime.mesh.spec_of(cluster)
             pods = store.list("Pod")

@@ -39,7 +39,13 @@ from meshfed.backends.embedded.agent import ProxyAgent
 from meshfed.backends.embedded.fabric import close_listener, reset, serve
 from meshfed.backends.embedded.lb import choose
 from meshfed.backends.embedded.node import Node
-from meshfed.backends.embedded.tls import contexts, envoy_reset_text, mesh_time_problem, transport_failure_reason
+from meshfed.backends.embedded.tls import (
+    contexts,
+    envoy_reset_text,
+    envoy_termination_text,
+    mesh_time_problem,
+    transport_failure_reason,
+)
 from meshfed.pki import WorkloadCert
 from meshfed.pki.verify import uri_sans
 
@@ -51,6 +57,11 @@ class UpstreamError(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+class UpstreamTerminated(UpstreamError):
+    """A new upstream connection, its handshake done, closed before the answer (Envoy: "connection
+    termination"; a server that refuses the client's certificate does this under TLS 1.3)."""
 
 
 def principal_of(cert_der: bytes | None) -> str:
@@ -267,7 +278,11 @@ class Sidecar:
                 return self._exchange(key, idle, method, path, headers, body)
             except UpstreamError:
                 pass  # a stale pooled connection: the request goes on a new one
-        return self._exchange(key, self._connect(view, endpoint, sni, timeout), method, path, headers, body)
+        connection = self._connect(view, endpoint, sni, timeout)
+        try:
+            return self._exchange(key, connection, method, path, headers, body)
+        except UpstreamError as error:
+            raise UpstreamTerminated(error.cause) from None
 
     def _connect(
         self, view: xds.ServiceView, endpoint: xds.Endpoint, sni: str, timeout: float
@@ -389,6 +404,11 @@ def _outbound_handler(sidecar: Sidecar) -> type[BaseHTTPRequestHandler]:
                     status, reply_headers, reply = sidecar.upstream(
                         view, endpoint, self.command, self.path, headers, body, 10.0
                     )
+                except UpstreamTerminated:
+                    sidecar.record(view, endpoint, failed=True)
+                    sidecar.access_log.append(f"503 UC {view.fqdn}")
+                    _text(self, 503, envoy_termination_text(retried=len(tried) > 1))
+                    return
                 except UpstreamError as error:
                     last = error.cause
                     sidecar.record(view, endpoint, failed=True)

@@ -155,6 +155,15 @@ def envoy_reset_text(error: BaseException, retried: bool) -> str:
     return head + "remote connection failure"
 
 
+def envoy_termination_text(retried: bool) -> str:
+    """The 503 body when the upstream accepted the connection (the client's TLS handshake done) and then
+    closed it before answering, e.g. a server that rejected the client's certificate after a TLS 1.3
+    handshake. Istio's default retry policy has no ``reset``, so this attempt is not retried."""
+    return (
+        _PREFIX + ("retried and the latest reset reason: " if retried else "reset reason: ") + "connection termination"
+    )
+
+
 def transport_failure_reason(error: BaseException) -> str:
     """Envoy's ``%UPSTREAM_TRANSPORT_FAILURE_REASON%`` for a failed upstream connection or handshake."""
     if isinstance(error, TimeoutError | socket.timeout):
