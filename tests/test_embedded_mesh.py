@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from meshfed import manifests
 from meshfed.backends.base import BackendError, Cluster
@@ -273,6 +274,25 @@ def test_a_new_loopback_remote_secret_never_syncs(provision: Provision) -> None:
     a.apply(manifests.remote_secret("cluster-b", manifests.kubeconfig("cluster-b", "https://127.0.0.1:6443")))
     assert {s.name: s.status for s in a.remote_clusters()}["cluster-b"] == "timeout"
     assert calls(a, service_url(only_in("cluster-b")), count=1)[0].symptom is Symptom.NO_HEALTHY_UPSTREAM
+
+
+def test_another_trust_domain_is_refused_by_the_server_after_the_handshake(provision: Provision) -> None:
+    """Secure naming takes each cluster's own trust domain, so the client accepts the server; the server
+    takes client certificates only of its own trust domain and closes the connection (seen on host)."""
+    mesh, _ = provision()
+    b = mesh["cluster-b"]
+    config = b.get("ConfigMap", "istio", ISTIO_SYSTEM) or {}
+    mesh_config = yaml.safe_load(config["data"]["mesh"])
+    mesh_config["trustDomain"] = "cluster-b.example"
+    b.patch("ConfigMap", "istio", ISTIO_SYSTEM, {"data": {"mesh": yaml.safe_dump(mesh_config)}})
+    b.rollout_restart("istiod", ISTIO_SYSTEM)
+    for deployment in b.list("Deployment", TEST_NAMESPACE):
+        b.rollout_restart(deployment["metadata"]["name"], TEST_NAMESPACE)
+    termination = "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+    for source, destination in (("cluster-a", "cluster-b"), ("cluster-b", "cluster-a")):
+        [result] = calls(mesh[source], service_url(only_in(destination)), count=1)
+        assert (result.status, result.body, result.symptom) == (503, termination, Symptom.CONNECTION_RESET)
+        assert access_log(mesh, source)[-1].startswith("503 UC ")
 
 
 def test_without_cross_network_gateway_calls_into_the_cluster_are_reset(provision: Provision) -> None:
