@@ -13,7 +13,7 @@ from meshfed.backends.base import BackendError, Cluster, Mesh
 from meshfed.calls import CallResult, Symptom
 from meshfed.cases import Feature, case, not_supported
 from meshfed.expect import Traffic, converge, require
-from meshfed.manifests import CLIENT, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
+from meshfed.manifests import CANARY, CLIENT, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
 from meshfed.misconfig import publishes_its_root
 from meshfed.options import SuiteOptions
 from meshfed.pki import (
@@ -249,9 +249,6 @@ def _fail(mesh: Mesh, cluster: str, status: str | None) -> None:
     target.wait_ready(manifests.ECHO, TEST_NAMESPACE, timeout=mesh.convergence_deadline * 10)
 
 
-CANARY = "canary"  # a revision name without dots, as Istio requires
-
-
 def _istiod(revision: str) -> str:
     return f"istiod-{revision}" if revision else "istiod"
 
@@ -305,6 +302,10 @@ def upgrade(mesh: Mesh, traffic: Traffic, old: str, new: str) -> list[str]:
                 for p in mesh[spec.name].pods(ISTIO_SYSTEM, {"app": "istiod", "istio.io/rev": revision or "default"})
             ):
                 problems.append(f"{spec.name}: revision {revision or 'default'} does not serve while both should")
+        if new == CANARY and mesh.upgrade_version:  # another build: its istiod must run that build's image
+            running = mesh[spec.name].istiod_versions().get(CANARY)
+            if running != mesh.upgrade_version:
+                problems.append(f"{spec.name}: {_istiod(CANARY)} runs Istio {running}, not {mesh.upgrade_version}")
     traffic.step(f"east-west gateways moved to {label}")
     for spec in mesh.spec.clusters:
         mesh[spec.name].apply(manifests.eastwest_gateway(spec.network, revision=new))
@@ -365,6 +366,12 @@ def test_canary_upgrade(
         problems += [f"while restoring: {p}" for p in upgrade(mesh, traffic, old=CANARY, new="")]
         traffic.step("after")
     run_record.procedures["CanaryUpgrade"] = traffic.counts()
+    request.node.user_properties.append(
+        (
+            "upgrade",
+            f"{mesh.istio_version} -> {mesh.upgrade_version or mesh.istio_version} (revision {CANARY}) and back",
+        )
+    )
     problems += [f"calls were lost: {line}" for line in traffic.lost(excused=cut_by_gateway_exit)]
     for line in traffic.excused_losses(cut_by_gateway_exit):  # shown in JUnit and HTML, not failed
         request.node.user_properties.append(("cutByGatewayExit", line))

@@ -72,6 +72,27 @@ def test_nothing_served_is_one_sentence_with_the_fix(tmp_path: Path) -> None:
         binaries.Builder(tmp_path, run=FakeGo({})).istio_source("1.30.3")
 
 
+def test_a_commit_is_built_as_that_commit_of_its_minor(tmp_path: Path) -> None:
+    commit = "v0.0.0-20260423205519-b01690e6db7d"
+    (tmp_path / "VERSION").write_text("1.31\n")
+    source = binaries.Builder(tmp_path, run=FakeGo({f"istio.io/istio@{commit}": tmp_path})).istio_source(commit)
+    assert (source.version, source.module_version, source.commit) == ("1.31-dev", commit, "b01690e6db7d")
+    with pytest.raises(BackendError, match=r"does not serve istio\.io/istio v0\.0\.0-20260101000000-0123456789ab"):
+        binaries.Builder(tmp_path, run=FakeGo({})).istio_source("v0.0.0-20260101000000-0123456789ab")
+
+
+def test_a_wrapper_module_starts_from_the_checksums_its_requirement_recorded(tmp_path: Path) -> None:
+    """A dependency the checksum database here does not answer for is verified against Istio's go.sum."""
+    istio = tmp_path / "istio"
+    istio.mkdir()
+    (istio / "go.sum").write_text("example.com/dep v1.0.0 h1:abc=\n")
+    source = binaries.IstioSource("x", "v0.0.0-20260423205519-b01690e6db7d", "1.31-dev")
+    go = FakeGo({f"istio.io/istio@{source.module_version}": istio})
+    assert binaries.Builder(tmp_path, run=go)._required_sums(binaries.istio_module(source)) == (
+        "example.com/dep v1.0.0 h1:abc=\n"
+    )
+
+
 def test_kubernetes_wrapper_pins_every_staging_module_to_its_published_version(tmp_path: Path) -> None:
     folder = tmp_path / "k8s"
     folder.mkdir()
@@ -176,6 +197,32 @@ def test_the_image_archive_stores_a_shared_layer_once(tmp_path: Path) -> None:
     assert [entry["RepoTags"] for entry in manifest] == [["meshfed.local/a:1"], ["meshfed.local/b:1"]]
     assert manifest[0]["Layers"][0] == manifest[1]["Layers"][0]
     assert len(layer_files) == 2
+
+
+def test_a_canary_build_gets_its_own_istio_images_with_the_same_envoy(tmp_path: Path) -> None:
+    def bins(name: str) -> binaries.Binaries:
+        folder = tmp_path / name
+        folder.mkdir()
+        paths = {}
+        for program in ("pilot-discovery", "pilot-agent", "envoy", "coredns"):
+            (folder / program).write_bytes(name.encode())
+            paths[program] = folder / program
+        found = binaries.Binaries(paths=paths)
+        found.bootstrap = folder / "envoy_bootstrap.json"
+        return found
+
+    first, canary = bins("first"), bins("canary")
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    wanted = images.images(first, rootfs, "1.31-dev-eed52ebb66ad", first.bootstrap, (canary, "1.31-dev-b01690e6db7d"))
+    by_name = {image.name: image for image in wanted}
+    canary_proxy = by_name[f"{images.HUB}/proxyv2:1.31-dev-b01690e6db7d"].layers[1].files
+    assert canary_proxy["usr/local/bin/pilot-agent"][0] == canary["pilot-agent"]
+    assert canary_proxy["usr/local/bin/envoy"][0] == first["envoy"]
+    assert (
+        by_name[f"{images.HUB}/pilot:1.31-dev-eed52ebb66ad"].layers[1].files["usr/local/bin/pilot-discovery"][0]
+        == (first["pilot-discovery"])
+    )
 
 
 class FakeApi:
@@ -316,3 +363,42 @@ def test_each_component_gets_its_identity_and_keys_stay_private(tmp_path: Path) 
     serving = x509.load_pem_x509_certificate((tmp_path / "pki" / "apiserver.crt").read_bytes())
     names = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert {str(a) for a in names.get_values_for_type(x509.IPAddress)} == {"10.250.0.11", "10.255.11.1", "127.0.0.1"}
+
+
+def test_the_canary_revision_is_installed_by_its_own_istioctl_with_its_own_overlay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshfed.backends.kube import KubeCluster
+    from meshfed.manifests import CANARY
+
+    first, canary = tmp_path / "first.yaml", tmp_path / "canary.yaml"
+    (tmp_path / "kubeconfig").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "a", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "a", "user": {"token": "t"}}],
+                "contexts": [{"name": "a", "context": {"cluster": "a", "user": "a"}}],
+                "current-context": "a",
+            }
+        )
+    )
+    cluster = KubeCluster(
+        "cluster-a",
+        tmp_path / "kubeconfig",
+        None,
+        kubectl=Path("kubectl"),
+        istioctl_binary=Path("istioctl-1"),
+        istioctl_by_revision={CANARY: Path("istioctl-2")},
+        install_overlays=(first,),
+        overlays_by_revision={CANARY: (canary,)},
+    )
+    runs: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(cluster, "run", lambda binary, args, timeout=0: runs.append((str(binary), args)) or "")
+    for revision in ("", CANARY):
+        cluster.install({"kind": "IstioOperator", "spec": {"revision": revision}})
+    assert [(binary, args[-2:]) for binary, args in runs] == [
+        ("istioctl-1", ["-f", str(first)]),
+        ("istioctl-2", ["-f", str(canary)]),
+    ]

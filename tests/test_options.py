@@ -123,7 +123,11 @@ def test_ordered_pairs() -> None:
 @pytest.mark.parametrize(
     ("overrides", "sentence"),
     [
-        ({"meshfed_upgrade_to": "1.31.0"}, r"^--upgrade-to is for the kind backend; drop it, or choose that backend"),
+        ({"meshfed_upgrade_to": "1.31.0"}, r"^--upgrade-to is for the kind or host backend; drop it, or choose"),
+        (
+            {"meshfed_backend": "kind", "meshfed_upgrade_to": "v0.0.0-20260423205519-b01690e6db7d"},
+            r"^v0\.0\.0-20260423205519-b01690e6db7d is a commit of istio\.io/istio, which only the host backend builds",
+        ),
         (
             {"meshfed_backend": "kind", "meshfed_istio_namespace": "aks-istio-system"},
             r"^--istio-namespace is for the existing backend",

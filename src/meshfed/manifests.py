@@ -15,6 +15,7 @@ from typing import Any
 from meshfed.topology import ClusterSpec, MeshSpec
 
 Obj = dict[str, Any]
+CANARY = "canary"  # the revision CanaryUpgrade installs (a name without dots, as Istio requires)
 
 ISTIO_SYSTEM = "istio-system"
 TEST_NAMESPACE = "meshfed"

@@ -53,9 +53,16 @@ def features(text: str) -> frozenset[Feature]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+# A commit of istio.io/istio as the Go module proxy names it (a pseudo-version): the host backend builds it.
+ISTIO_COMMIT = re.compile(r"v0\.0\.0-\d{14}-[0-9a-f]{12}")
+
+
 def istio_version(text: str) -> str:
-    if not re.fullmatch(r"\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an Istio version: write it like {DEFAULT_ISTIO_VERSION}")
+    if not re.fullmatch(r"\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?", text) and not ISTIO_COMMIT.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an Istio version: write it like {DEFAULT_ISTIO_VERSION} (on host also a commit of "
+            "istio.io/istio as the Go module proxy names it, like v0.0.0-20260423205519-b01690e6db7d)"
+        )
     return text
 
 
@@ -102,7 +109,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec(
         "--upgrade-to",
-        "kind: the Istio release CanaryUpgrade moves to (default: --istio-version, a same-version canary)",
+        "kind, host: the Istio release (host: or commit) CanaryUpgrade moves to (default: --istio-version, a same-version canary)",
         None,
         type=istio_version,
     ),
@@ -261,7 +268,7 @@ class SuiteOptions:
                 f"(the {self.backend} backend names its own clusters)"
             )
         only = {
-            "--upgrade-to": ("kind", self.upgrade_to is not None),
+            "--upgrade-to": ("kind or host", self.upgrade_to is not None),
             "--istio-namespace": ("existing", self.istio_namespace != "istio-system"),
             "--workload-image": ("kind or existing", self.workload_image is not None),
             "--cacerts-dir": ("embedded or kind or host", self.cacerts_dir is not None),
@@ -275,6 +282,12 @@ class SuiteOptions:
                     f"{flag} is for the {backends} backend; drop it, or choose that backend with --backend "
                     f"(the {self.backend} backend has no use for it)"
                 )
+        commits = [v for v in (self.istio_version, self.upgrade_to) if v and ISTIO_COMMIT.fullmatch(v)]
+        if commits and self.backend != "host":
+            raise OptionError(
+                f"{commits[0]} is a commit of istio.io/istio, which only the host backend builds: give the {self.backend} "
+                f"backend a release, like {DEFAULT_ISTIO_VERSION}"
+            )
         if self.cacerts_dir is not None:
             folder = self.cacerts_dir
             if not folder.is_dir():

@@ -181,6 +181,9 @@ class Mesh(abc.ABC):
     environment: Mapping[str, str] = {}
     # Whether a pass certifies an Istio installation; None where the backend does not say (kind, existing).
     certifies_istio: bool | None = None
+    # The Istio version CanaryUpgrade's revision runs when it is another build than the mesh's own (its
+    # istiod's image tag); None: the same version (a same-version canary), or the backend does not say.
+    upgrade_version: str | None = None
 
     @property
     @abc.abstractmethod

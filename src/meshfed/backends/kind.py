@@ -32,14 +32,13 @@ from meshfed.backends import evidence, preflight, tools
 from meshfed.backends.base import Backend, BackendError, Progress
 from meshfed.backends.kube import KubeCluster, KubeMesh
 from meshfed.install import execute, mesh_marker, plan, timed
-from meshfed.manifests import Obj
+from meshfed.manifests import CANARY, Obj
 from meshfed.topology import ClusterSpec, MeshSpec
 
 PREFIX = "meshfed-"
 STATE_CONFIGMAP = "meshfed-state"
 METALLB_NAMESPACE = "metallb-system"
 ADDRESSES_PER_CLUSTER = 32
-CANARY = "canary"  # the revision the CanaryUpgrade case installs; it runs --upgrade-to's istioctl
 
 
 def kind_name(cluster: str) -> str:

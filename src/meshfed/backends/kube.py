@@ -215,9 +215,11 @@ class KubeCluster(Cluster):
         installs_istio: bool = True,
         node_container: str | None = None,
         install_overlays: Sequence[Path] = (),
+        overlays_by_revision: Mapping[str, Sequence[Path]] | None = None,
         poll: float = 1.0,
     ) -> None:
         self.install_overlays = tuple(install_overlays)
+        self.overlays_by_revision = {k: tuple(v) for k, v in (overlays_by_revision or {}).items()}
         self.node_container = node_container
         self.name = name
         self.kubeconfig = kubeconfig
@@ -443,7 +445,8 @@ class KubeCluster(Cluster):
             yaml.safe_dump(operator, file, sort_keys=False)
             file.flush()
             # A backend's overlays follow the plan's file, as a user's extra `-f` files do (istioctl merges them).
-            overlays = [arg for path in self.install_overlays for arg in ("-f", str(path))]
+            chosen = self.overlays_by_revision.get(revision, self.install_overlays)
+            overlays = [arg for path in chosen for arg in ("-f", str(path))]
             self.run(self._istioctl_for(revision), ["install", "-y", "-f", file.name, *overlays], timeout=900)
 
     def uninstall(self, operator_name: str) -> bool:

@@ -18,6 +18,10 @@ def backend_for(options: SuiteOptions) -> Backend:
         return ExistingBackend(options.contexts, control_plane_namespace=options.istio_namespace)
     if options.backend == "host":
         return HostBackend(
-            options.istio_version, bin_dir=options.bin_dir, envoy=options.envoy, keep_clusters=options.keep_clusters
+            options.istio_version,
+            bin_dir=options.bin_dir,
+            envoy=options.envoy,
+            keep_clusters=options.keep_clusters,
+            upgrade_to=options.upgrade_to,
         )
     return EmbeddedBackend()

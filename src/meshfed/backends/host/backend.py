@@ -23,7 +23,7 @@ from meshfed.backends.host.loadbalancer import LoadBalancers
 from meshfed.backends.host.node import HostNode, clean_leftovers, install_addons
 from meshfed.backends.kube import KubeCluster, KubeMesh
 from meshfed.install import execute, mesh_marker, plan, timed
-from meshfed.manifests import Obj
+from meshfed.manifests import CANARY, Obj
 from meshfed.topology import MeshSpec
 
 COMMANDS = {
@@ -56,6 +56,13 @@ def install_overlay(istio_tag: str, *, upstream_envoy: bool) -> Obj:
         "kind": "IstioOperator",
         "spec": {"hub": images.HUB, "tag": istio_tag, "values": values},
     }
+
+
+def _canary_tag(canary: binaries.Binaries | None) -> str:
+    """The image tag of CanaryUpgrade's build: its version and commit (two builds of one minor are both "-dev")."""
+    if canary is None or canary.istio is None:
+        return ""
+    return f"{canary.istio.version}-{canary.istio.commit}" if canary.istio.commit else canary.istio.version
 
 
 def environment(bins: binaries.Binaries, *, upstream_envoy: bool) -> dict[str, str]:
@@ -130,6 +137,7 @@ class HostBackend(Backend):
     envoy: Path | None = None
     keep_clusters: bool = False
     cache: Path | None = None
+    upgrade_to: str | None = None  # CanaryUpgrade's Istio: another build beside the first when it differs
 
     name = "host"
 
@@ -176,10 +184,24 @@ class HostBackend(Backend):
         )
         assert bins.istio is not None
         progress(f"{bins.istio.describe()}; Kubernetes {bins.kubernetes_version}; Envoy {bins.envoy}")
-        archive = images.archive(bins, cache / "images", bins.istio.version, bins.bootstrap, progress)
+        canary = self._canary_build(bins, binaries.Builder(cache.parent, progress=progress))
+        tag = bins.istio.version
+        if canary is not None and canary.istio is not None:
+            if canary.istio.version == bins.istio.version and bins.istio.commit:  # two commits of one minor
+                tag = f"{bins.istio.version}-{bins.istio.commit}"
+            progress(f"CanaryUpgrade moves to {canary.istio.describe()}")
+        canary_tag = _canary_tag(canary)
+        archive = images.archive(
+            bins,
+            cache / "images",
+            tag,
+            bins.bootstrap,
+            progress,
+            canary=(canary, canary_tag) if canary is not None and canary_tag else None,
+        )
         spec = replace(spec, workload_image=images.WORKLOAD_IMAGE)
         nodes = self._nodes(spec, cache, progress)
-        marker = mesh_marker(spec, bins.istio.version, cacerts)
+        marker = mesh_marker(spec, f"{tag} {canary_tag}".strip(), cacerts)
         kept = kept_state(nodes.values(), marker)
         if kept != "none" and not self.keep_clusters:
             raise BackendError(
@@ -191,7 +213,14 @@ class HostBackend(Backend):
         if kept != "same":
             clean_leftovers(cache / "clusters", progress)
         overlay = Path(tempfile.mkdtemp(prefix="meshfed-host-")) / "host-overlay.yaml"
-        overlay.write_text(yaml.safe_dump(install_overlay(bins.istio.version, upstream_envoy=self.envoy is None)))
+        overlay.write_text(yaml.safe_dump(install_overlay(tag, upstream_envoy=self.envoy is None)))
+        by_revision: dict[str, Path] = {}
+        overlays_by_revision: dict[str, tuple[Path, ...]] = {}
+        if canary is not None and canary_tag:
+            canary_overlay = overlay.with_name("host-overlay-canary.yaml")
+            canary_overlay.write_text(yaml.safe_dump(install_overlay(canary_tag, upstream_envoy=self.envoy is None)))
+            by_revision[CANARY] = canary["istioctl"]
+            overlays_by_revision[CANARY] = (canary_overlay,)
         balancers: LoadBalancers | None = None
 
         def teardown() -> None:
@@ -231,7 +260,9 @@ class HostBackend(Backend):
                     None,
                     kubectl=bins["kubectl"],
                     istioctl_binary=bins["istioctl"],
+                    istioctl_by_revision=by_revision,
                     install_overlays=(overlay,),
+                    overlays_by_revision=overlays_by_revision,
                 )
                 for name, node in nodes.items()
             }
@@ -270,13 +301,27 @@ class HostBackend(Backend):
                 teardown()
             self.keep_clusters = keep
             raise
-        return KubeMesh(
+        found = environment(bins, upstream_envoy=self.envoy is None)
+        if canary is not None and canary.istio is not None:
+            found["CanaryUpgrade to"] = f"{canary.istio.describe()}, images tagged {canary_tag}"
+        mesh = KubeMesh(
             "host",
             spec,
-            bins.istio.version,
+            tag,
             clusters,
             teardown,
-            environment=environment(bins, upstream_envoy=self.envoy is None),
+            environment=found,
             # A pass certifies istiod, pilot-agent and istioctl; Istio's data plane only with Istio's proxy build.
             certifies_istio=self.envoy is not None,
         )
+        mesh.upgrade_version = canary_tag or None
+        return mesh
+
+    def _canary_build(self, bins: binaries.Binaries, builder: binaries.Builder) -> binaries.Binaries | None:
+        """CanaryUpgrade's Istio when ``--upgrade-to`` names another build than the mesh's (None: the same)."""
+        if not self.upgrade_to or self.upgrade_to == self.istio_version or bins.istio is None:
+            return None
+        canary = binaries.build_all(self.upgrade_to, envoy=self.envoy, builder=builder)
+        if canary.istio is None or canary.istio.module_version == bins.istio.module_version:
+            return None  # both requests resolve to one build (e.g. two releases the proxy does not serve)
+        return canary

@@ -27,6 +27,7 @@ from pathlib import Path
 from meshfed.backends import tools
 from meshfed.backends.base import BackendError, Progress
 from meshfed.install import timed
+from meshfed.options import ISTIO_COMMIT
 
 # Kubernetes 1.34 accepts cgroup v1 (1.35's kubelet refuses it, KEP-5573); Istio 1.30 and 1.31 support it.
 KUBERNETES_VERSION = "v1.34.4"
@@ -250,7 +251,16 @@ class Builder:
         return {key: str(value) for key, value in info.items()}
 
     def istio_source(self, requested: str) -> IstioSource:
-        """The Istio to build for ``--istio-version``: its release commit, or master when that is refused."""
+        """The Istio to build for ``--istio-version``: a commit given as the Go module proxy names it; a
+        release's commit, or master when that is refused."""
+        if ISTIO_COMMIT.fullmatch(requested):
+            info = self.module_info("istio.io/istio", requested)
+            if info is None:
+                raise BackendError(
+                    f"the Go module proxy does not serve istio.io/istio {requested}: give a commit it serves "
+                    f"(`go list -m -versions` lists none for pseudo-versions; master {ISTIO_MASTER} is one)"
+                )
+            return IstioSource(requested, requested, f"{_version_file(Path(info['Dir']))}-dev")
         release = ISTIO_RELEASE_COMMITS.get(requested)
         if release and self.module_info("istio.io/istio", release):
             return IstioSource(requested, release, requested)
@@ -260,7 +270,7 @@ class Builder:
                 f"the Go module proxy serves neither Istio {requested}'s release commit nor master {ISTIO_MASTER}: "
                 "build Istio yourself and pass --bin-dir with pilot-discovery, pilot-agent and istioctl"
             )
-        base = Path(info["Dir"], "VERSION").read_text().strip() if Path(info["Dir"], "VERSION").is_file() else "0.0"
+        base = _version_file(Path(info["Dir"]))
         why = (
             f"the Go module proxy does not serve Istio {requested}'s release commit"
             if release
@@ -301,6 +311,18 @@ class Builder:
             return dict(record)
         return None
 
+    def _required_sums(self, module: GoModule) -> str:
+        """The go.sum of each module it requires: the hashes those modules were released with, so a
+        dependency the checksum database here does not answer for (a pseudo-version of an older
+        commit's dependency) is verified all the same, against the checksums its requirer recorded."""
+        sums = []
+        for path, version in module.requires:
+            info = self.module_info(path, version)
+            recorded = Path(info["Dir"], "go.sum") if info else None
+            if recorded is not None and recorded.is_file():
+                sums.append(recorded.read_text())
+        return "".join(sums)
+
     def build(self, module: GoModule) -> dict[str, object]:
         """Build ``module`` into its cache folder unless it is there; its ``build.json``."""
         found = self.cached(module)
@@ -311,6 +333,7 @@ class Builder:
         shutil.rmtree(folder, ignore_errors=True)
         source.mkdir(parents=True)
         (source / "go.mod").write_text(module.go_mod())
+        (source / "go.sum").write_text(self._required_sums(module))
         (source / "tools.go").write_text(module.tools_go())
         if module.main_go:
             (source / "main.go").write_text(module.main_go)
@@ -365,6 +388,11 @@ def envoy_binary(given: Path | None = None) -> tuple[Path, str]:
     if done.returncode != 0 or not line:
         raise BackendError(f"{given} --version failed: give --envoy a working envoy binary")
     return given, line.split("version:", 1)[-1].strip()
+
+
+def _version_file(source: Path) -> str:
+    """The minor version Istio's source tree is on (its VERSION file; the build appends "-dev")."""
+    return (source / "VERSION").read_text().strip() if (source / "VERSION").is_file() else "0.0"
 
 
 def from_bin_dir(bin_dir: Path, names: Sequence[str]) -> dict[str, Path]:

@@ -85,30 +85,43 @@ def base_rootfs(cache: Path, progress: Progress) -> Path:
     return folder
 
 
-def images(bins: Binaries, rootfs: Path, istio_tag: str, bootstrap: Path) -> list[Image]:
+def images(
+    bins: Binaries, rootfs: Path, istio_tag: str, bootstrap: Path, canary: tuple[Binaries, str] | None = None
+) -> list[Image]:
+    """Every image a host cluster runs; with ``canary``, also the Istio images of a second build (for
+    CanaryUpgrade) under its own tag, with the same Envoy."""
     base = Layer(folder=rootfs)
+    busybox = Path("/bin/busybox")
+    if not busybox.is_file():
+        raise BackendError("busybox-static is not installed: `apt-get install busybox-static` (the pause image)")
+    istio = _istio_images(base, bins, bins["envoy"], istio_tag, bootstrap)
+    if canary is not None:
+        istio += _istio_images(base, canary[0], bins["envoy"], canary[1], canary[0].bootstrap)
+    return [
+        Image(PAUSE_IMAGE, (Layer({"bin/busybox": (busybox, 0o755)}),), ("/bin/busybox", "sleep", "2147483647")),
+        Image(WORKLOAD_IMAGE, (base,), cmd=("python3",)),
+        *istio,
+        Image(COREDNS_IMAGE, (Layer({"coredns": (bins["coredns"], 0o755)}),), ("/coredns",)),
+    ]
+
+
+def _istio_images(base: Layer, istio: Binaries, envoy: Path, tag: str, bootstrap: Path) -> list[Image]:
     proxy = Layer(
         {
-            "usr/local/bin/pilot-agent": (bins["pilot-agent"], 0o755),
-            "usr/local/bin/envoy": (bins["envoy"], 0o755),
+            "usr/local/bin/pilot-agent": (istio["pilot-agent"], 0o755),
+            "usr/local/bin/envoy": (envoy, 0o755),
             "var/lib/istio/envoy/envoy_bootstrap_tmpl.json": (bootstrap, 0o644),
         }
     )
     pilot = Layer(
         {
-            "usr/local/bin/pilot-discovery": (bins["pilot-discovery"], 0o755),
+            "usr/local/bin/pilot-discovery": (istio["pilot-discovery"], 0o755),
             "var/lib/istio/envoy/envoy_bootstrap_tmpl.json": (bootstrap, 0o644),
         }
     )
-    busybox = Path("/bin/busybox")
-    if not busybox.is_file():
-        raise BackendError("busybox-static is not installed: `apt-get install busybox-static` (the pause image)")
     return [
-        Image(PAUSE_IMAGE, (Layer({"bin/busybox": (busybox, 0o755)}),), ("/bin/busybox", "sleep", "2147483647")),
-        Image(WORKLOAD_IMAGE, (base,), cmd=("python3",)),
-        Image(f"{HUB}/pilot:{istio_tag}", (base, pilot), ("/usr/local/bin/pilot-discovery",), user="1337:1337"),
-        Image(f"{HUB}/proxyv2:{istio_tag}", (base, proxy), ("/usr/local/bin/pilot-agent",), user="1337:1337"),
-        Image(COREDNS_IMAGE, (Layer({"coredns": (bins["coredns"], 0o755)}),), ("/coredns",)),
+        Image(f"{HUB}/pilot:{tag}", (base, pilot), ("/usr/local/bin/pilot-discovery",), user="1337:1337"),
+        Image(f"{HUB}/proxyv2:{tag}", (base, proxy), ("/usr/local/bin/pilot-agent",), user="1337:1337"),
     ]
 
 
@@ -179,10 +192,17 @@ def write_archive(target: Path, wanted: Sequence[Image]) -> None:
     tmp.rename(target)
 
 
-def archive(bins: Binaries, cache: Path, istio_tag: str, bootstrap: Path, progress: Progress) -> Path:
+def archive(
+    bins: Binaries,
+    cache: Path,
+    istio_tag: str,
+    bootstrap: Path,
+    progress: Progress,
+    canary: tuple[Binaries, str] | None = None,
+) -> Path:
     """The images' archive for these binaries, made once and kept in the cache."""
     rootfs = base_rootfs(cache, progress)
-    wanted = images(bins, rootfs, istio_tag, bootstrap)
+    wanted = images(bins, rootfs, istio_tag, bootstrap, canary)
     key = hashlib.sha256()
     for image in wanted:
         key.update(image.name.encode())
