@@ -65,7 +65,10 @@ def test_misconfiguration_regression(
     try:
         for stage in entry.stages:
             stage.act(mesh, saved)
-            for expect in stage.expect(mesh.spec):
+            expectations, belongs_to = stage.expectations(mesh.spec, mesh.istio_version)
+            if belongs_to:
+                observed(f"{stage.title}: expected as on {belongs_to}")
+            for expect in expectations:
                 shown, seen = observe(mesh, expect)
                 observed(f"{stage.title}: {shown}")
                 if seen:

@@ -56,3 +56,24 @@ def test_proxies_without_istiod_are_named_and_clear_once_it_is_back() -> None:
         assert check_proxy_connections(mesh) == [], "the proxies reconnect once istiod is back"
     finally:
         mesh.teardown()
+
+
+@pytest.mark.parametrize(
+    ("istio_version", "symptom", "belongs_to"),
+    [
+        ("1.28.10", "TLS verify failed", "Istio before 1.29"),
+        ("1.29.6", "connection reset", "Istio 1.29 and later"),
+        ("1.31-dev-eed52ebb66ad", "connection reset", "Istio 1.29 and later"),
+        ("embedded", "connection reset", "Istio 1.29 and later"),  # the embedded mesh emulates the newest
+    ],
+)
+def test_an_expectation_that_changed_with_istio_belongs_to_its_versions(
+    istio_version: str, symptom: str, belongs_to: str
+) -> None:
+    from meshfed.misconfig import entry
+    from meshfed.topology import MeshSpec, Topology
+
+    stage = entry("different-trust-domains").stages[0]
+    expectations, said = stage.expectations(MeshSpec.default(Topology.MULTI_PRIMARY, 2), istio_version)
+    assert said.startswith(belongs_to) and "istio/istio#58455" in said
+    assert all(symptom in {s.value for s in e.symptoms} for e in expectations)

@@ -7,7 +7,6 @@ result has a status (ok, warning, error), the evidence, and a hint that says wha
 
 from __future__ import annotations
 
-import re
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from meshfed.manifests import (
     TEST_NAMESPACE,
     Obj,
     image_version,
+    istio_minor,
 )
 from meshfed.pki import BundleSourceError, PemError, bundle_from_secret, fingerprint, load_certs, validate_bundle
 from meshfed.pki.bundle import compare_roots
@@ -419,11 +419,6 @@ def check_peer_authentication(mesh: Mesh) -> list[Check]:
     return results
 
 
-def _minor(version: str) -> tuple[int, int] | None:
-    found = re.match(r"(\d+)\.(\d+)", version)
-    return (int(found.group(1)), int(found.group(2))) if found else None
-
-
 def check_version_skew(mesh: Mesh) -> list[Check]:
     """Istio's skew policy: the control plane may be one minor version ahead of the data plane; the data
     plane is never ahead. Each proxy's version (its istio-proxy image, sidecars and gateways) against the
@@ -450,7 +445,7 @@ def check_version_skew(mesh: Mesh) -> list[Check]:
                 if not pod.proxy_image or revision not in istiods:
                     continue
                 proxy, control = image_version(pod.proxy_image), istiods[revision]
-                proxy_minor, control_minor = _minor(proxy), _minor(control)
+                proxy_minor, control_minor = istio_minor(proxy), istio_minor(control)
                 if proxy_minor is None or control_minor is None:
                     continue
                 where = f"{namespace}/{pod.name} runs proxy {proxy} against istiod {control} (revision {revision})"

@@ -8,6 +8,7 @@ they mean the same thing to both.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,12 @@ def image_version(image: str) -> str:
     """The Istio version of an Istio image (``docker.io/istio/pilot:1.30.3`` -> 1.30.3; digests ignored)."""
     tag = image.split("@")[0].rsplit("/", 1)[-1]
     return tag.split(":", 1)[1] if ":" in tag else "unknown"
+
+
+def istio_minor(version: str) -> tuple[int, int] | None:
+    """The release line of an Istio version ("1.30.3", "1.31-dev", "1.30.3-asm.2" -> (1, 30)); None when unknown."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return (int(found.group(1)), int(found.group(2))) if found else None
 
 
 def _meta(name: str, namespace: str | None = None, **fields: Mapping[str, str]) -> Obj:

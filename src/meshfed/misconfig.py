@@ -19,7 +19,7 @@ import yaml
 from meshfed import manifests
 from meshfed.backends.base import Mesh
 from meshfed.calls import Symptom
-from meshfed.manifests import ISTIO_SYSTEM, NETWORK_LABEL, TEST_NAMESPACE, only_in
+from meshfed.manifests import ISTIO_SYSTEM, NETWORK_LABEL, TEST_NAMESPACE, istio_minor, only_in
 from meshfed.pki import bundle_from_secret, create_mesh_pki
 from meshfed.pki.certs import fingerprint, load_certs
 from meshfed.topology import MeshSpec, Topology
@@ -42,6 +42,15 @@ class Expect:
     namespace: str = TEST_NAMESPACE
 
 
+@dataclass(frozen=True)
+class Change:
+    """An Istio release from which a stage shows what ``Stage.expect`` says; a mesh before it shows ``before``."""
+
+    since: tuple[int, int]
+    why: str  # the change in Istio, e.g. "istio/istio#58567: ..."
+    before: Callable[[MeshSpec], list[Expect]]
+
+
 @dataclass
 class Stage:
     """One step of breaking (or of a partial fix) and what the mesh then shows."""
@@ -51,6 +60,19 @@ class Stage:
     expect: Callable[[MeshSpec], list[Expect]]
     finding: str | None  # the diagnosis check that must come first; None: the mesh is healthy
     istiod_ready: bool | None = None  # for entries that break the control plane rather than traffic
+    change: Change | None = None  # where Istio's behaviour depends on its version
+
+    def expectations(self, spec: MeshSpec, istio_version: str) -> tuple[list[Expect], str]:
+        """What the stage must show on this Istio version, and which versions that expectation belongs to
+        ("" when every version behaves alike). An unknown version (the embedded mesh emulates the newest
+        behaviour; a managed Istio may not say) gets the newest expectation."""
+        if self.change is None:
+            return self.expect(spec), ""
+        since = ".".join(str(n) for n in self.change.since)
+        release = istio_minor(istio_version)
+        if release is not None and release < self.change.since:
+            return self.change.before(spec), f"Istio before {since} ({self.change.why})"
+        return self.expect(spec), f"Istio {since} and later ({self.change.why})"
 
 
 @dataclass
@@ -412,6 +434,12 @@ CATALOG: list[Misconfiguration] = [
                 _loopback_remote_secret,
                 lambda s: _both(s, OK),
                 "remote-secret-loopback",
+                change=Change(
+                    (1, 30),
+                    "istio/istio#58567: an updated remote secret keeps the old cluster until the new one syncs; "
+                    "before, the old one stopped at once",
+                    lambda s: _one_way(s, frozenset({Symptom.NO_HEALTHY_UPSTREAM})),
+                ),
             ),
             Stage(
                 "istiod restarted (it has only the 127.0.0.1 server)",
@@ -460,7 +488,7 @@ CATALOG: list[Misconfiguration] = [
         "different-trust-domains",
         "the clusters use different trust domains",
         # Each client expects the server's SPIFFE ID in the server's own trust domain (istiod reads each
-        # cluster's mesh config through its remote secret) and accepts it; the server accepts client
+        # cluster's mesh config through its remote secret, Istio 1.29 on) and accepts it; the server accepts client
         # certificates only of its own trust domain (prefix match, pilot/pkg/security/model/
         # authentication.go) and closes the connection after the TLS 1.3 handshake: "connection termination".
         [
@@ -469,6 +497,12 @@ CATALOG: list[Misconfiguration] = [
                 _other_trust_domain,
                 lambda s: _both(s, frozenset({Symptom.CONNECTION_RESET})),
                 "trust-domain-mismatch",
+                change=Change(
+                    (1, 29),
+                    "istio/istio#58455: a remote cluster's pods are named in that cluster's trust domain; before, "
+                    "in istiod's own, so each client refused the other cluster's server",
+                    lambda s: _both(s, TLS_FAILURES),
+                ),
             )
         ],
         _restored("mesh"),
