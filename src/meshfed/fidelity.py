@@ -3,6 +3,7 @@ both topologies, compared case by case; the tables go into the README between it
 
     sudo .venv/bin/python -m meshfed.fidelity              # four runs, then the README's tables
     python -m meshfed.fidelity --from-reports              # the tables again from the last runs' reports
+    python -m meshfed.fidelity --backends embedded         # the embedded runs again, the host reports kept
 
 The host runs need what ``--backend host`` needs (root, Linux, the built binaries).
 """
@@ -79,11 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports", type=Path, default=ROOT / "reports" / "fidelity", help="where the runs write")
     parser.add_argument("--clusters", type=int, default=2)
     parser.add_argument("--from-reports", action="store_true", help="do not run; tabulate the reports already there")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=BACKENDS,
+        default=list(BACKENDS),
+        help="run only these (the others' reports stay)",
+    )
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = parser.parse_args(argv)
     if not args.from_reports:
         for topology in TOPOLOGIES:
-            for backend in BACKENDS:
+            for backend in args.backends:
                 seconds = run_suite(args.reports, backend, topology, args.clusters)
                 print(f"meshfed fidelity: {backend} {topology} took {seconds:.0f} s", flush=True)
     try:
