@@ -24,6 +24,7 @@ from meshfed.pki import (
     verify_chain,
 )
 from meshfed.pki.authority import new_intermediate, new_root
+from meshfed.pki.certs import load_certs
 from meshfed.report.model import RunRecord
 from meshfed.topology import Topology
 
@@ -404,12 +405,39 @@ def _reinstall(mesh: Mesh, env: dict[str, str] | None) -> None:
         mesh[spec.name].wait_ready("istiod", ISTIO_SYSTEM, timeout=mesh.convergence_deadline * 10)
 
 
-def _restart_everywhere(mesh: Mesh) -> None:
+def _restart_onto_current_ca(mesh: Mesh) -> list[str]:
+    """Restart every workload until its pods hold certificates from their istiod's current intermediate.
+    istiod reads a changed cacerts only once the kubelet has synced its mounted Secret (a minute or two on
+    a real cluster), so a pod restarted before that is certified by the previous intermediate; seen on the
+    host backend in primary-remote, where the primary's pods kept the old root to the end."""
+    ends = time.monotonic() + mesh.convergence_deadline * 3
+    problems = []
     for name in mesh.spec.names:
-        for deployment in mesh[name].list("Deployment", TEST_NAMESPACE):
-            mesh[name].rollout_restart(
-                deployment["metadata"]["name"], TEST_NAMESPACE, timeout=mesh.convergence_deadline * 10
-            )
+        cluster = mesh[name]
+        signer = _cacerts_files(mesh, mesh.spec.config_cluster(name)).get("ca-cert.pem")
+        current = load_certs(signer, "cacerts ca-cert.pem")[0] if signer else None
+        for deployment in cluster.list("Deployment", TEST_NAMESPACE):
+            selector = deployment["spec"]["selector"].get("matchLabels") or {}
+            while True:
+                cluster.rollout_restart(
+                    deployment["metadata"]["name"], TEST_NAMESPACE, timeout=mesh.convergence_deadline * 10
+                )
+                stale = [
+                    pod.name
+                    for pod in cluster.pods(TEST_NAMESPACE, selector)
+                    if pod.has_sidecar
+                    and pod.ready
+                    and not pod.terminating
+                    and current is not None
+                    and cluster.proxy_certs(pod.name, TEST_NAMESPACE).chain[1:2] != (current,)
+                ]
+                if not stale:
+                    break
+                if time.monotonic() >= ends:
+                    problems.append(f"{name}: {', '.join(stale)} still certified by the previous intermediate")
+                    break
+                time.sleep(5)  # istiod has not read the new cacerts yet
+    return problems
 
 
 def rotate_root(
@@ -424,7 +452,7 @@ def rotate_root(
             if files:
                 mesh[name].apply(manifests.cacerts(rewrite(name, files)))
         problems += _wait_for_istiod_roots(mesh, title)
-        _restart_everywhere(mesh)
+        problems += [f"after '{title}': {p}" for p in _restart_onto_current_ca(mesh)]
         for pair in mesh.spec.pairs():
             outcome = converge(
                 pair.id,
