@@ -104,3 +104,20 @@ def test_unreadable_runs_are_named(tmp_path: Path, capsys: pytest.CaptureFixture
     error = capsys.readouterr().err
     assert error.startswith(f"meshfed: {bad}") and said in error and "Traceback" not in error
     assert meshfed(["report", "compare", str(tmp_path / "missing"), str(bad)]) == 2
+
+
+def test_the_fidelity_table_merges_a_stopped_run_with_the_run_of_what_it_did_not_reach(tmp_path: Path) -> None:
+    from meshfed.fidelity import tables
+
+    failed_by_cascade = {**MISCONFIG, "outcome": "failed", "message": "stale-workload-certificate first"}
+    for topology in ("multi-primary", "primary-remote"):
+        (tmp_path / f"embedded-{topology}").mkdir()
+        report(tmp_path / f"embedded-{topology}" / "conformance-report.yaml", [PASSED, MISCONFIG])
+        (tmp_path / f"host-{topology}").mkdir()
+        report(tmp_path / f"host-{topology}" / "conformance-report.yaml", [PASSED, failed_by_cascade], "host")
+    (tmp_path / "host-multi-primary.2").mkdir()
+    report(tmp_path / "host-multi-primary.2" / "conformance-report.yaml", [MISCONFIG], "host")
+    text = tables(tmp_path)
+    multi, remote = text.split("**primary-remote**")
+    assert "(2 runs)" in multi and "Agreement: 2 of 2 cases (100%)" in multi
+    assert "Agreement: 1 of 2 cases (50%)" in remote

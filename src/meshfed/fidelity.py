@@ -11,12 +11,13 @@ The host runs need what ``--backend host`` needs (root, Linux, the built binarie
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from meshfed.report.compare import CompareError, as_markdown, compare, load
+from meshfed.report.compare import CompareError, as_markdown, compare, load, merge
 
 ROOT = Path(__file__).resolve().parents[2]
 BEGIN, END = "<!-- fidelity:begin -->", "<!-- fidelity:end -->"
@@ -26,6 +27,17 @@ BACKENDS = ("embedded", "host")
 
 def report_dir(base: Path, backend: str, topology: str) -> Path:
     return base / f"{backend}-{topology}"
+
+
+def report_dirs(base: Path, backend: str, topology: str) -> list[Path]:
+    """The run's directory, then any later partial runs beside it (``<dir>.2``, ...), whose cases replace
+    the same cases of the earlier runs."""
+    main = report_dir(base, backend, topology)
+    later = sorted(
+        (d for d in base.glob(f"{main.name}.*") if d.is_dir() and d.suffix[1:].isdigit()),
+        key=lambda d: int(d.suffix[1:]),
+    )
+    return ([main] if main.is_dir() else []) + later
 
 
 def run_suite(base: Path, backend: str, topology: str, clusters: int) -> float:
@@ -57,11 +69,11 @@ def tables(base: Path) -> str:
     """Per topology, every case on embedded and on host, and the agreement."""
     parts = []
     for topology in TOPOLOGIES:
-        missing = [b for b in BACKENDS if not report_dir(base, b, topology).is_dir()]
+        missing = [b for b in BACKENDS if not report_dirs(base, b, topology)]
         if missing:
             parts += [f"**{topology}**: not run on {' and '.join(missing)} yet.", ""]
             continue
-        embedded, host = (load(report_dir(base, backend, topology)) for backend in BACKENDS)
+        embedded, host = (merge([load(d) for d in report_dirs(base, b, topology)]) for b in BACKENDS)
         parts += [f"**{topology}**", "", as_markdown(compare(embedded, host)), ""]
     return "\n".join(parts).rstrip()
 
@@ -92,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.from_reports:
         for topology in TOPOLOGIES:
             for backend in args.backends:
+                for partial in report_dirs(args.reports, backend, topology)[1:]:
+                    shutil.rmtree(partial)  # a whole run replaces the partial ones
                 seconds = run_suite(args.reports, backend, topology, args.clusters)
                 print(f"meshfed fidelity: {backend} {topology} took {seconds:.0f} s", flush=True)
     try:

@@ -141,6 +141,18 @@ def load(path: Path) -> Run:
     return _from_report(path, document)
 
 
+def merge(runs: list[Run]) -> Run:
+    """Several runs against one mesh as one: a case of a later run replaces the same case of an earlier one
+    (a run that stopped part-way, then the cases it did not reach)."""
+    if not runs:
+        raise CompareError("no run to merge")
+    cases: dict[str, CaseRun] = {}
+    for run in runs:
+        cases.update(run.cases)
+    label = runs[0].label if len(runs) == 1 else f"{runs[0].label} ({len(runs)} runs)"
+    return Run(" + ".join(run.path for run in runs), label, cases)
+
+
 @dataclass
 class Row:
     case: str
