@@ -26,6 +26,7 @@ from meshfed.manifests import (
     Obj,
     image_version,
     istio_minor,
+    kubeconfig_server,
 )
 from meshfed.pki import BundleSourceError, PemError, bundle_from_secret, fingerprint, load_certs, validate_bundle
 from meshfed.pki.bundle import compare_roots
@@ -187,14 +188,7 @@ def check_trust(mesh: Mesh) -> list[Check]:
 
 def _kubeconfig_servers(secret: Obj) -> dict[str, str]:
     """A remote secret's clusters and the API server each kubeconfig names."""
-    servers = {}
-    for cluster_name, data in bundle_from_secret(secret).items():
-        try:
-            loaded = yaml.safe_load(data) or {}
-            servers[cluster_name] = str(loaded["clusters"][0]["cluster"]["server"])
-        except (yaml.YAMLError, KeyError, IndexError, TypeError):
-            servers[cluster_name] = "unreadable"
-    return servers
+    return {name: kubeconfig_server(data) or "unreadable" for name, data in bundle_from_secret(secret).items()}
 
 
 def _is_loopback(server: str) -> bool:
@@ -277,17 +271,11 @@ def check_gateways(mesh: Mesh) -> list[Check]:
             results.append(
                 Check(
                     "network-label-missing",
-                    "error",
+                    "error" if unlabelled else "warning",
                     spec.name,
-                    f"istio-system has no {NETWORK_LABEL} label and pods {', '.join(unlabelled)} carry none: istiod puts them on no network and hands their pod addresses to callers on other networks",
-                    f"kubectl label namespace istio-system {NETWORK_LABEL}={spec.network}",
-                )
-                if unlabelled
-                else Check(
-                    "network-label-missing",
-                    "warning",
-                    spec.name,
-                    f"istio-system has no {NETWORK_LABEL} label: its pods still carry their own (the injector writes values.global.network), but a pod without one would be handed to other networks by its pod address",
+                    f"istio-system has no {NETWORK_LABEL} label and pods {', '.join(unlabelled)} carry none: istiod puts them on no network and hands their pod addresses to callers on other networks"
+                    if unlabelled
+                    else f"istio-system has no {NETWORK_LABEL} label: its pods still carry their own (the injector writes values.global.network), but a pod without one would be handed to other networks by its pod address",
                     f"kubectl label namespace istio-system {NETWORK_LABEL}={spec.network}",
                 )
             )

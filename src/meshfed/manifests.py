@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from meshfed.topology import ClusterSpec, MeshSpec
 
 Obj = dict[str, Any]
@@ -243,6 +245,14 @@ def expose_istiod(revision: str = "") -> list[Obj]:
         },
     }
     return [gateway, virtual_service]
+
+
+def kubeconfig_server(text: bytes | str) -> str | None:
+    """The API server a kubeconfig names (its first cluster's); None when it is unreadable."""
+    try:
+        return str(yaml.safe_load(text)["clusters"][0]["cluster"]["server"])
+    except (yaml.YAMLError, KeyError, IndexError, TypeError):
+        return None
 
 
 def kubeconfig(cluster_name: str, server: str, token: str = "") -> str:

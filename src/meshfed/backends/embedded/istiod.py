@@ -54,7 +54,7 @@ from meshfed.backends.embedded.agent import ProxyAgent
 from meshfed.backends.embedded.fabric import close_listener, serve
 from meshfed.backends.embedded.node import Node
 from meshfed.backends.embedded.store import ObjectStore, matches
-from meshfed.manifests import ISTIO_SYSTEM, MULTICLUSTER_LABEL, NETWORK_LABEL
+from meshfed.manifests import ISTIO_SYSTEM, MULTICLUSTER_LABEL, NETWORK_LABEL, kubeconfig_server
 from meshfed.pki import PluginCA, SpiffeId, bundle_from_secret, validate_bundle
 from meshfed.pki.authority import CERT_CHAIN, new_root
 from meshfed.pki.certs import cert_pem, key_pem, load_certs, load_key
@@ -346,7 +346,7 @@ class Istiod:
             for secret in self.store.list("Secret", ISTIO_SYSTEM, {MULTICLUSTER_LABEL: "true"}):
                 key = f"{ISTIO_SYSTEM}/{secret['metadata']['name']}"
                 for name, kubeconfig in bundle_from_secret(secret).items():
-                    server = _kubeconfig_server(kubeconfig)
+                    server = kubeconfig_server(kubeconfig)
                     target = self.runtime.mesh.fabric.cluster_of_api_server(server) if server else None
                     store = self.runtime.mesh.store_of(target) if target else None
                     status = "synced" if store is not None else "timeout"
@@ -655,11 +655,3 @@ def _qualify(host: str, namespace: str) -> str:
         return host
     name, _, rest = host.partition(".")
     return f"{name}.{rest.split('.')[0] if rest else namespace}.svc.cluster.local"
-
-
-def _kubeconfig_server(kubeconfig: bytes) -> str | None:
-    try:
-        loaded = yaml.safe_load(kubeconfig)
-        return str(loaded["clusters"][0]["cluster"]["server"])
-    except (yaml.YAMLError, KeyError, IndexError, TypeError):
-        return None
