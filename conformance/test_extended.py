@@ -331,8 +331,8 @@ def upgrade(mesh: Mesh, traffic: Traffic, old: str, new: str) -> list[str]:
         name = f"control-plane-{old}" if old else "control-plane"
         mesh[spec.name].delete("IstioOperator", name, ISTIO_SYSTEM)
         if spec.role == "primary" and mesh.spec.topology is Topology.PRIMARY_REMOTE and old:
-            for obj in manifests.expose_istiod(old):
-                mesh[spec.name].delete(obj["kind"], obj["metadata"]["name"], ISTIO_SYSTEM)
+            route = manifests.expose_istiod_route(old)
+            mesh[spec.name].delete(route["kind"], route["metadata"]["name"], ISTIO_SYSTEM)
     problems += _wait_until_removed(mesh, _istiod(old), deadline)
     problems += _data_plane_ahead(mesh)
     return problems

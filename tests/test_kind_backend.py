@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,8 +22,8 @@ import yaml
 
 from meshfed.backends import tools
 from meshfed.backends.base import BackendError
-from meshfed.backends.kind import KindBackend, address_slices, ipv4_subnet
-from meshfed.backends.kube import KubeApi
+from meshfed.backends.kind import KindBackend, address_slices, ipv4_subnet, metallb_pool, pool_addresses
+from meshfed.backends.kube import KubeApi, KubeCluster
 from meshfed.backends.preflight import HostPaths
 from meshfed.diagnose import diagnose
 from meshfed.manifests import TEST_NAMESPACE
@@ -302,6 +303,46 @@ def test_low_inotify_limits_are_refused_before_creating(world: World) -> None:
     assert not [c for c in world.calls("kind") if c["argv"][0] == "create"]
 
 
+def test_a_cgroup_v1_host_is_refused_for_kubernetes_1_35_nodes(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHFED_FAKE_DOCKER_CGROUP", "1")
+    spec = _spec()
+    with pytest.raises(
+        BackendError, match=r"^Docker runs on cgroup v1, and the kubelet of kindest/node:v1.35.0 .* --node-image"
+    ):
+        world.backend().provision(spec, _cacerts(spec))
+    assert not world.calls("kind")
+    # An older node image's kubelet still runs on cgroup v1: that one is let through.
+    mesh = world.backend(node_image="kindest/node:v1.34.3").provision(spec, _cacerts(spec))
+    mesh.teardown()
+    assert [c for c in world.calls("kind") if c["argv"][:2] == ["create", "cluster"]]
+
+
+def test_an_istio_release_that_does_not_support_the_node_kubernetes_is_refused(world: World) -> None:
+    spec = _spec()
+    backend = KindBackend("1.28.3", host=HostPaths(world.tmp / "meminfo", world.tmp / "inotify"))
+    with pytest.raises(
+        BackendError,
+        match=r"^Istio 1.28.3 supports Kubernetes 1.30 to 1.34, and the node image kindest/node:v1.35.0 is "
+        r"Kubernetes 1.35 .*: choose Istio 1.30 or 1.31, or .* --node-image kindest/node:v1.34.x$",
+    ):
+        backend.provision(spec, _cacerts(spec))
+    assert not world.calls("kind") and not world.calls("docker")
+    # The canary's release is held to the same matrix.
+    with pytest.raises(BackendError, match=r"^Istio 1.28.3 supports"):
+        world.backend(upgrade_to="1.28.3").provision(spec, _cacerts(spec))
+
+
+def test_a_tool_that_hangs_is_one_sentence(world: World) -> None:
+    def hanging(command: list[str]) -> subprocess.CompletedProcess[str]:
+        if command[1:] == ["get", "clusters"]:
+            raise subprocess.TimeoutExpired(command, 900)
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+
+    spec = _spec()
+    with pytest.raises(BackendError, match=r"^listing kind clusters did not finish within 900 s .*`docker ps`"):
+        world.backend(run=hanging).provision(spec, _cacerts(spec))
+
+
 def test_metallb_slices_do_not_overlap_and_take_ipv4_whatever_the_order() -> None:
     inspect = json.dumps([{"IPAM": {"Config": [{"Subnet": "fc00:f853:ccd:e793::/64"}, {"Subnet": "172.18.0.0/16"}]}}])
     subnet = ipv4_subnet(inspect)
@@ -312,6 +353,46 @@ def test_metallb_slices_do_not_overlap_and_take_ipv4_whatever_the_order() -> Non
     assert slices[0][0] == "172.18.3.233"  # host 1000 onwards, clear of the containers' low addresses
     with pytest.raises(BackendError, match="too small"):
         address_slices(ipv4_subnet(json.dumps([{"IPAM": {"Config": [{"Subnet": "172.18.0.0/29"}]}}])), 3)
+
+
+def test_another_kind_clusters_overlapping_metallb_pool_is_warned_about(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = KubeApiStandIn("other", injection=False)
+    other.start()
+    try:
+        urls = {name: server.url for name, server in world.servers.items()} | {"other": other.url}
+        monkeypatch.setenv("MESHFED_FAKE_APISERVERS", json.dumps(urls))
+        subprocess.run(["kind", "create", "cluster", "--name", "other"], check=True, capture_output=True)
+        kubeconfig = world.tmp / "other-kubeconfig"
+        kubeconfig.write_text(
+            subprocess.run(
+                ["kind", "get", "kubeconfig", "--name", "other"], check=True, capture_output=True, text=True
+            ).stdout
+        )
+        cluster = KubeCluster(
+            "other", kubeconfig, "kind-other", kubectl=Path("kubectl"), istioctl_binary=Path("istioctl")
+        )
+        cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "metallb-system"}})
+        [pool, _advertisement] = metallb_pool(["172.18.3.240/32"])
+        pool["spec"]["addresses"] = ["172.18.3.240-172.18.3.250", "172.18.200.0/24"]
+        cluster.apply(pool)
+        spec = _spec()
+        progress: list[str] = []
+        world.backend().provision(spec, _cacerts(spec), progress.append).teardown()
+    finally:
+        other.stop()
+    warnings = [line for line in progress if line.startswith("warning:")]
+    assert warnings == [
+        "warning: the kind cluster other has a MetalLB pool (172.18.3.240-172.18.3.250, 172.18.200.0/24) on the same "
+        "docker network holding 11 of meshfed's load balancer addresses (172.18.3.240-172.18.3.250): two clusters "
+        "may answer for one address; delete that cluster or give its pool other addresses"
+    ]
+    assert not list(world.tmp.glob("cache/kind/.kubeconfig-*"))  # the other cluster's kubeconfig is not kept
+
+
+def test_pool_addresses_reads_metallbs_forms() -> None:
+    assert len(pool_addresses(["10.0.0.0/30", "10.0.1.1-10.0.1.3", "fc00::/120", "nonsense"])) == 7
 
 
 def test_host_evidence_is_read_with_testinfra(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

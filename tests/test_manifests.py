@@ -72,6 +72,24 @@ def test_expose_istiod_is_istios_sample() -> None:
         )
 
 
+def test_expose_istiod_for_a_revision_is_istios_template() -> None:
+    """``samples/multicluster/expose-istiod-rev.yaml.tmpl``: the one ``*`` Gateway of expose-istiod.yaml, and
+    a VirtualService of the revision's own routing both SNIs of its istiod (the template is not in the
+    reference folder: it is a Go template)."""
+    gateway, route = manifests.expose_istiod("canary")
+    assert gateway == manifests.expose_istiod()[0]
+    assert route["metadata"]["name"] == "istiod-vs-canary"
+    assert route["spec"]["hosts"] == ["*"] and route["spec"]["gateways"] == ["istiod-gateway"]
+    sni = ["istiod-canary.istio-system.svc", "istiod-canary.istio-system.svc.cluster.local"]
+    assert [(r["match"], r["route"]) for r in route["spec"]["tls"]] == [
+        (
+            [{"port": port, "sniHosts": sni}],
+            [{"destination": {"host": "istiod-canary.istio-system.svc.cluster.local", "port": {"number": target}}}],
+        )
+        for port, target in ((15012, 15012), (15017, 443))
+    ]
+
+
 @pytest.mark.parametrize(
     ("revision", "sample"),
     [("", "eastwest-gateway-network1.iop.yaml"), ("1-30-3", "eastwest-gateway-network1-rev.iop.yaml")],

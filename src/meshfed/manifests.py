@@ -200,51 +200,50 @@ def cross_network_gateway() -> Obj:
 
 
 def expose_istiod(revision: str = "") -> list[Obj]:
-    """``samples/multicluster/expose-istiod.yaml`` (``expose-istiod-rev.yaml.tmpl`` for a revision):
-    istiod's 15012 and 15017 through the east-west gateway; a revision is told apart by its SNI."""
-    suffix = f"-{revision}" if revision else ""
-    hosts = [f"istiod{suffix}.{ISTIO_SYSTEM}.svc"] if revision else ["*"]
+    """``samples/multicluster/expose-istiod.yaml``, or ``expose-istiod-rev.yaml.tmpl`` for a revision:
+    istiod's 15012 and 15017 through the east-west gateway. Every revision shares the one ``*`` Gateway;
+    a revision's own VirtualService routes its istiod's SNIs (``.svc`` and ``.svc.cluster.local``)."""
     gateway = {
         "apiVersion": "networking.istio.io/v1",
         "kind": "Gateway",
-        "metadata": _meta(f"istiod-gateway{suffix}", ISTIO_SYSTEM),
+        "metadata": _meta("istiod-gateway", ISTIO_SYSTEM),
         "spec": {
             "selector": {"istio": "eastwestgateway"},
             "servers": [
                 {
-                    "port": {"name": f"tls-istiod{suffix}", "number": 15012, "protocol": "tls"},
+                    "port": {"name": name, "number": number, "protocol": "tls"},
                     "tls": {"mode": "PASSTHROUGH"},
-                    "hosts": hosts,
-                },
-                {
-                    "port": {"name": f"tls-istiodwebhook{suffix}", "number": 15017, "protocol": "tls"},
-                    "tls": {"mode": "PASSTHROUGH"},
-                    "hosts": hosts,
-                },
+                    "hosts": ["*"],
+                }
+                for name, number in (("tls-istiod", 15012), ("tls-istiodwebhook", 15017))
             ],
         },
     }
-    istiod = f"istiod{suffix}.{ISTIO_SYSTEM}.svc.cluster.local"
-    virtual_service = {
+    return [gateway, expose_istiod_route(revision)]
+
+
+def expose_istiod_route(revision: str = "") -> Obj:
+    """The VirtualService of ``expose_istiod``: ``istiod-vs`` routes every SNI to istiod; ``istiod-vs-<rev>``
+    routes the SNIs of ``istiod-<rev>`` (removing a revision removes this, never the shared Gateway)."""
+    suffix = f"-{revision}" if revision else ""
+    istiod = f"istiod{suffix}.{ISTIO_SYSTEM}.svc"
+    sni_hosts = [istiod, f"{istiod}.cluster.local"] if revision else ["*"]
+    return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
         "metadata": _meta(f"istiod-vs{suffix}", ISTIO_SYSTEM),
         "spec": {
-            "hosts": hosts,
-            "gateways": [f"istiod-gateway{suffix}"],
+            "hosts": ["*"],
+            "gateways": ["istiod-gateway"],
             "tls": [
                 {
-                    "match": [{"port": 15012, "sniHosts": hosts}],
-                    "route": [{"destination": {"host": istiod, "port": {"number": 15012}}}],
-                },
-                {
-                    "match": [{"port": 15017, "sniHosts": hosts}],
-                    "route": [{"destination": {"host": istiod, "port": {"number": 443}}}],
-                },
+                    "match": [{"port": port, "sniHosts": sni_hosts}],
+                    "route": [{"destination": {"host": f"{istiod}.cluster.local", "port": {"number": target}}}],
+                }
+                for port, target in ((15012, 15012), (15017, 443))
             ],
         },
     }
-    return [gateway, virtual_service]
 
 
 def kubeconfig_server(text: bytes | str) -> str | None:

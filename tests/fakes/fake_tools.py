@@ -14,7 +14,8 @@ Environment protocol (all optional except where a test needs the behaviour):
   plain-HTTP Kubernetes REST to the server of the kubeconfig context they are given.
 * ``MESHFED_FAKE_FAIL``: if the joined argv contains this substring, the call fails as the real tool does.
 * ``MESHFED_FAKE_DOCKER_DOWN=1``: every docker call fails like a stopped daemon.
-* ``MESHFED_FAKE_DOCKER_MEM`` (bytes, default 16 GiB), ``MESHFED_FAKE_DOCKER_NCPU`` (default 8).
+* ``MESHFED_FAKE_DOCKER_MEM`` (bytes, default 16 GiB), ``MESHFED_FAKE_DOCKER_NCPU`` (default 8),
+  ``MESHFED_FAKE_DOCKER_CGROUP`` (``docker info``'s CgroupVersion, default 2).
 * ``MESHFED_FAKE_KIND_NETWORK=1``: the docker network ``kind`` exists before any cluster was created.
 * ``MESHFED_FAKE_ISTIO_VERSION`` (default 1.30.3), ``MESHFED_FAKE_PROXY_SECRET`` (a file printed by
   ``istioctl proxy-config secret ... -o json``), ``MESHFED_FAKE_REMOTE_CLUSTER_STATUS`` (default synced).
@@ -852,7 +853,7 @@ def docker_info() -> Obj:
         "SystemTime": datetime.now(UTC).isoformat(),
         "LoggingDriver": "json-file",
         "CgroupDriver": "systemd",
-        "CgroupVersion": "2",
+        "CgroupVersion": _env("MESHFED_FAKE_DOCKER_CGROUP") or "2",
         "NEventsListener": 0,
         "KernelVersion": "6.8.0-85-generic",
         "OperatingSystem": "Ubuntu 24.04.3 LTS",

@@ -20,6 +20,7 @@ import ipaddress
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -79,8 +80,10 @@ def ipv4_subnet(network_inspect: str) -> ipaddress.IPv4Network:
 
 
 def address_slices(subnet: ipaddress.IPv4Network, count: int) -> list[list[str]]:
-    """Per cluster, a slice of the subnet's upper addresses (Docker hands out the lower ones to containers),
-    as Istio's CI does: hosts [3/4 size, size), or [1000, 2000) in a large subnet."""
+    """Per cluster, a slice of the addresses Istio's CI gives MetalLB (``cidr_to_ips`` in
+    common/scripts/kind_provisioner.sh): hosts 1000 to 1999 of a subnet larger than 2000 addresses (on kind's
+    usual 172.18.0.0/16, 172.18.3.233 onwards, clear of the first thousand Docker hands out to containers
+    from the bottom), else the top quarter of a small subnet."""
     hosts = subnet.num_addresses - 2
     start, end = (1000, 2000) if hosts > 2000 else (hosts * 3 // 4, hosts)
     pool = [str(subnet.network_address + 1 + offset) for offset in range(start, end)]
@@ -91,6 +94,24 @@ def address_slices(subnet: ipaddress.IPv4Network, count: int) -> list[list[str]]
             "delete it (`docker network rm kind`, after deleting every kind cluster) so kind recreates a /16"
         )
     return [pool[i * size : (i + 1) * size] for i in range(count)]
+
+
+def pool_addresses(entries: Sequence[str]) -> set[ipaddress.IPv4Address]:
+    """The IPv4 addresses of a MetalLB pool's ``spec.addresses`` (CIDRs and ``first-last`` ranges)."""
+    found: set[ipaddress.IPv4Address] = set()
+    for entry in entries:
+        try:
+            if "-" in entry:
+                first, last = (ipaddress.ip_address(part.strip()) for part in entry.split("-", 1))
+                if isinstance(first, ipaddress.IPv4Address) and isinstance(last, ipaddress.IPv4Address):
+                    found.update(ipaddress.IPv4Address(i) for i in range(int(first), int(last) + 1))
+            else:
+                network = ipaddress.ip_network(entry, strict=False)
+                if isinstance(network, ipaddress.IPv4Network) and network.num_addresses <= 1 << 16:
+                    found.update(network)
+        except ValueError:
+            continue
+    return found
 
 
 def metallb_pool(addresses: Sequence[str]) -> list[Obj]:
@@ -141,6 +162,11 @@ class KindBackend(Backend):
             done = self._run_command(command)
         except FileNotFoundError:
             raise BackendError(f"{command[0]} is not installed: install it and run again") from None
+        except subprocess.TimeoutExpired as error:
+            raise BackendError(
+                f"{what} did not finish within {error.timeout:g} s (`{' '.join(command[:4])} ...`): check that "
+                "Docker answers (`docker ps`) and run again"
+            ) from None
         if done.returncode != 0:
             last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-2:]
             raise BackendError(f"{what} failed (`{' '.join(command[:4])} ...`): {' / '.join(last) or 'no output'}")
@@ -149,7 +175,9 @@ class KindBackend(Backend):
     def provision(
         self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
     ) -> KubeMesh:
+        preflight.check_istio_supports([self.istio_version, self.upgrade_to], self.node_image)
         info = preflight.docker_info(self._run_command)
+        preflight.check_cgroup(info, self.node_image)
         names = [kind_name(name) for name in spec.names]
         toolbox = tools.find_tools(
             [self.istio_version, self.upgrade_to], need_kind=True, download=self.download, progress=progress
@@ -293,6 +321,17 @@ class KindBackend(Backend):
     ) -> None:
         subnet = ipv4_subnet(self.run(["docker", "network", "inspect", "kind"], "reading the docker network 'kind'"))
         slices = address_slices(subnet, len(spec.clusters))
+        ours = {
+            kind_name(c.name): pool_addresses(addresses) for c, addresses in zip(spec.clusters, slices, strict=True)
+        }
+        for other, entries in self._other_pools(toolbox, list(ours)).items():
+            shared = sorted(address for taken in ours.values() for address in taken & pool_addresses(entries))
+            if shared:
+                progress(
+                    f"warning: the kind cluster {other} has a MetalLB pool ({', '.join(entries)}) on the same docker "
+                    f"network holding {len(shared)} of meshfed's load balancer addresses ({shared[0]}-{shared[-1]}): "
+                    "two clusters may answer for one address; delete that cluster or give its pool other addresses"
+                )
         assert toolbox.metallb_manifest is not None
         for cluster_spec, addresses in zip(spec.clusters, slices, strict=True):
             cluster = clusters[cluster_spec.name]
@@ -307,6 +346,32 @@ class KindBackend(Backend):
                     )
                 # The pool is validated by MetalLB's webhook, which answers a little after the controller is ready.
                 _retry(functools.partial(_apply_all, cluster, metallb_pool(addresses)), seconds=120)
+
+    def _other_pools(self, toolbox: tools.Toolbox, ours: Sequence[str]) -> dict[str, list[str]]:
+        """The MetalLB pools of the other kind clusters (they share the docker network 'kind'), read as far as
+        each answers; a cluster without MetalLB, or one that does not answer, has none."""
+        pools: dict[str, list[str]] = {}
+        for other in sorted(self._kind_clusters(toolbox) - set(ours)):
+            try:
+                text = self.run(
+                    [str(toolbox.kind), "get", "kubeconfig", "--name", other], f"reading {other}'s kubeconfig"
+                )
+                # Its own file, 0600 (it holds the cluster's client key), deleted once read.
+                with tempfile.NamedTemporaryFile("w", dir=self.state_dir, prefix=".kubeconfig-") as file:
+                    file.write(text)
+                    file.flush()
+                    cluster = KubeCluster(
+                        other,
+                        Path(file.name),
+                        f"kind-{other}",
+                        kubectl=toolbox.kubectl,
+                        istioctl_binary=Path("istioctl"),
+                    )
+                found = cluster.list("IPAddressPool")
+            except BackendError:
+                continue
+            pools[other] = [str(a) for pool in found for a in (pool.get("spec") or {}).get("addresses") or []]
+        return {name: entries for name, entries in pools.items() if entries}
 
     def _gateway_address(self, cluster: KubeCluster, timeout: float = 300) -> str:
         return cluster.gateway_address(

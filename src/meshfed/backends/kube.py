@@ -199,6 +199,10 @@ def rollout_complete(deployment: Obj) -> bool:
     )
 
 
+# How long `istioctl install` may take, pulling the images of a new node included.
+INSTALL_TIMEOUT = 900
+
+
 class KubeCluster(Cluster):
     """One cluster reached through ``kubeconfig``/``context``; ``istioctl`` installs and inspects Istio."""
 
@@ -447,7 +451,14 @@ class KubeCluster(Cluster):
             # A backend's overlays follow the plan's file, as a user's extra `-f` files do (istioctl merges them).
             chosen = self.overlays_by_revision.get(revision, self.install_overlays)
             overlays = [arg for path in chosen for arg in ("-f", str(path))]
-            self.run(self._istioctl_for(revision), ["install", "-y", "-f", file.name, *overlays], timeout=900)
+            # istioctl waits for what it installed (5 min by default, too short while a new node pulls
+            # images); its own wait ends first, so its sentence naming what is not ready reaches the user.
+            readiness = f"--readiness-timeout={INSTALL_TIMEOUT - 60}s"
+            self.run(
+                self._istioctl_for(revision),
+                ["install", "-y", "-f", file.name, *overlays, readiness],
+                timeout=INSTALL_TIMEOUT,
+            )
 
     def uninstall(self, operator_name: str) -> bool:
         """``istioctl uninstall`` of the revision an IstioOperator of ours installed (control-plane[-REV])."""

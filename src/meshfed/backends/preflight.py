@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,3 +98,57 @@ def check_inotify(clusters: int, sysctl_root: Path = Path("/proc/sys/fs/inotify"
                 f"issues: 'too many open files'): run `sudo sysctl fs.inotify.{name}={minimum}` "
                 "(add it to /etc/sysctl.conf to keep it)"
             )
+
+
+def node_image_kubernetes(image: str) -> tuple[int, int] | None:
+    """The Kubernetes minor a kind node image's tag names (``kindest/node:v1.35.0@sha256:...`` -> (1, 35))."""
+    match = re.search(r":v(\d+)\.(\d+)\.\d+", image)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def check_cgroup(info: dict[str, object], node_image: str) -> None:
+    """kubelet 1.35 on refuses a cgroup v1 host by default (KEP-5573, ``failCgroupV1``): refuse before creating."""
+    if str(info.get("CgroupVersion", "")) != "1":
+        return
+    version = node_image_kubernetes(node_image)
+    if version is not None and version >= (1, 35):
+        raise BackendError(
+            f"Docker runs on cgroup v1, and the kubelet of {node_image.split('@')[0]} (Kubernetes "
+            f"{version[0]}.{version[1]}) refuses cgroup v1 (KEP-5573): run on a cgroup v2 host (boot with "
+            "systemd.unified_cgroup_hierarchy=1; WSL2: cgroup v2 in .wslconfig), or pass an older node image "
+            "with --node-image kindest/node:v1.34.x"
+        )
+
+
+# The Kubernetes minors each Istio minor supports (istio.io data/compatibility/supportStatus.yml,
+# "k8sVersions"); 1.31 as its master row and istioctl's MinK8SVersion (32) say.
+ISTIO_SUPPORTS_KUBERNETES: dict[tuple[int, int], tuple[int, int]] = {
+    (1, 24): (28, 31),
+    (1, 25): (29, 32),
+    (1, 26): (29, 33),
+    (1, 27): (29, 33),
+    (1, 28): (30, 34),
+    (1, 29): (31, 35),
+    (1, 30): (32, 36),
+    (1, 31): (32, 36),
+}
+
+
+def check_istio_supports(istio_versions: list[str], node_image: str) -> None:
+    """Refuse an Istio release whose supported Kubernetes versions leave out the node image's (one sentence)."""
+    kubernetes = node_image_kubernetes(node_image)
+    if kubernetes is None:
+        return
+    for version in dict.fromkeys(istio_versions):
+        match = re.match(r"(\d+)\.(\d+)\.", version)
+        supported = ISTIO_SUPPORTS_KUBERNETES.get((int(match[1]), int(match[2]))) if match else None
+        if supported is None or supported[0] <= kubernetes[1] <= supported[1]:
+            continue
+        low, high = supported
+        fits = [f"{i[0]}.{i[1]}" for i, (lo, hi) in ISTIO_SUPPORTS_KUBERNETES.items() if lo <= kubernetes[1] <= hi]
+        raise BackendError(
+            f"Istio {version} supports Kubernetes 1.{low} to 1.{high}, and the node image "
+            f"{node_image.split('@')[0]} is Kubernetes 1.{kubernetes[1]} (istio.io's supported releases): choose "
+            f"Istio {' or '.join(fits[-2:]) or 'another release'}, or a node image of Kubernetes 1.{low} to "
+            f"1.{high} with --node-image kindest/node:v1.{high}.x"
+        )
