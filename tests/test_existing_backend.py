@@ -357,3 +357,45 @@ def test_a_revision_tag_is_judged_by_the_revision_it_stands_for(
         mesh.teardown()
     assert [c.check for c in found] == ["data-plane-ahead"]
     assert "against istiod 1.29.2 (revision prod-stable)" in found[0].evidence
+
+
+@pytest.mark.parametrize("source", ["namespace label", "install values", "east-west gateway", "none"])
+def test_a_clusters_network_is_read_as_istiod_reads_it(servers: dict[str, KubeApiStandIn], source: str) -> None:
+    """istio-system's label; else ``values.global.network`` (the injector labels every pod with it, and istiod
+    reads a pod's label first); else the east-west gateway Service's label. meshfed's default only when the
+    mesh names no network at all."""
+    for server in servers.values():
+        _istiod(server)
+    west = servers["west"]
+    if source == "namespace label":
+        code, answer = west.handle(
+            "PATCH",
+            "/api/v1/namespaces/istio-system",
+            "application/merge-patch+json",
+            json.dumps({"metadata": {"labels": {"topology.istio.io/network": "net-west"}}}).encode(),
+        )
+        assert code == 200, answer
+    elif source == "install values":
+        values = {"global": {"network": "net-west"}, "revision": ""}
+        injector = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "istio-sidecar-injector", "namespace": "istio-system"},
+            "data": {"values": json.dumps(values), "config": "policy: enabled"},
+        }
+        _send(west, "/api/v1/namespaces/istio-system/configmaps", injector)
+    elif source == "east-west gateway":
+        service = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "istio-eastwestgateway",
+                "namespace": "istio-system",
+                "labels": {"istio": "eastwestgateway", "topology.istio.io/network": "net-west"},
+            },
+            "spec": {"ports": [{"name": "tls", "port": 15443}], "selector": {"istio": "eastwestgateway"}},
+        }
+        _send(west, "/api/v1/namespaces/istio-system/services", service)
+    mesh = ExistingBackend(CONTEXTS).connect(_spec())
+    expected = "net-west" if source != "none" else _spec().clusters[1].network
+    assert mesh.spec.cluster("west").network == expected

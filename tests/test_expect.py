@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from meshfed.calls import CallResult
+from meshfed.backends.base import BackendError
+from meshfed.calls import CallResult, Symptom
 from meshfed.expect import Traffic, converge
 
 OK = CallResult(200, {"cluster": "cluster-b"}, 1.0)
@@ -76,3 +77,25 @@ def test_excused_losses_are_listed_apart_and_not_lost() -> None:
     assert "1/" in lost and "connection termination" not in lost
     assert "connection reset" in apart and "connection termination" in apart
     assert len(traffic.lost()) == 1 and "2/" in traffic.lost()[0]
+
+
+def test_a_call_that_cannot_be_made_yet_is_a_failed_attempt_retried_until_the_deadline() -> None:
+    attempts = iter(range(100))
+
+    def starting(n: int) -> list[CallResult]:
+        if next(attempts) < 2:  # the client pod is still pulling its image
+            raise BackendError("cluster-a: `kubectl exec ...` failed (exit 1): container not found (\"client\")")
+        return [OK] * n
+
+    outcome = converge("a->b", starting, deadline=10, batch=3)
+    assert outcome.converged
+    assert [r.symptom for r in outcome.results[:2]] == [Symptom.NOT_MADE] * 2
+
+
+def test_a_call_not_made_is_never_the_symptom_a_case_looks_for() -> None:
+    def timing_out(_n: int) -> list[CallResult]:
+        raise BackendError("cluster-a: error dialing backend: dial tcp 10.0.0.1:10250: i/o timeout")
+
+    outcome = converge("a->b", timing_out, deadline=0.5, batch=1, consecutive=1, accept=lambda r: not r.ok)
+    assert not outcome.converged
+    assert outcome.message().startswith("a->b: ") and "call not made" in outcome.message()

@@ -32,6 +32,7 @@ class Symptom(enum.Enum):
     RBAC_DENIED = "RBAC denied"
     HTTP_ERROR = "HTTP error"
     OTHER = "other error"
+    NOT_MADE = "call not made"  # the client could not be reached (a pod still starting): no verdict on the mesh
 
 
 _PATTERNS: tuple[tuple[Symptom, re.Pattern[str]], ...] = tuple(
@@ -92,14 +93,21 @@ class CallResult:
     latency_ms: float
     error: str = ""
     body: str = ""
+    made: bool = True  # False: the calling program could not be run at all (see ``not_made``)
     symptom: Symptom = field(init=False)
     token: str = field(init=False)  # Envoy/OpenSSL's word for the failure, when there is one
 
     def __post_init__(self) -> None:
         text = f"{self.body} {self.error}"
-        object.__setattr__(self, "symptom", classify(self.status, text))
+        object.__setattr__(self, "symptom", classify(self.status, text) if self.made else Symptom.NOT_MADE)
         tokens = [t for t in _TOKEN.findall(text) if not t.startswith("TLS_ERROR") and t != "TLS_ERROR_END"]
         object.__setattr__(self, "token", tokens[0] if self.symptom is not Symptom.OK and tokens else "")
+
+    @classmethod
+    def not_made(cls, reason: object) -> CallResult:
+        """A call the client could not make (``kubectl exec`` into a pod still pulling its image): a failed
+        attempt, never the symptom a case looks for, whatever words the reason holds."""
+        return cls(None, None, 0.0, error=f"the call could not be made: {reason}", made=False)
 
     @classmethod
     def from_program(cls, result: Mapping[str, Any]) -> CallResult:

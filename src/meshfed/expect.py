@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from meshfed.backends.base import BackendError
 from meshfed.calls import CallResult, summarize
 
 
@@ -49,9 +50,16 @@ def converge(
     ends = time.monotonic() + deadline
     streak = 0
     while True:
-        for result in make_calls(batch):
+        try:
+            made = make_calls(batch)
+        except BackendError as error:  # e.g. the client pod is not running yet: retried until the deadline
+            made = [CallResult.not_made(error)]
+            time.sleep(1.0)
+        for result in made:
             outcome.results.append(result)
-            if accept is not None:
+            if not result.made:
+                good = False
+            elif accept is not None:
                 good = accept(result)
             else:
                 good = result.ok and (answered_by is None or result.cluster == answered_by)
@@ -84,7 +92,7 @@ class Traffic:
             try:
                 results = self._make_calls[label](1)
             except Exception as error:
-                results = [CallResult(None, None, 0.0, error=f"the call could not be made: {error}")]
+                results = [CallResult.not_made(error)]
             for result in results:
                 with self._lock:
                     self.results.setdefault(self._step, {}).setdefault(label, []).append(result)

@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 from pathlib import Path
 
 from meshfed import manifests
@@ -99,6 +100,16 @@ def mesh_names(cluster: KubeCluster) -> set[str]:
             env = {e.get("name"): e.get("value") for e in container.get("env") or []}
             if env.get("CLUSTER_ID"):
                 names.add(str(env["CLUSTER_ID"]))
+    for values in _injector_values(cluster):
+        name = ((values.get("global") or {}).get("multiCluster") or {}).get("clusterName")
+        if name:
+            names.add(str(name))
+    return names
+
+
+def _injector_values(cluster: KubeCluster) -> list[dict[str, Any]]:
+    """The install values of each ``istio-sidecar-injector[-REV]`` ConfigMap (what the webhook injects with)."""
+    found = []
     for config_map in cluster.list("ConfigMap", manifests.ISTIO_SYSTEM):
         if not config_map["metadata"]["name"].startswith("istio-sidecar-injector"):
             continue
@@ -106,14 +117,30 @@ def mesh_names(cluster: KubeCluster) -> set[str]:
             values = json.loads((config_map.get("data") or {}).get("values") or "{}")
         except ValueError:
             continue
-        name = ((values.get("global") or {}).get("multiCluster") or {}).get("clusterName")
-        if name:
-            names.add(str(name))
-    return names
+        if isinstance(values, dict):
+            found.append(values)
+    return found
+
+
+def mesh_network(cluster: KubeCluster) -> str | None:
+    """The network the mesh puts a cluster's workloads on, read as istiod reads it: the control-plane
+    namespace's ``topology.istio.io/network`` label; else ``values.global.network``, which the injector
+    labels every pod with (istiod reads a pod's label first); else the east-west gateway Service's label.
+    None when the mesh names no network."""
+    namespace = cluster.get("Namespace", manifests.ISTIO_SYSTEM) or {}
+    if network := ((namespace.get("metadata") or {}).get("labels") or {}).get(manifests.NETWORK_LABEL):
+        return str(network)
+    for values in _injector_values(cluster):
+        if network := (values.get("global") or {}).get("network"):
+            return str(network)
+    for service in cluster.list("Service", manifests.ISTIO_SYSTEM):
+        if network := (service["metadata"].get("labels") or {}).get(manifests.NETWORK_LABEL):
+            return str(network)
+    return None
 
 
 def _as_deployed(spec: MeshSpec, clusters: Mapping[str, KubeCluster]) -> MeshSpec:
-    """The spec with what the clusters say: each one's network (istio-system's label) and region and zone
+    """The spec with what the clusters say: each one's network (``mesh_network``) and region and zone
     (its first node's labels), so that checks compare the mesh with itself, not with meshfed's defaults.
     Each cluster must be named as the mesh names it: remote secrets and endpoints are keyed by that name."""
     refined = []
@@ -131,13 +158,12 @@ def _as_deployed(spec: MeshSpec, clusters: Mapping[str, KubeCluster]) -> MeshSpe
                 f"the mesh calls the cluster of context {cluster.context} {name!r}, not {cluster_spec.name!r}: "
                 f"name it as Istio does, --context {name}={cluster.context}"
             )
-        labels = ((cluster.get("Namespace", manifests.ISTIO_SYSTEM) or {}).get("metadata") or {}).get("labels") or {}
         nodes = cluster.list("Node")
         node_labels = (nodes[0]["metadata"].get("labels") or {}) if nodes else {}
         refined.append(
             replace(
                 cluster_spec,
-                network=labels.get(manifests.NETWORK_LABEL) or cluster_spec.network,
+                network=mesh_network(cluster) or cluster_spec.network,
                 region=node_labels.get("topology.kubernetes.io/region") or cluster_spec.region,
                 zone=node_labels.get("topology.kubernetes.io/zone") or cluster_spec.zone,
             )
