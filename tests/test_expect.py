@@ -84,7 +84,7 @@ def test_a_call_that_cannot_be_made_yet_is_a_failed_attempt_retried_until_the_de
 
     def starting(n: int) -> list[CallResult]:
         if next(attempts) < 2:  # the client pod is still pulling its image
-            raise BackendError("cluster-a: `kubectl exec ...` failed (exit 1): container not found (\"client\")")
+            raise BackendError('cluster-a: `kubectl exec ...` failed (exit 1): container not found ("client")')
         return [OK] * n
 
     outcome = converge("a->b", starting, deadline=10, batch=3)

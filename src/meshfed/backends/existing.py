@@ -15,8 +15,8 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from meshfed import manifests
 from meshfed.backends import tools
