@@ -6,6 +6,7 @@ objects sent to each API server, teardown after a failure, and reuse with --keep
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -272,6 +273,40 @@ def test_kept_clusters_are_reused_without_reinstalling(world: World) -> None:
     assert kind.count(["delete", "cluster"]) == 2 and kind.count(["create", "cluster"]) == 2
     assert kind.index(["delete", "cluster"]) < kind.index(["create", "cluster"])
     assert [c for c in world.calls("istioctl") if _sub(c["argv"])[0] == "install"]
+
+
+@pytest.mark.parametrize("topology", list(Topology))
+def test_kept_clusters_whose_addresses_moved_get_new_remote_secrets(world: World, topology: Topology) -> None:
+    """After a Docker restart the control-plane containers may come back on other addresses: the remote
+    secrets that name the old ``https://<ip>:6443`` are made again; nothing else is reinstalled."""
+    spec = _spec(topology)
+    cacerts = _cacerts(spec)
+    world.backend(keep_clusters=True).provision(spec, cacerts).teardown()
+    world.reset_calls()
+    world.backend(keep_clusters=True).provision(spec, cacerts).teardown()
+    assert not [c for c in world.calls("istioctl") if _sub(c["argv"])[0] == "create-remote-secret"]
+
+    state = world.tmp / "state" / "state.json"
+    data = json.loads(state.read_text())
+    moved = next(c for c in data["clusters"] if c["name"] == "meshfed-cluster-b")
+    moved["nodes"][0]["ip"] = 77
+    state.write_text(json.dumps(data))
+    world.reset_calls()
+    progress: list[str] = []
+    world.backend(keep_clusters=True).provision(spec, cacerts, progress.append).teardown()
+    made = [_sub(c["argv"]) for c in world.calls("istioctl") if _sub(c["argv"])[0] == "create-remote-secret"]
+    assert made and all(argv[argv.index("--name") + 1] == "cluster-b" for argv in made)
+    assert all(argv[argv.index("--server") + 1] == "https://172.18.0.77:6443" for argv in made)
+    assert not [c for c in world.calls("istioctl") if _sub(c["argv"])[0] == "install"]
+    assert any("addresses changed since they were installed (API servers: cluster-b" in line for line in progress)
+    secrets = world.servers["meshfed-cluster-a"].object(
+        "/api/v1/namespaces/istio-system/secrets/istio-remote-secret-cluster-b"
+    )
+    assert secrets is not None
+    kubeconfig = (
+        secrets.get("stringData", {}).get("cluster-b") or base64.b64decode(secrets["data"]["cluster-b"]).decode()
+    )
+    assert "https://172.18.0.77:6443" in kubeconfig
 
 
 def test_clusters_left_by_a_kept_run_are_not_touched_without_keep(world: World) -> None:

@@ -32,7 +32,7 @@ from pytest_kind import KindCluster
 from meshfed.backends import evidence, preflight, tools
 from meshfed.backends.base import Backend, BackendError, Progress
 from meshfed.backends.kube import KubeCluster, KubeMesh
-from meshfed.install import execute, mesh_marker, plan, timed
+from meshfed.install import Step, StepKind, execute, mesh_marker, plan, timed
 from meshfed.manifests import CANARY, Obj
 from meshfed.topology import ClusterSpec, MeshSpec
 
@@ -208,12 +208,10 @@ class KindBackend(Backend):
                     self._create(spec, toolbox, missing)
                 self._check_nodes(missing, progress)
             clusters = {cluster.name: self._cluster(cluster.name, toolbox) for cluster in spec.clusters}
-            if not missing:
-                progress(f"reusing the kept clusters {', '.join(names)}: same mesh, install plan skipped")
-            else:
-                self._metallb(spec, toolbox, clusters, progress)
+
+            def run_plan(steps: Sequence[Step]) -> None:
                 execute(
-                    plan(spec, cacerts),
+                    list(steps),
                     spec,
                     clusters,
                     gateway_address=lambda name: self._gateway_address(clusters[name]),
@@ -222,8 +220,16 @@ class KindBackend(Backend):
                     ),
                     progress=progress,
                 )
-                for cluster in clusters.values():
-                    cluster.apply(_state_configmap(marker))
+
+            if not missing:
+                progress(f"reusing the kept clusters {', '.join(names)}: same mesh, install plan skipped")
+                run_plan(self._steps_behind_moved_addresses(spec, cacerts, clusters, progress))
+            else:
+                self._metallb(spec, toolbox, clusters, progress)
+                run_plan(plan(spec, cacerts))
+            addresses = self._addresses(clusters)
+            for cluster in clusters.values():
+                cluster.apply(_state_configmap(marker, addresses))
         except BaseException:
             if not self.keep_clusters:
                 with contextlib.suppress(BackendError):
@@ -373,6 +379,39 @@ class KindBackend(Backend):
             pools[other] = [str(a) for pool in found for a in (pool.get("spec") or {}).get("addresses") or []]
         return {name: entries for name, entries in pools.items() if entries}
 
+    def _addresses(self, clusters: Mapping[str, KubeCluster]) -> dict[str, dict[str, str]]:
+        """What the installed mesh was pointed at: each API server's address on the docker network 'kind'
+        (remote secrets) and each east-west gateway's address (the remote profile's ``remotePilotAddress``)."""
+        return {
+            "apiServers": {name: self._container_ip(kind_name(name) + "-control-plane") for name in clusters},
+            "gateways": {name: self._gateway_address(cluster) for name, cluster in clusters.items()},
+        }
+
+    def _steps_behind_moved_addresses(
+        self,
+        spec: MeshSpec,
+        cacerts: Mapping[str, Mapping[str, bytes]],
+        clusters: Mapping[str, KubeCluster],
+        progress: Progress,
+    ) -> list[Step]:
+        """After a Docker or machine restart the kept clusters' containers may have new addresses: the plan's
+        steps that used the old ones (remote secrets; the remote profile, pointed at a gateway) are done again."""
+        kept = _kept_addresses(next(iter(clusters.values())))
+        now = self._addresses(clusters)
+        moved = {
+            kind: sorted(name for name, address in now[kind].items() if kept.get(kind, {}).get(name) != address)
+            for kind in now
+        }
+        redo = {StepKind.REMOTE_SECRET: moved["apiServers"], StepKind.INSTALL_REMOTE: moved["gateways"]}
+        steps = [step for step in plan(spec, cacerts) if step.source in redo.get(step.kind, ())]
+        if steps:
+            progress(
+                f"the kept clusters' addresses changed since they were installed (API servers: "
+                f"{', '.join(moved['apiServers']) or 'none'}; gateways: {', '.join(moved['gateways']) or 'none'}; "
+                "Docker restarted?): redoing the steps that use them"
+            )
+        return steps
+
     def _gateway_address(self, cluster: KubeCluster, timeout: float = 300) -> str:
         return cluster.gateway_address(
             timeout,
@@ -410,7 +449,16 @@ class KindBackend(Backend):
             raise BackendError("; ".join(errors) + ": delete what is left with `kind delete cluster --name NAME`")
 
 
-def _state_configmap(marker: str) -> Obj:
+def _kept_addresses(cluster: KubeCluster) -> dict[str, dict[str, str]]:
+    found = cluster.get("ConfigMap", STATE_CONFIGMAP, "kube-system") or {}
+    try:
+        addresses = json.loads((found.get("data") or {}).get("addresses") or "{}")
+    except ValueError:
+        return {}
+    return addresses if isinstance(addresses, dict) else {}
+
+
+def _state_configmap(marker: str, addresses: Mapping[str, Mapping[str, str]]) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -419,7 +467,7 @@ def _state_configmap(marker: str) -> Obj:
             "namespace": "kube-system",
             "labels": {"app.kubernetes.io/managed-by": "meshfed"},
         },
-        "data": {"mesh": marker},
+        "data": {"mesh": marker, "addresses": json.dumps(addresses, sort_keys=True)},
     }
 
 
