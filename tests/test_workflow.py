@@ -58,14 +58,51 @@ def test_workflow_certifies_on_kind_and_gates_on_core() -> None:
     job = workflow["jobs"]["conformance"]
     assert job["strategy"]["fail-fast"] is False
     assert set(job["strategy"]["matrix"]["topology"]) == {"multi-primary", "primary-remote"}
+    assert set(job["strategy"]["matrix"]["profile"]) == {"core", "extended"}
     suite = _step("pytest conformance/")
     assert "--backend kind" in suite["run"] and suite["id"]
     # The suite may fail on an extended case; the job's verdict is the gate's, on the core profile.
     assert suite["continue-on-error"] is True
+    # The suite runs out before its job does, so that the reports, the summary and the gate still run.
+    assert suite["timeout-minutes"] < job["timeout-minutes"]
     upload = _step("actions/upload-artifact@")
     assert upload["if"] == "always()" and upload["with"]["path"] == "reports/"
     gate = _step("meshfed report gate")
-    assert "--profile core" in gate["run"] and "!cancelled()" in gate["if"]
+    assert "--profile core" in gate["run"] and "!cancelled()" in gate["if"] and "matrix.profile == 'core'" in gate["if"]
+    login = _step("docker login")
+    assert login["if"] == "${{ env.DOCKERHUB_USERNAME != '' }}" and "--password-stdin" in login["run"]
+
+
+@pytest.mark.parametrize(
+    ("profile", "selection"),
+    [
+        ("core", "--exempt-features MisconfigurationRegression,ControlPlaneOutage,LocalityFailover,CanaryUpgrade"),
+        ("extended", "--features MisconfigurationRegression,ControlPlaneOutage,LocalityFailover,CanaryUpgrade"),
+    ],
+)
+def test_each_profile_runs_its_own_cases(tmp_path: Path, profile: str, selection: str) -> None:
+    """The suite step's script, run with a stand-in pytest: each profile's job selects that profile's cases,
+    and the extended features listed are exactly those of the extended profile."""
+    from meshfed.cases import EXTENDED
+
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["conformance"]
+    assert set(job["env"]["EXTENDED_FEATURES"].split(",")) == {feature.value for feature in EXTENDED}
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    stand_in = tmp_path / ".venv" / "bin" / "pytest"
+    stand_in.write_text('#!/bin/bash\necho "$@"\n')
+    stand_in.chmod(0o755)
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "PROFILE": profile,
+        "TOPOLOGY": "multi-primary",
+        "ISTIO_VERSION": "1.30.3",
+        "REPORT_DIR": "reports/x",
+        "EXTENDED_FEATURES": job["env"]["EXTENDED_FEATURES"],
+    }
+    script = _step("pytest conformance/")["run"]
+    result = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=environment, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert selection in result.stdout and "--report-dir reports/x" in result.stdout
 
 
 def _compare_script() -> str:
@@ -89,17 +126,18 @@ def test_nightly_compares_each_release_with_the_one_before(tmp_path: Path, newes
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     for program in ("meshfed", "python"):
         (tmp_path / ".venv" / "bin" / program).symlink_to(Path(sys.executable).parent / program)
-    _report(tmp_path / "downloaded" / "multi-primary-1.30.3", "passed")
-    _report(tmp_path / "downloaded" / "multi-primary-1.31.0", newest)
+    _report(tmp_path / "downloaded" / "multi-primary-core-1.30.3", "passed")
+    _report(tmp_path / "downloaded" / "multi-primary-core-1.31.0", newest)
     summary = tmp_path / "summary.md"
     environment = {
         "PATH": "/usr/bin:/bin",
         "TOPOLOGY": "multi-primary",
+        "PROFILE": "core",
         "VERSIONS": '["1.30.3", "1.31.0"]',
         "GITHUB_STEP_SUMMARY": str(summary),
     }
     script = _compare_script()
     result = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=environment, capture_output=True, text=True)
     assert result.returncode == status, result.stdout + result.stderr
-    assert "### multi-primary: Istio 1.30.3 against 1.31.0" in summary.read_text()
+    assert "### multi-primary, core: Istio 1.30.3 against 1.31.0" in summary.read_text()
     assert ("| regressed |" in summary.read_text()) == (status == 1)
