@@ -378,6 +378,27 @@ def test_a_tool_that_hangs_is_one_sentence(world: World) -> None:
         world.backend(run=hanging).provision(spec, _cacerts(spec))
 
 
+def test_a_mirror_and_local_images_need_no_pull(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Air-gapped: --istio-hub/--istio-tag reach every istioctl install; the images the local Docker holds
+    are loaded into the new nodes before anything is installed; the others are named."""
+    local = ["registry.corp:5000/istio/pilot:1.30.3-corp", "registry.corp:5000/istio/proxyv2:1.30.3-corp"]
+    monkeypatch.setenv("MESHFED_FAKE_DOCKER_IMAGES", ",".join([*local, "quay.io/metallb/controller:v0.15.3"]))
+    spec = _spec()
+    progress: list[str] = []
+    backend = world.backend(istio_hub="registry.corp:5000/istio", istio_tag="1.30.3-corp")
+    mesh = backend.provision(spec, _cacerts(spec), progress.append)
+    loads = [c for c in world.calls("kind") if c["argv"][:2] == ["load", "docker-image"]]
+    assert sorted(c["argv"][-1] for c in loads) == ["meshfed-cluster-a", "meshfed-cluster-b"]
+    assert all(c["argv"][2:-2] == [*local, "quay.io/metallb/controller:v0.15.3"] for c in loads)
+    first_install = min(c["time"] for c in world.calls("istioctl") if _sub(c["argv"])[0] == "install")
+    assert max(c["time"] for c in loads) < first_install
+    assert any(line.startswith("not in the local Docker, so the nodes pull them: python:3.12") for line in progress)
+    istiod = mesh["cluster-a"].get("Deployment", "istiod", "istio-system")
+    assert istiod is not None
+    assert istiod["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.corp:5000/istio/pilot:1.30.3-corp"
+    mesh.teardown()
+
+
 def test_metallb_slices_do_not_overlap_and_take_ipv4_whatever_the_order() -> None:
     inspect = json.dumps([{"IPAM": {"Config": [{"Subnet": "fc00:f853:ccd:e793::/64"}, {"Subnet": "172.18.0.0/16"}]}}])
     subnet = ipv4_subnet(inspect)

@@ -83,6 +83,9 @@ def _values(**overrides: object) -> SuiteOptions:
         "meshfed_report_dir": Path("reports"),
         "meshfed_upgrade_to": None,
         "meshfed_workload_image": None,
+        "meshfed_node_image": None,
+        "meshfed_istio_hub": None,
+        "meshfed_istio_tag": None,
         "meshfed_bin_dir": None,
         "meshfed_envoy": None,
         "meshfed_istio_namespace": "istio-system",
@@ -133,6 +136,12 @@ def test_ordered_pairs() -> None:
             r"^--istio-namespace is for the existing backend",
         ),
         ({"meshfed_workload_image": "python:3"}, r"^--workload-image is for the kind or existing backend"),
+        (
+            {"meshfed_backend": "host", "meshfed_node_image": "kindest/node:v1.34.3"},
+            r"^--node-image is for the kind backend",
+        ),
+        ({"meshfed_istio_hub": "registry.corp/istio"}, r"^--istio-hub is for the kind backend"),
+        ({"meshfed_istio_tag": "1.30.3-corp"}, r"^--istio-tag is for the kind backend"),
         (
             {
                 "meshfed_backend": "existing",

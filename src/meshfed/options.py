@@ -120,6 +120,24 @@ OPTIONS: tuple[OptionSpec, ...] = (
         metavar="IMAGE",
     ),
     OptionSpec(
+        "--node-image",
+        "kind: the node image, for another Kubernetes version or a mirror's copy (default: kind's own, Kubernetes 1.35)",
+        None,
+        metavar="IMAGE",
+    ),
+    OptionSpec(
+        "--istio-hub",
+        "kind: where Istio's images come from, Istio's `hub` install value (default: docker.io/istio)",
+        None,
+        metavar="HUB",
+    ),
+    OptionSpec(
+        "--istio-tag",
+        "kind: the tag of Istio's images, Istio's `tag` install value (default: the --istio-version)",
+        None,
+        metavar="TAG",
+    ),
+    OptionSpec(
         "--bin-dir",
         "host: a folder with binaries you built (Istio's out/linux_amd64, Kubernetes'), used instead of building them",
         None,
@@ -195,6 +213,9 @@ class SuiteOptions:
     report_dir: Path
     upgrade_to: str | None = None
     workload_image: str | None = None
+    node_image: str | None = None
+    istio_hub: str | None = None
+    istio_tag: str | None = None
     bin_dir: Path | None = None
     envoy: Path | None = None
     istio_namespace: str = "istio-system"
@@ -223,6 +244,9 @@ class SuiteOptions:
             report_dir=values["--report-dir"],
             upgrade_to=values["--upgrade-to"],
             workload_image=values["--workload-image"],
+            node_image=values["--node-image"],
+            istio_hub=values["--istio-hub"],
+            istio_tag=values["--istio-tag"],
             bin_dir=values["--bin-dir"],
             envoy=values["--envoy"],
             istio_namespace=values["--istio-namespace"],
@@ -271,6 +295,9 @@ class SuiteOptions:
             "--upgrade-to": ("kind or host", self.upgrade_to is not None),
             "--istio-namespace": ("existing", self.istio_namespace != "istio-system"),
             "--workload-image": ("kind or existing", self.workload_image is not None),
+            "--node-image": ("kind", self.node_image is not None),
+            "--istio-hub": ("kind", self.istio_hub is not None),
+            "--istio-tag": ("kind", self.istio_tag is not None),
             "--cacerts-dir": ("embedded or kind or host", self.cacerts_dir is not None),
             "--keep-clusters": ("kind or host", self.keep_clusters),
             "--bin-dir": ("host", self.bin_dir is not None),

@@ -15,7 +15,8 @@ Environment protocol (all optional except where a test needs the behaviour):
 * ``MESHFED_FAKE_FAIL``: if the joined argv contains this substring, the call fails as the real tool does.
 * ``MESHFED_FAKE_DOCKER_DOWN=1``: every docker call fails like a stopped daemon.
 * ``MESHFED_FAKE_DOCKER_MEM`` (bytes, default 16 GiB), ``MESHFED_FAKE_DOCKER_NCPU`` (default 8),
-  ``MESHFED_FAKE_DOCKER_CGROUP`` (``docker info``'s CgroupVersion, default 2).
+  ``MESHFED_FAKE_DOCKER_CGROUP`` (``docker info``'s CgroupVersion, default 2), ``MESHFED_FAKE_DOCKER_IMAGES``
+  (comma-separated images ``docker image inspect`` finds in the local Docker; default none).
 * ``MESHFED_FAKE_KIND_NETWORK=1``: the docker network ``kind`` exists before any cluster was created.
 * ``MESHFED_FAKE_ISTIO_VERSION`` (default 1.30.3), ``MESHFED_FAKE_PROXY_SECRET`` (a file printed by
   ``istioctl proxy-config secret ... -o json``), ``MESHFED_FAKE_REMOTE_CLUSTER_STATUS`` (default synced).
@@ -1092,6 +1093,14 @@ def docker_main(argv: list[str], entry: Obj) -> int:
         for name, driver in nets:
             out(f"{_hex('network/' + name)[:12]:<15}{name:<10}{driver:<9}local")
         return 0
+    if word == "image" and args[1:2] == ["inspect"]:
+        present = {image for image in (_env("MESHFED_FAKE_DOCKER_IMAGES") or "").split(",") if image}
+        names = args[2:]
+        missing = [n for n in names if n not in present]
+        out(json.dumps([{"Id": "sha256:" + _hex(n), "RepoTags": [n]} for n in names if n in present], indent=4))
+        if missing:
+            raise ToolExit("\n".join(f"Error response from daemon: No such image: {n}" for n in missing))
+        return 0
     if word in ("inspect", "container") and (word == "inspect" or args[1:2] == ["inspect"]):
         names = args[1:] if word == "inspect" else args[2:]
         by_name = {c["Name"].lstrip("/"): c for c in containers} | {c["Id"][:12]: c for c in containers}
@@ -1315,6 +1324,9 @@ def istio_objects(operator: Obj, version: str) -> list[tuple[str, list[Obj]]]:
     profile = spec.get("profile") or "default"
     components = spec.get("components") or {}
     rev_label = {"istio.io/rev": revision or "default"}
+    # spec.hub/spec.tag become global.hub/global.tag (istioctl's translateIstioOperatorToHelm).
+    hub = global_values.get("hub") or spec.get("hub") or "docker.io/istio"
+    tag = str(global_values.get("tag") or spec.get("tag") or version)
     base_enabled = (components.get("base") or {}).get("enabled", profile in ("default", "minimal", "demo", "remote"))
     pilot_enabled = (components.get("pilot") or {}).get("enabled", profile in ("default", "minimal", "demo"))
     result: list[tuple[str, list[Obj]]] = []
@@ -1380,7 +1392,7 @@ def istio_objects(operator: Obj, version: str) -> list[tuple[str, list[Obj]]]:
                             "containers": [
                                 {
                                     "name": "discovery",
-                                    "image": f"docker.io/istio/pilot:{version}",
+                                    "image": f"{hub}/pilot:{tag}",
                                     "args": ["discovery", "--monitoringAddr=:15014", "--log_output_level=default:info"],
                                     "ports": [
                                         {"containerPort": 8080, "protocol": "TCP"},
@@ -1455,7 +1467,7 @@ def istio_objects(operator: Obj, version: str) -> list[tuple[str, list[Obj]]]:
                             "containers": [
                                 {
                                     "name": "istio-proxy",
-                                    "image": f"docker.io/istio/proxyv2:{version}",
+                                    "image": f"{hub}/proxyv2:{tag}",
                                     "args": ["proxy", "router"],
                                     "ports": [{"containerPort": p["targetPort"], "protocol": "TCP"} for p in ports],
                                     "env": env,

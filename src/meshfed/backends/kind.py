@@ -18,6 +18,7 @@ import contextlib
 import functools
 import ipaddress
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -40,6 +41,7 @@ PREFIX = "meshfed-"
 STATE_CONFIGMAP = "meshfed-state"
 METALLB_NAMESPACE = "metallb-system"
 ADDRESSES_PER_CLUSTER = 32
+ISTIO_HUB = "docker.io/istio"  # where a release's istioctl takes its images from
 
 
 def kind_name(cluster: str) -> str:
@@ -114,6 +116,29 @@ def pool_addresses(entries: Sequence[str]) -> set[ipaddress.IPv4Address]:
     return found
 
 
+def istio_images(versions: Sequence[str], hub: str | None, tag: str | None) -> list[str]:
+    """The images ``istioctl install`` runs for these releases: pilot and proxyv2 from ``hub`` (istioctl's
+    default ``docker.io/istio``), tagged ``tag`` for the first release and each release's version otherwise."""
+    found = []
+    for index, version in enumerate(dict.fromkeys(versions)):
+        chosen = tag if tag and index == 0 else version
+        found += [f"{hub or ISTIO_HUB}/{name}:{chosen}" for name in ("pilot", "proxyv2")]
+    return found
+
+
+def manifest_images(manifest: str) -> list[str]:
+    """Every ``image:`` of a manifest (MetalLB's controller and speaker)."""
+    return list(dict.fromkeys(re.findall(r"^\s*image:\s*[\"']?([^\s\"']+)", manifest, re.MULTILINE)))
+
+
+def image_overlay(hub: str | None, tag: str | None) -> Obj:
+    """An IstioOperator overlay (a second ``istioctl install -f``) taking Istio's images from a mirror."""
+    spec: Obj = {"hub": hub} if hub else {}
+    if tag:
+        spec["tag"] = tag
+    return {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": spec}
+
+
 def metallb_pool(addresses: Sequence[str]) -> list[Obj]:
     meta = {"namespace": METALLB_NAMESPACE}
     return [
@@ -142,6 +167,8 @@ class KindBackend(Backend):
         upgrade_to: str | None = None,
         keep_clusters: bool = False,
         node_image: str = tools.NODE_IMAGE,
+        istio_hub: str | None = None,
+        istio_tag: str | None = None,
         download: tools.Download | None = None,
         state_dir: Path | None = None,
         run: preflight.Run | None = None,
@@ -152,6 +179,8 @@ class KindBackend(Backend):
         self.upgrade_to = upgrade_to or istio_version
         self.keep_clusters = keep_clusters
         self.node_image = node_image
+        self.istio_hub = istio_hub
+        self.istio_tag = istio_tag
         self.download = download or tools._http_get
         self.state_dir = state_dir or tools.cache_dir() / "kind"
         self._run_command = run or _run
@@ -207,6 +236,7 @@ class KindBackend(Backend):
                 with timed(f"creating kind clusters {', '.join(missing)} ({self.node_image})", progress):
                     self._create(spec, toolbox, missing)
                 self._check_nodes(missing, progress)
+                self._load_local_images(spec, toolbox, missing, progress)
             clusters = {cluster.name: self._cluster(cluster.name, toolbox) for cluster in spec.clusters}
 
             def run_plan(steps: Sequence[Step]) -> None:
@@ -313,7 +343,48 @@ class KindBackend(Backend):
             istioctl_binary=istioctl,
             istioctl_by_revision=by_revision,
             node_container=f"{kind_name(name)}-control-plane",
+            install_overlays=self._image_overlay("images", self.istio_tag),
+            # The canary takes the same tag when it is the same release, else its istioctl's own.
+            overlays_by_revision={
+                CANARY: self._image_overlay(
+                    "images-canary", self.istio_tag if self.upgrade_to == self.istio_version else None
+                )
+            },
         )
+
+    def _image_overlay(self, name: str, tag: str | None) -> tuple[Path, ...]:
+        """``--istio-hub``/``--istio-tag`` as an overlay file for ``istioctl install`` (none without them)."""
+        if not self.istio_hub and not tag:
+            return ()
+        path = self.state_dir / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(image_overlay(self.istio_hub, tag), sort_keys=False))
+        return (path,)
+
+    def _load_local_images(
+        self, spec: MeshSpec, toolbox: tools.Toolbox, names: Sequence[str], progress: Progress
+    ) -> None:
+        """Images the mesh needs that the local Docker already has go into the new nodes (`kind load
+        docker-image`), so that a machine holding them pulls nothing; the others the nodes pull themselves."""
+        assert toolbox.metallb_manifest is not None
+        wanted = [
+            *istio_images([self.istio_version, self.upgrade_to], self.istio_hub, self.istio_tag),
+            spec.workload_image,
+            *manifest_images(toolbox.metallb_manifest.read_text()),
+        ]
+        present = [
+            image for image in wanted if self._run_command(["docker", "image", "inspect", image]).returncode == 0
+        ]
+        absent = [image for image in wanted if image not in present]
+        if absent:
+            progress(f"not in the local Docker, so the nodes pull them: {', '.join(absent)}")
+        if not present:
+            return
+        with timed(f"loading {len(present)} local images into {', '.join(names)}: {', '.join(present)}", progress):
+            for name in names:
+                self.run(
+                    [str(toolbox.kind), "load", "docker-image", *present, "--name", name], f"loading images into {name}"
+                )
 
     def _container_ip(self, container: str) -> str:
         fmt = "{{ .NetworkSettings.Networks.kind.IPAddress }}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from meshfed.backends import tools
 from meshfed.backends.base import Backend
 from meshfed.backends.embedded.mesh import EmbeddedBackend
 from meshfed.backends.existing import ExistingBackend
@@ -12,7 +13,14 @@ from meshfed.options import SuiteOptions
 
 def backend_for(options: SuiteOptions) -> Backend:
     if options.backend == "kind":
-        return KindBackend(options.istio_version, upgrade_to=options.upgrade_to, keep_clusters=options.keep_clusters)
+        return KindBackend(
+            options.istio_version,
+            upgrade_to=options.upgrade_to,
+            keep_clusters=options.keep_clusters,
+            node_image=options.node_image or tools.NODE_IMAGE,
+            istio_hub=options.istio_hub,
+            istio_tag=options.istio_tag,
+        )
     if options.backend == "existing":
         # The contexts are read from $KUBECONFIG (or ~/.kube/config), as kubectl reads them.
         return ExistingBackend(options.contexts, control_plane_namespace=options.istio_namespace)
