@@ -181,6 +181,8 @@ def test_provision_runs_the_tools_in_the_plans_order(world: World, topology: Top
     istioctl = world.calls("istioctl")
     installs = [c for c in istioctl if _sub(c["argv"])[0] == "install"]
     assert all("-y" in c["argv"] and "--context" in c["argv"] for c in installs)
+    # istioctl's own readiness wait (5 min by default) ends before meshfed's limit, not after it.
+    assert all("--readiness-timeout=840s" in c["argv"] for c in installs)
     # Remote secrets are made after every east-west gateway has an address, with the container's address.
     secrets = [c for c in istioctl if _sub(c["argv"])[0] == "create-remote-secret"]
     assert secrets and all(c["argv"][c["argv"].index("--server") + 1].startswith("https://172.18.0.") for c in secrets)
