@@ -113,15 +113,22 @@ def test_a_provisioning_failure_still_writes_every_report(tmp_path: Path) -> Non
         "MESHFED_FAKE_LOG": str(tmp_path / "calls.jsonl"),
         "MESHFED_FAKE_STATE": str(tmp_path / "state"),
     }
-    result = run_suite(tmp_path, "--backend", "kind", "--features", "SharedRootOfTrust", env=env)
+    result = run_suite(tmp_path, "--backend", "kind", "--features", "SharedRootOfTrust,CrossClusterCalls", env=env)
     assert result.returncode == 1
     report = yaml.safe_load((tmp_path / "conformance-report.yaml").read_text())
     assert report["provisioningError"] == (
         "Docker is not reachable (Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
         "Is the docker daemon running?): start Docker (or Docker Desktop) and run again"
     )
-    assert report["profiles"][0]["result"] == "failure"
-    assert all(case.find("error") is not None for case in junit_cases(tmp_path).values())
+    assert [profile["result"] for profile in report["profiles"]] == ["failure", "failure"]
+    # Said once: the first case carries the error, every other one is "not run" with the same sentence.
+    sentence = "not run: provisioning failed: " + report["provisioningError"]
+    cases = list(junit_cases(tmp_path).values())
+    errors = [case.find("error") for case in cases if case.find("error") is not None]
+    skips = [case.find("skipped") for case in cases if case.find("skipped") is not None]
+    assert len(errors) == 1 and sentence in (errors[0].get("message") or "")
+    assert len(skips) == len(cases) - 1 and all(skip.get("message") == sentence for skip in skips)
+    assert result.stdout.count(sentence) == 1 and "During handling" not in result.stdout
     assert "Provisioning failed" in (tmp_path / "report.html").read_text()
 
 

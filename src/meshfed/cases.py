@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 NOT_SUPPORTED = "not supported: "
+NOT_RUN = "not run: provisioning failed: "
 
 
 class Feature(enum.Enum):

@@ -84,7 +84,8 @@ def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[s
         profiles.append(
             {
                 "name": name,
-                "result": profile_result(chosen),
+                # A mesh that could not be made certifies nothing, whatever the cases say.
+                "result": "failure" if record.provisioning_error else profile_result(chosen),
                 "statistics": {
                     kind: sum(1 for o in chosen if o.outcome == kind)
                     for kind in ("passed", "failed", "skipped", "not-supported")
