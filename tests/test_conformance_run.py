@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -101,6 +102,29 @@ def test_a_second_root_ca_fails_with_the_cause_named(tmp_path: Path) -> None:
     reach = cases["test_cross_cluster_reachability[cluster-b->cluster-a]"].find("failure")
     message = reach.get("message") if reach is not None else ""
     assert "failed: connection failure; likely cause: root-cert.pem differs" in (message or "")
+
+
+def test_a_mesh_broken_from_the_start_fails_every_case_at_once_with_the_cause(tmp_path: Path) -> None:
+    """A bundle without ca-key.pem keeps cluster-b's istiod from starting: no case waits out its deadline
+    against it; each fails at once with the findings, the cause (cacerts-incomplete, the file) first."""
+    certs = tmp_path / "certs"
+    clusters = "cluster-a,cluster-b"
+    assert meshfed(["pki", "init", "--out", str(certs), "--clusters", clusters, "--key-type", "ecdsa"]) == 0
+    (certs / "cluster-b" / "ca-key.pem").unlink()
+    started = time.monotonic()
+    result = run_suite(tmp_path / "reports", "--cacerts-dir", str(certs))
+    assert time.monotonic() - started < 120
+    assert result.returncode == 1
+    report = yaml.safe_load((tmp_path / "reports" / "conformance-report.yaml").read_text())
+    first, *rest = report["brokenFromStart"]
+    assert first.startswith("cluster-b: cacerts-incomplete: ca-key.pem: missing")
+    assert any(line.startswith("cluster-b: istiod-not-ready: ") for line in rest)
+    assert {case["outcome"] for case in report["cases"]} == {"failed"} and len(report["cases"]) == 26
+    assert all(
+        case["message"].startswith("the mesh is broken from the start: cluster-b: cacerts-incomplete")
+        for case in report["cases"]
+    )
+    assert "The mesh was broken from the start" in (tmp_path / "reports" / "report.html").read_text()
 
 
 def test_a_provisioning_failure_still_writes_every_report(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 NOT_SUPPORTED = "not supported: "
 NOT_RUN = "not run: provisioning failed: "
+BROKEN_FROM_START = "the mesh is broken from the start: "
 
 
 class Feature(enum.Enum):

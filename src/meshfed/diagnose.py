@@ -527,6 +527,27 @@ def check_proxy_connections(mesh: Mesh) -> list[Check]:
     ]
 
 
+def check_istiod_ready(mesh: Mesh) -> list[Check]:
+    """Every primary runs a ready istiod (an incomplete or mismatched ``cacerts`` keeps it from starting:
+    those findings come first, as the cause)."""
+    results = []
+    for spec in mesh.spec.primaries:
+        pods = [p for p in mesh[spec.name].pods(ISTIO_SYSTEM, {"app": "istiod"}) if not p.terminating]
+        if any(p.ready for p in pods):
+            continue
+        shown = ", ".join(f"{p.name} {p.phase}" for p in pods) or "no istiod pod"
+        results.append(
+            Check(
+                "istiod-not-ready",
+                "error",
+                spec.name,
+                f"no istiod is ready ({shown}): the cluster's proxies get no configuration and no certificates",
+                "see why with `kubectl -n istio-system logs deploy/istiod`; fix what the findings before this one name",
+            )
+        )
+    return results
+
+
 CHECKS = (
     check_trust,
     check_remote_secrets,
@@ -536,7 +557,10 @@ CHECKS = (
     check_peer_authentication,
     check_version_skew,
     check_proxy_connections,
+    check_istiod_ready,
 )
+# A mesh with one of these from the start cannot carry a case: every case fails at once with the findings.
+BLOCKING = frozenset({"istiod-not-ready", "eastwest-gateway-missing", "eastwest-gateway-no-address"})
 
 
 def check_host_evidence(mesh: Mesh) -> list[Check]:
@@ -554,3 +578,20 @@ def diagnose(mesh: Mesh) -> list[Check]:
     results = [result for check in (*CHECKS, check_host_evidence) for result in check(mesh)]
     order = {"error": 0, "warning": 1, "ok": 2}
     return sorted(results, key=lambda r: order[r.status])
+
+
+def broken_from_start(mesh: Mesh) -> list[Check]:
+    """When a blocking finding (istiod not ready, an east-west gateway missing or without an address) lasts
+    the mesh's convergence deadline: every error of the clusters it concerns, the causes first. Cheap on a
+    healthy mesh: only the blocking checks run until one fires."""
+    ends = time.monotonic() + mesh.convergence_deadline
+    while True:
+        # A mesh someone else installed may join its clusters otherwise (one network, its own gateway).
+        checks = (check_istiod_ready,) if mesh.backend == "existing" else (check_istiod_ready, check_gateways)
+        found = [c for check in checks for c in check(mesh) if c.check in BLOCKING]
+        if not found:
+            return []
+        if time.monotonic() >= ends:
+            clusters = {c.cluster for c in found}
+            return [c for c in diagnose(mesh) if c.status == "error" and c.cluster in clusters]
+        time.sleep(min(2.0, mesh.convergence_deadline / 3))

@@ -82,6 +82,12 @@ def summary_html(record: RunRecord) -> str:
         out.append(
             f"<p style='color:#d23b3b'><strong>Provisioning failed:</strong> {html.escape(record.provisioning_error)}</p>"
         )
+    if record.broken_from_start:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in record.broken_from_start)
+        out.append(
+            "<p style='color:#d23b3b'><strong>The mesh was broken from the start</strong> (no case could run on it):</p>"
+            f"<ul>{items}</ul>"
+        )
     out.append(
         "<table>"
         + "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)

@@ -46,6 +46,7 @@ class RunRecord:
     pair_status: dict[str, bool] = field(default_factory=dict)  # "a->b" -> reachable
     latencies: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # pair -> same/cross -> ms
     provisioning_error: str = ""
+    broken_from_start: list[str] = field(default_factory=list)  # blocking diagnosis findings right after provisioning
     environment: dict[str, str] = field(default_factory=dict)  # what it ran against: component -> version and notes
     certifies_istio: bool | None = None
     procedures: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)  # case -> (step, ok, failed)
@@ -132,4 +133,6 @@ def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[s
         report["environment"] = dict(record.environment)
     if record.provisioning_error:
         report["provisioningError"] = record.provisioning_error
+    if record.broken_from_start:
+        report["brokenFromStart"] = list(record.broken_from_start)
     return report
