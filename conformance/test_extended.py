@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from cryptography import x509
 
 from meshfed import manifests
 from meshfed.backends.base import BackendError, Cluster, Mesh
@@ -511,31 +512,72 @@ def test_root_rotation(mesh: Mesh, suite_options: SuiteOptions, run_record: RunR
     def old_root_removed(name: str, files: dict[str, bytes]) -> dict[str, bytes]:
         return {**files, "root-cert.pem": new_pem}
 
-    with cross_cluster_traffic(mesh) as traffic:
-        traffic.step("istiod restarted with ISTIO_MULTIROOT_MESH=true")
-        _reinstall(mesh, {"ISTIO_MULTIROOT_MESH": "true"})
-        problems = rotate_root(
-            mesh,
-            traffic,
-            [
-                ("1. root-cert.pem holds the old and the new root", combined),
-                ("2. new intermediates signed by the new root", new_intermediate_signed_by_new_root),
-                ("3. the old root removed", old_root_removed),
-            ],
-        )
-        traffic.step("istiod back to its install options")
-        _reinstall(mesh, None)
-        traffic.step("after")
-    run_record.procedures["RootRotation"] = traffic.counts()
-    problems += [f"calls were lost: {line}" for line in traffic.lost()]
+    original = {name: _cacerts_files(mesh, name) for name in mesh.spec.names}
+    problems: list[str] = []
+    restored = False
+    try:
+        with cross_cluster_traffic(mesh) as traffic:
+            traffic.step("istiod restarted with ISTIO_MULTIROOT_MESH=true")
+            _reinstall(mesh, {"ISTIO_MULTIROOT_MESH": "true"})
+            problems += rotate_root(
+                mesh,
+                traffic,
+                [
+                    ("1. root-cert.pem holds the old and the new root", combined),
+                    ("2. new intermediates signed by the new root", new_intermediate_signed_by_new_root),
+                    ("3. the old root removed", old_root_removed),
+                ],
+            )
+            problems += _chains_lead_to(mesh, new.cert)
+            # Back to the PKI the mesh was given, by the same rotation backwards, so that no later case
+            # runs on a root the user never gave it; a healthy mesh loses no call in it either.
+            problems += _restore_pki(mesh, original, traffic)
+            restored = True
+            traffic.step("istiod back to its install options")
+            _reinstall(mesh, None)
+            traffic.step("after")
+        run_record.procedures["RootRotation"] = traffic.counts()
+        problems += [f"calls were lost: {line}" for line in traffic.lost()]
+    finally:
+        if not restored:
+            problems += _restore_pki(mesh, original, None)
+            _reinstall(mesh, None)
+    require(not problems, "; ".join(problems))
+
+
+def _chains_lead_to(mesh: Mesh, root: x509.Certificate) -> list[str]:
+    problems = []
     for name in mesh.spec.names:
         for pod in mesh[name].pods(TEST_NAMESPACE):
             if not pod.has_sidecar:
                 continue
             certs = mesh[name].proxy_certs(pod.name, TEST_NAMESPACE)
             try:
-                if verify_chain(certs.chain, [new.cert]).root != new.cert:
+                if verify_chain(certs.chain, [root]).root != root:
                     problems.append(f"{name}/{pod.name}: its chain does not lead to the new root")
             except ChainVerificationError as error:
                 problems.append(f"{name}/{pod.name}: its chain does not lead to the new root ({error})")
-    require(not problems, "; ".join(problems))
+    return problems
+
+
+def _restore_pki(mesh: Mesh, original: dict[str, dict[str, bytes]], traffic: Traffic | None) -> list[str]:
+    """The rotation run backwards to each cluster's original cacerts, whatever that holds (a second root
+    included): the original root beside the current one, the original intermediates, the original files."""
+    steps: list[tuple[str, Callable[[str, dict[str, bytes]], dict[str, bytes]]]] = [
+        (
+            "back 1. the original root beside the new",
+            lambda n, f: {**f, "root-cert.pem": f["root-cert.pem"] + original[n]["root-cert.pem"]},
+        ),
+        ("back 2. the original intermediates", lambda n, f: {**original[n], "root-cert.pem": f["root-cert.pem"]}),
+        ("back 3. the original cacerts", lambda n, _f: dict(original[n])),
+    ]
+    problems = []
+    for title, rewrite in steps:
+        if traffic is not None:
+            traffic.step(title)
+        for name, files in original.items():
+            if files:
+                mesh[name].apply(manifests.cacerts(rewrite(name, _cacerts_files(mesh, name))))
+        problems += _wait_for_istiod_roots(mesh, title)
+        problems += [f"while restoring the original PKI, after '{title}': {p}" for p in _restart_onto_current_ca(mesh)]
+    return problems

@@ -168,6 +168,36 @@ def test_features_select_cases(tmp_path: Path) -> None:
     assert list(junit_cases(tmp_path)) == ["test_shared_root_of_trust"]
 
 
+@pytest.mark.parametrize("profile", ["core", "extended"])
+def test_profile_selects_the_cases_its_report_names(tmp_path: Path, profile: str) -> None:
+    """``--profile`` selects by the profile each case's report says, and that profile agrees with the
+    features: a case is extended exactly when it needs an extended feature (so --features and --profile agree)."""
+    from meshfed.cases import EXTENDED, PROFILES
+
+    result = run_suite(tmp_path, "--profile", profile, "--collect-only")
+    assert result.returncode == 0, result.stdout + result.stderr
+    collected = {line.split("::")[1].split("[")[0] for line in result.stdout.splitlines() if "::" in line}
+    expected = {
+        "core": {
+            "test_cross_cluster_reachability",
+            "test_mesh_wide_load_balancing",
+            "test_cross_cluster_mutual_tls",
+            "test_shared_root_of_trust",
+            "test_spiffe_identity",
+            "test_cross_cluster_authorization",
+        },
+        "extended": {
+            "test_control_plane_outage",
+            "test_locality_failover",
+            "test_canary_upgrade",
+            "test_root_rotation",
+            "test_misconfiguration_regression",
+        },
+    }
+    assert collected == expected[profile]
+    assert PROFILES["extended"] == EXTENDED and not PROFILES["core"] & EXTENDED
+
+
 def test_xdist_is_refused_with_a_sentence(tmp_path: Path) -> None:
     pytest.importorskip("xdist")
     result = run_suite(tmp_path, "-n", "2")

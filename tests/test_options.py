@@ -89,6 +89,7 @@ def _values(**overrides: object) -> SuiteOptions:
         "meshfed_bin_dir": None,
         "meshfed_envoy": None,
         "meshfed_istio_namespace": "istio-system",
+        "meshfed_profile": None,
         "meshfed_features": None,
         "meshfed_exempt_features": None,
         "meshfed_impl_organization": "",

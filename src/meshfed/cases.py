@@ -38,6 +38,7 @@ EXTENDED = frozenset(
         Feature.CONTROL_PLANE_OUTAGE,
         Feature.LOCALITY_FAILOVER,
         Feature.CANARY_UPGRADE,
+        Feature.ROOT_ROTATION,
     }
 )
 PROFILES: dict[str, frozenset[Feature]] = {

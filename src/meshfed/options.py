@@ -176,6 +176,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         False,
         action="store_true",
     ),
+    OptionSpec("--profile", "run only the cases of this profile (default: every profile)", None, ("core", "extended")),
     OptionSpec(
         "--features", "run only cases that need these features (comma-separated)", None, type=features, metavar="A,B"
     ),
@@ -219,6 +220,7 @@ class SuiteOptions:
     bin_dir: Path | None = None
     envoy: Path | None = None
     istio_namespace: str = "istio-system"
+    profile: str | None = None
     features: frozenset[Feature] | None = None
     exempt_features: frozenset[Feature] = frozenset()
     implementation: Mapping[str, str] = field(default_factory=dict)
@@ -250,6 +252,7 @@ class SuiteOptions:
             bin_dir=values["--bin-dir"],
             envoy=values["--envoy"],
             istio_namespace=values["--istio-namespace"],
+            profile=values["--profile"],
             features=values["--features"],
             exempt_features=values["--exempt-features"] or frozenset(),
             implementation={
