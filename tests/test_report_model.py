@@ -60,3 +60,53 @@ def test_latency_table_shows_median_and_p99() -> None:
     record.record_latency("cluster-a->cluster-b", "cross", [4.0, 5.0, 6.0, 100.0])
     assert record.latency_summary("cluster-a->cluster-b") == {"same": (2.0, 3.0), "cross": (5.5, 100.0)}
     assert "<td>2.0 / 3.0</td><td>5.5 / 100.0</td>" in summary_html(record)
+
+
+def _five_cluster_record() -> RunRecord:
+    names = [f"cluster-{c}" for c in "abcde"]
+    record = RunRecord(
+        backend="embedded",
+        topology="multi-primary",
+        clusters=[{"name": n, "network": f"network-{n[-1]}", "role": "primary"} for n in names],
+    )
+    for source in names:
+        for destination in names:
+            if source == destination:
+                continue
+            for case in ("CrossClusterReachability", "CrossClusterMutualTLS", "SpiffeIdentity"):
+                broken = destination == "cluster-e" and case != "SpiffeIdentity"
+                record.outcomes.append(
+                    CaseOutcome(
+                        f"{case}[{source}->{destination}]",
+                        case,
+                        "core",
+                        ("F",),
+                        "failed" if broken else "passed",
+                        f"{source}->{destination}: 20/20 failed: connection failure" if broken else "",
+                    )
+                )
+    record.outcomes.append(CaseOutcome("CanaryUpgrade", "CanaryUpgrade", "extended", ("F",), "not-supported", "why"))
+    return record
+
+
+def test_the_verdict_and_the_pair_matrix_come_first() -> None:
+    record = _five_cluster_record()
+    page = summary_html(record)
+    verdict, matrix, mesh = (
+        page.index("<h2>Verdict"),
+        page.index("Every pair, every case"),
+        page.index("Mesh under test"),
+    )
+    assert verdict < matrix < mesh
+    assert ">failure</td><td>52</td><td>8</td><td>0</td><td>0</td>" in page  # core: 60 pair cases, 8 failed into cluster-e
+    assert ">unknown</td><td>0</td><td>0</td><td>1</td><td>0</td>" in page
+    # 5 x 5 cells, one chip per case and pair; a failed chip carries its message on hover and under the matrix.
+    assert page.count("<span title=") == 60 and page.count("#d23b3b;color:#fff;font-size:11px") == 8
+    assert "title='CrossClusterReachability: failed: cluster-a-&gt;cluster-e: 20/20 failed: connection failure'" in page
+    assert "<li>CrossClusterReachability[cluster-a-&gt;cluster-e]: cluster-a-&gt;cluster-e: 20/20 failed" in page
+
+
+def test_the_picture_is_sized_to_its_clusters() -> None:
+    two, five = mesh_picture(_record()), mesh_picture(_five_cluster_record())
+    height = lambda svg: float(svg.split('height="', 1)[1].split('"', 1)[0])  # noqa: E731
+    assert height(two) <= 120 < height(five)

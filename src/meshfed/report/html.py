@@ -1,11 +1,12 @@
-"""The HTML report's header: what was tested, a picture of the mesh, and the price of the east-west hop."""
+"""The HTML report's header: the verdict per profile first, every pair's cases as a matrix, the diagnosis, then
+what was tested, a picture of the mesh, and the price of the east-west hop."""
 
 from __future__ import annotations
 
 import html
 import math
 
-from meshfed.report.model import EMBEDDED_NOTE, RunRecord
+from meshfed.report.model import EMBEDDED_NOTE, CaseOutcome, RunRecord, conformance_report
 
 _COLORS = {True: "#2e9d48", False: "#d23b3b", None: "#9aa0a6"}
 
@@ -15,13 +16,21 @@ def mesh_picture(record: RunRecord) -> str:
     pair, green when the pair was reachable, red when not, grey when untested."""
     names = [c["name"] for c in record.clusters]
     count = len(names)
-    width, height, radius = 640, 360, 120 if count > 2 else 190
-    cx, cy = width / 2, height / 2
-    places = {}
+    # The circle grows with the clusters so boxes never overlap; the drawing is sized to what it holds.
+    radius = 190 if count <= 2 else max(130, 80 * count / math.pi)
+    raw = {}
     for index, name in enumerate(names):
         angle = math.pi + 2 * math.pi * index / count
-        places[name] = (cx + radius * math.cos(angle), cy + radius * math.sin(angle) * (0.8 if count > 2 else 0))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="mesh">']
+        raw[name] = (radius * math.cos(angle), radius * math.sin(angle) * (0.8 if count > 2 else 0))
+    margin_x, margin_y = 80, 50
+    left, top = min(x for x, _ in raw.values()) - margin_x, min(y for _, y in raw.values()) - margin_y
+    width = max(x for x, _ in raw.values()) - left + margin_x
+    height = max(y for _, y in raw.values()) - top + margin_y
+    places = {name: (x - left, y - top) for name, (x, y) in raw.items()}
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}" role="img" aria-label="mesh">'
+    ]
     parts.append("<defs>")
     for key, color in _COLORS.items():
         parts.append(
@@ -65,6 +74,74 @@ def mesh_picture(record: RunRecord) -> str:
     return "".join(parts)
 
 
+_OUTCOME_COLORS = {"passed": "#2e9d48", "failed": "#d23b3b", "not-supported": "#9aa0a6", "skipped": "#c9a227"}
+_RESULT_COLORS = {"success": "#2e9d48", "partial": "#c9a227", "failure": "#d23b3b", "unknown": "#9aa0a6"}
+
+
+def verdict_html(record: RunRecord) -> str:
+    """Per profile, its result and how many cases passed, failed, were not supported or skipped."""
+    rows = []
+    for profile in conformance_report(record)["profiles"]:
+        stats = profile["statistics"]
+        color = _RESULT_COLORS.get(profile["result"], "#9aa0a6")
+        cells = "".join(f"<td>{stats[k]}</td>" for k in ("passed", "failed", "not-supported", "skipped"))
+        rows.append(
+            f"<tr><th style='text-align:left'>{html.escape(profile['name'])}</th>"
+            f"<td style='background:{color};color:#fff;font-weight:bold;padding:2px 10px'>{html.escape(profile['result'])}</td>"
+            f"{cells}</tr>"
+        )
+    return (
+        "<h2>Verdict</h2><table class='meshfed-verdict'><tr><th>profile</th><th>result</th><th>passed</th>"
+        "<th>failed</th><th>not supported</th><th>skipped</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _chip(outcome: CaseOutcome, label: str) -> str:
+    color = _OUTCOME_COLORS.get(outcome.outcome, "#9aa0a6")
+    detail = f"{outcome.short_name}: {outcome.outcome}" + (f": {outcome.message}" if outcome.message else "")
+    return (
+        f"<span title='{html.escape(detail, quote=True)}' style='display:inline-block;margin:1px;padding:1px 5px;"
+        f"border-radius:3px;background:{color};color:#fff;font-size:11px'>{html.escape(label)}</span>"
+    )
+
+
+def pair_matrix(record: RunRecord) -> str:
+    """The pair cases as a matrix: a row per calling cluster, a column per called one, in each cell one chip
+    per case (its outcome's colour, the failure's message on hover and listed under the matrix)."""
+    pairs: dict[tuple[str, str], list[CaseOutcome]] = {}
+    for outcome in record.outcomes:
+        inside = outcome.case_id.partition("[")[2].rstrip("]")
+        if "->" in inside:
+            source, _, destination = inside.partition("->")
+            pairs.setdefault((source, destination), []).append(outcome)
+    if not pairs:
+        return ""
+    names = [c["name"] for c in record.clusters]
+    cases = sorted({o.short_name for found in pairs.values() for o in found})
+    labels = {name: "".join(ch for ch in name if ch.isupper()) or name[:4] for name in cases}
+    header = "".join(f"<th>to {html.escape(n)}</th>" for n in names)
+    rows = []
+    for source in names:
+        cells = []
+        for destination in names:
+            found = sorted(pairs.get((source, destination), []), key=lambda o: o.short_name)
+            chips = "".join(_chip(o, labels[o.short_name]) for o in found) or ("-" if source != destination else "")
+            cells.append(f"<td style='padding:3px;border:1px solid #ddd'>{chips}</td>")
+        rows.append(f"<tr><th style='text-align:left'>from {html.escape(source)}</th>{''.join(cells)}</tr>")
+    legend = ", ".join(f"{html.escape(labels[c])} = {html.escape(c)}" for c in cases)
+    failures = [
+        f"<li>{html.escape(o.case_id)}: {html.escape(o.message)}</li>"
+        for found in pairs.values()
+        for o in found
+        if o.outcome == "failed" and o.message
+    ]
+    return (
+        "<h3>Every pair, every case</h3><table class='meshfed-matrix' style='border-collapse:collapse'>"
+        f"<tr><th></th>{header}</tr>{''.join(rows)}</table><p style='font-size:11px'>{legend}</p>"
+        + (f"<ul style='font-size:12px'>{''.join(sorted(failures))}</ul>" if failures else "")
+    )
+
+
 def summary_html(record: RunRecord) -> str:
     rows = [
         ("Backend", record.backend),
@@ -75,7 +152,7 @@ def summary_html(record: RunRecord) -> str:
     rows += [(key, value) for key, value in record.environment.items()]
     if record.implementation:
         rows.append(("Implementation", ", ".join(f"{k}: {v}" for k, v in record.implementation.items())))
-    out = ["<h2>Mesh under test</h2>"]
+    out = [verdict_html(record)]
     if record.backend == "embedded":
         out.append(f"<p><strong>{html.escape(EMBEDDED_NOTE)}</strong></p>")
     if record.provisioning_error:
@@ -88,6 +165,11 @@ def summary_html(record: RunRecord) -> str:
             "<p style='color:#d23b3b'><strong>The mesh was broken from the start</strong> (no case could run on it):</p>"
             f"<ul>{items}</ul>"
         )
+    out.append(pair_matrix(record))
+    if record.diagnosis:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in record.diagnosis)
+        out.append(f"<h3>Diagnosis (at the last failure)</h3><ul style='font-size:12px'>{items}</ul>")
+    out.append("<h2>Mesh under test</h2>")
     out.append(
         "<table>"
         + "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)

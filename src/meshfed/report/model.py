@@ -50,6 +50,7 @@ class RunRecord:
     environment: dict[str, str] = field(default_factory=dict)  # what it ran against: component -> version and notes
     certifies_istio: bool | None = None
     procedures: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)  # case -> (step, ok, failed)
+    diagnosis: list[str] = field(default_factory=list)  # the findings attached to the last failing case
 
     def record_latency(self, pair: str, kind: str, values: Sequence[float]) -> None:
         self.latencies.setdefault(pair, {}).setdefault(kind, []).extend(values)
