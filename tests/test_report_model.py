@@ -98,7 +98,9 @@ def test_the_verdict_and_the_pair_matrix_come_first() -> None:
         page.index("Mesh under test"),
     )
     assert verdict < matrix < mesh
-    assert ">failure</td><td>52</td><td>8</td><td>0</td><td>0</td>" in page  # core: 60 pair cases, 8 failed into cluster-e
+    assert (
+        ">failure</td><td>52</td><td>8</td><td>0</td><td>0</td>" in page
+    )  # core: 60 pair cases, 8 failed into cluster-e
     assert ">unknown</td><td>0</td><td>0</td><td>1</td><td>0</td>" in page
     # 5 x 5 cells, one chip per case and pair; a failed chip carries its message on hover and under the matrix.
     assert page.count("<span title=") == 60 and page.count("#d23b3b;color:#fff;font-size:11px") == 8
