@@ -17,7 +17,7 @@ def mesh_picture(record: RunRecord) -> str:
     names = [c["name"] for c in record.clusters]
     count = len(names)
     # The circle grows with the clusters so boxes never overlap; the drawing is sized to what it holds.
-    radius = 190 if count <= 2 else max(130, 80 * count / math.pi)
+    radius = 190 if count <= 2 else max(150, 60 * count)
     raw = {}
     for index, name in enumerate(names):
         angle = math.pi + 2 * math.pi * index / count
