@@ -253,11 +253,13 @@ class KindBackend(Backend):
 
             if not missing:
                 progress(f"reusing the kept clusters {', '.join(names)}: same mesh, install plan skipped")
-                run_plan(self._steps_behind_moved_addresses(spec, cacerts, clusters, progress))
+                addresses = self._addresses(clusters)
+                kept = _kept_addresses(next(iter(clusters.values())))
+                run_plan(_steps_behind_moved_addresses(spec, cacerts, kept, addresses, progress))
             else:
                 self._metallb(spec, toolbox, clusters, progress)
                 run_plan(plan(spec, cacerts))
-            addresses = self._addresses(clusters)
+                addresses = self._addresses(clusters)
             for cluster in clusters.values():
                 cluster.apply(_state_configmap(marker, addresses))
         except BaseException:
@@ -458,31 +460,6 @@ class KindBackend(Backend):
             "gateways": {name: self._gateway_address(cluster) for name, cluster in clusters.items()},
         }
 
-    def _steps_behind_moved_addresses(
-        self,
-        spec: MeshSpec,
-        cacerts: Mapping[str, Mapping[str, bytes]],
-        clusters: Mapping[str, KubeCluster],
-        progress: Progress,
-    ) -> list[Step]:
-        """After a Docker or machine restart the kept clusters' containers may have new addresses: the plan's
-        steps that used the old ones (remote secrets; the remote profile, pointed at a gateway) are done again."""
-        kept = _kept_addresses(next(iter(clusters.values())))
-        now = self._addresses(clusters)
-        moved = {
-            kind: sorted(name for name, address in now[kind].items() if kept.get(kind, {}).get(name) != address)
-            for kind in now
-        }
-        redo = {StepKind.REMOTE_SECRET: moved["apiServers"], StepKind.INSTALL_REMOTE: moved["gateways"]}
-        steps = [step for step in plan(spec, cacerts) if step.source in redo.get(step.kind, ())]
-        if steps:
-            progress(
-                f"the kept clusters' addresses changed since they were installed (API servers: "
-                f"{', '.join(moved['apiServers']) or 'none'}; gateways: {', '.join(moved['gateways']) or 'none'}; "
-                "Docker restarted?): redoing the steps that use them"
-            )
-        return steps
-
     def _gateway_address(self, cluster: KubeCluster, timeout: float = 300) -> str:
         return cluster.gateway_address(
             timeout,
@@ -518,6 +495,30 @@ class KindBackend(Backend):
             (self.state_dir / f"kind-config-{name.removeprefix(PREFIX)}.yaml").unlink(missing_ok=True)
         if errors:
             raise BackendError("; ".join(errors) + ": delete what is left with `kind delete cluster --name NAME`")
+
+
+def _steps_behind_moved_addresses(
+    spec: MeshSpec,
+    cacerts: Mapping[str, Mapping[str, bytes]],
+    kept: Mapping[str, Mapping[str, str]],
+    now: Mapping[str, Mapping[str, str]],
+    progress: Progress,
+) -> list[Step]:
+    """After a Docker or machine restart the kept clusters' containers may have new addresses: the plan's
+    steps that used the old ones (remote secrets; the remote profile, pointed at a gateway) are done again."""
+    moved = {
+        kind: sorted(name for name, address in now[kind].items() if kept.get(kind, {}).get(name) != address)
+        for kind in now
+    }
+    redo = {StepKind.REMOTE_SECRET: moved["apiServers"], StepKind.INSTALL_REMOTE: moved["gateways"]}
+    steps = [step for step in plan(spec, cacerts) if step.source in redo.get(step.kind, ())]
+    if steps:
+        progress(
+            f"the kept clusters' addresses changed since they were installed (API servers: "
+            f"{', '.join(moved['apiServers']) or 'none'}; gateways: {', '.join(moved['gateways']) or 'none'}; "
+            "Docker restarted?): redoing the steps that use them"
+        )
+    return steps
 
 
 def _kept_addresses(cluster: KubeCluster) -> dict[str, dict[str, str]]:
