@@ -18,6 +18,7 @@ from cryptography import x509
 
 from meshfed.backends.base import BackendError, Cluster, Mesh
 from meshfed.manifests import (
+    CONTROL_PLANE_CLUSTERS,
     EASTWEST_GATEWAY,
     ISTIO_SYSTEM,
     MULTICLUSTER_LABEL,
@@ -253,6 +254,105 @@ def check_remote_secrets(mesh: Mesh) -> list[Check]:
                     "check that istiod can reach that API server and that the secret's credentials are valid",
                 )
             )
+    return results
+
+
+def _ingress_addresses(service: Obj | None) -> set[str]:
+    ingress = (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    return {str(i.get("ip") or i.get("hostname")) for i in ingress if i.get("ip") or i.get("hostname")}
+
+
+def _exposes_istiod(cluster: Cluster) -> bool:
+    """A Gateway passes 15012 through the east-west gateway and a VirtualService routes it to an istiod
+    (``samples/multicluster/expose-istiod.yaml``)."""
+    gateway = any(
+        (g["spec"].get("selector") or {}).get("istio") == "eastwestgateway"
+        and any(
+            s.get("port", {}).get("number") == 15012 and (s.get("tls") or {}).get("mode") == "PASSTHROUGH"
+            for s in g["spec"].get("servers") or []
+        )
+        for g in cluster.list("Gateway", ISTIO_SYSTEM)
+    )
+    route = any(
+        int(m.get("port", 0)) == 15012 and str(d.get("destination", {}).get("host", "")).startswith("istiod")
+        for v in cluster.list("VirtualService", ISTIO_SYSTEM)
+        for t in v["spec"].get("tls") or []
+        for m in t.get("match") or []
+        for d in t.get("route") or []
+    )
+    return gateway and route
+
+
+def _external_istiod(cluster: Cluster) -> bool:
+    """Whether an istiod here runs with ``EXTERNAL_ISTIOD`` (``values.global.externalIstiod``)."""
+    for name in cluster.istiods():
+        deployment = cluster.get("Deployment", name, ISTIO_SYSTEM) or {}
+        for container in (deployment.get("spec") or {}).get("template", {}).get("spec", {}).get("containers") or []:
+            env = {e.get("name"): str(e.get("value", "")) for e in container.get("env") or []}
+            if env.get("EXTERNAL_ISTIOD", "").lower() == "true":
+                return True
+    return False
+
+
+def check_remote_control_plane(mesh: Mesh) -> list[Check]:
+    """What a remote needs of its primary: istiod exposed through the primary's east-west gateway, the
+    remote's istiod EndpointSlice (``remotePilotAddress``) naming that gateway, and an external istiod that
+    the remote's ``controlPlaneClusters`` annotation names (``checkShouldLead``: only then does it write
+    ``istio-ca-root-cert`` into the remote's namespaces and patch its injection webhook)."""
+    results = []
+    remotes = [c.name for c in mesh.spec.clusters if c.role == "remote"]
+    for primary in sorted({mesh.spec.config_cluster(name) for name in remotes}):
+        served = [name for name in remotes if mesh.spec.config_cluster(name) == primary]
+        if not _exposes_istiod(mesh[primary]):
+            results.append(
+                Check(
+                    "istiod-not-exposed",
+                    "error",
+                    primary,
+                    f"no Gateway and VirtualService pass 15012 through the east-west gateway to istiod: the proxies of {', '.join(served)} cannot reach it (they keep their last configuration, get no new certificate, and no pod there can be injected)",
+                    "kubectl apply -n istio-system -f samples/multicluster/expose-istiod.yaml",
+                )
+            )
+        if not _external_istiod(mesh[primary]):
+            results.append(
+                Check(
+                    "istiod-not-external",
+                    "error",
+                    primary,
+                    f"istiod runs without EXTERNAL_ISTIOD, so it leads none of {', '.join(served)}: their namespaces get no istio-ca-root-cert",
+                    "install the primary with values.global.externalIstiod=true",
+                )
+            )
+        gateway = _ingress_addresses(mesh[primary].get("Service", EASTWEST_GATEWAY, ISTIO_SYSTEM))
+        for name in served:
+            remote = mesh[name]
+            namespace = remote.get("Namespace", ISTIO_SYSTEM) or {}
+            named = ((namespace.get("metadata") or {}).get("annotations") or {}).get(CONTROL_PLANE_CLUSTERS, "")
+            if not any(c in ("*", primary) for c in named.split(",") if c):
+                results.append(
+                    Check(
+                        "control-plane-clusters-missing",
+                        "error",
+                        name,
+                        f"istio-system's {CONTROL_PLANE_CLUSTERS} annotation is {named or 'missing'}, not naming {primary}: istiod of {primary} does not lead this cluster, so its new namespaces get no istio-ca-root-cert and no pod with a sidecar starts there",
+                        f"kubectl annotate --overwrite namespace istio-system {CONTROL_PLANE_CLUSTERS}={primary}, then restart istiod in {primary} (it decides as it adds the cluster)",
+                    )
+                )
+            service = remote.get("Service", "istiod", ISTIO_SYSTEM) or {}
+            if not gateway or (service.get("spec") or {}).get("type") == "ExternalName":
+                continue  # a DNS name, or no gateway address to compare with (its own finding)
+            slices = remote.list("EndpointSlice", ISTIO_SYSTEM, {"kubernetes.io/service-name": "istiod"})
+            addresses = {a for s in slices for e in s.get("endpoints") or [] for a in e.get("addresses") or []}
+            if addresses and not addresses & gateway:
+                results.append(
+                    Check(
+                        "remote-pilot-address-wrong",
+                        "error",
+                        name,
+                        f"the istiod Service here sends proxies to {', '.join(sorted(addresses))}, not to {primary}'s east-west gateway ({', '.join(sorted(gateway))}): they cannot reach istiod",
+                        f"reinstall the remote profile with values.global.remotePilotAddress={sorted(gateway)[0]}",
+                    )
+                )
     return results
 
 
@@ -551,6 +651,7 @@ def check_istiod_ready(mesh: Mesh) -> list[Check]:
 CHECKS = (
     check_trust,
     check_remote_secrets,
+    check_remote_control_plane,
     check_gateways,
     check_mesh_config,
     check_services,

@@ -10,6 +10,7 @@ says why instead of passing.
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +18,17 @@ from typing import Any
 import yaml
 
 from meshfed import manifests
-from meshfed.backends.base import Mesh
+from meshfed.backends.base import BackendError, Mesh
 from meshfed.calls import Symptom
-from meshfed.manifests import ISTIO_SYSTEM, NETWORK_LABEL, TEST_NAMESPACE, istio_minor, only_in
+from meshfed.manifests import (
+    CONTROL_PLANE_CLUSTERS,
+    ISTIO_SYSTEM,
+    NETWORK_LABEL,
+    TEST_NAMESPACE,
+    istio_minor,
+    kubeconfig_server,
+    only_in,
+)
 from meshfed.pki import bundle_from_secret, create_mesh_pki
 from meshfed.pki.certs import fingerprint, load_certs
 from meshfed.topology import MeshSpec, Topology
@@ -61,6 +70,9 @@ class Stage:
     finding: str | None  # the diagnosis check that must come first; None: the mesh is healthy
     istiod_ready: bool | None = None  # for entries that break the control plane rather than traffic
     change: Change | None = None  # where Istio's behaviour depends on its version
+    # What the stage must show beyond calls (a control plane cut off from a remote): None when it shows it,
+    # else what the mesh showed instead.
+    shows: Callable[[Mesh], str | None] | None = None
 
     def expectations(self, spec: MeshSpec, istio_version: str) -> tuple[list[Expect], str]:
         """What the stage must show on this Istio version, and which versions that expectation belongs to
@@ -82,6 +94,7 @@ class Misconfiguration:
     stages: list[Stage]
     fix: Callable[[Mesh, dict[str, Any]], None]
     not_applicable: Callable[[MeshSpec], str | None] = field(default=lambda spec: None)
+    healed: Callable[[Mesh], str | None] | None = None  # what the fix must show beyond calls, like Stage.shows
 
 
 def target(spec: MeshSpec) -> str:
@@ -173,6 +186,52 @@ def _restore(mesh: Mesh, saved: dict[str, Any], key: str) -> None:
 
 def _multi_primary_only(reason: str) -> Callable[[MeshSpec], str | None]:
     return lambda spec: reason if spec.topology is Topology.PRIMARY_REMOTE else None
+
+
+def _primary_remote_only(spec: MeshSpec) -> str | None:
+    return "every cluster runs its own istiod: no cluster is configured from another" if not _remotes(spec) else None
+
+
+def _remotes(spec: MeshSpec) -> list[str]:
+    return [c.name for c in spec.clusters if c.role == "remote"]
+
+
+def _remote_proxies_connected(mesh: Mesh) -> tuple[list[str], list[str]]:
+    """The remotes' ready proxies (sidecars and gateways) that an istiod lists, and those none lists."""
+    listed = {
+        (proxy.cluster, proxy.namespace, proxy.pod)
+        for primary in mesh.spec.primaries
+        for proxy in mesh[primary.name].connected_proxies()
+    }
+    connected: list[str] = []
+    cut_off: list[str] = []
+    for name in _remotes(mesh.spec):
+        for namespace in (TEST_NAMESPACE, ISTIO_SYSTEM):
+            for pod in mesh[name].pods(namespace):
+                if pod.has_sidecar and pod.ready:
+                    where = f"{name}/{namespace}/{pod.name}"
+                    (connected if (name, namespace, pod.name) in listed else cut_off).append(where)
+    return connected, cut_off
+
+
+def _remote_proxies_become(connected: bool) -> Callable[[Mesh], str | None]:
+    """Until every proxy of the remotes is connected to istiod (or none is). A proxy cut off keeps its last
+    configuration and its certificate; Envoy drains a removed gateway listener for up to 45 s (Istio's
+    drainDuration) and retries a lost xDS stream with a backoff of up to 30 s."""
+
+    def shows(mesh: Mesh) -> str | None:
+        deadline = time.monotonic() + mesh.convergence_deadline + 45
+        while True:
+            on, off = _remote_proxies_connected(mesh)
+            wrong = off if connected else on
+            if not wrong and (on if connected else off):
+                return None
+            if time.monotonic() >= deadline:
+                state = "still not connected to istiod" if connected else "still connected to istiod"
+                return f"{', '.join(wrong) or 'no proxy at all'}: {state}"
+            time.sleep(min(2.0, mesh.convergence_deadline / 3))
+
+    return shows
 
 
 # -- the entries ---------------------------------------------------------------------------------
@@ -365,6 +424,95 @@ def _cleanup_outside(mesh: Mesh, saved: dict[str, Any]) -> None:
     mesh[target(mesh.spec)].delete("Namespace", OUTSIDE)
 
 
+def _drop_expose_istiod(mesh: Mesh, saved: dict[str, Any]) -> None:
+    primary = mesh.spec.config_cluster(target(mesh.spec))
+    for obj in manifests.expose_istiod():
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        _save(mesh, saved, f"expose-{kind}", primary, kind, name, ISTIO_SYSTEM)
+        mesh[primary].delete(kind, name, ISTIO_SYSTEM)
+    _restart_istiod(mesh, primary)  # every proxy reconnects, as after any istiod rollout
+
+
+def _restore_expose_istiod(mesh: Mesh, saved: dict[str, Any]) -> None:
+    for key in ("expose-Gateway", "expose-VirtualService"):
+        if key in saved:
+            _restore(mesh, saved, key)
+
+
+def _remote_api_server_host(mesh: Mesh, remote: str) -> str:
+    """The host of the remote's API server, as its remote secret in the primary names it."""
+    primary = mesh.spec.config_cluster(remote)
+    secret = mesh[primary].get("Secret", f"istio-remote-secret-{remote}", ISTIO_SYSTEM)
+    server = kubeconfig_server(bundle_from_secret(secret).get(remote, b"")) if secret else None
+    host = urllib.parse.urlsplit(server or "").hostname
+    if not host:
+        raise BackendError(f"{primary}: no readable remote secret for {remote}, so no address to misdirect to")
+    return host
+
+
+def _misdirect_remote_istiod(mesh: Mesh, saved: dict[str, Any]) -> None:
+    """As if the remote had been installed with ``remotePilotAddress`` set to its own API server's host
+    (an address where nothing serves istiod): its istiod EndpointSlice names that address."""
+    remote = target(mesh.spec)
+    wrong = _remote_api_server_host(mesh, remote)
+    slices = mesh[remote].list("EndpointSlice", ISTIO_SYSTEM, {"kubernetes.io/service-name": "istiod"})
+    if not slices:
+        raise BackendError(f"{remote}: no EndpointSlice of the istiod Service (is remotePilotAddress an address?)")
+    for item in slices:
+        name = item["metadata"]["name"]
+        _save(mesh, saved, f"slice-{name}", remote, "EndpointSlice", name, ISTIO_SYSTEM)
+        mesh[remote].patch("EndpointSlice", name, ISTIO_SYSTEM, {"endpoints": [{"addresses": [wrong]}]})
+    _restart_istiod(mesh, mesh.spec.config_cluster(remote))  # every proxy reconnects
+
+
+def _restore_slices(mesh: Mesh, saved: dict[str, Any]) -> None:
+    for key in [k for k in saved if k.startswith("slice-")]:
+        cluster, obj = saved[key]
+        if obj is not None:
+            mesh[cluster].patch("EndpointSlice", obj["metadata"]["name"], ISTIO_SYSTEM, {"endpoints": obj["endpoints"]})
+
+
+def _drop_control_plane_annotation(mesh: Mesh, saved: dict[str, Any]) -> None:
+    remote = target(mesh.spec)
+    _save(mesh, saved, "namespace", remote, "Namespace", ISTIO_SYSTEM, None)
+    patch = {"metadata": {"annotations": {CONTROL_PLANE_CLUSTERS: None}}}
+    mesh[remote].patch("Namespace", ISTIO_SYSTEM, None, patch)
+    _restart_istiod(mesh, mesh.spec.config_cluster(remote))  # istiod decides whom it leads as it adds a cluster
+
+
+def _restore_control_plane_annotation(mesh: Mesh, saved: dict[str, Any]) -> None:
+    remote = target(mesh.spec)
+    _restore(mesh, saved, "namespace")
+    _restart_istiod(mesh, mesh.spec.config_cluster(remote))
+
+
+def _new_namespace_gets_root_cert(expected: bool) -> Callable[[Mesh], str | None]:
+    """A namespace created in the remote gets ``istio-ca-root-cert`` from the istiod leading it (a healthy
+    istiod writes it within a second or two); without it, no pod with a sidecar can start there."""
+
+    def shows(mesh: Mesh) -> str | None:
+        remote = mesh[target(mesh.spec)]
+        probe = f"meshfed-probe-{int(time.time() * 1000) % 10**9}"
+        remote.apply(manifests.namespace(probe))
+        wait = mesh.convergence_deadline if expected else max(2.0, mesh.convergence_deadline / 4)
+        deadline = time.monotonic() + wait
+        try:
+            while (found := remote.get("ConfigMap", "istio-ca-root-cert", probe) is not None) != expected:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.5)
+        finally:
+            remote.delete("Namespace", probe)
+        if found == expected:
+            return None
+        primary = mesh.spec.config_cluster(target(mesh.spec))
+        if expected:
+            return f"a new namespace of {remote.name} got no istio-ca-root-cert within {wait:.0f} s: istiod of {primary} does not lead it"
+        return f"a new namespace of {remote.name} got istio-ca-root-cert: istiod of {primary} still leads it"
+
+    return shows
+
+
 CATALOG: list[Misconfiguration] = [
     Misconfiguration(
         "second-root-ca",
@@ -547,6 +695,57 @@ CATALOG: list[Misconfiguration] = [
             )
         ],
         _cleanup_outside,
+    ),
+    # Primary-remote's own: the ways a remote's control plane (its primary's istiod) goes missing. A proxy
+    # cut off from istiod keeps its last configuration and its certificate, so calls go on; what breaks is
+    # every change after (new endpoints, policies, certificate renewal, injection of new pods).
+    Misconfiguration(
+        "istiod-not-exposed",
+        "the primary does not expose istiod through its east-west gateway (no expose-istiod.yaml)",
+        [
+            Stage(
+                "istiod-gateway and istiod-vs deleted, istiod restarted",
+                _drop_expose_istiod,
+                lambda s: _both(s, OK),
+                "istiod-not-exposed",
+                shows=_remote_proxies_become(connected=False),
+            )
+        ],
+        _restore_expose_istiod,
+        _primary_remote_only,
+        healed=_remote_proxies_become(connected=True),
+    ),
+    Misconfiguration(
+        "wrong-remote-pilot-address",
+        "the remote's remotePilotAddress is not the primary's east-west gateway (its istiod EndpointSlice)",
+        [
+            Stage(
+                "the remote's istiod EndpointSlice names another address, istiod restarted",
+                _misdirect_remote_istiod,
+                lambda s: _both(s, OK),
+                "remote-pilot-address-wrong",
+                shows=_remote_proxies_become(connected=False),
+            )
+        ],
+        _restore_slices,
+        _primary_remote_only,
+        healed=_remote_proxies_become(connected=True),
+    ),
+    Misconfiguration(
+        "missing-control-plane-clusters",
+        "the remote's istio-system has no topology.istio.io/controlPlaneClusters annotation",
+        [
+            Stage(
+                "annotation removed, istiod restarted",
+                _drop_control_plane_annotation,
+                lambda s: _both(s, OK),
+                "control-plane-clusters-missing",
+                shows=_new_namespace_gets_root_cert(expected=False),
+            )
+        ],
+        _restore_control_plane_annotation,
+        _primary_remote_only,
+        healed=_new_namespace_gets_root_cert(expected=True),
     ),
 ]
 

@@ -2,8 +2,9 @@
 
 At start the agent generates a key (ECDSA P-256, what ``ECC_SIGNATURE_ALGORITHM=ECDSA`` gives; Istio's
 default is RSA 2048), reads the root of ``istio-ca-root-cert`` in its namespace to verify istiod, and
-sends a CSR over TLS to its discovery address on port 15012: the local istiod Service in a primary,
-``remotePilotAddress`` (the primary's east-west gateway) in a remote. Without a certificate the proxy
+sends a CSR over TLS to its discovery address on port 15012: the local istiod Service in a primary; in a
+remote, the remote's selector-less ``istiod`` Service, whose EndpointSlice holds ``remotePilotAddress``
+(the primary's east-west gateway). Without a certificate the proxy
 is not ready. The certificate is renewed at half its lifetime by the mesh clock, never in between; a
 renewal that cannot reach istiod keeps the old certificate.
 """

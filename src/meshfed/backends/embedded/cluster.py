@@ -14,7 +14,8 @@
   LoadBalancer Service).
 * LoadBalancer Services get an address of the fabric; connections to it are forwarded to a ready pod.
 * DNS and kube-proxy: a name resolves only if its Service exists in this cluster; a Service address
-  leads to one of its ready pods here.
+  leads to one of its ready pods here, or, for a Service without a selector, to an address of its
+  EndpointSlices.
 """
 
 from __future__ import annotations
@@ -217,8 +218,11 @@ class ClusterRuntime:
 
     def _drain(self, pod: PodRuntime) -> None:
         """A deleted pod leaves the endpoints at once but keeps serving what is in flight for a moment,
-        as a terminating pod does while its sidecar drains (Istio's terminationDrainDuration, 5 s; 1 s here)."""
+        as a terminating pod does while its sidecar drains (Istio's terminationDrainDuration, 5 s; 1 s here).
+        istiod stops at once: SIGTERM closes its stop channel, which ends its controllers and its xDS streams."""
         pod.stopped = True
+        if pod.istiod is not None:
+            pod.istiod.stop()
         timer = threading.Timer(DRAIN_SECONDS, self._finish_drain, args=(pod,))
         timer.daemon = True
         self._draining[id(pod)] = (pod, timer)
@@ -380,8 +384,10 @@ class ClusterRuntime:
             return None
         values = json.loads(injector["data"]["values"])
         global_values = values.get("global", {})
+        # A remote's proxies go to its selector-less istiod Service, whose EndpointSlice holds remotePilotAddress
+        # (discoveryAddress in the chart's configmap.yaml names istiod.<ns>.svc whatever the revision).
         remote = global_values.get("remotePilotAddress")
-        address = remote or f"istiod{suffix}.{ISTIO_SYSTEM}.svc"
+        address = f"istiod.{ISTIO_SYSTEM}.svc" if remote else f"istiod{suffix}.{ISTIO_SYSTEM}.svc"
         mesh = (
             yaml.safe_load(
                 (self.store.get("ConfigMap", f"istio{suffix}", ISTIO_SYSTEM) or {}).get("data", {}).get("mesh", "")
@@ -467,7 +473,14 @@ class ClusterRuntime:
             (int(p.get("targetPort", p["port"])) for p in service["spec"].get("ports", []) if int(p["port"]) == port),
             port,
         )
-        pods = self.ready_pods(namespace, service["spec"].get("selector") or {})
+        selector = service["spec"].get("selector")
+        if not selector:  # the endpoints someone wrote: an EndpointSlice names the Service
+            slices = self.store.list("EndpointSlice", namespace, {"kubernetes.io/service-name": name})
+            addresses = [a for s in slices for e in s.get("endpoints") or [] for a in e.get("addresses") or []]
+            if not addresses:
+                raise ConnectionRefusedError(111, "Connection refused")
+            return self.mesh.fabric.dial(network, random.choice(addresses), target, timeout)
+        pods = self.ready_pods(namespace, selector)
         if not pods:
             raise ConnectionRefusedError(111, "Connection refused")
         return self.mesh.fabric.dial(network, random.choice(pods).ip, target, timeout)

@@ -121,10 +121,41 @@ def objects_for(operator: Obj, cluster: str, version: str) -> list[Obj]:
                 },
             },
         ]
+    remote_pilot = str(global_values.get("remotePilotAddress") or "")
+    if profile == "remote" and remote_pilot[:1].isdigit():
+        objects += _remote_istiod(remote_pilot, suffix, rev_label)
     for gateway in (spec.get("components") or {}).get("ingressGateways") or []:
         if gateway.get("enabled", True):
             objects += _gateway(gateway, version, rev_label)
     return objects
+
+
+def _remote_istiod(address: str, suffix: str, rev_label: Mapping[str, str]) -> list[Obj]:
+    """A remote's ``istiod`` Service without a selector and its EndpointSlice holding ``remotePilotAddress``
+    (``remote-istiod-service.yaml`` and ``remote-istiod-endpointslices.yaml`` of the istio-discovery chart):
+    the remote's proxies reach istiod, and its API server the injector, through them."""
+    name = f"istiod{suffix}"
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(name, rev_label),
+            "spec": {
+                "ports": [
+                    {"name": "tcp-istiod", "port": 15012, "protocol": "TCP"},
+                    {"name": "tcp-webhook", "port": 443, "targetPort": 15017, "protocol": "TCP"},
+                ]
+            },
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": _meta(name, {"kubernetes.io/service-name": name, **rev_label}),
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [address]}],
+            "ports": [{"name": "tcp-istiod", "port": 15012}, {"name": "tcp-webhook", "port": 15017}],
+        },
+    ]
 
 
 def _gateway(gateway: Mapping[str, Any], version: str, rev_label: Mapping[str, str]) -> list[Obj]:

@@ -12,8 +12,9 @@ follows:
   updating new ROOT-CA not supported") unless ``ISTIO_MULTIROOT_MESH`` is on and one bundle contains
   the other. (The kubelet's secret-volume sync delay, about a minute on a real cluster, is not
   emulated: the change is seen at once.)
-* ``istio-ca-root-cert`` in every namespace of its cluster, and of the clusters it serves as an
-  external istiod (primary-remote).
+* ``istio-ca-root-cert`` in every namespace of its cluster, and of the remote clusters it leads: as an
+  external istiod (primary-remote), those whose ``istio-system`` annotation
+  ``topology.istio.io/controlPlaneClusters`` named it when the cluster was added (``checkShouldLead``).
 * The registry: its own cluster plus every cluster of a remote secret (label
   ``istio/multiCluster: "true"``) whose kubeconfig server it can reach; ``127.0.0.1`` is its own pod.
   A secret whose kubeconfig changes to one that cannot sync leaves the cluster it had serving ("it will
@@ -54,7 +55,7 @@ from meshfed.backends.embedded.agent import ProxyAgent
 from meshfed.backends.embedded.fabric import close_listener, serve
 from meshfed.backends.embedded.node import Node
 from meshfed.backends.embedded.store import ObjectStore, matches
-from meshfed.manifests import ISTIO_SYSTEM, MULTICLUSTER_LABEL, NETWORK_LABEL, kubeconfig_server
+from meshfed.manifests import CONTROL_PLANE_CLUSTERS, ISTIO_SYSTEM, MULTICLUSTER_LABEL, NETWORK_LABEL, kubeconfig_server
 from meshfed.pki import PluginCA, SpiffeId, bundle_from_secret, validate_bundle
 from meshfed.pki.authority import CERT_CHAIN, new_root
 from meshfed.pki.certs import cert_pem, key_pem, load_certs, load_key
@@ -163,6 +164,7 @@ class Istiod:
         self._lock = threading.RLock()
         self._listener: socket.socket | None = None
         self._watched: dict[str, ObjectStore] = {}
+        self._leads: set[str] = set()  # the remote clusters whose namespaces get istio-ca-root-cert from it
         self._serving: dict[tuple[str, str], ObjectStore] = {}  # (secret, cluster) -> the cluster it serves
         self._running = False
         self.generation = 0
@@ -217,6 +219,7 @@ class Istiod:
         for store in self._watched.values():
             store.unwatch(self._on_remote_event)
         self._watched.clear()
+        self._leads.clear()
         if self._listener is not None:
             close_listener(self._listener)
             self._listener = None
@@ -366,14 +369,27 @@ class Istiod:
         wanted = {name: store for name, store in self.registry().items() if name != self.cluster}
         for name in set(self._watched) - set(wanted):
             self._watched.pop(name).unwatch(self._on_remote_event)
+            self._leads.discard(name)
         added = False
         for name, store in wanted.items():
             if name not in self._watched:
                 store.watch(self._on_remote_event)
                 self._watched[name] = store
-                added = True
-        if added and self.external:
+                if self._should_lead(store):
+                    self._leads.add(name)
+                    added = True
+        if added:
             self._write_root_certs()
+
+    def _should_lead(self, store: ObjectStore) -> bool:
+        """``checkShouldLead`` (pilot/pkg/serviceregistry/kube/controller/multicluster.go), decided once, as the
+        cluster is added: only an external istiod, and only when the remote's istio-system annotation
+        ``topology.istio.io/controlPlaneClusters`` names its cluster (or ``*``)."""
+        if not self.external:
+            return False
+        namespace = store.get("Namespace", ISTIO_SYSTEM) or {}
+        named = ((namespace.get("metadata") or {}).get("annotations") or {}).get(CONTROL_PLANE_CLUSTERS, "")
+        return any(c in ("*", self.cluster) for c in named.split(",")) if named else False
 
     # -- events -------------------------------------------------------------------------------
     def _on_own_event(self, event: str, obj: Mapping[str, Any]) -> None:
@@ -392,7 +408,7 @@ class Istiod:
     def _on_remote_event(self, event: str, obj: Mapping[str, Any]) -> None:
         if not self._running:
             return
-        if obj.get("kind") == "Namespace" and event == "ADDED" and self.external:
+        if obj.get("kind") == "Namespace" and event == "ADDED" and self._leads:
             self._write_root_certs()
         if obj.get("kind") != "ConfigMap":
             self.push()
@@ -400,9 +416,7 @@ class Istiod:
     def _write_root_certs(self) -> None:
         """``istio-ca-root-cert`` (key ``root-cert.pem``) in every namespace istiod is responsible for."""
         pem = cert_pem(*self.ca.root_certs).decode()
-        targets = [self.store]
-        if self.external:
-            targets += [store for name, store in self.registry().items() if name != self.cluster]
+        targets = [self.store] + [store for name, store in self.registry().items() if name in self._leads]
         for store in targets:
             for namespace in store.list("Namespace"):
                 name = namespace["metadata"]["name"]

@@ -24,6 +24,7 @@ KINDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "ConfigMap": (("v1",), True),
     "ServiceAccount": (("v1",), True),
     "Service": (("v1",), True),
+    "EndpointSlice": (("discovery.k8s.io/v1",), True),
     "Pod": (("v1",), True),
     "Deployment": (("apps/v1",), True),
     "Gateway": (("networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"), True),
