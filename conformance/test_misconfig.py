@@ -75,8 +75,8 @@ def test_misconfiguration_regression(
                 if seen:
                     problems.append(f"after '{stage.title}': {seen}")
             if stage.shows is not None:
-                seen = stage.shows(mesh)
-                observed(f"{stage.title}: {seen or 'shown as expected'}")
+                shown, seen = stage.shows(mesh)
+                observed(f"{stage.title}: {shown}")
                 if seen:
                     problems.append(f"after '{stage.title}': {seen}")
             if stage.istiod_ready is not None:
@@ -103,8 +103,11 @@ def test_misconfiguration_regression(
         _, seen = observe(mesh, Expect(pair.source, pair.destination, frozenset({Symptom.OK})))
         if seen:
             problems.append(f"after the fix: {seen}")
-    if entry.healed is not None and (seen := entry.healed(mesh)):
-        problems.append(f"after the fix: {seen}")
+    if entry.healed is not None:
+        shown, seen = entry.healed(mesh)
+        observed(f"after the fix: {shown}")
+        if seen:
+            problems.append(f"after the fix: {seen}")
     # A healed mesh settles within the convergence deadline: e.g. a remote's proxies that lost their istiod
     # reconnect with pilot-agent's backoff (seen on the host backend after loopback-remote-secret's fix).
     settle = time.monotonic() + mesh.convergence_deadline

@@ -70,9 +70,9 @@ class Stage:
     finding: str | None  # the diagnosis check that must come first; None: the mesh is healthy
     istiod_ready: bool | None = None  # for entries that break the control plane rather than traffic
     change: Change | None = None  # where Istio's behaviour depends on its version
-    # What the stage must show beyond calls (a control plane cut off from a remote): None when it shows it,
-    # else what the mesh showed instead.
-    shows: Callable[[Mesh], str | None] | None = None
+    # What the stage must show beyond calls (a control plane cut off from a remote): what the mesh showed,
+    # and None when that is what it must show, else the problem.
+    shows: Callable[[Mesh], tuple[str, str | None]] | None = None
 
     def expectations(self, spec: MeshSpec, istio_version: str) -> tuple[list[Expect], str]:
         """What the stage must show on this Istio version, and which versions that expectation belongs to
@@ -94,7 +94,7 @@ class Misconfiguration:
     stages: list[Stage]
     fix: Callable[[Mesh, dict[str, Any]], None]
     not_applicable: Callable[[MeshSpec], str | None] = field(default=lambda spec: None)
-    healed: Callable[[Mesh], str | None] | None = None  # what the fix must show beyond calls, like Stage.shows
+    healed: Callable[[Mesh], tuple[str, str | None]] | None = None  # after the fix, like Stage.shows
 
 
 def target(spec: MeshSpec) -> str:
@@ -214,21 +214,23 @@ def _remote_proxies_connected(mesh: Mesh) -> tuple[list[str], list[str]]:
     return connected, cut_off
 
 
-def _remote_proxies_become(connected: bool) -> Callable[[Mesh], str | None]:
+def _remote_proxies_become(connected: bool) -> Callable[[Mesh], tuple[str, str | None]]:
     """Until every proxy of the remotes is connected to istiod (or none is). A proxy cut off keeps its last
     configuration and its certificate; Envoy drains a removed gateway listener for up to 45 s (Istio's
     drainDuration) and retries a lost xDS stream with a backoff of up to 30 s."""
 
-    def shows(mesh: Mesh) -> str | None:
-        deadline = time.monotonic() + mesh.convergence_deadline + 45
+    def shows(mesh: Mesh) -> tuple[str, str | None]:
+        start = time.monotonic()
         while True:
             on, off = _remote_proxies_connected(mesh)
-            wrong = off if connected else on
-            if not wrong and (on if connected else off):
-                return None
-            if time.monotonic() >= deadline:
-                state = "still not connected to istiod" if connected else "still connected to istiod"
-                return f"{', '.join(wrong) or 'no proxy at all'}: {state}"
+            wrong, right = (off, on) if connected else (on, off)
+            waited = time.monotonic() - start
+            state = "connected to an istiod" if connected else "connected to no istiod"
+            if not wrong and right:
+                return f"the remotes' {len(right)} ready proxies {state} after {waited:.0f} s", None
+            if waited >= mesh.convergence_deadline + 45:
+                shown = f"after {waited:.0f} s, {len(wrong)} of the remotes' ready proxies not {state}"
+                return shown, f"{', '.join(wrong) or 'no ready proxy at all'}: not {state}"
             time.sleep(min(2.0, mesh.convergence_deadline / 3))
 
     return shows
@@ -486,29 +488,34 @@ def _restore_control_plane_annotation(mesh: Mesh, saved: dict[str, Any]) -> None
     _restart_istiod(mesh, mesh.spec.config_cluster(remote))
 
 
-def _new_namespace_gets_root_cert(expected: bool) -> Callable[[Mesh], str | None]:
+def _new_namespace_gets_root_cert(expected: bool) -> Callable[[Mesh], tuple[str, str | None]]:
     """A namespace created in the remote gets ``istio-ca-root-cert`` from the istiod leading it (a healthy
     istiod writes it within a second or two); without it, no pod with a sidecar can start there."""
 
-    def shows(mesh: Mesh) -> str | None:
+    def shows(mesh: Mesh) -> tuple[str, str | None]:
         remote = mesh[target(mesh.spec)]
         probe = f"meshfed-probe-{int(time.time() * 1000) % 10**9}"
         remote.apply(manifests.namespace(probe))
         wait = mesh.convergence_deadline if expected else max(2.0, mesh.convergence_deadline / 4)
-        deadline = time.monotonic() + wait
+        start = time.monotonic()
         try:
-            while (found := remote.get("ConfigMap", "istio-ca-root-cert", probe) is not None) != expected:
-                if time.monotonic() >= deadline:
+            # Until it comes (expected) or for the whole window (not expected: it must never come).
+            while not (found := remote.get("ConfigMap", "istio-ca-root-cert", probe) is not None):
+                if time.monotonic() - start >= wait:
                     break
                 time.sleep(0.5)
         finally:
             remote.delete("Namespace", probe)
-        if found == expected:
-            return None
+        waited = time.monotonic() - start
+        shown = (
+            f"a new namespace of {remote.name} got istio-ca-root-cert in {waited:.0f} s"
+            if found
+            else f"a new namespace of {remote.name} got no istio-ca-root-cert in {waited:.0f} s"
+        )
         primary = mesh.spec.config_cluster(target(mesh.spec))
-        if expected:
-            return f"a new namespace of {remote.name} got no istio-ca-root-cert within {wait:.0f} s: istiod of {primary} does not lead it"
-        return f"a new namespace of {remote.name} got istio-ca-root-cert: istiod of {primary} still leads it"
+        if found == expected:
+            return shown, None
+        return shown, f"{shown}: istiod of {primary} {'does not lead' if expected else 'still leads'} it"
 
     return shows
 

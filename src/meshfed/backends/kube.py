@@ -67,6 +67,7 @@ RESOURCES: Mapping[str, Resource] = {
     "Secret": Resource("v1", "secrets"),
     "ConfigMap": Resource("v1", "configmaps"),
     "Service": Resource("v1", "services"),
+    "EndpointSlice": Resource("discovery.k8s.io/v1", "endpointslices"),
     "ServiceAccount": Resource("v1", "serviceaccounts"),
     "Pod": Resource("v1", "pods"),
     "Deployment": Resource("apps/v1", "deployments"),

@@ -142,6 +142,14 @@ def pair_matrix(record: RunRecord) -> str:
     )
 
 
+# pytest-html 4 writes its Environment table (Python, plugins) above the summary this module fills: the page
+# is laid out as a column so that the verdict comes first, the Environment table after it, then the results.
+LAYOUT_CSS = (
+    "<style>body{display:flex;flex-direction:column}"
+    "#environment-header,#environment{order:1}#results-table,#results-table~*{order:2}</style>"
+)
+
+
 def summary_html(record: RunRecord) -> str:
     rows = [
         ("Backend", record.backend),
@@ -152,7 +160,7 @@ def summary_html(record: RunRecord) -> str:
     rows += [(key, value) for key, value in record.environment.items()]
     if record.implementation:
         rows.append(("Implementation", ", ".join(f"{k}: {v}" for k, v in record.implementation.items())))
-    out = [verdict_html(record)]
+    out = [LAYOUT_CSS, verdict_html(record)]
     if record.backend == "embedded":
         out.append(f"<p><strong>{html.escape(EMBEDDED_NOTE)}</strong></p>")
     if record.provisioning_error:
