@@ -8,11 +8,15 @@ import pytest
 
 from meshfed.cli import main
 from meshfed.misconfig import CATALOG, Misconfiguration
+from meshfed.topology import MeshSpec, Topology
 
 
 @pytest.mark.parametrize("entry", CATALOG, ids=[m.name for m in CATALOG])
 def test_doctor_names_each_misconfiguration_first(entry: Misconfiguration, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["doctor", "--break", entry.name, "-o", "json"])
+    # Each entry in the first topology it can happen in (primary-remote's own need a remote).
+    spec = MeshSpec.default(Topology.MULTI_PRIMARY, 2)
+    topology = "multi-primary" if entry.not_applicable(spec) is None else "primary-remote"
+    code = main(["doctor", "--break", entry.name, "--topology", topology, "-o", "json"])
     document = json.loads(capsys.readouterr().out)
     problems = [c for c in document["checks"] if c["status"] != "ok"]
     assert problems, f"{entry.name}: the doctor found nothing"

@@ -504,9 +504,9 @@ def _new_namespace_gets_root_cert(expected: bool) -> Callable[[Mesh], tuple[str,
                 if time.monotonic() - start >= wait:
                     break
                 time.sleep(0.5)
+            waited = time.monotonic() - start
         finally:
             remote.delete("Namespace", probe)
-        waited = time.monotonic() - start
         shown = (
             f"a new namespace of {remote.name} got istio-ca-root-cert in {waited:.0f} s"
             if found
