@@ -219,7 +219,9 @@ class ClusterRuntime:
     def _drain(self, pod: PodRuntime) -> None:
         """A deleted pod leaves the endpoints at once but keeps serving what is in flight for a moment,
         as a terminating pod does while its sidecar drains (Istio's terminationDrainDuration, 5 s; 1 s here).
-        istiod stops at once: SIGTERM closes its stop channel, which ends its controllers and its xDS streams."""
+        istiod stops at once. A real one ends its own cluster's controllers and (within 10 s) its xDS server at
+        SIGTERM but keeps its remote clusters' controllers (istio-ca-root-cert writers) until SIGKILL; meshfed's
+        rollouts on real clusters wait until the old pod is gone, so after a restart both are in one state."""
         pod.stopped = True
         if pod.istiod is not None:
             pod.istiod.stop()
@@ -384,10 +386,9 @@ class ClusterRuntime:
             return None
         values = json.loads(injector["data"]["values"])
         global_values = values.get("global", {})
-        # A remote's proxies go to its selector-less istiod Service, whose EndpointSlice holds remotePilotAddress
-        # (discoveryAddress in the chart's configmap.yaml names istiod.<ns>.svc whatever the revision).
-        remote = global_values.get("remotePilotAddress")
-        address = f"istiod.{ISTIO_SYSTEM}.svc" if remote else f"istiod{suffix}.{ISTIO_SYSTEM}.svc"
+        # The injecting istiod's discoveryAddress, istiod[-<rev>].istio-system.svc: in a remote that is the
+        # selector-less Service whose EndpointSlice holds remotePilotAddress (remote-istiod-*.yaml).
+        address = f"istiod{suffix}.{ISTIO_SYSTEM}.svc"
         mesh = (
             yaml.safe_load(
                 (self.store.get("ConfigMap", f"istio{suffix}", ISTIO_SYSTEM) or {}).get("data", {}).get("mesh", "")
