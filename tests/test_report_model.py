@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from meshfed.report.html import mesh_picture, summary_html
+from meshfed.report.html import LAYOUT_CSS, mesh_picture, summary_html
 from meshfed.report.model import CaseOutcome, RunRecord, conformance_report, profile_result
 
 
@@ -98,6 +98,8 @@ def test_the_verdict_and_the_pair_matrix_come_first() -> None:
         page.index("Mesh under test"),
     )
     assert verdict < matrix < mesh
+    # pytest-html's own Environment table (drawn above the summary) is laid out after it, before the results.
+    assert page.startswith(LAYOUT_CSS) and "#environment-header,#environment{order:1}" in LAYOUT_CSS
     assert (
         ">failure</td><td>52</td><td>8</td><td>0</td><td>0</td>" in page
     )  # core: 60 pair cases, 8 failed into cluster-e
