@@ -16,6 +16,7 @@ from meshfed import manifests
 from meshfed.backends.base import BackendError, Cluster
 from meshfed.calls import CallResult, Symptom
 from meshfed.manifests import ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
+from meshfed.misconfig import entry
 from meshfed.pki import bundle_from_secret, create_mesh_pki, fingerprint
 from meshfed.pki.certs import cert_pem, key_pem, write_private
 from meshfed.pki.spiffe import SpiffeId
@@ -504,3 +505,17 @@ def test_outlier_ejection_stays_within_max_ejection_percent(max_ejection_percent
     for _ in range(3):
         sidecar.record(view, local, failed=True)
     assert len(sidecar._ejected(view)) == ejected
+
+
+def test_a_remote_without_an_istiod_endpointslice_is_not_supported_by_wrong_remote_pilot_address(
+    provision: Provision,
+) -> None:
+    # A remotePilotAddress that is a DNS name makes an ExternalName Service, with no slice to misdirect.
+    mesh, _ = provision("primary-remote", 2)
+    remote = mesh["cluster-b"]
+    for item in remote.list("EndpointSlice", "istio-system", {"kubernetes.io/service-name": "istiod"}):
+        remote.delete("EndpointSlice", item["metadata"]["name"], "istio-system")
+    saved: dict[str, object] = {}
+    with pytest.raises(pytest.skip.Exception, match="has no EndpointSlice to misdirect"):
+        entry("wrong-remote-pilot-address").stages[0].act(mesh, saved)
+    assert saved == {}

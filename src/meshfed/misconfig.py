@@ -20,6 +20,7 @@ import yaml
 from meshfed import manifests
 from meshfed.backends.base import BackendError, Mesh
 from meshfed.calls import Symptom
+from meshfed.cases import not_supported
 from meshfed.manifests import (
     CONTROL_PLANE_CLUSTERS,
     ISTIO_SYSTEM,
@@ -459,8 +460,11 @@ def _misdirect_remote_istiod(mesh: Mesh, saved: dict[str, Any]) -> None:
     remote = target(mesh.spec)
     wrong = _remote_api_server_host(mesh, remote)
     slices = mesh[remote].list("EndpointSlice", ISTIO_SYSTEM, {"kubernetes.io/service-name": "istiod"})
-    if not slices:
-        raise BackendError(f"{remote}: no EndpointSlice of the istiod Service (is remotePilotAddress an address?)")
+    if not slices:  # e.g. a mesh someone else installed with a DNS name: an ExternalName Service, no slice
+        not_supported(
+            f"{remote}'s istiod Service has no EndpointSlice to misdirect (a remotePilotAddress that is a DNS name "
+            "makes an ExternalName Service instead)"
+        )
     for item in slices:
         name = item["metadata"]["name"]
         _save(mesh, saved, f"slice-{name}", remote, "EndpointSlice", name, ISTIO_SYSTEM)
