@@ -110,6 +110,18 @@ def test_the_verdict_and_the_pair_matrix_come_first() -> None:
     assert "<li>CrossClusterReachability[cluster-a-&gt;cluster-e]: cluster-a-&gt;cluster-e: 20/20 failed" in page
 
 
+def test_a_profile_left_out_of_the_run_reads_not_selected() -> None:
+    record = _record()
+    record.outcomes = [outcome("passed", "A")]  # a core case only, as with --profile core
+    assert conformance_report(record)["profiles"][1]["result"] == "unknown"  # the report's word: none ran
+    page = summary_html(record)
+    assert (
+        "title='no case of this profile was in this run'>not selected</td><td>0</td><td>0</td><td>0</td><td>0</td>"
+        in page
+    )
+    assert ">unknown<" not in page
+
+
 def test_the_picture_is_sized_to_its_clusters() -> None:
     two, five = mesh_picture(_record()), mesh_picture(_five_cluster_record())
     height = lambda svg: float(svg.split('height="', 1)[1].split('"', 1)[0])  # noqa: E731

@@ -85,9 +85,13 @@ def verdict_html(record: RunRecord) -> str:
         stats = profile["statistics"]
         color = _RESULT_COLORS.get(profile["result"], "#9aa0a6")
         cells = "".join(f"<td>{stats[k]}</td>" for k in ("passed", "failed", "not-supported", "skipped"))
+        result, why = profile["result"], ""
+        if result == "unknown" and not any(stats.values()):
+            # --profile, --features or -k left every case of it out: nothing was certified, nothing failed.
+            result, why = "not selected", " title='no case of this profile was in this run'"
         rows.append(
             f"<tr><th style='text-align:left'>{html.escape(profile['name'])}</th>"
-            f"<td style='background:{color};color:#fff;font-weight:bold;padding:2px 10px'>{html.escape(profile['result'])}</td>"
+            f"<td style='background:{color};color:#fff;font-weight:bold;padding:2px 10px'{why}>{html.escape(result)}</td>"
             f"{cells}</tr>"
         )
     return (
