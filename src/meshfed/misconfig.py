@@ -215,24 +215,42 @@ def _remote_proxies_connected(mesh: Mesh) -> tuple[list[str], list[str]]:
     return connected, cut_off
 
 
-def _remote_proxies_become(connected: bool) -> Callable[[Mesh], tuple[str, str | None]]:
-    """Until every proxy of the remotes is connected to istiod (or none is). A proxy cut off keeps its last
-    configuration and its certificate; Envoy drains a removed gateway listener for up to 45 s (Istio's
-    drainDuration) and retries a lost xDS stream with a backoff of up to 30 s."""
+def _remote_proxies_become(cut_off: Callable[[MeshSpec], list[str]]) -> Callable[[Mesh], tuple[str, str | None]]:
+    """Until the ready proxies (sidecars and gateways) of the remotes ``cut_off`` names are connected to no
+    istiod and those of every other remote to one. A proxy cut off keeps its last configuration and its
+    certificate; Envoy drains a removed gateway listener for up to 45 s (Istio's drainDuration) and retries a
+    lost xDS stream with a backoff of up to 30 s."""
 
     def shows(mesh: Mesh) -> tuple[str, str | None]:
         start = time.monotonic()
         while True:
+            cut = set(cut_off(mesh.spec))
             on, off = _remote_proxies_connected(mesh)
-            wrong, right = (off, on) if connected else (on, off)
+            still = [proxy for proxy in on if proxy.split("/", 1)[0] in cut]
+            lost = [proxy for proxy in off if proxy.split("/", 1)[0] not in cut]
             waited = time.monotonic() - start
-            state = "connected to an istiod" if connected else "connected to no istiod"
             # What is shown is the symptom, without times (they differ between runs and backends).
-            if not wrong and right:
-                return f"the remotes' {len(right)} ready proxies {state}", None
-            if waited >= mesh.convergence_deadline + 45:
-                shown = f"{len(wrong)} of the remotes' ready proxies not {state}"
-                return shown, f"{', '.join(wrong) or 'no ready proxy at all'}: not {state} after {waited:.0f} s"
+            if cut == set(_remotes(mesh.spec)):
+                shown = f"the remotes' {len(off)} ready proxies connected to no istiod"
+            elif cut:
+                shown = (
+                    f"{', '.join(sorted(cut))}: {len(off) - len(lost)} ready proxies connected to no istiod, "
+                    f"the other remotes' {len(on) - len(still)} connected to an istiod"
+                )
+            else:
+                shown = f"the remotes' {len(on)} ready proxies connected to an istiod"
+            if on or off:
+                if not still and not lost:
+                    return shown, None
+                if waited >= mesh.convergence_deadline + 45:
+                    wrong = [f"{', '.join(still)}: still connected to an istiod"] if still else []
+                    wrong += [f"{', '.join(lost)}: connected to no istiod"] if lost else []
+                    return (
+                        f"{len(still) + len(lost)} of the remotes' ready proxies not as expected",
+                        f"{'; '.join(wrong)} after {waited:.0f} s",
+                    )
+            elif waited >= mesh.convergence_deadline + 45:
+                return "no ready proxy in the remotes", f"no ready proxy in the remotes after {waited:.0f} s"
             time.sleep(min(2.0, mesh.convergence_deadline / 3))
 
     return shows
@@ -719,12 +737,12 @@ CATALOG: list[Misconfiguration] = [
                 _drop_expose_istiod,
                 lambda s: _both(s, OK),
                 "istiod-not-exposed",
-                shows=_remote_proxies_become(connected=False),
+                shows=_remote_proxies_become(_remotes),  # every remote reaches istiod through that gateway
             )
         ],
         _restore_expose_istiod,
         _primary_remote_only,
-        healed=_remote_proxies_become(connected=True),
+        healed=_remote_proxies_become(lambda spec: []),
     ),
     Misconfiguration(
         "wrong-remote-pilot-address",
@@ -735,12 +753,12 @@ CATALOG: list[Misconfiguration] = [
                 _misdirect_remote_istiod,
                 lambda s: _both(s, OK),
                 "remote-pilot-address-wrong",
-                shows=_remote_proxies_become(connected=False),
+                shows=_remote_proxies_become(lambda spec: [target(spec)]),  # the other remotes keep theirs
             )
         ],
         _restore_slices,
         _primary_remote_only,
-        healed=_remote_proxies_become(connected=True),
+        healed=_remote_proxies_become(lambda spec: []),
     ),
     Misconfiguration(
         "missing-control-plane-clusters",
