@@ -104,6 +104,31 @@ def test_a_second_root_ca_fails_with_the_cause_named(tmp_path: Path) -> None:
     assert "failed: connection failure; likely cause: root-cert.pem differs" in (message or "")
 
 
+def test_a_misdirected_remote_leaves_the_other_remotes_connected(tmp_path: Path) -> None:
+    # Primary-remote with two remotes: the entries cut off every remote (istiod not exposed) or the one misdirected
+    # (cluster-c), while cluster-b's proxies stay connected, as real Istio showed at 3 clusters.
+    result = run_suite(
+        tmp_path,
+        "--topology",
+        "primary-remote",
+        "--clusters",
+        "3",
+        "-k",
+        "istiod-not-exposed or wrong-remote-pilot-address",
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    report = yaml.safe_load((tmp_path / "conformance-report.yaml").read_text())
+    observed = {case["name"]: case.get("observed", []) for case in report["cases"]}
+    assert any(
+        line.endswith("the remotes' 8 ready proxies connected to no istiod")
+        for line in observed["MisconfigurationRegression[istiod-not-exposed]"]
+    )
+    assert any(
+        line.endswith("cluster-c: 4 ready proxies connected to no istiod, the other remotes' 4 connected to an istiod")
+        for line in observed["MisconfigurationRegression[wrong-remote-pilot-address]"]
+    )
+
+
 def test_a_mesh_broken_from_the_start_fails_every_case_at_once_with_the_cause(tmp_path: Path) -> None:
     """A bundle without ca-key.pem keeps cluster-b's istiod from starting: no case waits out its deadline
     against it; each fails at once with the findings, the cause (cacerts-incomplete, the file) first."""
