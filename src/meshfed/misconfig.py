@@ -197,22 +197,21 @@ def _remotes(spec: MeshSpec) -> list[str]:
     return [c.name for c in spec.clusters if c.role == "remote"]
 
 
-def _remote_proxies_connected(mesh: Mesh) -> tuple[list[str], list[str]]:
-    """The remotes' ready proxies (sidecars and gateways) that an istiod lists, and those none lists."""
+def _remote_proxies(mesh: Mesh) -> list[tuple[str, str, bool]]:
+    """The remotes' ready proxies (sidecars and gateways): cluster, ``cluster/namespace/pod``, and whether an
+    istiod lists it."""
     listed = {
         (proxy.cluster, proxy.namespace, proxy.pod)
         for primary in mesh.spec.primaries
         for proxy in mesh[primary.name].connected_proxies()
     }
-    connected: list[str] = []
-    cut_off: list[str] = []
-    for name in _remotes(mesh.spec):
-        for namespace in (TEST_NAMESPACE, ISTIO_SYSTEM):
-            for pod in mesh[name].pods(namespace):
-                if pod.has_sidecar and pod.ready:
-                    where = f"{name}/{namespace}/{pod.name}"
-                    (connected if (name, namespace, pod.name) in listed else cut_off).append(where)
-    return connected, cut_off
+    return [
+        (name, f"{name}/{namespace}/{pod.name}", (name, namespace, pod.name) in listed)
+        for name in _remotes(mesh.spec)
+        for namespace in (TEST_NAMESPACE, ISTIO_SYSTEM)
+        for pod in mesh[name].pods(namespace)
+        if pod.has_sidecar and pod.ready
+    ]
 
 
 def _remote_proxies_become(cut_off: Callable[[MeshSpec], list[str]]) -> Callable[[Mesh], tuple[str, str | None]]:
@@ -222,35 +221,37 @@ def _remote_proxies_become(cut_off: Callable[[MeshSpec], list[str]]) -> Callable
     lost xDS stream with a backoff of up to 30 s."""
 
     def shows(mesh: Mesh) -> tuple[str, str | None]:
+        cut = set(cut_off(mesh.spec))
+        every_remote = cut == set(_remotes(mesh.spec))
         start = time.monotonic()
         while True:
-            cut = set(cut_off(mesh.spec))
-            on, off = _remote_proxies_connected(mesh)
-            still = [proxy for proxy in on if proxy.split("/", 1)[0] in cut]
-            lost = [proxy for proxy in off if proxy.split("/", 1)[0] not in cut]
+            proxies = _remote_proxies(mesh)
+            still = [where for cluster, where, on in proxies if on and cluster in cut]
+            lost = [where for cluster, where, on in proxies if not on and cluster not in cut]
+            cut_count = sum(1 for cluster, _, on in proxies if not on and cluster in cut)
+            kept_count = sum(1 for cluster, _, on in proxies if on and cluster not in cut)
             waited = time.monotonic() - start
             # What is shown is the symptom, without times (they differ between runs and backends).
-            if cut == set(_remotes(mesh.spec)):
-                shown = f"the remotes' {len(off)} ready proxies connected to no istiod"
+            if every_remote:
+                shown = f"the remotes' {cut_count} ready proxies connected to no istiod"
             elif cut:
                 shown = (
-                    f"{', '.join(sorted(cut))}: {len(off) - len(lost)} ready proxies connected to no istiod, "
-                    f"the other remotes' {len(on) - len(still)} connected to an istiod"
+                    f"{', '.join(sorted(cut))}: {cut_count} ready proxies connected to no istiod, "
+                    f"the other remotes' {kept_count} connected to an istiod"
                 )
             else:
-                shown = f"the remotes' {len(on)} ready proxies connected to an istiod"
-            if on or off:
-                if not still and not lost:
-                    return shown, None
-                if waited >= mesh.convergence_deadline + 45:
-                    wrong = [f"{', '.join(still)}: still connected to an istiod"] if still else []
-                    wrong += [f"{', '.join(lost)}: connected to no istiod"] if lost else []
-                    return (
-                        f"{len(still) + len(lost)} of the remotes' ready proxies not as expected",
-                        f"{'; '.join(wrong)} after {waited:.0f} s",
-                    )
-            elif waited >= mesh.convergence_deadline + 45:
-                return "no ready proxy in the remotes", f"no ready proxy in the remotes after {waited:.0f} s"
+                shown = f"the remotes' {kept_count} ready proxies connected to an istiod"
+            if proxies and not still and not lost:
+                return shown, None
+            if waited >= mesh.convergence_deadline + 45:
+                if not proxies:
+                    return "no ready proxy in the remotes", f"no ready proxy in the remotes after {waited:.0f} s"
+                wrong = [f"{', '.join(still)}: still connected to an istiod"] if still else []
+                wrong += [f"{', '.join(lost)}: connected to no istiod"] if lost else []
+                return (
+                    f"{len(still) + len(lost)} of the remotes' ready proxies not as expected",
+                    f"{'; '.join(wrong)} after {waited:.0f} s",
+                )
             time.sleep(min(2.0, mesh.convergence_deadline / 3))
 
     return shows
