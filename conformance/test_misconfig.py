@@ -11,37 +11,51 @@ import pytest
 from meshfed.backends.base import Mesh
 from meshfed.calls import Symptom
 from meshfed.cases import Feature, case, not_supported
+from meshfed.causes import PathEvidence
 from meshfed.diagnose import diagnose
-from meshfed.expect import converge, require
+from meshfed.expect import Wanted, reliably, require
 from meshfed.manifests import CLIENT, ISTIO_SYSTEM, only_in, service_url
 from meshfed.misconfig import CATALOG, Expect, Misconfiguration
 from meshfed.options import SuiteOptions
 
+# A misconfiguration's symptom must show in every call of a window this long once it has shown (a failing
+# call can cost a connect timeout, so it is shorter than a healthy window).
+SYMPTOM_WINDOW = 5
 
-def observe(mesh: Mesh, expect: Expect) -> tuple[str, str | None]:
-    """What the calls showed (the symptoms of the last calls), and None when that is one of the expected
-    symptoms in a row, else what they showed instead."""
+
+def observe(mesh: Mesh, expect: Expect, window: int) -> tuple[str, str | None]:
+    """What the calls showed (the symptoms of the steady window), and None when every call of it showed one of
+    the expected symptoms, else what they showed instead. A bare connection failure is first named from the
+    mesh's evidence (a gateway down is not a TLS failure)."""
     cluster = mesh[expect.source]
     pod = cluster.pod_of(expect.namespace, CLIENT)
     url = service_url(only_in(expect.destination))
+    evidence = PathEvidence(mesh, expect.source, expect.destination, expect.namespace)
     wanted = expect.symptoms
-    outcome = converge(
+    healthy = wanted == {Symptom.OK}
+    names = " or ".join(sorted(s.value for s in wanted))
+    outcome = reliably(
         f"{expect.source}->{expect.destination}",
-        lambda n: cluster.call(pod.name, expect.namespace, url, n),
-        consecutive=3 if wanted == {Symptom.OK} else 2,
+        lambda n: [evidence.name(r) for r in cluster.call(pod.name, expect.namespace, url, n)],
+        window=window if healthy else min(window, SYMPTOM_WINDOW),
+        consecutive=3 if healthy else 2,
         batch=1,
         # A failure can be slow to show (an unroutable address costs a connect timeout per attempt).
-        deadline=mesh.convergence_deadline if wanted == {Symptom.OK} else mesh.convergence_deadline + 10,
-        accept=lambda r: r.symptom in wanted and (r.symptom is not Symptom.OK or r.cluster == expect.destination),
+        deadline=mesh.convergence_deadline if healthy else mesh.convergence_deadline + 10,
+        wanted=Wanted(
+            accept=lambda r: r.symptom in wanted and (r.symptom is not Symptom.OK or r.cluster == expect.destination),
+            expected=names,
+        ),
     )
-    last = outcome.results[-(3 if wanted == {Symptom.OK} else 2) :]
+    last = outcome.window.results if outcome.window else outcome.results[-(3 if healthy else 2) :]
     shown = f"{expect.source}->{expect.destination}: {', '.join(sorted({r.symptom.value for r in last}))}"
-    if outcome.converged:
+    if outcome.held:
         return shown, None
-    names = " or ".join(sorted(s.value for s in wanted))
     failed = [r for r in outcome.results if not r.ok]
-    saw = f"; the last failed call saw: {failed[-1].seen}" if failed else ""
-    return shown, f"{outcome.message()} (expected {names}){saw}"
+    saw = f"; the last failed call saw: {failed[-1].seen}" if failed and outcome.window is None else ""
+    cause = evidence.cause() if any(r.symptom is Symptom.GATEWAY_DOWN for r in outcome.results) else None
+    why = f"; {cause[1]}" if cause else ""
+    return shown, f"{outcome.message()} (expected {names}){saw}{why}"
 
 
 @case(
@@ -70,7 +84,7 @@ def test_misconfiguration_regression(
             if belongs_to:
                 observed(f"{stage.title}: expected as on {belongs_to}")
             for expect in expectations:
-                shown, seen = observe(mesh, expect)
+                shown, seen = observe(mesh, expect, suite_options.steady_calls)
                 observed(f"{stage.title}: {shown}")
                 if seen:
                     problems.append(f"after '{stage.title}': {seen}")
@@ -100,7 +114,9 @@ def test_misconfiguration_regression(
     finally:
         entry.fix(mesh, saved)
     for pair in mesh.spec.pairs():
-        _, seen = observe(mesh, Expect(pair.source, pair.destination, frozenset({Symptom.OK})))
+        _, seen = observe(
+            mesh, Expect(pair.source, pair.destination, frozenset({Symptom.OK})), suite_options.steady_calls
+        )
         if seen:
             problems.append(f"after the fix: {seen}")
     if entry.healed is not None:

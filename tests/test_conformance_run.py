@@ -62,12 +62,15 @@ def test_a_healthy_mesh_passes_the_core_profile(tmp_path: Path, topology: str) -
     assert all(t["reason"].startswith(f"not applicable to {topology}") for t in extended["notSupportedTests"])
     cases = junit_cases(tmp_path)
     reach = properties(cases["test_cross_cluster_reachability[cluster-a->cluster-b]"])
+    calls = {name: int(reach.pop(name)) for name in ("callsMade", "callsFailed", "steadyCalls", "steadyFailed")}
     assert reach == {
         "case": "CrossClusterReachability",
         "profile": "core",
         "features": "CrossClusterCalls",
         "pair": "cluster-a->cluster-b",
     }
+    # Two steady windows of 50 (cross-cluster and same-cluster), after at least 3 converging calls each.
+    assert calls["steadyCalls"] == 100 and calls["steadyFailed"] == 0 and calls["callsMade"] >= 106
     page = (tmp_path / "report.html").read_text()
     assert "<svg" in page and "it certifies no Istio installation" in page and "cross cluster" in page
     # Every case is listed with its time, and a misconfiguration with what its calls and the diagnosis showed.
@@ -101,7 +104,7 @@ def test_a_second_root_ca_fails_with_the_cause_named(tmp_path: Path) -> None:
     assert shared is not None and "root-cert.pem differs: cluster-a SHA256" in (shared.get("message") or "")
     reach = cases["test_cross_cluster_reachability[cluster-b->cluster-a]"].find("failure")
     message = reach.get("message") if reach is not None else ""
-    assert "failed: connection failure; likely cause: root-cert.pem differs" in (message or "")
+    assert "failed: connection failure (never converged); likely cause: root-cert.pem differs" in (message or "")
 
 
 def test_a_misdirected_remote_leaves_the_other_remotes_connected(tmp_path: Path) -> None:

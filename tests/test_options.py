@@ -92,6 +92,8 @@ def _values(**overrides: object) -> SuiteOptions:
         "meshfed_profile": None,
         "meshfed_features": None,
         "meshfed_exempt_features": None,
+        "meshfed_steady_calls": 50,
+        "meshfed_inject_fault": None,
         "meshfed_impl_organization": "",
         "meshfed_impl_project": "",
         "meshfed_impl_version": "",

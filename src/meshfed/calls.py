@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,10 @@ class Symptom(enum.Enum):
     HTTP_ERROR = "HTTP error"
     OTHER = "other error"
     NOT_MADE = "call not made"  # the client could not be reached (a pod still starting): no verdict on the mesh
+    # Named from evidence, never from the caller's words alone (see meshfed.causes): what a bare
+    # "connection failure" was, once the mesh has been read.
+    TLS_FAILURE_INFERRED = "TLS failure (inferred: the proxies reject each other's certificates)"
+    GATEWAY_DOWN = "east-west gateway down"
 
 
 _PATTERNS: tuple[tuple[Symptom, re.Pattern[str]], ...] = tuple(
@@ -120,6 +125,12 @@ class CallResult:
             body=str(result.get("body") or ""),
         )
 
+    def named(self, symptom: Symptom) -> CallResult:
+        """The same call with the symptom the evidence named (see meshfed.causes)."""
+        named = CallResult(self.status, self.reply, self.latency_ms, self.error, self.body, self.made)
+        object.__setattr__(named, "symptom", symptom)
+        return named
+
     @property
     def ok(self) -> bool:
         return self.symptom is Symptom.OK
@@ -150,3 +161,39 @@ def summarize(results: Iterable[CallResult]) -> str:
     counts = Counter(r.described for r in failed)
     parts = ", ".join(f"{text}" if n == len(failed) else f"{n}x {text}" for text, n in counts.most_common())
     return f"{len(failed)}/{len(results)} failed: {parts}"
+
+
+class CallLedger:
+    """Every call a case makes, counted as it is made (backends count into ``LEDGER``), and apart from them the
+    calls of its steady windows: a report says how many calls a case made and how many failed, passed or not."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.made = self.failed = self.steady_made = self.steady_failed = 0
+
+    def reset(self) -> None:
+        with self._lock:
+            self.made = self.failed = self.steady_made = self.steady_failed = 0
+
+    def count(self, results: Iterable[CallResult]) -> None:
+        results = list(results)
+        with self._lock:
+            self.made += len(results)
+            self.failed += sum(not r.ok for r in results)
+
+    def count_steady(self, made: int, failed: int) -> None:
+        with self._lock:
+            self.steady_made += made
+            self.steady_failed += failed
+
+    def figures(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "made": self.made,
+                "failed": self.failed,
+                "steadyMade": self.steady_made,
+                "steadyFailed": self.steady_failed,
+            }
+
+
+LEDGER = CallLedger()

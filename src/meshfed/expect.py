@@ -1,8 +1,10 @@
-"""Reachability as Istio and Gateway API check it: N consecutive successes within a deadline.
+"""What a case concludes from its calls: convergence, then steady state.
 
-Calls are made in small batches until the last ``consecutive`` calls all succeed (and, when asked,
-were all answered by the expected cluster), or the deadline passes. Every call made is kept, so a
-failure says how many calls failed and why, in a user's words.
+Convergence is how Istio and Gateway API wait for a change to land: calls in small batches until the last
+``consecutive`` calls are good, or the deadline passes. Convergence throws the calls before it away, so it is
+never the verdict: once converged, a steady window of calls must be good, every one of them (the answer, the
+cluster that answered, the caller identity the callee saw); one bad call fails the case, saying how many of
+how many failed and how. Every call made is kept, so a failure says why in a user's words.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from meshfed.backends.base import BackendError
-from meshfed.calls import CallResult, summarize
+from meshfed.calls import LEDGER, CallResult, summarize
 
 
 def require(condition: bool, message: str) -> None:
@@ -69,6 +71,114 @@ def converge(
                 return outcome
         if time.monotonic() > ends:
             return outcome
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What makes a call good: answered (by ``cluster``; the callee seeing ``caller`` in X-Forwarded-Client-Cert),
+    or, for a call that must fail, whatever ``accept`` says (the symptom a misconfiguration must show)."""
+
+    cluster: str | None = None
+    caller: str | None = None
+    accept: Callable[[CallResult], bool] | None = None
+    expected: str = ""  # how ``accept`` reads in a message, e.g. "RBAC denied"
+
+    def fault(self, result: CallResult) -> str | None:
+        """Why the call is not good; None when it is."""
+        if not result.made:
+            return result.described
+        if self.accept is not None:
+            return None if self.accept(result) else result.described
+        if not result.ok:
+            return result.described
+        if self.cluster is not None and result.cluster != self.cluster:
+            return f"answered by {result.cluster}, not {self.cluster}"
+        seen = (result.reply or {}).get("caller")
+        if self.caller is not None and seen != self.caller:
+            return f"the callee saw caller {seen}, not {self.caller}"
+        return None
+
+
+@dataclass
+class Window:
+    """A steady window: ``size`` calls after convergence, every one of which must be good."""
+
+    label: str
+    size: int
+    results: list[CallResult] = field(default_factory=list)
+    faults: list[str] = field(default_factory=list)  # why each bad call was bad
+
+    @property
+    def held(self) -> bool:
+        return len(self.results) == self.size and not self.faults
+
+    def message(self) -> str:
+        counts: dict[str, int] = {}
+        for why in self.faults:
+            counts[why] = counts.get(why, 0) + 1
+        listed = ", ".join(why if n == 1 else f"{n}x {why}" for why, n in counts.items())
+        failed = [r for r in self.results if not r.ok]
+        saw = f" (the last failed call saw: {failed[-1].seen})" if failed else ""
+        return f"{self.label}: {len(self.faults)}/{self.size} calls of the steady window failed: {listed}{saw}"
+
+
+def hold(label: str, make_calls: Callable[[int], list[CallResult]], size: int, wanted: Wanted) -> Window:
+    """A steady window of ``size`` calls, made in one go; counted in the case's ledger."""
+    window = Window(label, size)
+    try:
+        window.results = make_calls(size)
+    except BackendError as error:
+        window.results = [CallResult.not_made(error)] * size
+    window.faults = [why for why in map(wanted.fault, window.results) if why is not None]
+    LEDGER.count_steady(len(window.results), len(window.faults))
+    return window
+
+
+@dataclass
+class Reliably:
+    """Convergence, then (only when it converged) a steady window."""
+
+    convergence: Convergence
+    window: Window | None
+
+    @property
+    def held(self) -> bool:
+        return self.convergence.converged and self.window is not None and self.window.held
+
+    @property
+    def results(self) -> list[CallResult]:
+        return self.convergence.results + (self.window.results if self.window else [])
+
+    def message(self) -> str:
+        if self.window is None:
+            return f"{self.convergence.message()} (never converged)"
+        return (
+            self.window.message()
+            if not self.window.held
+            else f"{self.window.label}: {self.window.size} of {self.window.size} good"
+        )
+
+
+def reliably(
+    label: str,
+    make_calls: Callable[[int], list[CallResult]],
+    *,
+    window: int,
+    deadline: float,
+    wanted: Wanted,
+    consecutive: int = 3,
+    batch: int = 5,
+) -> Reliably:
+    """Until ``consecutive`` good calls in a row (within ``deadline``), then a steady window of ``window``."""
+    outcome = converge(
+        label,
+        make_calls,
+        consecutive=consecutive,
+        deadline=deadline,
+        batch=batch,
+        accept=lambda r: wanted.fault(r) is None,
+    )
+    return Reliably(outcome, hold(label, make_calls, window, wanted) if outcome.converged else None)
 
 
 class Traffic:
@@ -131,6 +241,22 @@ class Traffic:
                     shown = [r for r in results if r.ok or counted(step, r)]
                     lines.append(f"{step}: {label}: {summarize(shown)} (the last failed call saw: {failed[-1].seen})")
         return lines
+
+    def tally(self, counted: Callable[[str, CallResult], bool]) -> dict[str, int]:
+        """Per label, how many of its calls ``counted(step, result)`` accepts, over every step."""
+        found: dict[str, int] = {}
+        for step, per_label in self.results.items():
+            for label, results in per_label.items():
+                found[label] = found.get(label, 0) + sum(1 for r in results if counted(step, r))
+        return {label: n for label, n in found.items() if n}
+
+    def silent(self) -> list[str]:
+        """The labels none of whose calls was answered (a caller that never got through shows nothing)."""
+        return [
+            label
+            for label in self._make_calls
+            if not any(r.ok for per_label in self.results.values() for r in per_label.get(label, []))
+        ]
 
     def counts(self) -> list[tuple[str, int, int]]:
         """(step, calls answered, calls failed) over all labels, in step order."""

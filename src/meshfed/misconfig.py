@@ -36,9 +36,10 @@ from meshfed.topology import MeshSpec, Topology
 
 # A failed handshake between sidecars, as the caller sees it: Envoy names the TLS error in its 503 body,
 # except Envoy 1.39 on (and 1.38 backports), which keeps every transport failure reason out of the body
-# (envoyproxy/envoy#44746): there the caller sees only "remote connection failure", and the diagnosis,
-# which each entry requires to come first, is what names the cause.
-TLS_FAILURES = frozenset({Symptom.TLS_VERIFY_FAILED, Symptom.UNKNOWN_CA, Symptom.CONNECTION_FAILURE})
+# (envoyproxy/envoy#44746): there the caller sees only "remote connection failure", which a gateway that is
+# down shows too, so such a call counts as a TLS failure only when the proxies' own certificates say so
+# (meshfed.causes), and the diagnosis, which each entry requires to come first, names the cause.
+TLS_FAILURES = frozenset({Symptom.TLS_VERIFY_FAILED, Symptom.UNKNOWN_CA, Symptom.TLS_FAILURE_INFERRED})
 OK = frozenset({Symptom.OK})
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from meshfed.cases import Feature, feature_names
+from meshfed.faults import FAULT_NAMES, fault
 from meshfed.topology import MAX_CLUSTERS, TOPOLOGIES, MeshSpec, Topology
 
 Backend = Literal["embedded", "kind", "existing", "host"]
@@ -44,6 +45,18 @@ def context_mapping(text: str) -> tuple[str, str]:
             "(NAME in lower case letters, digits and '-')"
         )
     return match["name"], match["context"]
+
+
+def steady_calls(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number: give the calls of a steady window, 1 or more"
+        ) from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"a steady window of {count} calls proves nothing: give 1 or more")
+    return count
 
 
 def features(text: str) -> frozenset[Feature]:
@@ -176,6 +189,21 @@ OPTIONS: tuple[OptionSpec, ...] = (
         False,
         action="store_true",
     ),
+    OptionSpec(
+        "--steady-calls",
+        "calls in each steady window, every one of which must succeed once the mesh has converged; a loss of "
+        "10%% escapes a window of 50 with probability 0.5%% (default: 50)",
+        50,
+        type=steady_calls,
+        metavar="N",
+    ),
+    OptionSpec(
+        "--inject-fault",
+        "break the mesh on purpose after provisioning, to see the cases that guard it fail (the run certifies nothing)",
+        None,
+        FAULT_NAMES,
+        metavar="FAULT",
+    ),
     OptionSpec("--profile", "run only the cases of this profile (default: every profile)", None, ("core", "extended")),
     OptionSpec(
         "--features", "run only cases that need these features (comma-separated)", None, type=features, metavar="A,B"
@@ -223,6 +251,8 @@ class SuiteOptions:
     profile: str | None = None
     features: frozenset[Feature] | None = None
     exempt_features: frozenset[Feature] = frozenset()
+    steady_calls: int = 50
+    fault: str | None = None
     implementation: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -255,6 +285,8 @@ class SuiteOptions:
             profile=values["--profile"],
             features=values["--features"],
             exempt_features=values["--exempt-features"] or frozenset(),
+            steady_calls=values["--steady-calls"],
+            fault=values["--inject-fault"],
             implementation={
                 key: values[f"--impl-{key}"]
                 for key in ("organization", "project", "version", "contact")
@@ -311,6 +343,18 @@ class SuiteOptions:
                 raise OptionError(
                     f"{flag} is for the {backends} backend; drop it, or choose that backend with --backend "
                     f"(the {self.backend} backend has no use for it)"
+                )
+        if self.fault is not None:
+            if self.backend == "existing" and not self.allow_destructive:
+                raise OptionError(
+                    f"--inject-fault {self.fault} breaks the mesh: on the existing backend add --allow-destructive, "
+                    "or inject it into a mesh meshfed makes (--backend embedded, host or kind)"
+                )
+            why = fault(self.fault).not_applicable(MeshSpec.default(self.topology, len(self.cluster_names)))
+            if why:
+                raise OptionError(
+                    f"--inject-fault {self.fault} cannot happen in {self.topology.value} ({why}): choose another fault "
+                    "or topology"
                 )
         commits = [v for v in (self.istio_version, self.upgrade_to) if v and ISTIO_COMMIT.fullmatch(v)]
         if commits and self.backend != "host":

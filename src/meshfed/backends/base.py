@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from meshfed.calls import CallResult
+from meshfed.calls import LEDGER, CallResult
 from meshfed.manifests import ISTIO_SYSTEM, Obj, image_version
 from meshfed.topology import MeshSpec
 
@@ -113,7 +113,6 @@ class Cluster(abc.ABC):
     @abc.abstractmethod
     def pods(self, namespace: str, labels: Mapping[str, str] | None = None) -> builtins.list[PodInfo]: ...
 
-    @abc.abstractmethod
     def call(
         self,
         pod: str,
@@ -124,7 +123,29 @@ class Cluster(abc.ABC):
         timeout: float = 5.0,
         headers: Mapping[str, str] | None = None,
     ) -> builtins.list[CallResult]:
-        """``count`` GETs of ``url`` made by the workload program in ``pod``, one result per call."""
+        """``count`` GETs of ``url`` made by the workload program in ``pod``, one result per call; each is
+        counted in the case's ledger (``meshfed.calls.LEDGER``)."""
+        results = self._call(pod, namespace, url, count, timeout=timeout, headers=headers)
+        LEDGER.count(results)
+        return results
+
+    @abc.abstractmethod
+    def _call(
+        self,
+        pod: str,
+        namespace: str,
+        url: str,
+        count: int,
+        *,
+        timeout: float,
+        headers: Mapping[str, str] | None,
+    ) -> builtins.list[CallResult]:
+        """What ``call`` does, on this backend."""
+
+    def drop_gateway_connections(self, every: int) -> None:
+        """Fault injection: this cluster's east-west gateway cuts one in ``every`` of the packets (embedded: the
+        requests) sent to it on 15443, as a flaky network or a failing node would; ``every`` 0 ends it."""
+        raise BackendError(f"{self.name}: this backend cannot degrade the network of its east-west gateway")
 
     @abc.abstractmethod
     def proxy_certs(self, pod: str, namespace: str) -> ProxyCerts:

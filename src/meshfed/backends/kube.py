@@ -381,15 +381,15 @@ class KubeCluster(Cluster):
             time.sleep(min(self.poll, 0.5))
 
     # Calls and proxies
-    def call(
+    def _call(
         self,
         pod: str,
         namespace: str,
         url: str,
-        count: int = 1,
+        count: int,
         *,
-        timeout: float = 5.0,
-        headers: Mapping[str, str] | None = None,
+        timeout: float,
+        headers: Mapping[str, str] | None,
     ) -> builtins.list[CallResult]:
         found = self.get("Pod", pod, namespace)
         if found is None:

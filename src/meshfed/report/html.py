@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import math
 
-from meshfed.report.model import EMBEDDED_NOTE, CaseOutcome, RunRecord, conformance_report
+from meshfed.report.model import EMBEDDED_NOTE, FAULT_NOTE, CaseOutcome, RunRecord, conformance_report
 
 _COLORS = {True: "#2e9d48", False: "#d23b3b", None: "#9aa0a6"}
 
@@ -167,6 +167,11 @@ def summary_html(record: RunRecord) -> str:
     out = [LAYOUT_CSS, verdict_html(record)]
     if record.backend == "embedded":
         out.append(f"<p><strong>{html.escape(EMBEDDED_NOTE)}</strong></p>")
+    if record.fault:
+        out.append(
+            f"<p style='color:#b3261e'><strong>Fault injected: {html.escape(record.fault['name'])}</strong>, "
+            f"{html.escape(record.fault['title'])}. {html.escape(FAULT_NOTE)}</p>"
+        )
     if record.provisioning_error:
         out.append(
             f"<p style='color:#d23b3b'><strong>Provisioning failed:</strong> {html.escape(record.provisioning_error)}</p>"
@@ -200,6 +205,22 @@ def summary_html(record: RunRecord) -> str:
             "<table><tr><th>pair</th><th>same cluster</th><th>cross cluster</th></tr>"
             + "".join(latency_rows)
             + "</table>"
+        )
+    counted = [o for o in record.outcomes if o.calls]
+    if counted:
+        call_rows = "".join(
+            f"<tr><td>{html.escape(o.case_id)}</td>"
+            + "".join(
+                f"<td style='text-align:right'>{o.calls.get(k, 0)}</td>"
+                for k in ("made", "failed", "steadyMade", "steadyFailed")
+            )
+            + "</tr>"
+            for o in counted
+        )
+        out.append(
+            "<h3>Calls each case made (a steady window's calls must all succeed)</h3>"
+            "<table><tr><th>case</th><th>calls</th><th>failed</th><th>in steady windows</th><th>of those failed</th></tr>"
+            f"{call_rows}</table>"
         )
     for case_id, steps in record.procedures.items():
         step_rows = "".join(

@@ -23,6 +23,11 @@ EMBEDDED_NOTE = (
 )
 
 
+FAULT_NOTE = (
+    "A fault was injected on purpose (--inject-fault): this run shows what the cases catch, it certifies nothing."
+)
+
+
 @dataclass
 class CaseOutcome:
     case_id: str  # ShortName or ShortName[cluster-a->cluster-b]
@@ -33,6 +38,7 @@ class CaseOutcome:
     message: str = ""
     seconds: float = 0.0  # the case's own time (its call phase; the setup too when that failed)
     observed: tuple[str, ...] = ()  # what calls showed at each checked point: "stage: a->b: TLS verify failed"
+    calls: dict[str, int] = field(default_factory=dict)  # made, failed, steadyMade, steadyFailed (CallLedger)
 
 
 @dataclass
@@ -51,6 +57,7 @@ class RunRecord:
     certifies_istio: bool | None = None
     procedures: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)  # case -> (step, ok, failed)
     diagnosis: list[str] = field(default_factory=list)  # the findings attached to the last failing case
+    fault: dict[str, str] = field(default_factory=dict)  # name, title: a fault injected on purpose (--inject-fault)
 
     def record_latency(self, pair: str, kind: str, values: Sequence[float]) -> None:
         self.latencies.setdefault(pair, {}).setdefault(kind, []).extend(values)
@@ -121,6 +128,7 @@ def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[s
                 "seconds": round(o.seconds, 2),
                 **({"message": o.message} if o.message else {}),
                 **({"observed": list(o.observed)} if o.observed else {}),
+                **({"calls": dict(o.calls)} if o.calls else {}),
             }
             for o in record.outcomes
         ],
@@ -128,8 +136,13 @@ def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[s
     if record.backend == "embedded":
         report["certifiesIstio"] = False
         report["note"] = EMBEDDED_NOTE
+    elif record.fault:
+        report["certifiesIstio"] = False
     elif record.certifies_istio is not None:
         report["certifiesIstio"] = record.certifies_istio
+    if record.fault:
+        report["faultInjected"] = dict(record.fault)
+        report["faultNote"] = FAULT_NOTE
     if record.environment:
         report["environment"] = dict(record.environment)
     if record.provisioning_error:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import random
 import socket
@@ -128,6 +129,10 @@ class ClusterRuntime:
         self._generations: dict[tuple[str, str], int] = {}
         self._reconciling: set[tuple[str, str]] = set()
         self._draining: dict[int, tuple[PodRuntime, threading.Timer]] = {}
+        # A fault injected on purpose, in the node's network as iptables would do it: one in N chunks sent to
+        # a LoadBalancer's port 15443 (the east-west gateway's) is answered with a TCP reset (0: none).
+        self.gateway_cut_every = 0
+        self._gateway_chunks = itertools.count(1)
         self.store.watch(self._on_event)
 
     # -- events -------------------------------------------------------------------------------
@@ -441,7 +446,11 @@ class ClusterRuntime:
             conn.close()
             return
         upstream.settimeout(None)  # a connect timeout, not an idle timeout
-        pipe(conn, upstream)
+        pipe(conn, upstream, self._cut_gateway_chunk if target_port == 15443 else None)
+
+    def _cut_gateway_chunk(self) -> bool:
+        every = self.gateway_cut_every
+        return bool(every) and next(self._gateway_chunks) % every == 0
 
     def ready_pods(self, namespace: str, selector: Mapping[str, str]) -> list[PodRuntime]:
         return [

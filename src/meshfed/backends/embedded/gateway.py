@@ -16,6 +16,7 @@ import functools
 import itertools
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from meshfed.backends.embedded import xds
@@ -27,12 +28,18 @@ from meshfed.backends.embedded.tls import read_client_hello
 PORTS = (15443, 15012, 15017)
 
 
-def pipe(a: socket.socket, b: socket.socket) -> None:
-    """Copy bytes both ways until either side closes."""
+def pipe(a: socket.socket, b: socket.socket, cut: Callable[[], bool] | None = None) -> None:
+    """Copy bytes both ways until either side closes. ``cut`` (a fault injected on purpose) is asked before
+    each chunk from ``a`` is passed on: True resets both connections instead, as a packet answered with a TCP
+    reset on the way does."""
 
-    def copy(source: socket.socket, sink: socket.socket) -> None:
+    def copy(source: socket.socket, sink: socket.socket, cut: Callable[[], bool] | None) -> None:
         try:
             while data := source.recv(65536):
+                if cut is not None and cut():
+                    for sock in (source, sink):
+                        reset(sock)
+                    return
                 sink.sendall(data)
         except OSError:
             pass
@@ -43,9 +50,9 @@ def pipe(a: socket.socket, b: socket.socket) -> None:
 
     for sock in (a, b):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    other = threading.Thread(target=copy, args=(b, a), daemon=True)
+    other = threading.Thread(target=copy, args=(b, a, None), daemon=True)
     other.start()
-    copy(a, b)
+    copy(a, b, cut)
     other.join(timeout=30)
     a.close()
     b.close()

@@ -253,15 +253,15 @@ class EmbeddedCluster(Cluster):
             raise BackendError(f"{self.name}: no pod {name!r} in namespace {namespace!r}")
         return pod
 
-    def call(
+    def _call(
         self,
         pod: str,
         namespace: str,
         url: str,
-        count: int = 1,
+        count: int,
         *,
-        timeout: float = 5.0,
-        headers: Mapping[str, str] | None = None,
+        timeout: float,
+        headers: Mapping[str, str] | None,
     ) -> builtins.list[CallResult]:
         runtime = self._pod(pod, namespace)
         if runtime.role not in ("echo", "client"):
@@ -304,6 +304,9 @@ class EmbeddedCluster(Cluster):
             if pod.istiod is not None and not pod.stopped and pod.istiod.running
             for agent in pod.istiod.connected()
         ]
+
+    def drop_gateway_connections(self, every: int) -> None:
+        self.runtime.gateway_cut_every = every
 
     # Embedded-only: the mesh clock and istiod's log, for cases that need them.
     def istiod_log(self) -> builtins.list[str]:

@@ -23,6 +23,7 @@ import functools
 import hashlib
 import http.client
 import itertools
+import select
 import socket
 import ssl
 import threading
@@ -253,8 +254,13 @@ class Sidecar:
                         connection.close()
                 self._pool.clear()
                 self._pool_version = version
-            idle = self._pool.get(key)
-            return idle.pop() if idle else None
+            idle = self._pool.get(key) or []
+            while idle:
+                connection = idle.pop()
+                if _open(connection):
+                    return connection
+                connection.close()  # the peer closed it while it was idle: Envoy drops such a connection too
+            return None
 
     def _release(self, key: tuple[str, int, str], connection: http.client.HTTPConnection) -> None:
         with self._pool_lock:
@@ -272,13 +278,9 @@ class Sidecar:
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         sni = f"outbound_.{view.port}_._.{view.fqdn}"
         key = (endpoint.address, endpoint.port, sni)
-        idle = self._pooled(key)
-        if idle is not None:
-            try:
-                return self._exchange(key, idle, method, path, headers, body)
-            except UpstreamError:
-                pass  # a stale pooled connection: the request goes on a new one
-        connection = self._connect(view, endpoint, sni, timeout)
+        # A request sent on a connection (pooled or new) that closes before the answer is not retried: Envoy's
+        # "connection termination" (access log UC), which Istio's default retry policy does not cover.
+        connection = self._pooled(key) or self._connect(view, endpoint, sni, timeout)
         try:
             return self._exchange(key, connection, method, path, headers, body)
         except UpstreamError as error:
@@ -335,6 +337,19 @@ class Sidecar:
         else:
             self._release(key, connection)
         return response.status, list(response.getheaders()), data
+
+
+def _open(connection: http.client.HTTPConnection) -> bool:
+    """Whether an idle pooled connection is still open: nothing may arrive on it while it is idle, so a
+    readable socket means the peer closed it (or reset it)."""
+    sock = connection.sock
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
 def _linger_close(tls: ssl.SSLSocket) -> None:

@@ -1,0 +1,89 @@
+"""What a bare "connection failure" was, named from what can be read of the mesh.
+
+Envoy 1.39 on keeps the transport failure reason out of its 503 body (envoyproxy/envoy#44746): a TLS handshake
+refused by either side and a gateway that is not there both read "reset reason: remote connection failure".
+A case that expects a TLS failure must not pass on a gateway that is down, so before such a call is matched it
+is named from the evidence: the east-west gateway on its path has no ready pod or no address (gateway down), or
+the two proxies do not verify each other's certificate chains (a TLS failure); with neither, it stays a
+connection failure whose cause is unknown.
+"""
+
+from __future__ import annotations
+
+import time
+
+from meshfed import manifests
+from meshfed.backends.base import BackendError, Mesh, ProxyCerts
+from meshfed.calls import CallResult, Symptom
+from meshfed.manifests import ISTIO_SYSTEM, TEST_NAMESPACE, only_in
+from meshfed.pki import ChainVerificationError, Purpose, verify_chain
+
+
+def gateway_down(mesh: Mesh, cluster: str) -> str | None:
+    """Why ``cluster``'s east-west gateway cannot take a connection, or None when it can."""
+    service = mesh[cluster].get("Service", manifests.EASTWEST_GATEWAY, ISTIO_SYSTEM)
+    if service is None:
+        return f"{cluster} has no {manifests.EASTWEST_GATEWAY} Service"
+    if not ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress"):
+        return f"{cluster}'s east-west gateway has no address"
+    pods = mesh[cluster].pods(ISTIO_SYSTEM, {"app": manifests.EASTWEST_GATEWAY})
+    if not any(p.ready and not p.terminating for p in pods):
+        return f"{cluster}'s east-west gateway has no ready pod"
+    return None
+
+
+def _certs(mesh: Mesh, cluster: str, app: str, namespace: str) -> ProxyCerts | None:
+    pods = [p for p in mesh[cluster].pods(namespace, {"app": app}) if p.ready and p.has_sidecar and not p.terminating]
+    if not pods:
+        return None
+    try:
+        return mesh[cluster].proxy_certs(pods[0].name, namespace)
+    except BackendError:
+        return None
+
+
+def peers_refuse(client: ProxyCerts, server: ProxyCerts) -> str | None:
+    """Which side of a handshake would refuse the other's chain (each verifies against its own roots)."""
+    for who, chain, roots, purpose in (
+        ("the client", server.chain, client.trusted_roots, Purpose.SERVER),
+        ("the server", client.chain, server.trusted_roots, Purpose.CLIENT),
+    ):
+        try:
+            verify_chain(chain, roots, purpose=purpose)
+        except ChainVerificationError as error:
+            return f"{who} rejects the other's certificate ({error})"
+    return None
+
+
+class PathEvidence:
+    """Names the bare connection failures of calls from the client in ``source`` to the service that runs only
+    in ``destination``; the evidence is read when first needed and again after ``ttl`` seconds."""
+
+    def __init__(self, mesh: Mesh, source: str, destination: str, namespace: str = TEST_NAMESPACE, ttl: float = 5.0):
+        self.mesh, self.source, self.destination, self.namespace, self.ttl = mesh, source, destination, namespace, ttl
+        self._read_at = -ttl
+        self._cause: tuple[Symptom, str] | None = None
+
+    def cause(self) -> tuple[Symptom, str] | None:
+        """The symptom the evidence names and why; None when it names nothing."""
+        if time.monotonic() - self._read_at >= self.ttl:
+            self._cause = self._read()
+            self._read_at = time.monotonic()
+        return self._cause
+
+    def _read(self) -> tuple[Symptom, str] | None:
+        spec = self.mesh.spec
+        if spec.cluster(self.source).network != spec.cluster(self.destination).network:
+            down = gateway_down(self.mesh, self.destination)
+            if down:
+                return Symptom.GATEWAY_DOWN, down
+        client = _certs(self.mesh, self.source, manifests.CLIENT, self.namespace)
+        server = _certs(self.mesh, self.destination, only_in(self.destination), TEST_NAMESPACE)
+        refused = peers_refuse(client, server) if client and server else None
+        return (Symptom.TLS_FAILURE_INFERRED, refused) if refused else None
+
+    def name(self, result: CallResult) -> CallResult:
+        if result.symptom is not Symptom.CONNECTION_FAILURE:
+            return result
+        found = self.cause()
+        return result.named(found[0]) if found else result
