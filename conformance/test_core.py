@@ -17,6 +17,7 @@ from meshfed import manifests
 from meshfed.backends.base import Cluster, Mesh
 from meshfed.calls import CallResult, Symptom, summarize
 from meshfed.cases import Feature, case
+from meshfed.causes import likely_cause
 from meshfed.diagnose import cacerts_roots, root_mismatch
 from meshfed.expect import Wanted, hold, reliably, require
 from meshfed.manifests import CLIENT, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
@@ -48,13 +49,10 @@ def identity(mesh: Mesh, cluster: str, account: str = CLIENT) -> str:
     return f"spiffe://{trust_domain(mesh[cluster]) or 'cluster.local'}/ns/{TEST_NAMESPACE}/sa/{account}"
 
 
-def explain(results: list[CallResult], mesh: Mesh) -> str:
-    """The likely cause of failed calls, from a read-only check of the mesh."""
-    if any(r.symptom.name in ("TLS_VERIFY_FAILED", "UNKNOWN_CA", "CONNECTION_FAILURE") for r in results):
-        cause = root_mismatch(cacerts_roots(mesh))
-        if cause:
-            return f"; likely cause: {cause}"
-    return ""
+def explain(results: list[CallResult], mesh: Mesh, destination: str | None = None) -> str:
+    """The likely cause of failed calls (to the service that runs only in ``destination``), read from the mesh."""
+    cause = likely_cause(mesh, results, destination)
+    return f"; likely cause: {cause}" if cause else ""
 
 
 @case(
@@ -87,7 +85,11 @@ def test_cross_cluster_reachability(
         run_record.record_latency(
             pair.id, kind, [r.latency_ms for r in outcome.window.results if r.ok] if outcome.window else []
         )
-    problems = [outcome.message() + explain(outcome.results, mesh) for outcome in (cross, local) if not outcome.held]
+    problems = [
+        outcome.message() + explain(outcome.results, mesh, destination)
+        for outcome, destination in ((cross, pair.destination), (local, pair.source))
+        if not outcome.held
+    ]
     require(not problems, "; ".join(problems))
 
 
@@ -164,7 +166,7 @@ def test_cross_cluster_mutual_tls(
     # Reachability first, as every case establishes it: the case before may have changed the mesh (its
     # PeerAuthentication removed), and real Envoy can reset a call while its listener is being replaced.
     reached = reliably(pair.id, mesh_caller, window=window, deadline=deadline, wanted=from_mesh)
-    require(reached.held, reached.message() + explain(reached.results, mesh))
+    require(reached.held, reached.message() + explain(reached.results, mesh, pair.destination))
     outside = calls_from(outside_client, url, namespace=OUTSIDE)
     label = f"{pair.destination} (no sidecar) -> {only_in(pair.destination)}"
     baseline = reliably(label, outside, window=window, deadline=deadline, wanted=Wanted(cluster=pair.destination))
@@ -326,7 +328,9 @@ def test_spiffe_identity(mesh: Mesh, pair: ClusterPair, suite_options: SuiteOpti
         wanted=Wanted(cluster=pair.destination, caller=wanted),
     )
     if not seen.held:
-        problems.append(f"the callee must see the caller {wanted}: {seen.message()}")
+        problems.append(
+            f"the callee must see the caller {wanted}: {seen.message()}" + explain(seen.results, mesh, pair.destination)
+        )
     require(not problems, "; ".join(problems))
 
 
@@ -392,4 +396,4 @@ def test_cross_cluster_authorization(
         deadline=deadline,
         wanted=Wanted(cluster=pair.destination, caller=identity(mesh, pair.source)),
     )
-    require(allowed.held, allowed.message() + explain(allowed.results, mesh))
+    require(allowed.held, allowed.message() + explain(allowed.results, mesh, pair.destination))

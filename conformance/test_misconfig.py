@@ -11,51 +11,11 @@ import pytest
 from meshfed.backends.base import Mesh
 from meshfed.calls import Symptom
 from meshfed.cases import Feature, case, not_supported
-from meshfed.causes import PathEvidence
 from meshfed.diagnose import diagnose
-from meshfed.expect import Wanted, reliably, require
-from meshfed.manifests import CLIENT, ISTIO_SYSTEM, only_in, service_url
-from meshfed.misconfig import CATALOG, Expect, Misconfiguration
+from meshfed.expect import require
+from meshfed.manifests import ISTIO_SYSTEM
+from meshfed.misconfig import CATALOG, Expect, Misconfiguration, observe
 from meshfed.options import SuiteOptions
-
-# A misconfiguration's symptom must show in every call of a window this long once it has shown (a failing
-# call can cost a connect timeout, so it is shorter than a healthy window).
-SYMPTOM_WINDOW = 5
-
-
-def observe(mesh: Mesh, expect: Expect, window: int) -> tuple[str, str | None]:
-    """What the calls showed (the symptoms of the steady window), and None when every call of it showed one of
-    the expected symptoms, else what they showed instead. A bare connection failure is first named from the
-    mesh's evidence (a gateway down is not a TLS failure)."""
-    cluster = mesh[expect.source]
-    pod = cluster.pod_of(expect.namespace, CLIENT)
-    url = service_url(only_in(expect.destination))
-    evidence = PathEvidence(mesh, expect.source, expect.destination, expect.namespace)
-    wanted = expect.symptoms
-    healthy = wanted == {Symptom.OK}
-    names = " or ".join(sorted(s.value for s in wanted))
-    outcome = reliably(
-        f"{expect.source}->{expect.destination}",
-        lambda n: [evidence.name(r) for r in cluster.call(pod.name, expect.namespace, url, n)],
-        window=window if healthy else min(window, SYMPTOM_WINDOW),
-        consecutive=3 if healthy else 2,
-        batch=1,
-        # A failure can be slow to show (an unroutable address costs a connect timeout per attempt).
-        deadline=mesh.convergence_deadline if healthy else mesh.convergence_deadline + 10,
-        wanted=Wanted(
-            accept=lambda r: r.symptom in wanted and (r.symptom is not Symptom.OK or r.cluster == expect.destination),
-            expected=names,
-        ),
-    )
-    last = outcome.window.results if outcome.window else outcome.results[-(3 if healthy else 2) :]
-    shown = f"{expect.source}->{expect.destination}: {', '.join(sorted({r.symptom.value for r in last}))}"
-    if outcome.held:
-        return shown, None
-    failed = [r for r in outcome.results if not r.ok]
-    saw = f"; the last failed call saw: {failed[-1].seen}" if failed and outcome.window is None else ""
-    cause = evidence.cause() if any(r.symptom is Symptom.GATEWAY_DOWN for r in outcome.results) else None
-    why = f"; {cause[1]}" if cause else ""
-    return shown, f"{outcome.message()} (expected {names}){saw}{why}"
 
 
 @case(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 
 from meshfed.backends.base import BackendError
-from meshfed.calls import CallResult, Symptom
-from meshfed.expect import Traffic, converge
+from meshfed.calls import LEDGER, CallResult, Symptom
+from meshfed.expect import Traffic, Wanted, converge, hold, reliably
 
 OK = CallResult(200, {"cluster": "cluster-b"}, 1.0)
 WRONG_CLUSTER = CallResult(200, {"cluster": "cluster-a"}, 1.0)
@@ -99,3 +99,65 @@ def test_a_call_not_made_is_never_the_symptom_a_case_looks_for() -> None:
     outcome = converge("a->b", timing_out, deadline=0.5, batch=1, consecutive=1, accept=lambda r: not r.ok)
     assert not outcome.converged
     assert outcome.message().startswith("a->b: ") and "call not made" in outcome.message()
+
+
+CALLER = "spiffe://cluster.local/ns/meshfed/sa/client"
+GOOD = CallResult(200, {"cluster": "cluster-b", "caller": CALLER}, 1.0)
+RESET = CallResult(
+    503,
+    None,
+    1.0,
+    body="upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+)
+
+
+def test_convergence_is_not_the_verdict_one_bad_call_in_the_steady_window_fails() -> None:
+    # Three good calls converge; then one call in the window of 20 is reset: the case must fail and say so.
+    outcome = reliably(
+        "a->b",
+        scripted(GOOD, GOOD, GOOD, *([GOOD] * 10), RESET, GOOD),
+        window=20,
+        deadline=5,
+        wanted=Wanted(cluster="cluster-b", caller=CALLER),
+        batch=3,
+    )
+    assert outcome.convergence.converged and not outcome.held
+    assert outcome.message().startswith("a->b: 1/20 calls of the steady window were not good: connection reset")
+    assert "connection termination" in outcome.message()
+
+
+def test_the_steady_window_checks_the_responder_and_the_caller_identity() -> None:
+    stranger = CallResult(200, {"cluster": "cluster-b", "caller": "spiffe://cluster.local/ns/meshfed/sa/x"}, 1.0)
+    window = hold("a->b", scripted(GOOD, WRONG_CLUSTER, stranger, GOOD), 4, Wanted(cluster="cluster-b", caller=CALLER))
+    assert not window.held
+    assert window.faults == [
+        "answered by cluster-a, not cluster-b",
+        f"the callee saw caller spiffe://cluster.local/ns/meshfed/sa/x, not {CALLER}",
+    ]
+
+
+def test_a_window_that_cannot_be_made_fails_every_call_of_it() -> None:
+    def broken(n: int) -> list[CallResult]:
+        raise BackendError("no client pod")
+
+    window = hold("a->b", broken, 5, Wanted())
+    assert not window.held and len(window.faults) == 5
+
+
+def test_no_steady_window_without_convergence() -> None:
+    outcome = reliably("a->b", scripted(FAILED), window=20, deadline=0.05, wanted=Wanted())
+    assert outcome.window is None and not outcome.held
+    assert outcome.message().endswith("failed: no healthy upstream (never converged)")
+
+
+def test_the_ledger_counts_every_call_and_the_steady_windows_apart() -> None:
+    LEDGER.reset()
+    LEDGER.count([GOOD, RESET, GOOD])
+    hold("a->b", scripted(GOOD, RESET), 2, Wanted())
+    assert LEDGER.figures() == {"made": 3, "failed": 1, "steadyMade": 2, "steadyFailed": 1}
+
+
+def test_converging_calls_answered_by_the_wrong_caller_say_why() -> None:
+    stranger = CallResult(200, {"cluster": "cluster-b", "caller": None}, 1.0)
+    outcome = reliably("b", scripted(stranger), window=5, deadline=0.05, wanted=Wanted(caller=CALLER))
+    assert f"not good: {len(outcome.results)}x the callee saw caller None, not {CALLER}" in outcome.message()

@@ -11,10 +11,12 @@ connection failure whose cause is unknown.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from meshfed import manifests
 from meshfed.backends.base import BackendError, Mesh, ProxyCerts
 from meshfed.calls import CallResult, Symptom
+from meshfed.diagnose import cacerts_roots, mesh_config, root_mismatch
 from meshfed.manifests import ISTIO_SYSTEM, TEST_NAMESPACE, only_in
 from meshfed.pki import ChainVerificationError, Purpose, verify_chain
 
@@ -87,3 +89,42 @@ class PathEvidence:
             return result
         found = self.cause()
         return result.named(found[0]) if found else result
+
+
+def likely_cause(mesh: Mesh, results: Sequence[CallResult], destination: str | None) -> str | None:
+    """What the mesh shows that explains failed calls (to the service that runs only in ``destination``, when
+    given): roots that differ, the east-west gateways that are down, a workload without its sidecar."""
+    symptoms = {r.symptom for r in results if not r.ok}
+    if symptoms & {Symptom.TLS_VERIFY_FAILED, Symptom.UNKNOWN_CA, Symptom.CONNECTION_FAILURE}:
+        mismatch = root_mismatch(cacerts_roots(mesh))
+        if mismatch:
+            return mismatch
+    if not symptoms - {Symptom.OK}:
+        return None
+    domains = {name: str(mesh_config(mesh[name]).get("trustDomain", "cluster.local")) for name in mesh.spec.names}
+    if len(set(domains.values())) > 1:
+        return "trust domains differ: " + ", ".join(f"{name} {domain}" for name, domain in domains.items())
+    if Symptom.NO_HEALTHY_UPSTREAM in symptoms:
+        missing = [
+            f"{primary.name} has no remote secret for {name} (istio-remote-secret-{name}): its istiod does not see "
+            f"{name}'s endpoints"
+            for primary in mesh.spec.primaries
+            for name in ([destination] if destination else mesh.spec.names)
+            if name != primary.name
+            and mesh[primary.name].get("Secret", f"istio-remote-secret-{name}", ISTIO_SYSTEM) is None
+        ]
+        if missing:
+            return "; ".join(missing)
+    down = [why for name in mesh.spec.names if (why := gateway_down(mesh, name))]
+    if down and symptoms & {Symptom.CONNECTION_FAILURE, Symptom.CONNECTION_RESET, Symptom.GATEWAY_DOWN}:
+        return "; ".join(down)
+    if destination is not None:
+        bare = [
+            p.name for p in mesh[destination].pods(TEST_NAMESPACE, {"app": only_in(destination)}) if not p.has_sidecar
+        ]
+        if bare:
+            return (
+                f"{', '.join(bare)} in {destination} runs without a sidecar: Istio sends no call from another network "
+                "to a workload without mTLS (it routes them by the SNI of Istio's mTLS)"
+            )
+    return None

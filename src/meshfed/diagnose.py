@@ -73,7 +73,7 @@ def root_mismatch(roots: Mapping[str, x509.Certificate | None]) -> str | None:
     return f"root-cert.pem differs: {listed}: the clusters do not share one root of trust"
 
 
-def _mesh_config(cluster: Cluster) -> dict[str, object]:
+def mesh_config(cluster: Cluster) -> dict[str, object]:
     config = cluster.get("ConfigMap", "istio", ISTIO_SYSTEM)
     loaded = yaml.safe_load(((config or {}).get("data") or {}).get("mesh", "") or "{}")
     return loaded if isinstance(loaded, dict) else {}
@@ -450,7 +450,7 @@ def check_gateways(mesh: Mesh) -> list[Check]:
 def check_mesh_config(mesh: Mesh) -> list[Check]:
     results = []
     domains = {
-        name: str(_mesh_config(mesh[name]).get("trustDomain") or "cluster.local")
+        name: str(mesh_config(mesh[name]).get("trustDomain") or "cluster.local")
         for name in mesh.spec.names
         if mesh[name].get("ConfigMap", "istio", ISTIO_SYSTEM)
     }

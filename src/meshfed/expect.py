@@ -31,9 +31,24 @@ class Convergence:
     label: str
     results: list[CallResult] = field(default_factory=list)
     converged: bool = False
+    why: Callable[[CallResult], str | None] | None = None  # why a call was not good (answered calls included)
 
     def message(self) -> str:
-        return f"{self.label}: {summarize(self.results)}"
+        if self.why is None or all(not r.ok for r in self.results):
+            return f"{self.label}: {summarize(self.results)}"
+        return f"{self.label}: {tally(self.results, self.why)}"
+
+
+def tally(results: list[CallResult], why: Callable[[CallResult], str | None]) -> str:
+    """``3/50 calls were not good: 2x connection reset, 1x answered by cluster-a``, or ``50/50 good``."""
+    counts: dict[str, int] = {}
+    for reason in (why(r) for r in results):
+        if reason is not None:
+            counts[reason] = counts.get(reason, 0) + 1
+    if not counts:
+        return f"{len(results)}/{len(results)} good"
+    listed = ", ".join(reason if n == 1 else f"{n}x {reason}" for reason, n in counts.items())
+    return f"{sum(counts.values())}/{len(results)} not good: {listed}"
 
 
 def converge(
@@ -45,13 +60,17 @@ def converge(
     batch: int = 5,
     answered_by: str | None = None,
     accept: Callable[[CallResult], bool] | None = None,
+    why: Callable[[CallResult], str | None] | None = None,
+    pause: float = 0.1,
 ) -> Convergence:
     """Until ``consecutive`` calls in a row are good: answered (by ``answered_by``, if given), or
-    whatever ``accept`` says (e.g. the symptom a misconfiguration must show)."""
-    outcome = Convergence(label)
+    whatever ``accept`` says (e.g. the symptom a misconfiguration must show); ``pause`` between batches."""
+    outcome = Convergence(label, why=why)
     ends = time.monotonic() + deadline
     streak = 0
     while True:
+        if outcome.results:
+            time.sleep(pause)
         try:
             made = make_calls(batch)
         except BackendError as error:  # e.g. the client pod is not running yet: retried until the deadline
@@ -119,7 +138,7 @@ class Window:
         listed = ", ".join(why if n == 1 else f"{n}x {why}" for why, n in counts.items())
         failed = [r for r in self.results if not r.ok]
         saw = f" (the last failed call saw: {failed[-1].seen})" if failed else ""
-        return f"{self.label}: {len(self.faults)}/{self.size} calls of the steady window failed: {listed}{saw}"
+        return f"{self.label}: {len(self.faults)}/{self.size} calls of the steady window were not good: {listed}{saw}"
 
 
 def hold(label: str, make_calls: Callable[[int], list[CallResult]], size: int, wanted: Wanted) -> Window:
@@ -177,6 +196,7 @@ def reliably(
         deadline=deadline,
         batch=batch,
         accept=lambda r: wanted.fault(r) is None,
+        why=wanted.fault,
     )
     return Reliably(outcome, hold(label, make_calls, window, wanted) if outcome.converged else None)
 

@@ -21,6 +21,7 @@ import yaml
 
 from meshfed import manifests
 from meshfed.backends.base import Mesh
+from meshfed.cases import Feature
 from meshfed.manifests import ISTIO_SYSTEM, TEST_NAMESPACE, only_in
 from meshfed.misconfig import _drop_remote_secret, _other_trust_domain, _second_root, target
 from meshfed.pki import bundle_from_secret, fingerprint, load_certs
@@ -36,7 +37,7 @@ DROP_EVERY = 10  # one in ten packets (embedded: chunks) to the gateway's 15443 
 class Fault:
     name: str
     title: str  # what is broken, in a user's words
-    guards: tuple[str, ...]  # the cases (short names) that must fail on it
+    guards: tuple[Feature, ...]  # what it breaks: every case needing one of these features must fail on it
     says: str  # what every guarding case's failure message must contain (a regex): it names what broke
     inject: Callable[[Mesh], None]  # idempotent: run after provisioning and again before every case
     not_applicable: Callable[[MeshSpec], str | None] = field(default=lambda spec: None)
@@ -120,12 +121,15 @@ FAULTS: tuple[Fault, ...] = (
         f"the last cluster's node answers one in {DROP_EVERY} packets sent to its east-west gateway's port 15443 "
         "with a TCP reset (a flaky network)",
         (
-            "CrossClusterReachability",
-            "MeshWideLoadBalancing",
-            "SpiffeIdentity",
-            "ControlPlaneOutage",
-            "CanaryUpgrade",
-            "RootRotation",
+            Feature.CROSS_CLUSTER_CALLS,
+            Feature.MESH_WIDE_LOAD_BALANCING,
+            Feature.MUTUAL_TLS,
+            Feature.SPIFFE_IDENTITY,
+            Feature.AUTHORIZATION,
+            Feature.CONTROL_PLANE_OUTAGE,
+            Feature.CANARY_UPGRADE,
+            Feature.ROOT_ROTATION,
+            Feature.MISCONFIGURATION_REGRESSION,
         ),
         r"steady window|calls were lost|beyond the",
         _drop_gateway_packets,
@@ -133,52 +137,52 @@ FAULTS: tuple[Fault, ...] = (
     Fault(
         "eastwest-gateway-down",
         "the last cluster's east-west gateway is scaled to 0",
-        ("CrossClusterReachability", "MeshWideLoadBalancing", "MisconfigurationRegression"),
-        r"east-west gateway down|failed|never from",
+        (Feature.CROSS_CLUSTER_CALLS, Feature.MESH_WIDE_LOAD_BALANCING),
+        r"east-west gateway",
         _gateway_down,
     ),
     Fault(
         "workload-without-sidecar",
         "the service that runs only in the last cluster runs without a sidecar (sidecar.istio.io/inject: false)",
-        ("SharedRootOfTrust", "SpiffeIdentity", "CrossClusterMutualTLS"),
-        r"no sidecar|caller",
+        (Feature.SHARED_ROOT, Feature.SPIFFE_IDENTITY, Feature.MUTUAL_TLS, Feature.CROSS_CLUSTER_CALLS),
+        r"sidecar|caller",
         _without_sidecar,
     ),
     Fault(
         "second-root",
         "the last cluster's cacerts holds a root of its own (istiod, gateways and workloads restarted onto it)",
-        ("SharedRootOfTrust", "CrossClusterReachability", "SpiffeIdentity"),
-        r"root|TLS|connection failure",
+        (Feature.SHARED_ROOT, Feature.CROSS_CLUSTER_CALLS, Feature.SPIFFE_IDENTITY),
+        r"root",
         _on_second_root,
         _multi_primary_only("in primary-remote one istiod signs for every cluster: a remote's cacerts is not used"),
     ),
     Fault(
         "other-trust-domain",
         "the last cluster's mesh config names another trust domain (istiod and workloads restarted)",
-        ("SpiffeIdentity", "CrossClusterReachability", "CrossClusterMutualTLS"),
-        r"trust domain|caller|connection reset",
+        (Feature.SPIFFE_IDENTITY, Feature.CROSS_CLUSTER_CALLS, Feature.MUTUAL_TLS),
+        r"trust domain",
         _on_other_trust_domain,
         _multi_primary_only("in primary-remote the one istiod signs every identity in its own trust domain"),
     ),
     Fault(
         "missing-remote-secret",
         "the first cluster has no remote secret for the last",
-        ("CrossClusterReachability", "MeshWideLoadBalancing"),
-        r"no healthy upstream|never from",
+        (Feature.CROSS_CLUSTER_CALLS, Feature.MESH_WIDE_LOAD_BALANCING),
+        r"remote secret",
         _no_remote_secret,
     ),
     Fault(
         "deny-test-namespace",
         "an AuthorizationPolicy DENY on the last cluster's own echo refuses every caller of the test namespace "
         "(its callers from the other clusters among them)",
-        ("CrossClusterAuthorization", "CrossClusterReachability"),
-        r"RBAC denied",
+        (Feature.AUTHORIZATION, Feature.CROSS_CLUSTER_CALLS),
+        r"RBAC",
         _deny_test_namespace,
     ),
     Fault(
         "echo-in-another-locality",
         "the first cluster's echo reports the second cluster's region (pod label istio-locality)",
-        ("LocalityFailover",),
+        (Feature.LOCALITY_FAILOVER,),
         r"were not answered by",
         _echo_elsewhere,
     ),

@@ -78,13 +78,14 @@ def tables(base: Path) -> str:
     return "\n".join(parts).rstrip()
 
 
-def write_readme(readme: Path, text: str) -> None:
+def write_readme(readme: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``text`` between the README's ``begin`` and ``end`` markers."""
     content = readme.read_text()
-    if BEGIN not in content or END not in content:
-        raise CompareError(f"{readme} has no {BEGIN} ... {END} markers: add them where the tables belong")
-    head, rest = content.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    if begin not in content or end not in content:
+        raise CompareError(f"{readme} has no {begin} ... {end} markers: add them where the tables belong")
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:

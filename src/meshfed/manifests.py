@@ -23,6 +23,7 @@ CANARY = "canary"  # the revision CanaryUpgrade installs (a name without dots, a
 ISTIO_SYSTEM = "istio-system"
 TEST_NAMESPACE = "meshfed"
 NETWORK_LABEL = "topology.istio.io/network"
+TLS_MODE_LABEL = "security.istio.io/tlsMode"  # the injector's: "istio" on a pod whose sidecar takes Istio's mTLS
 CONTROL_PLANE_CLUSTERS = "topology.istio.io/controlPlaneClusters"
 MULTICLUSTER_LABEL = "istio/multiCluster"
 CLUSTER_ANNOTATION = "networking.istio.io/cluster"

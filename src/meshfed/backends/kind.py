@@ -345,6 +345,7 @@ class KindBackend(Backend):
             istioctl_binary=istioctl,
             istioctl_by_revision=by_revision,
             node_container=f"{kind_name(name)}-control-plane",
+            node_command=("docker", "exec", f"{kind_name(name)}-control-plane"),
             install_overlays=self._image_overlay("images", self.istio_tag),
             # The canary takes the same tag when it is the same release, else its istioctl's own.
             overlays_by_revision={

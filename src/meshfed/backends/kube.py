@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import shlex
 import subprocess
 import tempfile
 import time
@@ -200,6 +201,8 @@ def rollout_complete(deployment: Obj) -> bool:
     )
 
 
+GATEWAY_FAULT_COMMENT = "meshfed-fault-gateway-drops-packets"
+
 # How long `istioctl install` may take, pulling the images of a new node included.
 INSTALL_TIMEOUT = 900
 
@@ -219,6 +222,7 @@ class KubeCluster(Cluster):
         control_plane_namespace: str = manifests.ISTIO_SYSTEM,
         installs_istio: bool = True,
         node_container: str | None = None,
+        node_command: Sequence[str] = (),
         install_overlays: Sequence[Path] = (),
         overlays_by_revision: Mapping[str, Sequence[Path]] | None = None,
         poll: float = 1.0,
@@ -226,6 +230,7 @@ class KubeCluster(Cluster):
         self.install_overlays = tuple(install_overlays)
         self.overlays_by_revision = {k: tuple(v) for k, v in (overlays_by_revision or {}).items()}
         self.node_container = node_container
+        self.node_command = tuple(node_command)  # runs a command in the node's network (empty: no access to it)
         self.name = name
         self.kubeconfig = kubeconfig
         self.context = context
@@ -405,6 +410,27 @@ class KubeCluster(Cluster):
         if len(results) != count:
             raise BackendError(f"{self.name}: {pod} answered {len(results)} of {count} calls: {output[-200:]!r}")
         return results
+
+    def drop_gateway_connections(self, every: int) -> None:
+        """An iptables rule in the node's network: every Nth packet forwarded to port 15443 (the east-west
+        gateway's, after kube-proxy's DNAT) is answered with a TCP reset; ``every`` 0 removes it."""
+        if not self.node_command:
+            raise BackendError(f"{self.name}: meshfed has no access to this cluster's node network to degrade it")
+        listed = self._node(["iptables", "-w", "-S", "FORWARD"])
+        for line in listed.splitlines():
+            if GATEWAY_FAULT_COMMENT in line:
+                self._node(["iptables", "-w", "-D", *shlex.split(line)[1:]])
+        if every:
+            rule = ["FORWARD", "-p", "tcp", "--dport", "15443", "-m", "statistic", "--mode", "nth", "--every"]
+            rule += [str(every), "--packet", "0", "-m", "comment", "--comment", GATEWAY_FAULT_COMMENT]
+            self._node(["iptables", "-w", "-I", *rule, "-j", "REJECT", "--reject-with", "tcp-reset"])
+
+    def _node(self, command: Sequence[str]) -> str:
+        full = [*self.node_command, *command]
+        done = subprocess.run(full, capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            raise BackendError(f"{self.name}: `{' '.join(full)}` failed: {done.stderr.strip() or 'no output'}")
+        return done.stdout
 
     def proxy_certs(self, pod: str, namespace: str) -> ProxyCerts:
         target = f"{pod}.{self._namespace(namespace)}"

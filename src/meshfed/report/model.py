@@ -124,6 +124,7 @@ def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[s
             {
                 "name": o.case_id,
                 "profile": o.profile,
+                "features": list(o.features),
                 "outcome": o.outcome,
                 "seconds": round(o.seconds, 2),
                 **({"message": o.message} if o.message else {}),

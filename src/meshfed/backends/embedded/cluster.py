@@ -43,7 +43,7 @@ from meshfed.backends.embedded.istiod import Istiod, IstiodStartError
 from meshfed.backends.embedded.node import MeshServices
 from meshfed.backends.embedded.sidecar import Sidecar
 from meshfed.backends.embedded.store import ObjectStore, StoreError, matches
-from meshfed.manifests import ISTIO_SYSTEM, NETWORK_LABEL, Obj
+from meshfed.manifests import ISTIO_SYSTEM, NETWORK_LABEL, TLS_MODE_LABEL, Obj
 from meshfed.topology import ClusterSpec
 from meshfed.workloads import echo
 
@@ -230,6 +230,8 @@ class ClusterRuntime:
         pod.stopped = True
         if pod.istiod is not None:
             pod.istiod.stop()
+        if pod.sidecar is not None:
+            pod.sidecar.draining = True
         timer = threading.Timer(DRAIN_SECONDS, self._finish_drain, args=(pod,))
         timer.daemon = True
         self._draining[id(pod)] = (pod, timer)
@@ -408,7 +410,11 @@ class ClusterRuntime:
         parts = path.strip("/").split("/")
         network = parts[parts.index("net") + 1] if "net" in parts[:-1] else global_values.get("network", "")
         network = labels.get(NETWORK_LABEL, network)
+        # A sidecar's pod is labelled security.istio.io/tlsMode=istio (the injection template): istiod reads it
+        # as "this endpoint takes Istio's mTLS".
         pod_labels = {NETWORK_LABEL: network} if network else {}
+        if not gateway:
+            pod_labels[TLS_MODE_LABEL] = "istio"
         return Injection(address, network, mesh.get("trustDomain", "cluster.local"), revision, pod_labels)
 
     # -- istioctl install ---------------------------------------------------------------------

@@ -55,7 +55,14 @@ from meshfed.backends.embedded.agent import ProxyAgent
 from meshfed.backends.embedded.fabric import close_listener, serve
 from meshfed.backends.embedded.node import Node
 from meshfed.backends.embedded.store import ObjectStore, matches
-from meshfed.manifests import CONTROL_PLANE_CLUSTERS, ISTIO_SYSTEM, MULTICLUSTER_LABEL, NETWORK_LABEL, kubeconfig_server
+from meshfed.manifests import (
+    CONTROL_PLANE_CLUSTERS,
+    ISTIO_SYSTEM,
+    MULTICLUSTER_LABEL,
+    NETWORK_LABEL,
+    TLS_MODE_LABEL,
+    kubeconfig_server,
+)
 from meshfed.pki import PluginCA, SpiffeId, bundle_from_secret, validate_bundle
 from meshfed.pki.authority import CERT_CHAIN, new_root
 from meshfed.pki.certs import cert_pem, key_pem, load_certs, load_key
@@ -70,6 +77,16 @@ _FATAL_BUNDLE_PROBLEMS = {
     "expired",
     "not-yet-valid",
 }
+
+
+def pod_locality(labels: Mapping[str, str], region: str, zone: str) -> tuple[str, str]:
+    """A pod's region and zone: its ``istio-locality`` label (region.zone.subzone, dots for the slashes a label
+    value cannot hold) overrides what its node says (istio/pkg config/labels IstioLocality; getPodLocality)."""
+    label = labels.get("istio-locality")
+    if not label:
+        return region, zone
+    parts = label.split(".")
+    return parts[0], parts[1] if len(parts) > 1 else ""
 
 
 class IstiodStartError(Exception):
@@ -495,6 +512,7 @@ class Istiod:
                     _, endpoints, accounts = table.setdefault((fqdn, int(port["port"])), (target, [], set()))
                     for pod in members:
                         labels = pod["metadata"].get("labels") or {}
+                        locality = pod_locality(labels, spec.region, spec.zone)
                         account = pod["spec"].get("serviceAccountName") or "default"
                         accounts.add(f"spiffe://{trust_domain}/ns/{namespace}/sa/{account}")
                         endpoints.append(
@@ -503,9 +521,10 @@ class Istiod:
                                 port=target,
                                 cluster=cluster,
                                 network=labels.get(NETWORK_LABEL, network),
-                                region=spec.region,
-                                zone=spec.zone,
+                                region=locality[0],
+                                zone=locality[1],
                                 pod=pod["metadata"]["name"],
+                                mtls=labels.get(TLS_MODE_LABEL) == "istio",
                             )
                         )
         return table
@@ -531,7 +550,9 @@ class Istiod:
             for endpoint in endpoints:
                 if same_or_empty(agent.network, endpoint.network):
                     view.append(endpoint)
-                elif not agent.is_gateway:
+                elif not agent.is_gateway and endpoint.mtls:
+                    # Cross-network traffic is routed by the SNI of Istio's mTLS, so an endpoint of another
+                    # network without a sidecar is left out (EndpointsByNetworkFilter, isMtlsEnabled).
                     for address in gateways.get(endpoint.network, []):
                         view.append(
                             xds.Endpoint(

@@ -19,6 +19,7 @@ AuthorizationPolicy (DENY first, then ALLOW) is judged on the caller's principal
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import hashlib
 import http.client
@@ -135,6 +136,11 @@ class Sidecar:
         # Failed upstream calls as Envoy's access log shows them: status, flags, service and
         # %UPSTREAM_TRANSPORT_FAILURE_REASON% (which Envoy 1.39+ keeps out of the 503 body).
         self.access_log: collections.deque[str] = collections.deque(maxlen=200)
+        # Envoy's drain (a terminating pod): inbound answers carry "Connection: close", so callers stop reusing
+        # their connections; at exit every inbound connection is closed, none is left to answer for a gone app.
+        self.draining = False
+        self._inbound_streams: set[socket.socket] = set()
+        self._inbound_lock = threading.Lock()
         agent.on_certificate = self._use
         if agent.cert is not None:
             self._use(agent.cert)
@@ -171,11 +177,18 @@ class Sidecar:
             self._outbound.server_close()
         for listener in self._listeners:
             close_listener(listener)
+        with self._inbound_lock:
+            streams, self._inbound_streams = list(self._inbound_streams), set()
+        for stream in streams:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(stream, socket.SHUT_RDWR)
         self.agent.detach()
 
     # -- inbound --------------------------------------------------------------------------------
     def _inbound(self, conn: socket.socket, peer: Any, *, port: int) -> None:
         stream: socket.socket = conn
+        with self._inbound_lock:
+            self._inbound_streams.add(conn)
         try:
             conn.settimeout(10)
             first = conn.recv(1, socket.MSG_PEEK)
@@ -204,6 +217,8 @@ class Sidecar:
         except (OSError, ssl.SSLError):
             pass
         finally:
+            with self._inbound_lock:
+                self._inbound_streams.discard(conn)
             stream.close()
 
     # -- outbound -------------------------------------------------------------------------------
@@ -289,12 +304,18 @@ class Sidecar:
     def _connect(
         self, view: xds.ServiceView, endpoint: xds.Endpoint, sni: str, timeout: float
     ) -> http.client.HTTPConnection:
-        if self.client_context is None:
+        if self.client_context is None and endpoint.mtls:
             raise UpstreamError(ssl.SSLError("no certificate"))
         try:
             raw = self.runtime.mesh.fabric.dial(self.agent.network, endpoint.address, endpoint.port, CONNECT_TIMEOUT)
         except OSError as error:
             raise UpstreamError(error) from None
+        if not endpoint.mtls:  # auto mTLS: an endpoint without a sidecar is called in plaintext
+            plain = http.client.HTTPConnection(view.fqdn, view.port, timeout=timeout)
+            raw.settimeout(timeout)
+            plain.sock = raw
+            return plain
+        assert self.client_context is not None
         try:
             tls = self.client_context.wrap_socket(raw, server_hostname=sni)
             tls.settimeout(timeout)
@@ -449,6 +470,11 @@ def _inbound_handler(sidecar: Sidecar, port: int, principal: str, digest: str) -
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
+
+        def end_headers(self) -> None:
+            if sidecar.draining:  # the caller closes this connection after the answer
+                self.send_header("Connection", "close")
+            super().end_headers()
 
         def _handle(self) -> None:
             config = sidecar.agent.config

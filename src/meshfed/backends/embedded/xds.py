@@ -24,6 +24,7 @@ class Endpoint:
     zone: str
     pod: str  # the pod behind it (for a gateway endpoint: the pod the gateway will pick among)
     via_gateway: bool = False
+    mtls: bool = True  # the pod has a sidecar (security.istio.io/tlsMode=istio): Istio's auto mTLS uses it
 
 
 @dataclass(frozen=True)

@@ -263,6 +263,7 @@ class HostBackend(Backend):
                     istioctl_by_revision=by_revision,
                     install_overlays=(overlay,),
                     overlays_by_revision=overlays_by_revision,
+                    node_command=node.net.nsenter(),
                 )
                 for name, node in nodes.items()
             }
