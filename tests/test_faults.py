@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from meshfed import manifests
+from meshfed.backends.base import BackendError
 from meshfed.backends.kube import KubeCluster
 from meshfed.calls import Symptom
 from meshfed.faults import FAULTS, fault
@@ -84,9 +85,7 @@ def test_on_a_real_node_the_gateway_fault_is_an_iptables_rule_replaced_not_stack
 
 def test_without_access_to_the_node_the_gateway_fault_says_so(tmp_path: Path) -> None:
     cluster = _cluster(tmp_path, "east", [])
-    from meshfed.backends.base import BackendError
-
-    with pytest.raises(BackendError, match="^east: meshfed has no access to this cluster's node network"):
+    with pytest.raises(BackendError, match=r"^east: meshfed has no access to this cluster's node network"):
         cluster.drop_gateway_connections(10)
 
 
@@ -111,7 +110,7 @@ def test_a_second_root_is_named_a_tls_failure_from_the_proxies_certificates(prov
 def test_a_flaky_gateway_fails_the_steady_window_not_the_convergence(provision: Provision) -> None:
     mesh, _ = provision()
     fault("gateway-drops-packets").inject(mesh)
-    shown, problem = observe(mesh, Expect("cluster-a", "cluster-b", frozenset({Symptom.OK})), 50)
+    _, problem = observe(mesh, Expect("cluster-a", "cluster-b", frozenset({Symptom.OK})), 50)
     assert problem is not None and "calls of the steady window were not good" in problem, problem
     assert "connection reset" in problem
     # The other direction does not cross cluster-b's gateway.
