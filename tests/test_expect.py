@@ -43,7 +43,7 @@ def test_accept_judges_the_expected_symptom() -> None:
 def test_traffic_files_every_call_under_its_step() -> None:
     failures = iter([FAILED, FAILED])
     calls = {"a->b": lambda n: [OK], "b->a": lambda n: [next(failures, OK)]}
-    with Traffic(calls) as traffic:
+    with Traffic(calls, every=0) as traffic:
         traffic.step("second", settle=0.05)
     steps = [step for step, _, _ in traffic.counts()]
     assert steps[0] == "start" and set(steps) <= {"start", "second"}
@@ -69,7 +69,7 @@ def test_excused_losses_are_listed_apart_and_not_lost() -> None:
         body="upstream connect error or disconnect/reset before headers. reset reason: connection termination",
     )
     failures = iter([cut, FAILED])
-    with Traffic({"a->b": lambda n: [next(failures, OK)]}) as traffic:
+    with Traffic({"a->b": lambda n: [next(failures, OK)]}, every=0) as traffic:
         pass
     excused = lambda step, result: "connection termination" in result.seen  # noqa: E731
     [lost] = traffic.lost(excused=excused)

@@ -209,8 +209,11 @@ class Traffic:
     was current when the call ended, so a report shows exactly how much traffic each step cost.
     """
 
-    def __init__(self, make_calls: Mapping[str, Callable[[int], list[CallResult]]]) -> None:
+    def __init__(self, make_calls: Mapping[str, Callable[[int], list[CallResult]]], every: float = 0.2) -> None:
         self._make_calls = dict(make_calls)
+        # A call starts at most every ``every`` seconds per label: steady traffic through each step (a real
+        # client through ``kubectl exec`` makes 2 or 3 a second), not a load test that starves the procedure.
+        self._every = every
         self._step = "start"
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -219,6 +222,7 @@ class Traffic:
 
     def _run(self, label: str) -> None:
         while not self._stopping.is_set():
+            started = time.monotonic()
             try:
                 results = self._make_calls[label](1)
             except Exception as error:
@@ -226,6 +230,7 @@ class Traffic:
             for result in results:
                 with self._lock:
                     self.results.setdefault(self._step, {}).setdefault(label, []).append(result)
+            self._stopping.wait(self._every - (time.monotonic() - started))
 
     def __enter__(self) -> Traffic:
         for thread in self._threads:
