@@ -17,7 +17,7 @@ from meshfed import manifests
 from meshfed.backends.base import Cluster, Mesh
 from meshfed.calls import CallResult, Symptom, summarize
 from meshfed.cases import Feature, case
-from meshfed.causes import likely_cause
+from meshfed.causes import likely_cause, unreached
 from meshfed.diagnose import cacerts_roots, root_mismatch
 from meshfed.expect import Wanted, hold, reliably, require
 from meshfed.manifests import CLIENT, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
@@ -108,7 +108,8 @@ def test_mesh_wide_load_balancing(mesh: Mesh, cluster_name: str, suite_options: 
             seen = {r.cluster for r in results if r.ok}
             pytest.fail(
                 f"{cluster_name}: echo answered only from {sorted(c for c in seen if c)} in {len(results)} calls "
-                f"({summarize(results)}); never from {sorted(wanted - seen)}" + explain(results, mesh),
+                f"({summarize(results)}); never from {sorted(wanted - seen)}"
+                + "".join(f"; likely cause: {why}" for name in sorted(wanted - seen) if (why := unreached(mesh, name))),
                 pytrace=False,
             )
         results += make(2 * len(wanted))

@@ -93,38 +93,40 @@ class PathEvidence:
 
 def likely_cause(mesh: Mesh, results: Sequence[CallResult], destination: str | None) -> str | None:
     """What the mesh shows that explains failed calls (to the service that runs only in ``destination``, when
-    given): roots that differ, the east-west gateways that are down, a workload without its sidecar."""
+    given): roots or trust domains that differ, then what keeps ``destination`` (or any cluster) unreached."""
     symptoms = {r.symptom for r in results if not r.ok}
     if symptoms & {Symptom.TLS_VERIFY_FAILED, Symptom.UNKNOWN_CA, Symptom.CONNECTION_FAILURE}:
         mismatch = root_mismatch(cacerts_roots(mesh))
         if mismatch:
             return mismatch
-    if not symptoms - {Symptom.OK}:
+    if not symptoms:
         return None
     domains = {name: str(mesh_config(mesh[name]).get("trustDomain", "cluster.local")) for name in mesh.spec.names}
     if len(set(domains.values())) > 1:
         return "trust domains differ: " + ", ".join(f"{name} {domain}" for name, domain in domains.items())
-    if Symptom.NO_HEALTHY_UPSTREAM in symptoms:
-        missing = [
-            f"{primary.name} has no remote secret for {name} (istio-remote-secret-{name}): its istiod does not see "
-            f"{name}'s endpoints"
-            for primary in mesh.spec.primaries
-            for name in ([destination] if destination else mesh.spec.names)
-            if name != primary.name
-            and mesh[primary.name].get("Secret", f"istio-remote-secret-{name}", ISTIO_SYSTEM) is None
-        ]
-        if missing:
-            return "; ".join(missing)
-    down = [why for name in mesh.spec.names if (why := gateway_down(mesh, name))]
-    if down and symptoms & {Symptom.CONNECTION_FAILURE, Symptom.CONNECTION_RESET, Symptom.GATEWAY_DOWN}:
-        return "; ".join(down)
-    if destination is not None:
-        bare = [
-            p.name for p in mesh[destination].pods(TEST_NAMESPACE, {"app": only_in(destination)}) if not p.has_sidecar
-        ]
-        if bare:
-            return (
-                f"{', '.join(bare)} in {destination} runs without a sidecar: Istio sends no call from another network "
-                "to a workload without mTLS (it routes them by the SNI of Istio's mTLS)"
-            )
+    found = [why for name in ([destination] if destination else mesh.spec.names) if (why := unreached(mesh, name))]
+    return "; ".join(found) or None
+
+
+def unreached(mesh: Mesh, destination: str) -> str | None:
+    """Why calls from other clusters may not reach ``destination``: no remote secret for it where an istiod
+    should read it, its east-west gateway down, its own service running without a sidecar."""
+    missing = [
+        f"{primary.name} has no remote secret for {destination} (istio-remote-secret-{destination}): its istiod does "
+        f"not see {destination}'s endpoints"
+        for primary in mesh.spec.primaries
+        if primary.name != destination
+        and mesh[primary.name].get("Secret", f"istio-remote-secret-{destination}", ISTIO_SYSTEM) is None
+    ]
+    if missing:
+        return "; ".join(missing)
+    down = gateway_down(mesh, destination)
+    if down:
+        return down
+    bare = [p.name for p in mesh[destination].pods(TEST_NAMESPACE, {"app": only_in(destination)}) if not p.has_sidecar]
+    if bare:
+        return (
+            f"{', '.join(bare)} in {destination} runs without a sidecar: Istio sends no call from another network "
+            "to a workload without mTLS (it routes them by the SNI of Istio's mTLS)"
+        )
     return None

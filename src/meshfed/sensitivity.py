@@ -215,8 +215,16 @@ def stored(base: Path, topologies: Sequence[str], faults: Sequence[str]) -> dict
     }
 
 
+def faults_table() -> str:
+    """Markdown: each fault, what it breaks, and the features (so the cases) that must fail on it."""
+    lines = ["| fault | what it breaks | the cases needing these must fail on it |", "|---|---|---|"]
+    for item in FAULTS:
+        lines.append(f"| `{item.name}` | {item.title} | {', '.join(f.value for f in item.guards)} |")
+    return "\n".join(lines)
+
+
 def markdown(runs: Mapping[str, Sequence[Run]]) -> str:
-    parts = []
+    parts = [faults_table(), ""]
     for topology, found in runs.items():
         parts += [f"**{topology}**", "", table(found), ""]
     return "\n".join(parts).rstrip()
