@@ -96,6 +96,12 @@ def test_a_gateway_that_is_down_is_not_a_tls_failure(provision: Provision) -> No
     shown, problem = observe(mesh, Expect("cluster-a", "cluster-b", TLS_FAILURES), 5)
     assert shown == "cluster-a->cluster-b: east-west gateway down"
     assert problem is not None and "cluster-b's east-west gateway has no ready pod" in problem
+    # meshfed diagnose names it too, on the cluster whose gateway is down and nowhere else.
+    from meshfed.diagnose import diagnose
+
+    named = {(c.check, c.cluster) for c in diagnose(mesh) if c.status == "error"}
+    assert ("eastwest-gateway-not-ready", "cluster-b") in named
+    assert ("eastwest-gateway-not-ready", "cluster-a") not in named
 
 
 def test_a_second_root_is_named_a_tls_failure_from_the_proxies_certificates(provision: Provision) -> None:

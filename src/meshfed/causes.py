@@ -16,22 +16,9 @@ from collections.abc import Sequence
 from meshfed import manifests
 from meshfed.backends.base import BackendError, Mesh, ProxyCerts
 from meshfed.calls import CallResult, Symptom
-from meshfed.diagnose import cacerts_roots, mesh_config, root_mismatch
+from meshfed.diagnose import cacerts_roots, gateway_down, mesh_config, root_mismatch
 from meshfed.manifests import ISTIO_SYSTEM, TEST_NAMESPACE, only_in
 from meshfed.pki import ChainVerificationError, Purpose, verify_chain
-
-
-def gateway_down(mesh: Mesh, cluster: str) -> str | None:
-    """Why ``cluster``'s east-west gateway cannot take a connection, or None when it can."""
-    service = mesh[cluster].get("Service", manifests.EASTWEST_GATEWAY, ISTIO_SYSTEM)
-    if service is None:
-        return f"{cluster} has no {manifests.EASTWEST_GATEWAY} Service"
-    if not ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress"):
-        return f"{cluster}'s east-west gateway has no address"
-    pods = mesh[cluster].pods(ISTIO_SYSTEM, {"app": manifests.EASTWEST_GATEWAY})
-    if not any(p.ready and not p.terminating for p in pods):
-        return f"{cluster}'s east-west gateway has no ready pod"
-    return None
 
 
 def _certs(mesh: Mesh, cluster: str, app: str, namespace: str) -> ProxyCerts | None:

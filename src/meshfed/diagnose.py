@@ -356,6 +356,19 @@ def check_remote_control_plane(mesh: Mesh) -> list[Check]:
     return results
 
 
+def gateway_down(mesh: Mesh, cluster: str) -> str | None:
+    """Why ``cluster``'s east-west gateway cannot take a connection, or None when it can."""
+    service = mesh[cluster].get("Service", EASTWEST_GATEWAY, ISTIO_SYSTEM)
+    if service is None:
+        return f"{cluster} has no {EASTWEST_GATEWAY} Service"
+    if not ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress"):
+        return f"{cluster}'s east-west gateway has no address"
+    pods = mesh[cluster].pods(ISTIO_SYSTEM, {"app": EASTWEST_GATEWAY})
+    if not any(p.ready and not p.terminating for p in pods):
+        return f"{cluster}'s east-west gateway has no ready pod"
+    return None
+
+
 def check_gateways(mesh: Mesh) -> list[Check]:
     results = []
     for spec in mesh.spec.clusters:
@@ -410,6 +423,16 @@ def check_gateways(mesh: Mesh) -> list[Check]:
                         spec.name,
                         "the east-west gateway has no external address",
                         "give LoadBalancer Services an address (MetalLB or cloud-provider-kind on kind)",
+                    )
+                )
+            elif down := gateway_down(mesh, spec.name):
+                results.append(
+                    Check(
+                        "eastwest-gateway-not-ready",
+                        "error",
+                        spec.name,
+                        f"{down}: calls into this cluster from other networks fail (Envoy: connection failure)",
+                        "kubectl -n istio-system get deployment,pods -l app=istio-eastwestgateway; describe the pods",
                     )
                 )
             gateway_network = _labels(service).get(NETWORK_LABEL)

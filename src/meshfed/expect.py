@@ -244,10 +244,20 @@ class Traffic:
             self._step = name
 
     def __exit__(self, *exc: object) -> None:
+        # The last step holds at least one call per label (a step nobody called through proves nothing),
+        # unless a caller hangs: then the join below bounds the wait.
+        deadline = time.monotonic() + 10
         time.sleep(0.1)
+        while time.monotonic() < deadline and not self._last_step_called():
+            time.sleep(0.05)
         self._stopping.set()
         for thread in self._threads:
             thread.join(timeout=30)
+
+    def _last_step_called(self) -> bool:
+        with self._lock:
+            current = self.results.get(self._step, {})
+            return all(current.get(label) for label in self._make_calls)
 
     def lost(self, excused: Callable[[str, CallResult], bool] | None = None) -> list[str]:
         """``step: label: 3/120 failed: ...`` for every step and label that lost calls; a failure that
