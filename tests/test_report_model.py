@@ -126,3 +126,28 @@ def test_the_picture_is_sized_to_its_clusters() -> None:
     two, five = mesh_picture(_record()), mesh_picture(_five_cluster_record())
     height = lambda svg: float(svg.split('height="', 1)[1].split('"', 1)[0])  # noqa: E731
     assert height(two) <= 120 < height(five)
+
+
+def test_a_failure_message_is_the_error_sentence_never_the_line_it_was_raised_at() -> None:
+    from types import SimpleNamespace
+
+    from fixtures.reporting import _failure_message
+
+    raised = SimpleNamespace(
+        longrepr=SimpleNamespace(
+            reprcrash=SimpleNamespace(
+                message="meshfed.backends.base.BackendError: cluster-b: the proxy of pod 'echo' has no certificate yet"
+            )
+        ),
+        longreprtext="...\nsrc/meshfed/backends/embedded/mesh.py:289: BackendError",
+    )
+    assert _failure_message(raised) == "BackendError: cluster-b: the proxy of pod 'echo' has no certificate yet"
+    failed = SimpleNamespace(
+        longrepr=SimpleNamespace(reprcrash=SimpleNamespace(message="Failed: cluster-a->cluster-b: 2/20 failed\nmore")),
+        longreprtext="x.py:5: Failed",
+    )
+    assert _failure_message(failed) == "cluster-a->cluster-b: 2/20 failed more"
+    untraced = SimpleNamespace(
+        longrepr="cluster-a->cluster-b: 1/20 failed", longreprtext="cluster-a->cluster-b: 1/20 failed"
+    )
+    assert _failure_message(untraced) == "cluster-a->cluster-b: 1/20 failed"
