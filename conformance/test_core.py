@@ -18,9 +18,9 @@ from meshfed.backends.base import Cluster, Mesh
 from meshfed.calls import CallResult, Symptom, summarize
 from meshfed.cases import Feature, case
 from meshfed.causes import likely_cause, unreached
-from meshfed.diagnose import cacerts_roots, root_mismatch
+from meshfed.diagnose import cacerts_forbidden, cacerts_roots, read_cacerts, root_mismatch, trust_domain
 from meshfed.expect import Wanted, hold, reliably, require
-from meshfed.manifests import CLIENT, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
+from meshfed.manifests import CLIENT, TEST_NAMESPACE, only_in, service_url
 from meshfed.options import SuiteOptions
 from meshfed.pki import ChainVerificationError, Purpose, bundle_from_secret, fingerprint, load_certs, verify_chain
 from meshfed.pki.verify import uri_sans
@@ -34,14 +34,6 @@ STRANGER = "stranger"
 def calls_from(cluster: Cluster, url: str, app: str = CLIENT, namespace: str = TEST_NAMESPACE):  # type: ignore[no-untyped-def]
     pod = cluster.pod_of(namespace, app)
     return lambda count: cluster.call(pod.name, namespace, url, count)
-
-
-def trust_domain(cluster: Cluster) -> str | None:
-    import yaml
-
-    config = cluster.get("ConfigMap", "istio", ISTIO_SYSTEM)
-    mesh = yaml.safe_load(((config or {}).get("data") or {}).get("mesh", "") or "{}") or {}
-    return mesh.get("trustDomain", "cluster.local") if config else None
 
 
 def identity(mesh: Mesh, cluster: str, account: str = CLIENT) -> str:
@@ -193,7 +185,7 @@ def test_cross_cluster_mutual_tls(
 
 def plugged_intermediate(mesh: Mesh, cluster: str) -> x509.Certificate | None:
     """The intermediate of the cacerts that signs ``cluster``'s workloads (its config cluster's istiod)."""
-    secret = mesh[mesh.spec.config_cluster(cluster)].get("Secret", "cacerts", ISTIO_SYSTEM)
+    secret = read_cacerts(mesh[mesh.spec.config_cluster(cluster)])
     if secret is None:
         return None
     files = bundle_from_secret(secret)
@@ -222,9 +214,16 @@ def test_shared_root_of_trust(mesh: Mesh, not_applicable: Callable[[str], None])
     missing = [spec.name for spec in mesh.spec.primaries if roots.get(spec.name) is None]
     managed_ca = mesh.backend == "existing" and len(missing) == len(mesh.spec.primaries)
     if managed_ca:
-        # A managed or external CA leaves no cacerts Secret: what the proxies hold is judged instead.
+        # A managed or external CA leaves no cacerts Secret, or one the user may not read: what the proxies
+        # hold is judged instead.
+        forbidden = cacerts_forbidden(mesh)
+        why = (
+            f"the cacerts Secret is not readable by this user (403) in {', '.join(forbidden)}"
+            if forbidden
+            else "no cacerts Secret in any primary"
+        )
         not_applicable(
-            "secret-level check: no cacerts Secret in any primary (a managed or external CA); "
+            f"secret-level check: {why} (a managed or external CA); "
             "the root every proxy trusts and every workload chain are checked"
         )
     elif missing:

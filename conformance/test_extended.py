@@ -13,6 +13,7 @@ from meshfed import manifests
 from meshfed.backends.base import BackendError, Cluster, Mesh
 from meshfed.calls import CallResult, Symptom, summarize
 from meshfed.cases import Feature, case, not_supported
+from meshfed.diagnose import read_cacerts
 from meshfed.expect import Traffic, Wanted, reliably, require
 from meshfed.manifests import CANARY, CLIENT, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
 from meshfed.misconfig import publishes_its_root
@@ -431,7 +432,7 @@ def cut_by_gateway_exit(step: str, result: CallResult) -> bool:
 
 
 def _cacerts_files(mesh: Mesh, cluster: str) -> dict[str, bytes]:
-    secret = mesh[cluster].get("Secret", "cacerts", ISTIO_SYSTEM)
+    secret = read_cacerts(mesh[cluster])
     return bundle_from_secret(secret) if secret else {}
 
 

@@ -167,6 +167,7 @@ class KubeApiStandIn:
         self.lb_pool, self.lb_requires_pool_object = list(lb_pool or []), lb_requires_pool_object
         self.requests: list[tuple[str, str, str]] = []  # (method, path with query, content type)
         self.fail_next: dict[str, tuple[int, str, str]] = {}  # path prefix -> (code, reason, message), once
+        self.forbidden: set[str] = set()  # paths the user's RBAC does not allow: always 403
         self.url = ""
         self._store: dict[Key, Obj] = {}
         self._lock = threading.RLock()
@@ -240,6 +241,9 @@ class KubeApiStandIn:
         """Answer one request: the status code and the JSON body."""
         with self._lock:
             self.requests.append((method, raw_path, content_type))
+            if urlsplit(raw_path).path in self.forbidden:
+                message = f'{raw_path} is forbidden: User "reader" cannot get it'
+                return 403, status_object(403, "Forbidden", message)
             for prefix in list(self.fail_next):
                 if raw_path.startswith(prefix):
                     code, reason, message = self.fail_next.pop(prefix)

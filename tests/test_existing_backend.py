@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from meshfed.backends.base import BackendError
-from meshfed.backends.existing import ExistingBackend
+from meshfed.backends.base import BackendError, Forbidden
+from meshfed.backends.existing import ControlPlane, ExistingBackend, Injection, choose_injection
 from meshfed.manifests import TEST_NAMESPACE, image_version
 from meshfed.topology import MeshSpec, Topology
 from tests.kube_standin import KubeApiStandIn
@@ -399,3 +399,202 @@ def test_a_clusters_network_is_read_as_istiod_reads_it(servers: dict[str, KubeAp
     mesh = ExistingBackend(CONTEXTS).connect(_spec())
     expected = "net-west" if source != "none" else _spec().clusters[1].network
     assert mesh.spec.cluster("west").network == expected
+
+
+def _plane(revisions: dict[str, str], tags: dict[str, str] | None = None) -> ControlPlane:
+    return ControlPlane(revisions, namespace_exists=True, tags=tags or {})
+
+
+def test_the_revision_to_inject_with_is_chosen_as_istioctl_reads_the_mesh() -> None:
+    plain = {"east": _plane({"default": "1.30.3"}), "west": _plane({"default": "1.30.3"})}
+    assert choose_injection(plain) == Injection("", "default")
+    only = {"east": _plane({"1-30": "1.30.3"})}
+    assert choose_injection(only) == Injection("1-30", "1-30")
+    # In the middle of a canary upgrade: the default tag still points at the old revision.
+    canary = {"east": _plane({"1-29": "1.29.2", "1-30": "1.30.3"}, {"default": "1-29", "prod": "1-30"})}
+    assert choose_injection(canary) == Injection("", "1-29")
+    assert choose_injection(canary, "prod") == Injection("prod", "1-30")
+    assert choose_injection(canary, "1-30") == Injection("1-30", "1-30")
+    assert choose_injection(canary, "default") == Injection("", "1-29")
+    assert Injection("prod", "1-30").describe() == "revision 1-30 (tag prod), injected by istio.io/rev=prod"
+    with pytest.raises(BackendError, match=r"^--revision 1-31: the mesh has no revision or tag of that name "):
+        choose_injection(canary, "1-31")
+    untagged = {"east": _plane({"1-29": "1.29.2", "1-30": "1.30.3"})}
+    with pytest.raises(BackendError, match=r"several revisions \(1-29, 1-30\) and none is the default: .*--revision R"):
+        choose_injection(untagged)
+
+
+def _tag(server: KubeApiStandIn, tag: str, revision: str) -> None:
+    webhook = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": f"istio-revision-tag-{tag}", "labels": {"istio.io/tag": tag, "istio.io/rev": revision}},
+        "webhooks": [],
+    }
+    _send(server, "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", webhook)
+
+
+def _mesh_config(server: KubeApiStandIn, name: str, trust_domain: str) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "istio-system"},
+        "data": {"mesh": yaml.safe_dump({"trustDomain": trust_domain})},
+    }
+    _send(server, "/api/v1/namespaces/istio-system/configmaps", config)
+
+
+def test_a_canary_mesh_is_certified_by_the_mesh_config_of_the_revision_in_use(
+    servers: dict[str, KubeApiStandIn],
+) -> None:
+    """Two revisions and the default tag on the old one: the workloads join the old revision and live by its
+    mesh config (``istio-1-29``), not the ConfigMap ``istio`` a revisioned install does not have."""
+    from meshfed.diagnose import trust_domain
+
+    for server in servers.values():
+        _istiod(server, revision="1-29", version="1.29.2")
+        _istiod(server, revision="1-30")
+        _tag(server, "default", "1-29")
+        _mesh_config(server, "istio-1-29", "corp.example")
+        _mesh_config(server, "istio-1-30", "next.example")
+    mesh = ExistingBackend(CONTEXTS).provision(_spec(), {})
+    try:
+        labels = servers["east"].object(f"/api/v1/namespaces/{TEST_NAMESPACE}")["metadata"]["labels"]  # type: ignore[index]
+        assert labels["istio-injection"] == "enabled"
+        assert {mesh[name].revision for name in CONTEXTS} == {"1-29"}
+        assert trust_domain(mesh["west"]) == "corp.example"
+        assert mesh.environment["control plane"] == (
+            "namespace istio-system, revision 1-29 (tag default), injected by istio-injection=enabled"
+        )
+        assert mesh.environment["east: trust domain"] == "corp.example (from the mesh config)"
+        assert mesh.environment["east: root of trust"].startswith("no cacerts Secret: a managed or istiod's own CA")
+    finally:
+        mesh.teardown()
+
+
+def _proxy_secret_dump(path: Path, spiffe_id: str) -> Path:
+    """What ``istioctl proxy-config secret -o json`` prints for a proxy holding a workload certificate."""
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tests.certfactory import make, name, workload
+
+    root = make(name("root"))
+    leaf = workload(root, spiffe_id)
+
+    def inline(cert: Any) -> dict[str, str]:
+        return {"inlineBytes": base64.b64encode(cert.public_bytes(Encoding.PEM)).decode()}
+
+    secrets = [
+        {"name": "default", "secret": {"tlsCertificate": {"certificateChain": inline(leaf.cert)}}},
+        {"name": "ROOTCA", "secret": {"validationContext": {"trustedCa": inline(root.cert)}}},
+    ]
+    path.write_text(json.dumps({"dynamicActiveSecrets": secrets}))
+    return path
+
+
+def test_a_secret_the_user_may_not_read_is_a_managed_ca_not_an_error(
+    servers: dict[str, KubeApiStandIn], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from meshfed.diagnose import cacerts_forbidden, cacerts_roots, check_trust, trust_domain
+
+    dump = _proxy_secret_dump(tmp_path / "secret.json", f"spiffe://mesh.acme.example/ns/{TEST_NAMESPACE}/sa/client")
+    monkeypatch.setenv("MESHFED_FAKE_PROXY_SECRET", str(dump))
+    for server in servers.values():
+        _istiod(server)
+        server.forbidden |= {
+            "/api/v1/namespaces/istio-system/secrets/cacerts",
+            "/api/v1/namespaces/istio-system/configmaps/istio",
+        }
+    mesh = ExistingBackend(CONTEXTS).provision(_spec(), {})
+    try:
+        assert cacerts_roots(mesh) == {"east": None, "west": None}
+        assert cacerts_forbidden(mesh) == ["east", "west"]
+        trust = check_trust(mesh)
+        assert (trust[0].check, trust[0].status) == ("cacerts-not-used", "warning")
+        assert trust[0].evidence.startswith("the cacerts Secret is not readable by this user (403) in east, west: ")
+        assert mesh.environment["west: root of trust"].startswith("cacerts Secret not readable by this user (403)")
+        # No mesh config to read: the trust domain is what the proxies' certificates say.
+        assert mesh.environment["west: trust domain"] == "no mesh config readable: read from the proxies' certificates"
+        assert mesh["west"].wait_ready("client", TEST_NAMESPACE)
+        assert trust_domain(mesh["west"]) == "mesh.acme.example"
+    finally:
+        mesh.teardown()
+    with pytest.raises(
+        Forbidden, match=r"east: GET /api/v1/namespaces/istio-system/secrets/cacerts was refused \(403\)"
+    ):
+        mesh["east"].get("Secret", "cacerts", "istio-system")
+
+
+def test_a_developers_build_needs_its_istioctl_named_or_on_path(
+    servers: dict[str, KubeApiStandIn], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for server in servers.values():
+        _istiod(server, version="1.31-dev")
+    # The istioctl on PATH is a 1.30.3: it does not say which istioctl fits a 1.31 build.
+    with pytest.raises(
+        BackendError, match=r"^cannot tell the Istio release from istiod's image \(1.31-dev\): .*--istioctl PATH"
+    ):
+        ExistingBackend(CONTEXTS).provision(_spec(), {})
+    not_istioctl = tmp_path / "istioctl"
+    not_istioctl.write_text("#!/bin/sh\nexit 0\n")
+    not_istioctl.chmod(0o755)
+    with pytest.raises(BackendError, match=rf"^--istioctl {not_istioctl} is not an istioctl "):
+        ExistingBackend(CONTEXTS, istioctl=not_istioctl).provision(_spec(), {})
+    with pytest.raises(BackendError, match=rf"^--kubectl {not_istioctl} is not a kubectl "):
+        ExistingBackend(CONTEXTS, kubectl=not_istioctl).provision(_spec(), {})
+    monkeypatch.setenv("MESHFED_FAKE_ISTIO_VERSION", "1.31-dev")
+    given = ExistingBackend(CONTEXTS, istioctl=FAKES / "istioctl").provision(_spec(), {})
+    given.teardown()
+    assert given["east"].istioctl == FAKES / "istioctl"
+    assert given.environment["istioctl"] == f"{FAKES / 'istioctl'} (1.31-dev)"
+    # An istioctl on PATH of the same release line serves when none is named.
+    found = ExistingBackend(CONTEXTS).provision(_spec(), {})
+    found.teardown()
+    assert found["west"].istioctl == FAKES / "istioctl"
+
+
+def test_a_namespace_of_meshfeds_name_it_did_not_create_is_never_touched(servers: dict[str, KubeApiStandIn]) -> None:
+    from meshfed import manifests
+
+    for server in servers.values():
+        _istiod(server)
+    theirs = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "meshfed-outside"}}
+    _send(servers["west"], "/api/v1/namespaces", theirs)
+    mesh = ExistingBackend(CONTEXTS).provision(_spec(), {})
+    try:
+        with pytest.raises(BackendError, match=r"^west: namespace meshfed-outside already exists and meshfed did not"):
+            mesh["west"].apply(manifests.namespace("meshfed-outside", manifests.MANAGED_BY))
+        with pytest.raises(BackendError, match=r"^west: namespace meshfed-outside already exists"):
+            mesh["west"].delete("Namespace", "meshfed-outside")
+        mesh["east"].apply(manifests.namespace("meshfed-outside", manifests.MANAGED_BY))  # its own: fine
+        assert mesh["east"].delete("Namespace", "meshfed-outside")
+    finally:
+        mesh.teardown()
+    kept = servers["west"].object("/api/v1/namespaces/meshfed-outside")
+    assert kept is not None and "app.kubernetes.io/managed-by" not in kept["metadata"]["labels"]
+
+
+def test_a_mesh_that_does_not_inject_fails_every_case_with_the_cause_first(
+    servers: dict[str, KubeApiStandIn], tmp_path: Path
+) -> None:
+    """A namespace label the mesh's webhooks do not answer to: the workloads run without sidecars, so no case
+    has evidence of the mesh; each fails at once, "not injected" and the pods first, never a pass."""
+    from tests.test_conformance_run import run_suite
+
+    for server in servers.values():
+        _istiod(server)
+        server.injection = False
+    contexts = [arg for name, context in CONTEXTS.items() for arg in ("--context", f"{name}={context}")]
+    result = run_suite(tmp_path, "--backend", "existing", *contexts, "--profile", "core")
+    assert result.returncode == 1, result.stdout[-3000:]
+    report = yaml.safe_load((tmp_path / "conformance-report.yaml").read_text())
+    (cause,) = report["brokenFromStart"]
+    assert cause.startswith("not injected: east/client-") and "west/echo-" in cause
+    assert {case["outcome"] for case in report["cases"]} == {"failed"} and len(report["cases"]) == 11
+    assert all(
+        case["message"].startswith("the mesh is broken from the start: not injected: ") for case in report["cases"]
+    )
+    for server in servers.values():
+        assert server.object(f"/api/v1/namespaces/{TEST_NAMESPACE}") is None  # removed at the end

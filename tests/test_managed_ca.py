@@ -46,3 +46,26 @@ def test_different_roots_fail_even_without_cacerts() -> None:
     for mesh in _managed(separate_roots=True):
         with pytest.raises(pytest.fail.Exception, match=r"the proxy trusts .*, not |does not verify"):
             shared_root_of_trust(mesh, lambda reason: None)
+
+
+def test_a_cacerts_secret_the_user_may_not_read_is_judged_from_the_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A managed offering's user often may not read Secrets in the control plane's namespace: the 403 is
+    the managed-CA case, said in one line, not an error of the case."""
+    from meshfed.backends.base import Forbidden
+
+    notes: list[str] = []
+    for mesh in _managed(separate_roots=False):
+        for name, cluster in mesh.clusters.items():
+            original = cluster.get
+
+            def get(kind: str, obj: str, namespace: str | None = None, *, _get=original, _name=name):  # type: ignore[no-untyped-def]
+                if (kind, obj) == ("Secret", "cacerts"):
+                    raise Forbidden(f"{_name}: GET .../secrets/cacerts was refused (403): forbidden")
+                return _get(kind, obj, namespace)
+
+            monkeypatch.setattr(cluster, "get", get)
+        shared_root_of_trust(mesh, notes.append)
+    assert notes == [
+        "secret-level check: the cacerts Secret is not readable by this user (403) in cluster-a, cluster-b "
+        "(a managed or external CA); the root every proxy trusts and every workload chain are checked"
+    ]

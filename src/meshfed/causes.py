@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from meshfed import manifests
 from meshfed.backends.base import BackendError, Mesh, ProxyCerts
 from meshfed.calls import CallResult, Symptom
-from meshfed.diagnose import cacerts_roots, gateway_down, mesh_config, root_mismatch
+from meshfed.diagnose import cacerts_roots, gateway_down, root_mismatch, trust_domain
 from meshfed.manifests import ISTIO_SYSTEM, TEST_NAMESPACE, only_in
 from meshfed.pki import ChainVerificationError, Purpose, verify_chain
 
@@ -88,8 +88,8 @@ def likely_cause(mesh: Mesh, results: Sequence[CallResult], destination: str | N
             return mismatch
     if not symptoms:
         return None
-    domains = {name: str(mesh_config(mesh[name]).get("trustDomain", "cluster.local")) for name in mesh.spec.names}
-    if len(set(domains.values())) > 1:
+    domains = {name: trust_domain(mesh[name]) for name in mesh.spec.names}
+    if len({domain for domain in domains.values() if domain}) > 1:
         return "trust domains differ: " + ", ".join(f"{name} {domain}" for name, domain in domains.items())
     found = [why for name in ([destination] if destination else mesh.spec.names) if (why := unreached(mesh, name))]
     return "; ".join(found) or None

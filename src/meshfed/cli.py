@@ -166,9 +166,9 @@ def doctor(args: argparse.Namespace) -> int:
     mesh brought up for the purpose (demos and tests), optionally broken first with a catalog entry."""
     from meshfed.backends.base import BackendError, Mesh
     from meshfed.backends.embedded.mesh import EmbeddedBackend
-    from meshfed.backends.existing import ExistingBackend
     from meshfed.backends.host.backend import HostBackend
     from meshfed.backends.kind import KindBackend
+    from meshfed.backends.select import existing_backend
     from meshfed.diagnose import diagnose
     from meshfed.misconfig import entry
     from meshfed.options import OptionError, SuiteOptions
@@ -193,7 +193,7 @@ def doctor(args: argparse.Namespace) -> int:
     mesh: Mesh
     try:
         if options.backend == "existing":
-            mesh = ExistingBackend(options.contexts, control_plane_namespace=options.istio_namespace).connect(spec)
+            mesh = existing_backend(options).connect(spec)
         elif options.backend == "kind":
             mesh = KindBackend(options.istio_version).connect(spec)
         elif options.backend == "host":

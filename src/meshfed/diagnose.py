@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from cryptography import x509
 
-from meshfed.backends.base import BackendError, Cluster, Mesh
+from meshfed.backends.base import BackendError, Cluster, Forbidden, Mesh
 from meshfed.manifests import (
     CONTROL_PLANE_CLUSTERS,
     EASTWEST_GATEWAY,
@@ -31,6 +31,7 @@ from meshfed.manifests import (
 )
 from meshfed.pki import BundleSourceError, PemError, bundle_from_secret, fingerprint, load_certs, validate_bundle
 from meshfed.pki.bundle import compare_roots
+from meshfed.pki.verify import uri_sans
 
 Status = Literal["ok", "warning", "error"]
 
@@ -47,11 +48,21 @@ class Check:
         return f"{self.cluster}: {self.check}: {self.evidence}" + (f"; {self.hint}" if self.hint else "")
 
 
+def read_cacerts(cluster: Cluster) -> Obj | None:
+    """The cluster's ``cacerts`` Secret; None where there is none, or where the user may not read it (403:
+    a managed CA, as far as they can tell; :func:`cacerts_forbidden` says which)."""
+    try:
+        return cluster.get("Secret", "cacerts", ISTIO_SYSTEM)
+    except Forbidden:
+        return None
+
+
 def cacerts_roots(mesh: Mesh) -> dict[str, x509.Certificate | None]:
-    """Each cluster's plug-in root (``root-cert.pem``, or ``ca.crt``), None where there is none."""
+    """Each cluster's plug-in root (``root-cert.pem``, or ``ca.crt``), None where there is none or the user
+    may not read it."""
     roots: dict[str, x509.Certificate | None] = {}
     for name, cluster in mesh.clusters.items():
-        secret = cluster.get("Secret", "cacerts", ISTIO_SYSTEM)
+        secret = read_cacerts(cluster)
         root = None
         if secret is not None:
             try:
@@ -64,6 +75,17 @@ def cacerts_roots(mesh: Mesh) -> dict[str, x509.Certificate | None]:
     return roots
 
 
+def cacerts_forbidden(mesh: Mesh) -> list[str]:
+    """The clusters whose ``cacerts`` Secret the user may not read (403)."""
+    refused = []
+    for name, cluster in mesh.clusters.items():
+        try:
+            cluster.get("Secret", "cacerts", ISTIO_SYSTEM)
+        except Forbidden:
+            refused.append(name)
+    return refused
+
+
 def root_mismatch(roots: Mapping[str, x509.Certificate | None]) -> str | None:
     """One sentence naming the clusters whose roots differ, by SHA-256 fingerprint; None when all agree."""
     present = {name: fingerprint(root) for name, root in roots.items() if root is not None}
@@ -73,10 +95,45 @@ def root_mismatch(roots: Mapping[str, x509.Certificate | None]) -> str | None:
     return f"root-cert.pem differs: {listed}: the clusters do not share one root of trust"
 
 
+def mesh_config_name(revision: str) -> str:
+    """The ConfigMap a revision's istiod reads its mesh config from (``istio`` for the default one)."""
+    return f"istio-{revision}" if revision and revision != "default" else "istio"
+
+
+def read_mesh_config(cluster: Cluster) -> dict[str, object] | None:
+    """The mesh config of the revision meshfed's workloads are injected by (``istio-<rev>``, else ``istio``);
+    None where neither exists or the user may not read them."""
+    for name in dict.fromkeys([mesh_config_name(cluster.revision), "istio"]):
+        try:
+            config = cluster.get("ConfigMap", name, ISTIO_SYSTEM)
+        except Forbidden:
+            continue
+        if config is not None:
+            loaded = yaml.safe_load(((config.get("data") or {}).get("mesh")) or "{}")
+            return loaded if isinstance(loaded, dict) else {}
+    return None
+
+
 def mesh_config(cluster: Cluster) -> dict[str, object]:
-    config = cluster.get("ConfigMap", "istio", ISTIO_SYSTEM)
-    loaded = yaml.safe_load(((config or {}).get("data") or {}).get("mesh", "") or "{}")
-    return loaded if isinstance(loaded, dict) else {}
+    return read_mesh_config(cluster) or {}
+
+
+def trust_domain(cluster: Cluster) -> str | None:
+    """The trust domain the cluster's workloads are named in: its mesh config's (``cluster.local`` when it sets
+    none); without a mesh config to read, what its proxies' certificates say; None when nothing says."""
+    config = read_mesh_config(cluster)
+    if config is not None:
+        return str(config.get("trustDomain") or "cluster.local")
+    for pod in cluster.pods(TEST_NAMESPACE):
+        if pod.has_sidecar and pod.ready and not pod.terminating:
+            try:
+                leaf = cluster.proxy_certs(pod.name, TEST_NAMESPACE).chain[0]
+            except (BackendError, IndexError):
+                continue
+            for uri in uri_sans(leaf):
+                if uri.startswith("spiffe://"):
+                    return uri[len("spiffe://") :].split("/", 1)[0]
+    return None
 
 
 def _labels(obj: Mapping[str, Any] | None) -> dict[str, str]:
@@ -114,10 +171,16 @@ def _proxy_roots(mesh: Mesh) -> list[Check]:
 def check_trust(mesh: Mesh) -> list[Check]:
     results: list[Check] = []
     reports = {}
-    secrets = {name: cluster.get("Secret", "cacerts", ISTIO_SYSTEM) for name, cluster in mesh.clusters.items()}
+    secrets = {name: read_cacerts(cluster) for name, cluster in mesh.clusters.items()}
     if mesh.backend == "existing" and not any(secrets.values()):
+        forbidden = cacerts_forbidden(mesh)
+        why = (
+            f"the cacerts Secret is not readable by this user (403) in {', '.join(forbidden)}"
+            if forbidden
+            else "no cacerts Secret in any cluster"
+        )
         note = (
-            "no cacerts Secret in any cluster: a managed or external CA (or istiod's self-signed roots); the "
+            f"{why}: a managed or external CA (or istiod's self-signed roots); the "
             "secret-level checks do not apply, the roots the proxies trust are compared instead"
         )
         return [Check("cacerts-not-used", "warning", ", ".join(secrets), note), *_proxy_roots(mesh)]
@@ -472,10 +535,11 @@ def check_gateways(mesh: Mesh) -> list[Check]:
 
 def check_mesh_config(mesh: Mesh) -> list[Check]:
     results = []
+    configs = {name: read_mesh_config(mesh[name]) for name in mesh.spec.names}
     domains = {
-        name: str(mesh_config(mesh[name]).get("trustDomain") or "cluster.local")
-        for name in mesh.spec.names
-        if mesh[name].get("ConfigMap", "istio", ISTIO_SYSTEM)
+        name: str(config.get("trustDomain") or "cluster.local")
+        for name, config in configs.items()
+        if config is not None
     }
     if len(set(domains.values())) > 1:
         listed = ", ".join(f"{n}={d}" for n, d in domains.items())
@@ -702,6 +766,23 @@ def diagnose(mesh: Mesh) -> list[Check]:
     results = [result for check in (*CHECKS, check_host_evidence) for result in check(mesh)]
     order = {"error": 0, "warning": 1, "ok": 2}
     return sorted(results, key=lambda r: order[r.status])
+
+
+def not_injected(mesh: Mesh) -> list[str]:
+    """meshfed's workload pods (``cluster/pod``) that carry no sidecar of the mesh under test: none at all, or
+    one of another revision than the one their namespace is injected by. No case has evidence without them."""
+    found = []
+    for name, cluster in mesh.clusters.items():
+        pods = [pod for pod in cluster.pods(TEST_NAMESPACE) if not pod.terminating]
+        if not pods:
+            found.append(f"{name} (no pod in namespace {TEST_NAMESPACE})")
+        others = set(cluster.istiod_versions()) - {cluster.revision} if cluster.revision else set()
+        for pod in pods:
+            if not pod.has_sidecar:
+                found.append(f"{name}/{pod.name}")
+            elif pod.revision in others:
+                found.append(f"{name}/{pod.name} (a sidecar of revision {pod.revision}, not {cluster.revision})")
+    return found
 
 
 def broken_from_start(mesh: Mesh) -> list[Check]:

@@ -171,6 +171,27 @@ OPTIONS: tuple[OptionSpec, ...] = (
         metavar="NAMESPACE",
     ),
     OptionSpec(
+        "--revision",
+        "existing: the revision or revision tag to inject the test workloads with (default: the default tag or "
+        "revision, else the only one)",
+        None,
+        metavar="REVISION",
+    ),
+    OptionSpec(
+        "--istioctl",
+        "existing: the istioctl to use (default: the release istiod's image names, from PATH or downloaded)",
+        None,
+        type=Path,
+        metavar="PATH",
+    ),
+    OptionSpec(
+        "--kubectl",
+        "existing: the kubectl to use (default: kubectl on PATH, else a pinned release, downloaded)",
+        None,
+        type=Path,
+        metavar="PATH",
+    ),
+    OptionSpec(
         "--cacerts-dir",
         "use your own PKI: a folder with one sub-folder per cluster name in Istio's plug-in layout",
         None,
@@ -248,6 +269,9 @@ class SuiteOptions:
     bin_dir: Path | None = None
     envoy: Path | None = None
     istio_namespace: str = "istio-system"
+    revision: str | None = None
+    istioctl: Path | None = None
+    kubectl: Path | None = None
     profile: str | None = None
     features: frozenset[Feature] | None = None
     exempt_features: frozenset[Feature] = frozenset()
@@ -282,6 +306,9 @@ class SuiteOptions:
             bin_dir=values["--bin-dir"],
             envoy=values["--envoy"],
             istio_namespace=values["--istio-namespace"],
+            revision=values["--revision"],
+            istioctl=values["--istioctl"],
+            kubectl=values["--kubectl"],
             profile=values["--profile"],
             features=values["--features"],
             exempt_features=values["--exempt-features"] or frozenset(),
@@ -329,6 +356,9 @@ class SuiteOptions:
         only = {
             "--upgrade-to": ("kind or host", self.upgrade_to is not None),
             "--istio-namespace": ("existing", self.istio_namespace != "istio-system"),
+            "--revision": ("existing", self.revision is not None),
+            "--istioctl": ("existing", self.istioctl is not None),
+            "--kubectl": ("existing", self.kubectl is not None),
             "--workload-image": ("kind or existing", self.workload_image is not None),
             "--node-image": ("kind", self.node_image is not None),
             "--istio-hub": ("kind", self.istio_hub is not None),

@@ -25,6 +25,10 @@ class BackendError(Exception):
     """A backend could not do what was asked; the message is one sentence with the fix."""
 
 
+class Forbidden(BackendError):
+    """The API server refused the user (403): their RBAC does not allow it (a managed CA's Secret, say)."""
+
+
 @dataclass(frozen=True)
 class PodInfo:
     name: str
@@ -79,6 +83,8 @@ class Evidence:
 
 class Cluster(abc.ABC):
     name: str
+    # The revision meshfed's workloads are injected by ("" for the default one): its mesh config is theirs.
+    revision: str = ""
 
     @abc.abstractmethod
     def apply(self, obj: Obj) -> Obj: ...

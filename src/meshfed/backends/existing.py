@@ -13,15 +13,17 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from meshfed import manifests
 from meshfed.backends import tools
-from meshfed.backends.base import Backend, BackendError, Progress
+from meshfed.backends.base import Backend, BackendError, Forbidden, Progress
 from meshfed.backends.kube import KubeCluster, KubeMesh
+from meshfed.diagnose import read_mesh_config
 from meshfed.install import timed
 from meshfed.manifests import MANAGED_BY, TEST_NAMESPACE, Obj
 from meshfed.topology import MeshSpec, Topology
@@ -29,10 +31,12 @@ from meshfed.topology import MeshSpec, Topology
 
 @dataclass(frozen=True)
 class ControlPlane:
-    """What a cluster shows of Istio: its istiod revisions and their versions (none on a remote)."""
+    """What a cluster shows of Istio: its istiod revisions and their versions (none on a remote), and its
+    revision tags (``istioctl tag set``: a webhook labelled ``istio.io/tag``, pointing at a revision)."""
 
     revisions: Mapping[str, str]  # revision -> Istio version (from istiod's image tag)
     namespace_exists: bool
+    tags: Mapping[str, str] = field(default_factory=dict)  # tag -> revision
 
     @property
     def is_primary(self) -> bool:
@@ -41,7 +45,26 @@ class ControlPlane:
 
 def control_plane(cluster: KubeCluster) -> ControlPlane:
     namespace_exists = cluster.get("Namespace", manifests.ISTIO_SYSTEM) is not None  # or its stand-in
-    return ControlPlane(cluster.istiod_versions(), namespace_exists)
+    tags = {}
+    for webhook in cluster.list("MutatingWebhookConfiguration"):
+        labels = webhook["metadata"].get("labels") or {}
+        if labels.get("istio.io/tag"):
+            tags[str(labels["istio.io/tag"])] = str(labels.get("istio.io/rev") or "default")
+    return ControlPlane(cluster.istiod_versions(), namespace_exists, tags)
+
+
+@dataclass(frozen=True)
+class Injection:
+    """How meshfed's namespace is injected: the ``istio.io/rev`` it carries ("" for ``istio-injection=enabled``)
+    and the istiod revision that then injects it, whose mesh config its workloads live by."""
+
+    label: str
+    revision: str
+
+    def describe(self) -> str:
+        by = f"istio.io/rev={self.label}" if self.label else "istio-injection=enabled"
+        tag = f" (tag {self.label or 'default'})" if (self.label or "default") != self.revision else ""
+        return f"revision {self.revision}{tag}, injected by {by}"
 
 
 def check_topology(topology: Topology, planes: Mapping[str, ControlPlane], namespace: str) -> None:
@@ -67,17 +90,33 @@ def check_topology(topology: Topology, planes: Mapping[str, ControlPlane], names
         )
 
 
-def injection_revision(planes: Mapping[str, ControlPlane]) -> str:
-    """The revision to label the test namespace with: "" (istio-injection=enabled) when "default" serves."""
+def choose_injection(planes: Mapping[str, ControlPlane], wanted: str | None = None) -> Injection:
+    """The revision (or tag) to inject meshfed's workloads with, as ``istioctl`` reads a mesh: the one asked
+    for; else the default tag or the default revision; else the only revision. A mesh in the middle of a
+    canary upgrade has a default (the old revision, or the tag pointing at it) and is certified as it is."""
     revisions = {rev for plane in planes.values() for rev in plane.revisions}
+    tags = {tag: rev for plane in planes.values() for tag, rev in plane.tags.items()}
+    if wanted:
+        if wanted in tags:
+            return Injection("" if wanted == "default" else wanted, tags[wanted])
+        if wanted in revisions:
+            return Injection("" if wanted == "default" else wanted, wanted)
+        known = ", ".join([*(f"revision {r}" for r in sorted(revisions)), *(f"tag {t}" for t in sorted(tags))])
+        raise BackendError(
+            f"--revision {wanted}: the mesh has no revision or tag of that name ({known or 'it runs no istiod'}): "
+            "give one of those"
+        )
+    if "default" in tags:
+        return Injection("", tags["default"])
     if not revisions or "default" in revisions:
-        return ""
+        return Injection("", "default")
     if len(revisions) > 1:
         raise BackendError(
-            f"the mesh runs several revisions ({', '.join(sorted(revisions))}) and none is 'default': meshfed "
-            "cannot tell which one to inject with; make one the default tag (`istioctl tag set default --revision R`)"
+            f"the mesh runs several revisions ({', '.join(sorted(revisions))}) and none is the default: choose the "
+            "one to certify with --revision R, or make one the default (`istioctl tag set default --revision R`)"
         )
-    return revisions.pop()
+    (only,) = revisions
+    return Injection(only, only)
 
 
 _INJECTION_PATH = re.compile(r"/inject/cluster/([^/]+)/net/")
@@ -171,6 +210,25 @@ def _as_deployed(spec: MeshSpec, clusters: Mapping[str, KubeCluster]) -> MeshSpe
     return replace(spec, clusters=tuple(refined))
 
 
+def _trust_domain_found(cluster: KubeCluster) -> str:
+    """The trust domain the mesh config says, and where it says it; the proxies say it once they run."""
+    config = read_mesh_config(cluster)
+    if config is None:
+        return "no mesh config readable: read from the proxies' certificates"
+    return f"{config.get('trustDomain') or 'cluster.local'} (from the mesh config)"
+
+
+def _root_found(cluster: KubeCluster) -> str:
+    """Where the root of trust is read from: the ``cacerts`` Secret, or (a managed CA) what the proxies hold."""
+    try:
+        secret = cluster.get("Secret", "cacerts", manifests.ISTIO_SYSTEM)
+    except Forbidden:
+        return "cacerts Secret not readable by this user (403): a managed CA, judged from what the proxies hold"
+    if secret is None:
+        return "no cacerts Secret: a managed or istiod's own CA, judged from what the proxies hold"
+    return "the cacerts Secret (a plugged-in CA)"
+
+
 def _remove_own_namespaces(clusters: Mapping[str, KubeCluster]) -> None:
     """Delete meshfed's own namespaces, and nothing else."""
     for cluster in clusters.values():
@@ -188,51 +246,97 @@ class ExistingBackend(Backend):
         *,
         kubeconfig: Path | None = None,
         control_plane_namespace: str = manifests.ISTIO_SYSTEM,
+        revision: str | None = None,
+        istioctl: Path | None = None,
+        kubectl: Path | None = None,
         download: tools.Download | None = None,
     ) -> None:
         self.contexts = dict(contexts)
         self.kubeconfig = kubeconfig
         self.control_plane_namespace = control_plane_namespace
+        self.revision = revision
+        self.istioctl = istioctl
+        self.kubectl = kubectl
         self.download = download or tools._http_get
 
     def connect(self, spec: MeshSpec, progress: Progress = lambda _: None) -> KubeMesh:
         """The mesh as it is, read-only: contexts reachable, Istio present, the topology it appears to have."""
         return self._connect(spec, progress)[0]
 
-    def _connect(self, spec: MeshSpec, progress: Progress) -> tuple[KubeMesh, str]:
-        """The mesh, and the revision its test namespace is labelled for."""
+    def _connect(self, spec: MeshSpec, progress: Progress) -> tuple[KubeMesh, Injection]:
+        """The mesh, and how its test namespace is injected."""
         planes, clusters = self._inspect(spec, progress)
         check_topology(spec.topology, planes, self.control_plane_namespace)
+        injection = choose_injection(planes, self.revision)
         versions = sorted({version for plane in planes.values() for version in plane.revisions.values()})
-        # istioctl of the release the vendor's build is based on (1.30.3 for 1.30.3-asm.2).
+        kubectl, istioctl = self._tools(versions, progress)
+        for cluster in clusters.values():
+            cluster.kubectl, cluster.istioctl, cluster.revision = kubectl, istioctl, injection.revision
+        deployed = _as_deployed(spec, clusters)
+        environment = {
+            "control plane": f"namespace {self.control_plane_namespace}, {injection.describe()}",
+            **{f"{name}: trust domain": _trust_domain_found(cluster) for name, cluster in clusters.items()},
+            **{
+                f"{name}: root of trust": _root_found(cluster)
+                for name, cluster in clusters.items()
+                if planes[name].is_primary
+            },
+            "istioctl": f"{istioctl} ({tools.istioctl_build_of(istioctl) or 'version unknown'})",
+        }
+        mesh = KubeMesh(
+            "existing",
+            deployed,
+            ", ".join(versions),
+            clusters,
+            lambda: _remove_own_namespaces(clusters),
+            environment=environment,
+        )
+        return mesh, injection
+
+    def _tools(self, versions: Sequence[str], progress: Progress) -> tuple[Path, Path]:
+        """kubectl and istioctl: the ones given; else istioctl of the release the mesh's istiod is built from
+        (1.30.3 for 1.30.3-asm.2), from PATH or downloaded; else, for a build no release names (1.31-dev),
+        an istioctl on PATH of the same release line."""
+        if self.kubectl is not None and not tools.is_kubectl(self.kubectl):
+            raise BackendError(
+                f"--kubectl {self.kubectl} is not a kubectl (`{self.kubectl} version --client` failed): give the path of kubectl"
+            )
+        kubectl = self.kubectl or tools.find_kubectl(self.download, progress)
+        if self.istioctl is not None:
+            if not tools.istioctl_build_of(self.istioctl):
+                raise BackendError(
+                    f"--istioctl {self.istioctl} is not an istioctl (`{self.istioctl} version --remote=false` names no "
+                    "Istio version): give the path of istioctl"
+                )
+            return kubectl, self.istioctl
         releases = sorted(
             {m.group(0) for v in versions if (m := re.match(r"\d+\.\d+\.\d+", v))},
             key=lambda v: tuple(int(part) for part in v.split(".")),
         )
-        if not releases:
-            raise BackendError(
-                f"cannot tell the Istio release from istiod's image ({', '.join(versions) or 'no istiod'}): "
-                "meshfed needs it to pick istioctl; run istiod from an image tagged with its version"
-            )
-        toolbox = tools.find_tools(releases[-1:], need_kind=False, download=self.download, progress=progress)
-        for cluster in clusters.values():
-            cluster.kubectl = toolbox.kubectl
-            cluster.istioctl = toolbox.istioctl_for(releases[-1])
-        deployed = _as_deployed(spec, clusters)
-        mesh = KubeMesh("existing", deployed, ", ".join(versions), clusters, lambda: _remove_own_namespaces(clusters))
-        return mesh, injection_revision(planes)
+        if releases:
+            toolbox = tools.find_tools(releases[-1:], need_kind=False, download=self.download, progress=progress)
+            return kubectl, toolbox.istioctl_for(releases[-1])
+        lines = {manifests.istio_minor(v) for v in versions} - {None}
+        on_path = shutil.which("istioctl")
+        if on_path and len(lines) == 1 and manifests.istio_minor(tools.istioctl_build_of(on_path)) in lines:
+            progress(f"istioctl {on_path} ({tools.istioctl_build_of(on_path)}), of istiod's release line")
+            return kubectl, Path(on_path)
+        raise BackendError(
+            f"cannot tell the Istio release from istiod's image ({', '.join(versions) or 'no istiod'}): give the "
+            "istioctl to use with --istioctl PATH (for a build of your own, the istioctl built with it)"
+        )
 
     def provision(
         self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
     ) -> KubeMesh:
         del cacerts  # the mesh is certified as it is: its CA is whatever it runs
-        mesh, revision = self._connect(spec, progress)
+        mesh, injection = self._connect(spec, progress)
         for cluster in mesh.clusters.values():
-            self._refuse_foreign_namespace(cluster)
+            cluster.check_own_namespace(TEST_NAMESPACE)  # in every cluster before anything is written
         try:
             for name, cluster in mesh.clusters.items():
                 with timed(f"{name}: namespace {TEST_NAMESPACE} and workloads", progress):
-                    for obj in self._workloads(mesh.spec, name, revision):
+                    for obj in self._workloads(mesh.spec, name, injection.label):
                         cluster.apply(obj)
         except BaseException:
             mesh.teardown()
@@ -259,16 +363,6 @@ class ExistingBackend(Backend):
             progress(f"{name}: context {context}, Kubernetes {server}, istiod: {shown}")
             clusters[name] = cluster
         return planes, clusters
-
-    @staticmethod
-    def _refuse_foreign_namespace(cluster: KubeCluster) -> None:
-        found = cluster.get("Namespace", TEST_NAMESPACE)
-        labels = ((found or {}).get("metadata") or {}).get("labels") or {}
-        if found is not None and labels.get("app.kubernetes.io/managed-by") != "meshfed":
-            raise BackendError(
-                f"{cluster.name}: namespace {TEST_NAMESPACE} already exists and meshfed did not create it: meshfed "
-                "only works in a namespace of its own; delete or rename that one"
-            )
 
     @staticmethod
     def _workloads(spec: MeshSpec, name: str, revision: str) -> Sequence[Obj]:

@@ -36,6 +36,7 @@ from meshfed.backends.base import (
     Cluster,
     ConnectedProxy,
     Evidence,
+    Forbidden,
     Mesh,
     PodInfo,
     ProxyCerts,
@@ -144,7 +145,8 @@ class KubeApi:
             return None
         if response.status >= 400:
             message = data.get("message") or response.reason
-            raise BackendError(f"{self.label}: {method} {path} was refused ({response.status}): {message}")
+            refused = Forbidden if response.status == 403 else BackendError
+            raise refused(f"{self.label}: {method} {path} was refused ({response.status}): {message}")
         return data if isinstance(data, dict) else {"items": data}
 
     def server_version(self) -> str:
@@ -275,11 +277,26 @@ class KubeCluster(Cluster):
         return done.stdout
 
     # Objects
+    def check_own_namespace(self, name: str) -> None:
+        """On clusters meshfed did not make, it creates, changes and deletes only namespaces of its own: a
+        namespace of the same name that does not carry its label is refused, never adopted."""
+        if self.installs_istio:
+            return
+        found = self.api.request("GET", resource("Namespace").path(None, name), missing_ok=True)
+        labels = ((found or {}).get("metadata") or {}).get("labels") or {}
+        if found is not None and any(labels.get(key) != value for key, value in manifests.MANAGED_BY.items()):
+            raise BackendError(
+                f"{self.name}: namespace {name} already exists and meshfed did not create it: meshfed only works in "
+                "namespaces of its own; delete or rename that one"
+            )
+
     def apply(self, obj: Obj) -> Obj:
         if obj["kind"] == "IstioOperator":
             self.install(obj)
             return obj
         kind, metadata = obj["kind"], obj["metadata"]
+        if kind == "Namespace":
+            self.check_own_namespace(self._name(kind, metadata["name"]))
         res = resource(kind)
         namespace = self._namespace(metadata.get("namespace")) if res.namespaced else None
         body = json.loads(json.dumps(obj))
@@ -322,6 +339,8 @@ class KubeCluster(Cluster):
         if kind == "IstioOperator":
             return self.uninstall(name)
         res = resource(kind)
+        if kind == "Namespace":
+            self.check_own_namespace(self._name(kind, name))
         path = res.path(self._namespace(namespace), self._name(kind, name))
         deleted = self.api.request("DELETE", path, missing_ok=True) is not None
         if deleted and kind == "Namespace":

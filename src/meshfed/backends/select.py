@@ -22,8 +22,7 @@ def backend_for(options: SuiteOptions) -> Backend:
             istio_tag=options.istio_tag,
         )
     if options.backend == "existing":
-        # The contexts are read from $KUBECONFIG (or ~/.kube/config), as kubectl reads them.
-        return ExistingBackend(options.contexts, control_plane_namespace=options.istio_namespace)
+        return existing_backend(options)
     if options.backend == "host":
         return HostBackend(
             options.istio_version,
@@ -33,3 +32,14 @@ def backend_for(options: SuiteOptions) -> Backend:
             upgrade_to=options.upgrade_to,
         )
     return EmbeddedBackend()
+
+
+def existing_backend(options: SuiteOptions) -> ExistingBackend:
+    # The contexts are read from $KUBECONFIG (or ~/.kube/config), as kubectl reads them.
+    return ExistingBackend(
+        options.contexts,
+        control_plane_namespace=options.istio_namespace,
+        revision=options.revision,
+        istioctl=options.istioctl,
+        kubectl=options.kubectl,
+    )

@@ -232,6 +232,12 @@ def istioctl_version_of(binary: str | Path) -> str:
     return match.group(1) if match else ""
 
 
+def istioctl_build_of(binary: str | Path) -> str:
+    """The version any istioctl says it is, a developer's build included (``1.31-dev``); "" when it says none."""
+    match = re.search(r"(\d+\.\d+[.-]\S*)", run_version(binary, ["version", "--remote=false"]))
+    return match.group(1) if match else ""
+
+
 @dataclass(frozen=True)
 class Toolbox:
     """The binaries a run uses, by name."""
@@ -257,6 +263,21 @@ def _on_path(name: str, accept: Callable[[str], bool]) -> Path | None:
     return Path(found) if found and accept(found) else None
 
 
+def is_kubectl(path: str | Path) -> bool:
+    return bool(run_version(path, ["version", "--client", "-o", "json"]))
+
+
+def find_kubectl(download: Download, progress: Callable[[str], None]) -> Path:
+    """kubectl from PATH, else the pinned release from the cache (downloaded once)."""
+    kubectl = _on_path("kubectl", is_kubectl)
+    if kubectl is None:
+        os_name, arch = host_platform()
+        kubectl = _fetch(kubectl_release(os_name, arch), os_name, arch, download, progress)
+        # testinfra's kubectl:// transport runs `kubectl` by name: let it find this one.
+        os.environ["PATH"] = f"{kubectl.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return kubectl
+
+
 def find_tools(
     istio_versions: Sequence[str], *, need_kind: bool, download: Download = _http_get, progress: Callable[[str], None]
 ) -> Toolbox:
@@ -267,11 +288,7 @@ def find_tools(
         kind = _on_path("kind", lambda path: kind_version_of(path) == KIND_VERSION) or _fetch(
             kind_release(os_name, arch), os_name, arch, download, progress
         )
-    kubectl = _on_path("kubectl", lambda path: bool(run_version(path, ["version", "--client", "-o", "json"])))
-    if kubectl is None:
-        kubectl = _fetch(kubectl_release(os_name, arch), os_name, arch, download, progress)
-        # testinfra's kubectl:// transport runs `kubectl` by name: let it find this one.
-        os.environ["PATH"] = f"{kubectl.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    kubectl = find_kubectl(download, progress)
     istioctl: dict[str, Path] = {}
     for version in dict.fromkeys(istio_versions):
         on_path = _on_path("istioctl", functools.partial(_is_istioctl, version))
