@@ -598,3 +598,43 @@ def test_a_mesh_that_does_not_inject_fails_every_case_with_the_cause_first(
     )
     for server in servers.values():
         assert server.object(f"/api/v1/namespaces/{TEST_NAMESPACE}") is None  # removed at the end
+
+
+def test_two_kubeconfigs_naming_their_users_alike_are_refused(
+    servers: dict[str, KubeApiStandIn], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``KUBECONFIG=a:b`` where both files call their user ``admin``: kubectl keeps a's, so b's context would
+    reach b's API server with a's credentials. Refused before anything is read, the fix named."""
+    files = []
+    for name, server in servers.items():
+        _istiod(server)
+        config = yaml.safe_load(server.kubeconfig(CONTEXTS[name]))
+        for user in config["users"]:
+            user["name"] = "admin"
+            user["user"] = {"token": f"token-of-{name}"}
+        for context in config["contexts"]:
+            context["context"]["user"] = "admin"
+        path = tmp_path / f"{name}.kubeconfig"
+        path.write_text(yaml.safe_dump(config))
+        files.append(str(path))
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join(files))
+    with pytest.raises(
+        BackendError,
+        match=r"^the user 'admin' of context gke_acme_east is defined differently in .*"
+        r"east.kubeconfig and .*west.kubeconfig: .*give each cluster's user its own name$",
+    ):
+        ExistingBackend(CONTEXTS).provision(_spec(), {})
+    for server in servers.values():
+        assert server.object(f"/api/v1/namespaces/{TEST_NAMESPACE}") is None
+
+
+def test_a_user_who_may_not_list_deployments_is_told_what_to_grant(servers: dict[str, KubeApiStandIn]) -> None:
+    for server in servers.values():
+        _istiod(server)
+    servers["west"].forbidden.add("/apis/apps/v1/namespaces/istio-system/deployments")
+    with pytest.raises(
+        BackendError,
+        match=r"^west: the user of context gke_acme_west may not read what meshfed needs to see the mesh .*: grant it "
+        r"get and list on namespaces, deployments, configmaps and mutatingwebhookconfigurations$",
+    ):
+        ExistingBackend(CONTEXTS).provision(_spec(), {})

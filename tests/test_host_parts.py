@@ -360,6 +360,10 @@ def test_each_component_gets_its_identity_and_keys_stay_private(tmp_path: Path) 
     assert config["clusters"][0]["cluster"]["server"] == "https://10.250.0.11:6443"
     data = base64.b64decode(config["users"][0]["user"]["client-certificate-data"])
     assert x509.load_pem_x509_certificate(data).subject.rfc4514_string() == "O=system:nodes,CN=system:node:cluster-b"
+    # Each cluster's user has its own name, so kubeconfigs merged with KUBECONFIG=a:b keep both.
+    admin = yaml.safe_load((tmp_path / "kubeconfig-admin").read_text())
+    assert [u["name"] for u in admin["users"]] == ["cluster-b-admin"]
+    assert admin["contexts"] == [{"name": "cluster-b", "context": {"cluster": "cluster-b", "user": "cluster-b-admin"}}]
     serving = x509.load_pem_x509_certificate((tmp_path / "pki" / "apiserver.crt").read_bytes())
     names = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert {str(a) for a in names.get_values_for_type(x509.IPAddress)} == {"10.250.0.11", "10.255.11.1", "127.0.0.1"}

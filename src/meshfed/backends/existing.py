@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from meshfed import manifests
 from meshfed.backends import tools
@@ -210,6 +213,42 @@ def _as_deployed(spec: MeshSpec, clusters: Mapping[str, KubeCluster]) -> MeshSpe
     return replace(spec, clusters=tuple(refined))
 
 
+def kubeconfig_files(kubeconfig: Path | None) -> list[Path]:
+    """The files kubectl reads: the one given, else each of ``$KUBECONFIG``, else ``~/.kube/config``."""
+    if kubeconfig is not None:
+        return [kubeconfig]
+    listed = [Path(part) for part in os.environ.get("KUBECONFIG", "").split(os.pathsep) if part]
+    return listed or [Path.home() / ".kube" / "config"]
+
+
+def check_kubeconfig_users(contexts: Mapping[str, str], files: Sequence[Path]) -> None:
+    """One sentence when two merged kubeconfigs define one user name differently: kubectl keeps the first,
+    so a context of the second file would silently authenticate with the first cluster's credentials."""
+    users: dict[str, list[tuple[Path, Any]]] = {}
+    context_users: dict[str, str] = {}
+    for path in files:
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # the client says what is wrong with an unreadable file
+        if not isinstance(loaded, dict):
+            continue
+        for entry in loaded.get("users") or []:
+            users.setdefault(str(entry.get("name")), []).append((path, entry.get("user")))
+        for entry in loaded.get("contexts") or []:
+            context_users.setdefault(str(entry.get("name")), str((entry.get("context") or {}).get("user")))
+    for context in contexts.values():
+        user = context_users.get(context)
+        defined = users.get(user or "", [])
+        if len({json.dumps(body, sort_keys=True) for _, body in defined}) > 1:
+            where = " and ".join(str(path) for path, _ in defined)
+            raise BackendError(
+                f"the user {user!r} of context {context} is defined differently in {where}: kubectl keeps the first, "
+                "so a context of the other file would use another cluster's credentials; give each cluster's "
+                "user its own name"
+            )
+
+
 def _trust_domain_found(cluster: KubeCluster) -> str:
     """The trust domain the mesh config says, and where it says it; the proxies say it once they run."""
     config = read_mesh_config(cluster)
@@ -344,6 +383,7 @@ class ExistingBackend(Backend):
         return mesh
 
     def _inspect(self, spec: MeshSpec, progress: Progress) -> tuple[dict[str, ControlPlane], dict[str, KubeCluster]]:
+        check_kubeconfig_users(self.contexts, kubeconfig_files(self.kubeconfig))
         planes: dict[str, ControlPlane] = {}
         clusters: dict[str, KubeCluster] = {}
         for name in spec.names:
@@ -358,7 +398,13 @@ class ExistingBackend(Backend):
                 installs_istio=False,
             )
             server = cluster.api.server_version()
-            planes[name] = control_plane(cluster)
+            try:
+                planes[name] = control_plane(cluster)
+            except Forbidden as error:
+                raise BackendError(
+                    f"{name}: the user of context {context} may not read what meshfed needs to see the mesh ({error}): "
+                    "grant it get and list on namespaces, deployments, configmaps and mutatingwebhookconfigurations"
+                ) from None
             shown = ", ".join(f"{rev} {version}" for rev, version in planes[name].revisions.items()) or "remote"
             progress(f"{name}: context {context}, Kubernetes {server}, istiod: {shown}")
             clusters[name] = cluster

@@ -79,14 +79,16 @@ def kubeconfig(cluster: str, server: str, ca_pem: bytes, cert: CertAndKey, user:
             "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
             "users": [
                 {
-                    "name": user,
+                    # Each cluster's user has its own name: merged with KUBECONFIG=a:b, kubectl keeps the first of
+                    # two users of one name, and the second context would authenticate as the first cluster's.
+                    "name": f"{cluster}-{user}",
                     "user": {
                         "client-certificate-data": b64(cert_pem(cert.cert)),
                         "client-key-data": b64(key_pem(cert.key)),
                     },
                 }
             ],
-            "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user}}],
+            "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": f"{cluster}-{user}"}}],
             "current-context": cluster,
         },
         sort_keys=False,
