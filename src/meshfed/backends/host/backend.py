@@ -130,6 +130,33 @@ def preflight() -> None:
     network.check_free()
 
 
+@dataclass(frozen=True)
+class HostBuild:
+    """What host clusters run: the programs, CanaryUpgrade's build (None: the same), their image tags and the
+    archive of images every node imports."""
+
+    bins: binaries.Binaries
+    canary: binaries.Binaries | None
+    tag: str
+    canary_tag: str
+    archive: Path
+
+
+def start_nodes(nodes: Mapping[str, HostNode], bins: binaries.Binaries, archive: Path, progress: Progress) -> None:
+    """The shared network, every node up side by side (as kind creates its clusters: most of it is waiting),
+    then each cluster's CoreDNS: bare clusters, ready for Istio."""
+    network.ensure_shared()
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        for future in [pool.submit(node.up, bins, archive) for node in nodes.values()]:
+            future.result()
+    for name, node in nodes.items():
+        cluster = KubeCluster(name, node.kubeconfig, None, kubectl=bins["kubectl"], istioctl_binary=bins["istioctl"])
+        with timed(f"{name}: CoreDNS", progress):
+            install_addons(cluster, node.net)
+            if not cluster.wait_ready("coredns", "kube-system", timeout=120):
+                raise BackendError(f"{name}: CoreDNS did not get ready in 120 s: see its pod's events")
+
+
 @dataclass
 class HostBackend(Backend):
     istio_version: str
@@ -171,11 +198,9 @@ class HostBackend(Backend):
             for index, cluster in enumerate(spec.clusters)
         }
 
-    def provision(
-        self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
-    ) -> KubeMesh:
-        preflight()
-        cache = (self.cache or tools.cache_dir()) / "host"
+    def build(self, cache: Path, progress: Progress) -> HostBuild:
+        """The programs (built or from the cache), CanaryUpgrade's build beside them when it differs, and the
+        image archive every node imports."""
         bins = binaries.build_all(
             self.istio_version,
             bin_dir=self.bin_dir,
@@ -199,6 +224,16 @@ class HostBackend(Backend):
             progress,
             canary=(canary, canary_tag) if canary is not None and canary_tag else None,
         )
+        return HostBuild(bins, canary, tag, canary_tag, archive)
+
+    def provision(
+        self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
+    ) -> KubeMesh:
+        preflight()
+        cache = (self.cache or tools.cache_dir()) / "host"
+        built = self.build(cache, progress)
+        bins, canary, tag, canary_tag = built.bins, built.canary, built.tag, built.canary_tag
+        assert bins.istio is not None
         spec = replace(spec, workload_image=images.WORKLOAD_IMAGE)
         nodes = self._nodes(spec, cache, progress)
         marker = mesh_marker(spec, f"{tag} {canary_tag}".strip(), cacerts)
@@ -248,11 +283,7 @@ class HostBackend(Backend):
 
         try:
             if kept != "same":
-                network.ensure_shared()
-                # The nodes come up side by side (as kind creates its clusters): most of it is waiting.
-                with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-                    for future in [pool.submit(node.up, bins, archive) for node in nodes.values()]:
-                        future.result()
+                start_nodes(nodes, bins, built.archive, progress)
             clusters = {
                 name: KubeCluster(
                     name,
@@ -267,13 +298,6 @@ class HostBackend(Backend):
                 )
                 for name, node in nodes.items()
             }
-            for name, cluster in clusters.items():
-                if kept == "same":
-                    break
-                with timed(f"{name}: CoreDNS", progress):
-                    install_addons(cluster, nodes[name].net)
-                    if not cluster.wait_ready("coredns", "kube-system", timeout=120):
-                        raise BackendError(f"{name}: CoreDNS did not get ready in 120 s: see its pod's events")
             balancers = LoadBalancers(
                 {n: c.api for n, c in clusters.items()}, {n: node.net for n, node in nodes.items()}
             )

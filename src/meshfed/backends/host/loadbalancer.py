@@ -9,12 +9,17 @@ kube-proxy's rules send it on to the Service's pods. An address stays with its S
 from __future__ import annotations
 
 import contextlib
+import signal
+import sys
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 
 from meshfed.backends.base import BackendError
 from meshfed.backends.host import network
 from meshfed.backends.kube import KubeApi
+
+STARTED = "assigning LoadBalancer addresses"
 
 
 class LoadBalancers:
@@ -26,7 +31,7 @@ class LoadBalancers:
         self.every = every
         self.assigned: dict[tuple[str, str, str], str] = {}  # (cluster, namespace, name) -> address
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="meshfed-loadbalancers", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="meshfed-loadbalancers", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -36,7 +41,8 @@ class LoadBalancers:
         if self._thread.is_alive():
             self._thread.join(10)
 
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """Reconcile every ``every`` seconds until stopped (the thread's body, or a process's)."""
         while not self._stop.wait(self.every):
             for cluster in self.apis:
                 with contextlib.suppress(BackendError):  # an API server restarting: the next pass tries again
@@ -65,3 +71,22 @@ class LoadBalancers:
                 path = f"/api/v1/namespaces/{meta['namespace']}/services/{meta['name']}/status"
                 body = {"status": {"loadBalancer": {"ingress": [{"ip": address, "ipMode": "VIP"}]}}}
                 api.request("PATCH", path, body=body, content_type="application/merge-patch+json")
+
+
+def main(argv: list[str]) -> int:
+    """The controller as a process of its own (``meshfed host up``, whose clusters outlive the command):
+    ``python -m meshfed.backends.host.loadbalancer NAME=INDEX=KUBECONFIG ...``, until SIGTERM."""
+    apis, nodes = {}, {}
+    for arg in argv:
+        name, index, kubeconfig = arg.split("=", 2)
+        apis[name] = KubeApi(Path(kubeconfig), None, name)
+        nodes[name] = network.NodeNetwork(name, int(index))
+    balancers = LoadBalancers(apis, nodes)
+    signal.signal(signal.SIGTERM, lambda *_: balancers.stop())
+    print(f"{STARTED} for {', '.join(apis)}", flush=True)
+    balancers.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
