@@ -440,6 +440,7 @@ def test_host_up_hands_out_one_kubeconfig_with_a_user_per_cluster(tmp_path: Path
         images.HUB,
         "1.31-dev",
         images.WORKLOAD_IMAGE,
+        "/cache/istio-overlay.yaml",
     )
     text = "\n".join(state.instructions())
     assert f"export KUBECONFIG={path}" in text
@@ -447,4 +448,4 @@ def test_host_up_hands_out_one_kubeconfig_with_a_user_per_cluster(tmp_path: Path
         "--backend existing --context cluster-a=cluster-a --context cluster-b=cluster-b --istioctl /cache/istioctl"
         in text
     )
-    assert f"--set hub={images.HUB} --set tag=1.31-dev" in text
+    assert f"install --context <name> -f <yours> -f /cache/istio-overlay.yaml (hub {images.HUB}, tag 1.31-dev," in text

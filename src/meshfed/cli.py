@@ -392,7 +392,7 @@ def host_clean(args: argparse.Namespace) -> int:
     try:
         clean_leftovers(cache_dir() / "host" / "clusters", lambda line: print(line, flush=True))
         network.remove_shared()
-        for leftover in ("up.json", "kubeconfig"):  # what `host up` left beside its clusters
+        for leftover in ("up.json", "kubeconfig", "istio-overlay.yaml"):  # what `host up` left beside its clusters
             (cache_dir() / "host" / leftover).unlink(missing_ok=True)
     except BackendError as error:
         raise CliError(str(error)) from None

@@ -21,7 +21,7 @@ import yaml
 from meshfed.backends import tools
 from meshfed.backends.base import BackendError, Progress
 from meshfed.backends.host import images, loadbalancer, network
-from meshfed.backends.host.backend import HostBackend, kept_state, preflight, start_nodes
+from meshfed.backends.host.backend import HostBackend, install_overlay, kept_state, preflight, start_nodes
 from meshfed.backends.host.node import HostNode, clean_leftovers, remove
 from meshfed.backends.host.supervisor import Check, Component, Supervisor
 from meshfed.install import timed
@@ -42,14 +42,15 @@ class BareClusters:
     hub: str
     tag: str
     workload_image: str
+    overlay: str  # the IstioOperator every install on these clusters adds: local images, upstream Envoy's settings
 
     def instructions(self) -> list[str]:
         contexts = " ".join(f"--context {name}={name}" for name in self.clusters)
         return [
             f"export KUBECONFIG={self.kubeconfig}",
             f"contexts: {', '.join(self.clusters)} (one context, cluster and user each)",
-            f"install Istio with: {self.istioctl} install --context <name> --set hub={self.hub} --set tag={self.tag} "
-            "--set values.global.imagePullPolicy=Never ... (nothing is pulled: the images are in every node)",
+            f"install Istio with: {self.istioctl} install --context <name> -f <yours> -f {self.overlay} (hub {self.hub}, "
+            f"tag {self.tag}, never pulled: the images are in every node; and what Istio needs with upstream Envoy)",
             f"then certify it: pytest conformance/ --backend existing {contexts} --istioctl {self.istioctl} "
             f"--workload-image {self.workload_image}",
             "remove the clusters: meshfed host down",
@@ -90,6 +91,8 @@ def up(count: int, backend: HostBackend, progress: Progress) -> BareClusters:
         start_nodes(nodes, built.bins, built.archive, progress)
         _start_loadbalancers(nodes)
         kubeconfig = _merged_kubeconfig(nodes, cache / "kubeconfig")
+        overlay = cache / "istio-overlay.yaml"
+        overlay.write_text(yaml.safe_dump(install_overlay(built.tag, upstream_envoy=backend.envoy is None)))
         state = BareClusters(
             clusters={name: node.net.index for name, node in nodes.items()},
             kubeconfig=str(kubeconfig),
@@ -98,6 +101,7 @@ def up(count: int, backend: HostBackend, progress: Progress) -> BareClusters:
             hub=images.HUB,
             tag=built.tag,
             workload_image=images.WORKLOAD_IMAGE,
+            overlay=str(overlay),
         )
         _state_file(cache).write_text(json.dumps(asdict(state), indent=2) + "\n")
         for node in nodes.values():
@@ -126,7 +130,7 @@ def _remove(nodes: Iterable[HostNode], cache: Path, progress: Progress) -> None:
         for node in found:
             remove(node.net, node.files.root)
         network.remove_shared()
-    for leftover in (_state_file(cache), cache / "kubeconfig"):
+    for leftover in (_state_file(cache), cache / "kubeconfig", cache / "istio-overlay.yaml"):
         leftover.unlink(missing_ok=True)
 
 
