@@ -309,6 +309,9 @@ def install(shape: Shape, clusters: dict[str, Cluster], folder: Path) -> None:
             cluster.install(_eastwest(shape, name), folder, shape.namespace)
             cluster.gateway_address(shape.namespace)
             cluster.apply(_expose_services(shape.namespace))
+            if shape.revision:
+                # istioctl makes a first revision the default (a `default` tag): a vendor's mesh has none.
+                cluster.istioctl("tag", "remove", "default", "-y", "-i", shape.namespace)
         for source in names:
             for destination in names:
                 if source != destination:

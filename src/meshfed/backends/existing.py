@@ -253,7 +253,7 @@ def _trust_domain_found(cluster: KubeCluster) -> str:
     """The trust domain the mesh config says, and where it says it; the proxies say it once they run."""
     config = read_mesh_config(cluster)
     if config is None:
-        return "no mesh config readable: read from the proxies' certificates"
+        return "no mesh config here (a remote's is its primary's) or none readable: read from the proxies' certificates"
     return f"{config.get('trustDomain') or 'cluster.local'} (from the mesh config)"
 
 
