@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -640,3 +643,39 @@ def test_a_user_who_may_not_list_deployments_is_told_what_to_grant(servers: dict
         r"get and list on namespaces, deployments, configmaps and mutatingwebhookconfigurations$",
     ):
         ExistingBackend(CONTEXTS).provision(_spec(), {})
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_run_stopped_by_a_signal_removes_what_it_created(
+    servers: dict[str, KubeApiStandIn], tmp_path: Path, signum: int
+) -> None:
+    """A CI job cancelled (SIGTERM) or a user's Ctrl-C (SIGINT) while the cases run: meshfed's namespaces
+    go, nothing else is touched."""
+    from tests.test_conformance_run import ROOT
+
+    for server in servers.values():
+        _istiod(server)
+    contexts = [arg for name, context in CONTEXTS.items() for arg in ("--context", f"{name}={context}")]
+    command = [sys.executable, "-m", "pytest", "conformance/test_core.py", "-q", "-p", "no:cacheprovider"]
+    command += ["--backend", "existing", *contexts, "--report-dir", str(tmp_path)]
+    run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        namespace = f"/api/v1/namespaces/{TEST_NAMESPACE}"
+        while not all(server.object(namespace) for server in servers.values()):
+            assert run.poll() is None and time.monotonic() < deadline, "the run ended before it deployed anything"
+            time.sleep(0.05)
+        time.sleep(1.0)  # into the cases
+        run.send_signal(signum)
+        output, _ = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode != 0, output[-2000:]
+    for server in servers.values():
+        left = [
+            ns["metadata"]["name"]
+            for ns in server.objects("Namespace")
+            if ns["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by")
+        ]
+        assert left == [], output[-2000:]
+        assert server.objects("Deployment", "istio-system")  # istiod untouched
