@@ -679,3 +679,44 @@ def test_a_run_stopped_by_a_signal_removes_what_it_created(
         ]
         assert left == [], output[-2000:]
         assert server.objects("Deployment", "istio-system")  # istiod untouched
+
+
+def test_doctor_shows_what_istioctl_analyze_says_in_its_own_words(
+    servers: dict[str, KubeApiStandIn],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from meshfed.cli import main
+
+    messages = [
+        {
+            "code": "IST0170",
+            "documentationUrl": "https://istio.io/latest/docs/reference/config/analysis/ist0170/?ref=istioctl",
+            "level": "Error",
+            "message": "The Service istio-eastwestgateway has inconsistent ports across clusters",
+            "origin": "Service istio-system/istio-eastwestgateway",
+            "reference": "",
+        }
+    ]
+    (tmp_path / "analyze.json").write_text(json.dumps(messages))
+    monkeypatch.setenv("MESHFED_FAKE_ANALYZE", str(tmp_path / "analyze.json"))
+    for server in servers.values():
+        _istiod(server, revision="1-30")
+        server.requests.clear()
+    contexts = [arg for name, context in CONTEXTS.items() for arg in ("--context", f"{name}={context}")]
+    main(["doctor", "--backend", "existing", *contexts, "-o", "json"])
+    checks = [c for c in json.loads(capsys.readouterr().out)["checks"] if c["check"].startswith("istioctl-")]
+    assert [(c["check"], c["status"], c["cluster"]) for c in checks] == [
+        ("istioctl-IST0170", "warning", "east"),
+        ("istioctl-IST0170", "warning", "west"),
+    ]
+    assert checks[0]["evidence"] == (
+        "Error [IST0170] (Service istio-system/istio-eastwestgateway) The Service istio-eastwestgateway has "
+        "inconsistent ports across clusters"
+    )
+    calls = [json.loads(line) for line in Path(os.environ["MESHFED_FAKE_LOG"]).read_text().splitlines()]
+    analyze = [c["argv"] for c in calls if c["tool"] == "istioctl" and "analyze" in c["argv"]]
+    assert analyze and all("--revision" in argv and "1-30" in argv for argv in analyze)
+    for server in servers.values():
+        assert not _writes(server)  # read-only

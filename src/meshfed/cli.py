@@ -166,6 +166,7 @@ def doctor(args: argparse.Namespace) -> int:
     mesh brought up for the purpose (demos and tests), optionally broken first with a catalog entry."""
     from meshfed.backends.base import BackendError, Mesh
     from meshfed.backends.embedded.mesh import EmbeddedBackend
+    from meshfed.backends.existing import analyze_findings
     from meshfed.backends.host.backend import HostBackend
     from meshfed.backends.kind import KindBackend
     from meshfed.backends.select import existing_backend
@@ -207,6 +208,8 @@ def doctor(args: argparse.Namespace) -> int:
         if breaking is not None:
             breaking.stages[0].act(mesh, {})
         results = diagnose(mesh)
+        if options.backend == "existing":
+            results += analyze_findings(mesh.clusters)  # type: ignore[arg-type]
     except BackendError as error:
         raise CliError(str(error)) from None
     finally:

@@ -26,7 +26,7 @@ from meshfed import manifests
 from meshfed.backends import tools
 from meshfed.backends.base import Backend, BackendError, Forbidden, Progress
 from meshfed.backends.kube import KubeCluster, KubeMesh
-from meshfed.diagnose import read_mesh_config
+from meshfed.diagnose import Check, read_mesh_config
 from meshfed.install import timed
 from meshfed.manifests import MANAGED_BY, TEST_NAMESPACE, Obj
 from meshfed.topology import MeshSpec, Topology
@@ -413,3 +413,20 @@ class ExistingBackend(Backend):
     @staticmethod
     def _workloads(spec: MeshSpec, name: str, revision: str) -> Sequence[Obj]:
         return [manifests.test_namespace(revision), *manifests.workloads(spec.cluster(name), spec)]
+
+
+def analyze_findings(clusters: Mapping[str, KubeCluster]) -> list[Check]:
+    """What ``istioctl analyze`` says of each cluster, in its own words (level, IST code, resource, message),
+    beside meshfed's findings. Shown as warnings: its verdict is Istio's advice, not meshfed's."""
+    found = []
+    for name, cluster in clusters.items():
+        try:
+            messages = cluster.analyze()
+        except BackendError as error:
+            found.append(Check("istioctl-analyze-failed", "warning", name, f"istioctl analyze did not run: {error}"))
+            continue
+        for message in messages:
+            code = message.get("code", "IST????")
+            text = f"{message.get('level', '')} [{code}] ({message.get('origin', '')}) {message.get('message', '')}"
+            found.append(Check(f"istioctl-{code}", "warning", name, text.strip()))
+    return found

@@ -457,6 +457,20 @@ class KubeCluster(Cluster):
         output = self.run(self.istioctl, ["proxy-config", "secret", target, "-o", "json", *istio_namespace], timeout=60)
         return istioctl.parse_secret_dump(output)
 
+    def analyze(self) -> builtins.list[dict[str, str]]:
+        """``istioctl analyze`` of every namespace, for the revision in use: its messages of level Warning and
+        above, as it prints them with ``-o json`` (code, level, origin, message)."""
+        args = ["analyze", "--all-namespaces", "-o", "json", "--output-threshold", "Warning"]
+        args += ["--istioNamespace", self.control_plane_namespace]
+        if self.revision and self.revision != "default":
+            args += ["--revision", self.revision]
+        output = self.run(self.istioctl, args, timeout=120)
+        try:
+            messages = json.loads(output[output.find("[") :] if "[" in output else "[]")
+        except ValueError:
+            raise BackendError(f"{self.name}: istioctl analyze printed no JSON list: {output.strip()[:200]}") from None
+        return [{str(k): str(v) for k, v in m.items()} for m in messages if isinstance(m, dict)]
+
     def remote_clusters(self) -> builtins.list[RemoteClusterStatus]:
         output = self.run(self.istioctl, ["remote-clusters", "--istioNamespace", self.control_plane_namespace])
         return istioctl.parse_remote_clusters(output)
