@@ -36,7 +36,7 @@ def _istiod(
     server: KubeApiStandIn,
     namespace: str = "istio-system",
     revision: str = "",
-    version: str = "1.30.3",
+    version: str = "1.30.3",  # or a whole image reference
     cluster_id: str = "",
 ) -> None:
     if server.object(f"/api/v1/namespaces/{namespace}") is None:
@@ -55,7 +55,7 @@ def _istiod(
                     "containers": [
                         {
                             "name": "discovery",
-                            "image": f"docker.io/istio/pilot:{version}",
+                            "image": version if "/" in version else f"docker.io/istio/pilot:{version}",
                             "env": [{"name": "CLUSTER_ID", "value": cluster_id}] if cluster_id else [],
                         }
                     ]
@@ -720,3 +720,16 @@ def test_doctor_shows_what_istioctl_analyze_says_in_its_own_words(
     assert analyze and all("--revision" in argv and "1-30" in argv for argv in analyze)
     for server in servers.values():
         assert not _writes(server)  # read-only
+
+
+def test_an_image_pinned_by_digest_alone_is_versioned_by_what_istiod_reports(
+    servers: dict[str, KubeApiStandIn], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MESHFED_FAKE_ISTIO_VERSION", "1.30.3")
+    for server in servers.values():
+        _istiod(server, version="registry.acme.example/istio/pilot@sha256:" + "0" * 64)
+    mesh = ExistingBackend(CONTEXTS).provision(_spec(), {})
+    mesh.teardown()
+    assert mesh.istio_version == "1.30.3"
+    calls = [json.loads(line) for line in Path(os.environ["MESHFED_FAKE_LOG"]).read_text().splitlines()]
+    assert any(c["tool"] == "kubectl" and c["argv"][-3:] == ["pilot-discovery", "version", "-s"] for c in calls)

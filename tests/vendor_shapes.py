@@ -449,6 +449,7 @@ def run(shape: Shape, state: bare.BareClusters, reports: Path) -> list[str]:
                 flush=True,
             )
             problems += _judge(shape, result, reports / shape.name)
+            problems += _doctor(shape, state, contexts, kubeconfig)
             if shape.revision:
                 problems += _without_injection(shape, state, clusters, contexts, kubeconfig, reports)
         finally:
@@ -456,6 +457,29 @@ def run(shape: Shape, state: bare.BareClusters, reports: Path) -> list[str]:
             uninstall(shape, clusters)
             print(f"{shape.name}: removed in {time.monotonic() - started:.0f} s", flush=True)
     return problems
+
+
+def _doctor(shape: Shape, state: bare.BareClusters, contexts: dict[str, str], kubeconfig: str) -> list[str]:
+    """``meshfed doctor`` on the shape, read-only: it must run and show what ``istioctl analyze`` says (the
+    analysis itself may find things: on host clusters IST0170, the gateways' nodePorts differ)."""
+    command = [sys.executable, "-m", "meshfed.cli", "doctor", "--backend", "existing", "--topology", shape.topology]
+    command += [arg for name, context in contexts.items() for arg in ("--context", f"{name}={context}")]
+    command += ["--istioctl", state.istioctl, "-o", "json"]
+    if shape.namespace != "istio-system":
+        command += ["--istio-namespace", shape.namespace]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "KUBECONFIG": kubeconfig}
+    )
+    try:
+        checks = yaml.safe_load(done.stdout)["checks"]
+    except (TypeError, KeyError, yaml.YAMLError):
+        return [f"{shape.name}: meshfed doctor printed no checks (exit {done.returncode}): {done.stderr[-500:]}"]
+    analyze = [c for c in checks if c["check"].startswith("istioctl-")]
+    for check in analyze:
+        print(f"{shape.name}: doctor: {check['cluster']}: {check['check']}: {check['evidence'][:160]}", flush=True)
+    errors = [f"{c['cluster']}: {c['check']}" for c in checks if c["status"] == "error"]
+    print(f"{shape.name}: doctor: {len(checks)} findings, errors: {', '.join(errors) or 'none'}", flush=True)
+    return []
 
 
 def _judge(shape: Shape, result: subprocess.CompletedProcess[str], reports: Path) -> list[str]:

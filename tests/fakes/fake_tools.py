@@ -2640,6 +2640,9 @@ def kubectl_exec(parsed: Parsed, args: list[str]) -> int:
         raise ToolExit(f'error: unable to upgrade connection: container not found ("{container}")')
     if command[:2] == ["/bin/sh", "-c"] and container == "istio-proxy":
         return proxy_shell(pod, command[2] if len(command) > 2 else "")
+    if command[:2] == ["pilot-discovery", "version"] and container in (None, "discovery"):
+        out(istio_version())  # `version -s`: the build's version, as istiod reports it
+        return 0
     program = [w for w in command if not w.startswith("python")]
     if (
         len(command) >= 3

@@ -249,6 +249,15 @@ def check_kubeconfig_users(contexts: Mapping[str, str], files: Sequence[Path]) -
             )
 
 
+def _versions(cluster: KubeCluster, plane: ControlPlane) -> list[str]:
+    """Each istiod's version: its image's tag, or where the tag names none (an image pinned by digest only)
+    what istiod reports itself."""
+    return [
+        version if manifests.istio_minor(version) else (cluster.istiod_reported_version(revision) or version)
+        for revision, version in plane.revisions.items()
+    ]
+
+
 def _trust_domain_found(cluster: KubeCluster) -> str:
     """The trust domain the mesh config says, and where it says it; the proxies say it once they run."""
     config = read_mesh_config(cluster)
@@ -307,10 +316,13 @@ class ExistingBackend(Backend):
         planes, clusters = self._inspect(spec, progress)
         check_topology(spec.topology, planes, self.control_plane_namespace)
         injection = choose_injection(planes, self.revision)
-        versions = sorted({version for plane in planes.values() for version in plane.revisions.values()})
-        kubectl, istioctl = self._tools(versions, progress)
+        kubectl = self._kubectl(progress)
         for cluster in clusters.values():
-            cluster.kubectl, cluster.istioctl, cluster.revision = kubectl, istioctl, injection.revision
+            cluster.kubectl = kubectl
+        versions = sorted({version for name in planes for version in _versions(clusters[name], planes[name])})
+        istioctl = self._istioctl(versions, progress)
+        for cluster in clusters.values():
+            cluster.istioctl, cluster.revision = istioctl, injection.revision
         deployed = _as_deployed(spec, clusters)
         environment = {
             "control plane": f"namespace {self.control_plane_namespace}, {injection.describe()}",
@@ -332,34 +344,37 @@ class ExistingBackend(Backend):
         )
         return mesh, injection
 
-    def _tools(self, versions: Sequence[str], progress: Progress) -> tuple[Path, Path]:
-        """kubectl and istioctl: the ones given; else istioctl of the release the mesh's istiod is built from
-        (1.30.3 for 1.30.3-asm.2), from PATH or downloaded; else, for a build no release names (1.31-dev),
-        an istioctl on PATH of the same release line."""
+    def _kubectl(self, progress: Progress) -> Path:
+        """The kubectl given, else one from PATH, else the pinned release (downloaded once)."""
         if self.kubectl is not None and not tools.is_kubectl(self.kubectl):
             raise BackendError(
                 f"--kubectl {self.kubectl} is not a kubectl (`{self.kubectl} version --client` failed): give the path of kubectl"
             )
-        kubectl = self.kubectl or tools.find_kubectl(self.download, progress)
+        return self.kubectl or tools.find_kubectl(self.download, progress)
+
+    def _istioctl(self, versions: Sequence[str], progress: Progress) -> Path:
+        """The istioctl given; else istioctl of the release the mesh's istiod is built from (1.30.3 for
+        1.30.3-asm.2), from PATH or downloaded; else, for a build no release names (1.31-dev), an istioctl on
+        PATH of the same release line."""
         if self.istioctl is not None:
             if not tools.istioctl_build_of(self.istioctl):
                 raise BackendError(
                     f"--istioctl {self.istioctl} is not an istioctl (`{self.istioctl} version --remote=false` names no "
                     "Istio version): give the path of istioctl"
                 )
-            return kubectl, self.istioctl
+            return self.istioctl
         releases = sorted(
             {m.group(0) for v in versions if (m := re.match(r"\d+\.\d+\.\d+", v))},
             key=lambda v: tuple(int(part) for part in v.split(".")),
         )
         if releases:
             toolbox = tools.find_tools(releases[-1:], need_kind=False, download=self.download, progress=progress)
-            return kubectl, toolbox.istioctl_for(releases[-1])
+            return toolbox.istioctl_for(releases[-1])
         lines = {manifests.istio_minor(v) for v in versions} - {None}
         on_path = shutil.which("istioctl")
         if on_path and len(lines) == 1 and manifests.istio_minor(tools.istioctl_build_of(on_path)) in lines:
             progress(f"istioctl {on_path} ({tools.istioctl_build_of(on_path)}), of istiod's release line")
-            return kubectl, Path(on_path)
+            return Path(on_path)
         raise BackendError(
             f"cannot tell the Istio release from istiod's image ({', '.join(versions) or 'no istiod'}): give the "
             "istioctl to use with --istioctl PATH (for a build of your own, the istioctl built with it)"

@@ -457,6 +457,20 @@ class KubeCluster(Cluster):
         output = self.run(self.istioctl, ["proxy-config", "secret", target, "-o", "json", *istio_namespace], timeout=60)
         return istioctl.parse_secret_dump(output)
 
+    def istiod_reported_version(self, revision: str) -> str:
+        """The version istiod of ``revision`` reports itself (``pilot-discovery version -s`` in its pod): for an
+        image whose tag names none (pinned by digest only); "" when it cannot be asked."""
+        labels = {"app": "istiod"} | ({"istio.io/rev": revision} if revision != "default" else {})
+        pods = [pod for pod in self.pods(manifests.ISTIO_SYSTEM, labels) if pod.ready]
+        if not pods:
+            return ""
+        namespace = self.control_plane_namespace
+        command = ["exec", "-n", namespace, pods[0].name, "-c", "discovery", "--", "pilot-discovery", "version", "-s"]
+        try:
+            return self.run(self.kubectl, command, timeout=30).strip().splitlines()[-1]
+        except (BackendError, IndexError):
+            return ""
+
     def analyze(self) -> builtins.list[dict[str, str]]:
         """``istioctl analyze`` of every namespace, for the revision in use: its messages of level Warning and
         above, as it prints them with ``-o json`` (code, level, origin, message)."""
