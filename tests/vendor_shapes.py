@@ -75,6 +75,8 @@ class Shape:
     revision: str = ""  # "" installs the default revision
     trust_domain: str = "cluster.local"
     reader_without_secrets: bool = False  # certify as a user who may read no Secret (a managed CA's user)
+    canary: str = ""  # a second revision's control plane beside the first (a canary upgrade under way)
+    tag: str = ""  # a revision tag pointing at `revision`, which meshfed is told to inject with (--revision)
     what: str = ""
 
 
@@ -88,8 +90,11 @@ SHAPES = {
             revision="acme-1",
             trust_domain="acme.example",
             reader_without_secrets=True,
-            what="a revisioned control plane with no default revision (injection by istio.io/rev), in its own "
-            "namespace, trust domain acme.example, certified by a user who may read no Secret",
+            canary="acme-2",
+            tag="prod",
+            what="revision acme-1 and its canary acme-2, no default revision and no default tag, the workloads "
+            "injected through the tag prod (istio.io/rev=prod), in namespace acme-mesh, trust domain acme.example, "
+            "certified by a user who may read no Secret",
         ),
         Shape("primary-remote", "primary-remote", what="primary-remote in istio-system, the default revision"),
     )
@@ -143,9 +148,11 @@ class Cluster:
         raise SystemExit(f"{self.name}: the east-west gateway got no address in {timeout:g} s")
 
 
-def _operator(name: str, shape: Shape, spec: dict[str, object]) -> dict[str, object]:
-    if shape.revision:
-        spec = {"revision": shape.revision, **spec}
+def _operator(name: str, shape: Shape, spec: dict[str, object], revision: str | None = None) -> dict[str, object]:
+    revision = shape.revision if revision is None else revision
+    if revision:
+        spec = {"revision": revision, **spec}
+        name = f"{name}-{revision}"
     return {
         "apiVersion": "install.istio.io/v1alpha1",
         "kind": "IstioOperator",
@@ -309,9 +316,14 @@ def install(shape: Shape, clusters: dict[str, Cluster], folder: Path) -> None:
             cluster.install(_eastwest(shape, name), folder, shape.namespace)
             cluster.gateway_address(shape.namespace)
             cluster.apply(_expose_services(shape.namespace))
+            if shape.canary:
+                canary = _operator("control-plane", shape, {"meshConfig": mesh_config, "values": values}, shape.canary)
+                cluster.install(canary, folder, shape.namespace)
             if shape.revision:
                 # istioctl makes a first revision the default (a `default` tag): a vendor's mesh has none.
                 cluster.istioctl("tag", "remove", "default", "-y", "-i", shape.namespace)
+            if shape.tag:
+                cluster.istioctl("tag", "set", shape.tag, "--revision", shape.revision, "-i", shape.namespace)
         for source in names:
             for destination in names:
                 if source != destination:
@@ -414,6 +426,8 @@ def certify(
         str(reports),
         *extra,
     ]
+    if shape.tag:
+        command += ["--revision", shape.tag]
     if shape.namespace != "istio-system":
         command += ["--istio-namespace", shape.namespace]
     return subprocess.run(
@@ -465,6 +479,8 @@ def _doctor(shape: Shape, state: bare.BareClusters, contexts: dict[str, str], ku
     command = [sys.executable, "-m", "meshfed.cli", "doctor", "--backend", "existing", "--topology", shape.topology]
     command += [arg for name, context in contexts.items() for arg in ("--context", f"{name}={context}")]
     command += ["--istioctl", state.istioctl, "-o", "json"]
+    if shape.tag:
+        command += ["--revision", shape.tag]
     if shape.namespace != "istio-system":
         command += ["--istio-namespace", shape.namespace]
     done = subprocess.run(
@@ -491,7 +507,9 @@ def _judge(shape: Shape, result: subprocess.CompletedProcess[str], reports: Path
     expected = {
         "control plane": f"namespace {shape.namespace}, "
         + (
-            f"revision {shape.revision}, injected by istio.io/rev={shape.revision}"
+            f"revision {shape.revision} (tag {shape.tag}), injected by istio.io/rev={shape.tag}"
+            if shape.tag
+            else f"revision {shape.revision}, injected by istio.io/rev={shape.revision}"
             if shape.revision
             else "revision default, injected by istio-injection=enabled"
         ),
