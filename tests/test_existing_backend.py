@@ -532,6 +532,47 @@ def test_a_secret_the_user_may_not_read_is_a_managed_ca_not_an_error(
         mesh["east"].get("Secret", "cacerts", "istio-system")
 
 
+def test_doctor_as_a_user_who_may_read_no_secret_judges_remote_secrets_from_istiod(
+    servers: dict[str, KubeApiStandIn], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Secret readable at all: the remote secrets are judged from what each istiod loaded, and a check
+    the user may not run is a warning saying so, never the end of meshfed doctor."""
+    from meshfed.backends.base import RemoteClusterStatus
+    from meshfed.diagnose import check_remote_secrets, diagnose
+
+    for server in servers.values():
+        _istiod(server)
+        server.forbidden |= {
+            "/api/v1/namespaces/istio-system/secrets",
+            "/api/v1/namespaces/istio-system/secrets/cacerts",
+        }
+    mesh = ExistingBackend(CONTEXTS).provision(_spec(), {})
+    try:
+        loaded = {"east": [RemoteClusterStatus("west", "istio-system/istio-remote-secret-west", "synced")], "west": []}
+        for name, statuses in loaded.items():
+            monkeypatch.setattr(mesh[name], "remote_clusters", lambda statuses=statuses: statuses)
+        found = [(c.check, c.status, c.cluster) for c in check_remote_secrets(mesh)]
+        assert found == [("remote-secret-missing", "error", "west")]
+        assert "among the clusters istiod loaded" in check_remote_secrets(mesh)[0].evidence
+
+        def refused() -> list[RemoteClusterStatus]:
+            raise BackendError("east: istioctl remote-clusters: Error: unable to find any Istiod instances")
+
+        monkeypatch.setattr(mesh["east"], "remote_clusters", refused)
+        unknown = [c for c in check_remote_secrets(mesh) if c.cluster == "east"]
+        assert [(c.check, c.status) for c in unknown] == [("remote-secrets-unreadable", "warning")]
+
+        def forbidden(mesh: object) -> list[object]:
+            raise Forbidden("west: GET /api/v1/nodes was refused (403): nodes is forbidden")
+
+        monkeypatch.setattr("meshfed.diagnose.CHECKS", (forbidden, check_remote_secrets))
+        checks = {(c.check, c.cluster): c for c in diagnose(mesh)}
+        assert checks[("forbidden-not-permitted", "west")].status == "warning"
+        assert "GET /api/v1/nodes was refused (403)" in checks[("forbidden-not-permitted", "west")].evidence
+    finally:
+        mesh.teardown()
+
+
 def test_a_developers_build_needs_its_istioctl_named_or_on_path(
     servers: dict[str, KubeApiStandIn], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

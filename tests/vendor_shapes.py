@@ -401,8 +401,14 @@ def uninstall(shape: Shape, clusters: dict[str, Cluster]) -> None:
 
 
 def certify(
-    shape: Shape, state: bare.BareClusters, contexts: dict[str, str], kubeconfig: str, reports: Path, *extra: str
+    shape: Shape,
+    state: bare.BareClusters,
+    contexts: dict[str, str],
+    kubeconfig: str,
+    reports: Path,
+    revision: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """The core profile, read-only, injected by ``revision`` (default: the shape's tag, if it has one)."""
     command = [
         sys.executable,
         "-m",
@@ -424,10 +430,10 @@ def certify(
         state.workload_image,
         "--report-dir",
         str(reports),
-        *extra,
     ]
-    if shape.tag:
-        command += ["--revision", shape.tag]
+    revision = shape.tag if revision is None else revision
+    if revision:
+        command += ["--revision", revision]
     if shape.namespace != "istio-system":
         command += ["--istio-namespace", shape.namespace]
     return subprocess.run(
@@ -539,12 +545,13 @@ def _without_injection(
     kubeconfig: str,
     reports: Path,
 ) -> list[str]:
-    """The same mesh with its injection webhook gone: meshfed's workloads run without sidecars, and every case
-    must fail at once naming them, never pass."""
+    """The same mesh with its revision's injection webhooks gone (its own and its tags'): meshfed's workloads,
+    labelled for that revision, run without sidecars, and every case must fail at once naming them, never
+    pass. (The tag's name is gone with its webhook: meshfed is given the revision's.)"""
     for cluster in clusters.values():
         cluster.kubectl("delete", "mutatingwebhookconfiguration", "-l", f"istio.io/rev={shape.revision}")
     folder = reports / f"{shape.name}-not-injected"
-    result = certify(shape, state, contexts, kubeconfig, folder)
+    result = certify(shape, state, contexts, kubeconfig, folder, revision=shape.revision)
     report = yaml.safe_load((folder / "conformance-report.yaml").read_text())
     messages = [case.get("message", "") for case in report["cases"]]
     if (

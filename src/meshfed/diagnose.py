@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -261,28 +261,66 @@ def _is_loopback(server: str) -> bool:
     return (urllib.parse.urlsplit(server).hostname or "").lower() in ("127.0.0.1", "localhost", "::1")
 
 
+def _remote_secret_missing(primary: str, other: str, source: str) -> Check:
+    return Check(
+        "remote-secret-missing",
+        "error",
+        primary,
+        f"no remote secret for {other}{source}: istiod here never sees {other}'s endpoints",
+        f"istioctl create-remote-secret --context=<{other}> --name={other} | kubectl apply --context=<{primary}> -f -",
+    )
+
+
+def _remote_secrets_seen_by_istiod(cluster: Cluster, primary: str, wanted: list[str]) -> list[Check]:
+    """The remote secrets of a primary whose Secrets this user may not read, judged from what its istiod
+    loaded (``istioctl remote-clusters``); a warning when istiod cannot be asked either."""
+    try:
+        statuses = {status.name: status for status in cluster.remote_clusters()}
+    except BackendError as error:
+        return [
+            Check(
+                "remote-secrets-unreadable",
+                "warning",
+                primary,
+                "this user may not read Secrets in the control plane's namespace (403) and istioctl remote-clusters "
+                f"failed, so whether istiod has a remote secret for {', '.join(wanted)} is unknown: {error}",
+                "grant get and list on secrets there, or run `istioctl remote-clusters` as a user who may",
+            )
+        ]
+    source = " among the clusters istiod loaded (istioctl remote-clusters; the Secrets are not readable by this user)"
+    results = [_remote_secret_missing(primary, other, source) for other in wanted if other not in statuses]
+    results += [
+        Check(
+            "remote-secret-unreachable",
+            "error",
+            primary,
+            f"remote cluster {other} is {statuses[other].status} (its server is in {statuses[other].secret}, "
+            "not readable by this user)",
+            "check that istiod can reach that API server and that the secret's credentials are valid",
+        )
+        for other in wanted
+        if other in statuses and statuses[other].status != "synced"
+    ]
+    return results
+
+
 def check_remote_secrets(mesh: Mesh) -> list[Check]:
     results = []
     for spec in mesh.spec.primaries:
         cluster = mesh[spec.name]
         wanted = [c for c in mesh.spec.names if c != spec.name]
-        secrets = cluster.list("Secret", ISTIO_SYSTEM, {MULTICLUSTER_LABEL: "true"})
+        try:
+            secrets = cluster.list("Secret", ISTIO_SYSTEM, {MULTICLUSTER_LABEL: "true"})
+        except Forbidden:
+            # A managed offering's user may read no Secret: istiod says which remote secrets it loaded.
+            results += _remote_secrets_seen_by_istiod(cluster, spec.name, wanted)
+            continue
         present = {
             s["metadata"].get("annotations", {}).get("networking.istio.io/cluster")
             or s["metadata"]["name"].removeprefix("istio-remote-secret-")
             for s in secrets
         }
-        for other in wanted:
-            if other not in present:
-                results.append(
-                    Check(
-                        "remote-secret-missing",
-                        "error",
-                        spec.name,
-                        f"no remote secret for {other}: istiod here never sees {other}'s endpoints",
-                        f"istioctl create-remote-secret --context=<{other}> --name={other} | kubectl apply --context=<{spec.name}> -f -",
-                    )
-                )
+        results += [_remote_secret_missing(spec.name, other, "") for other in wanted if other not in present]
         # A loopback server is wrong whatever istiod shows: istiod keeps serving a cluster its secret's
         # previous kubeconfig reached until the new one syncs, so calls can still work until its restart.
         loopback = {}
@@ -761,9 +799,28 @@ def check_host_evidence(mesh: Mesh) -> list[Check]:
     ]
 
 
+def _permitted(check: Callable[[Mesh], list[Check]], mesh: Mesh) -> list[Check]:
+    """One check's findings; a check this user's RBAC does not let run is a warning saying so, never the end
+    of the diagnosis (a managed offering's user may read less than an admin)."""
+    try:
+        return check(mesh)
+    except Forbidden as error:
+        cluster, _, reason = str(error).partition(": ")
+        name = check.__name__.removeprefix("check_").replace("_", "-")
+        return [
+            Check(
+                f"{name}-not-permitted",
+                "warning",
+                cluster if cluster in mesh.clusters else "mesh",
+                f"this check could not run as this user: {reason or error}",
+                "grant this user read access to what it names, or run meshfed doctor as one who has it",
+            )
+        ]
+
+
 def diagnose(mesh: Mesh) -> list[Check]:
     """Every check over the mesh; errors first."""
-    results = [result for check in (*CHECKS, check_host_evidence) for result in check(mesh)]
+    results = [result for check in (*CHECKS, check_host_evidence) for result in _permitted(check, mesh)]
     order = {"error": 0, "warning": 1, "ok": 2}
     return sorted(results, key=lambda r: order[r.status])
 
