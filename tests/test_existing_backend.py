@@ -761,6 +761,16 @@ def test_doctor_shows_what_istioctl_analyze_says_in_its_own_words(
     assert analyze and all("--revision" in argv and "1-30" in argv for argv in analyze)
     for server in servers.values():
         assert not _writes(server)  # read-only
+    # A user who may not list Secrets: istioctl analyze (which reads the remote secrets) is refused, said so.
+    servers["west"].forbidden.add("/api/v1/namespaces/istio-system/secrets")
+    main(["doctor", "--backend", "existing", *contexts, "-o", "json"])
+    checks = [c for c in json.loads(capsys.readouterr().out)["checks"] if c["check"].startswith("istioctl-")]
+    assert [(c["check"], c["cluster"]) for c in checks] == [
+        ("istioctl-IST0170", "east"),
+        ("istioctl-analyze-not-permitted", "west"),
+    ]
+    assert checks[1]["evidence"].startswith("istioctl analyze needs more than this user may read: ")
+    assert "/api/v1/namespaces/istio-system/secrets" in checks[1]["evidence"]
 
 
 def test_an_image_pinned_by_digest_alone_is_versioned_by_what_istiod_reports(

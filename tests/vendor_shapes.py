@@ -480,8 +480,10 @@ def run(shape: Shape, state: bare.BareClusters, reports: Path) -> list[str]:
 
 
 def _doctor(shape: Shape, state: bare.BareClusters, contexts: dict[str, str], kubeconfig: str) -> list[str]:
-    """``meshfed doctor`` on the shape, read-only: it must run and show what ``istioctl analyze`` says (the
-    analysis itself may find things: on host clusters IST0170, the gateways' nodePorts differ)."""
+    """``meshfed doctor`` on the shape, read-only: it must run, find no error on this healthy mesh, and show
+    what ``istioctl analyze`` says (its findings may be anything: on host clusters IST0170, the gateways'
+    nodePorts differ), or, for a user who may read no Secret, that analyze was not permitted (it lists the
+    remote secrets), never that it failed for another reason."""
     command = [sys.executable, "-m", "meshfed.cli", "doctor", "--backend", "existing", "--topology", shape.topology]
     command += [arg for name, context in contexts.items() for arg in ("--context", f"{name}={context}")]
     command += ["--istioctl", state.istioctl, "-o", "json"]
@@ -501,7 +503,19 @@ def _doctor(shape: Shape, state: bare.BareClusters, contexts: dict[str, str], ku
         print(f"{shape.name}: doctor: {check['cluster']}: {check['check']}: {check['evidence'][:160]}", flush=True)
     errors = [f"{c['cluster']}: {c['check']}" for c in checks if c["status"] == "error"]
     print(f"{shape.name}: doctor: {len(checks)} findings, errors: {', '.join(errors) or 'none'}", flush=True)
-    return []
+    problems = [f"{shape.name}: meshfed doctor found an error on a healthy mesh: {error}" for error in errors]
+    refused = {c["cluster"] for c in analyze if c["check"] == "istioctl-analyze-not-permitted"}
+    expected = set(contexts) if shape.reader_without_secrets else set()
+    if refused != expected:
+        problems.append(
+            f"{shape.name}: istioctl analyze not permitted in {sorted(refused)}, expected {sorted(expected)}"
+        )
+    problems += [
+        f"{shape.name}: {c['cluster']}: {c['evidence'][:300]}"
+        for c in analyze
+        if c["check"] == "istioctl-analyze-failed"
+    ]
+    return problems
 
 
 def _judge(shape: Shape, result: subprocess.CompletedProcess[str], reports: Path) -> list[str]:

@@ -1605,6 +1605,12 @@ def istioctl_main(argv: list[str], entry: Obj) -> int:
             out("RESOURCE NAME     TYPE           STATUS     VALID CERT     SERIAL NUMBER     NOT AFTER     NOT BEFORE")
         return 0
     if word == "analyze":
+        # It reads the remote secrets (multicluster analysis): a user who may not list Secrets gets the 403.
+        try:
+            list_items(_istio_target(parsed).server, collection_path("v1", "secrets", namespace), "")
+        except ApiError as error:
+            if error.status == 403:
+                raise ToolExit(f"Error: {error.message}") from None
         # `-o json` prints the messages as a JSON list and exits 0 whatever they say (istioctl/pkg/analyze).
         found = _env("MESHFED_FAKE_ANALYZE")
         out(Path(found).read_text().strip() if found else "[]")

@@ -438,7 +438,21 @@ def analyze_findings(clusters: Mapping[str, KubeCluster]) -> list[Check]:
         try:
             messages = cluster.analyze()
         except BackendError as error:
-            found.append(Check("istioctl-analyze-failed", "warning", name, f"istioctl analyze did not run: {error}"))
+            refused = re.search(r"Error: (\S+ is forbidden: .*)", str(error))
+            if refused:  # a reader without Secret access: analyze lists the remote secrets
+                found.append(
+                    Check(
+                        "istioctl-analyze-not-permitted",
+                        "warning",
+                        name,
+                        f"istioctl analyze needs more than this user may read: {refused.group(1).strip()}",
+                        "run meshfed doctor as a user who may read what it names to see istioctl analyze's findings",
+                    )
+                )
+            else:
+                found.append(
+                    Check("istioctl-analyze-failed", "warning", name, f"istioctl analyze did not run: {error}")
+                )
             continue
         for message in messages:
             code = message.get("code", "IST????")
