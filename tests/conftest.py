@@ -31,3 +31,25 @@ def provision() -> Iterator[Provision]:
     yield make
     for mesh in meshes:
         mesh.teardown()
+
+
+_SLOW_LEFT_OUT = pytest.StashKey[int]()
+SLOW_HINT = "run them with: pytest tests/ -m slow (or -m 'slow or not slow' for everything, as .ci/run does)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The daily loop leaves out tests marked ``slow`` (whole conformance runs on the embedded mesh, the
+    isolation proof, the sensitivity guards) unless a ``-m`` expression says otherwise."""
+    if config.option.markexpr:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+        config.stash[_SLOW_LEFT_OUT] = len(slow)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    left_out = config.stash.get(_SLOW_LEFT_OUT, 0)
+    if left_out:
+        terminalreporter.write_line(f"{left_out} slow tests left out; {SLOW_HINT}")
