@@ -98,3 +98,20 @@ def test_eastwest_gateway_is_what_gen_eastwest_gateway_prints(revision: str, sam
     [theirs] = _reference(sample)
     ours = manifests.eastwest_gateway("network1", revision=revision)
     assert ours["spec"] == theirs["spec"]
+
+
+def test_a_quick_step_is_one_line_of_progress_and_a_long_one_is_said_as_it_starts() -> None:
+    import time
+
+    from meshfed.install import timed
+
+    lines: list[str] = []
+    with timed("cluster-a: apply", lines.append):
+        pass
+    assert len(lines) == 1 and lines[0].startswith("cluster-a: apply: done in ")
+    lines.clear()
+    with timed("cluster-a: istiod", lines.append, every=0.1, quiet=0.05):
+        time.sleep(0.3)
+    assert lines[0] == "cluster-a: istiod ..."
+    assert any(line.startswith("cluster-a: istiod: still running") for line in lines[1:-1])
+    assert lines[-1].startswith("cluster-a: istiod: done in ")

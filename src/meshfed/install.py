@@ -143,16 +143,19 @@ class Applier(Protocol):
 
 
 @contextmanager
-def timed(title: str, progress: Callable[[str], None], every: float = 15.0) -> Iterator[None]:
-    """Say ``title``, then "still at it" every ``every`` seconds, then how long it took."""
+def timed(title: str, progress: Callable[[str], None], every: float = 15.0, quiet: float = 1.0) -> Iterator[None]:
+    """One line for a step done within ``quiet`` seconds ("title: done in 0.2 s"); a longer one is also said
+    as it starts ("title ..."), then "still running" every ``every`` seconds."""
     started = time.monotonic()
     done = threading.Event()
 
     def heartbeat() -> None:
+        if done.wait(quiet):
+            return
+        progress(f"{title} ...")
         while not done.wait(every):
             progress(f"{title}: still running ({time.monotonic() - started:.0f} s)")
 
-    progress(f"{title} ...")
     thread = threading.Thread(target=heartbeat, daemon=True)
     thread.start()
     try:
