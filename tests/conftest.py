@@ -34,7 +34,7 @@ def provision() -> Iterator[Provision]:
 
 
 _SLOW_LEFT_OUT = pytest.StashKey[int]()
-SLOW_HINT = "run them with: pytest tests/ -m slow (or -m 'slow or not slow' for everything, as .ci/run does)"
+SLOW_HINT = "run them with: pytest tests/ -m slow (.ci/run runs both)"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -52,4 +52,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     left_out = config.stash.get(_SLOW_LEFT_OUT, 0)
     if left_out:
-        terminalreporter.write_line(f"{left_out} slow tests left out; {SLOW_HINT}")
+        terminalreporter.write_line(f"{left_out} slow test{'s' if left_out != 1 else ''} left out; {SLOW_HINT}")

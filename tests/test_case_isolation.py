@@ -40,6 +40,7 @@ def _second_root(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("given", ["healthy", "second-root"])
 def test_each_case_has_its_suite_verdict_when_run_alone(tmp_path: Path, given: str) -> None:
     mesh = ["--cacerts-dir", str(_second_root(tmp_path / "certs"))] if given == "second-root" else []

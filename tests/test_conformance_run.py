@@ -43,6 +43,7 @@ def properties(case: ET.Element) -> dict[str, str]:
     return {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("topology", ["multi-primary", "primary-remote"])
 def test_a_healthy_mesh_passes_the_core_profile(tmp_path: Path, topology: str) -> None:
     result = run_suite(tmp_path, "--topology", topology)
@@ -84,6 +85,7 @@ def test_a_healthy_mesh_passes_the_core_profile(tmp_path: Path, topology: str) -
     assert meshfed(["report", "compare", str(tmp_path / "junit.xml"), str(tmp_path / "conformance-report.yaml")]) == 0
 
 
+@pytest.mark.slow
 def test_a_second_root_ca_fails_with_the_cause_named(tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     assert meshfed(["pki", "init", "--out", str(certs), "--clusters", "cluster-a", "--key-type", "ecdsa"]) == 0
@@ -107,6 +109,7 @@ def test_a_second_root_ca_fails_with_the_cause_named(tmp_path: Path) -> None:
     assert "failed: connection failure (never converged); likely cause: root-cert.pem differs" in (message or "")
 
 
+@pytest.mark.slow
 def test_a_misdirected_remote_leaves_the_other_remotes_connected(tmp_path: Path) -> None:
     # Primary-remote with two remotes: the entries cut off every remote (istiod not exposed) or the one misdirected
     # (cluster-c), while cluster-b's proxies stay connected, as real Istio showed at 3 clusters.

@@ -89,6 +89,7 @@ def test_without_access_to_the_node_the_gateway_fault_says_so(tmp_path: Path) ->
         cluster.drop_gateway_connections(10)
 
 
+@pytest.mark.slow
 def test_a_gateway_that_is_down_is_not_a_tls_failure(provision: Provision) -> None:
     # Envoy 1.39+ tells the caller only "connection failure" for both: the evidence tells them apart.
     mesh, _ = provision()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from meshfed.faults import FAULT_NAMES
 from meshfed.sensitivity import BEGIN, END, HEALTHY, TOPOLOGIES, Run, check, main, markdown, stored, table
 
@@ -57,6 +59,7 @@ def test_the_healthy_mesh_must_pass_and_the_matrix_marks_the_guards() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_every_fault_fails_the_cases_guarding_what_it_breaks_in_both_topologies(tmp_path: Path) -> None:
     # Each fault against the cases that guard what it breaks (the whole suite per fault takes about 30 minutes on
     # two cores: `python -m meshfed.sensitivity` makes the README's matrix), and a healthy run of the whole suite.
