@@ -554,6 +554,10 @@ def test_doctor_as_a_user_who_may_read_no_secret_judges_remote_secrets_from_isti
         found = [(c.check, c.status, c.cluster) for c in check_remote_secrets(mesh)]
         assert found == [("remote-secret-missing", "error", "west")]
         assert "among the clusters istiod loaded" in check_remote_secrets(mesh)[0].evidence
+        timed_out = [RemoteClusterStatus("east", "istio-system/istio-remote-secret-east", "timeout")]
+        monkeypatch.setattr(mesh["west"], "remote_clusters", lambda: timed_out)
+        found = [(c.check, c.status, c.cluster) for c in check_remote_secrets(mesh)]
+        assert found == [("remote-secret-unreachable", "error", "west")]
 
         def refused() -> list[RemoteClusterStatus]:
             raise BackendError("east: istioctl remote-clusters: Error: unable to find any Istiod instances")
