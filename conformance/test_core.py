@@ -377,14 +377,8 @@ def test_cross_cluster_authorization(
     window, deadline = suite_options.steady_calls, mesh.convergence_deadline
     as_stranger = calls_from(stranger, url, app=STRANGER)
     label = f"{pair.id} as {STRANGER}"
-    stranger_id = identity(mesh, pair.source, STRANGER)
-    before = reliably(
-        label,
-        as_stranger,
-        window=window,
-        deadline=deadline,
-        wanted=Wanted(cluster=pair.destination, caller=stranger_id),
-    )
+    answered = Wanted(cluster=pair.destination, caller=identity(mesh, pair.source, STRANGER))
+    before = reliably(label, as_stranger, window=window, deadline=deadline, wanted=answered)
     require(before.held, f"without a policy the second account must be answered: {before.message()}")
     mesh[mesh.spec.config_cluster(pair.destination)].apply(
         manifests.authorization_policy("allow-client-only", target, [principal])
@@ -394,7 +388,7 @@ def test_cross_cluster_authorization(
         return result.status == 403 and result.symptom is Symptom.RBAC_DENIED
 
     def stale(result: CallResult) -> bool:  # answered as before the policy, on a connection opened before it
-        return Wanted(cluster=pair.destination, caller=stranger_id).fault(result) is None
+        return answered.fault(result) is None
 
     # Converged when denied 3 times in a row; then the window: denied, or a tolerated stale answer.
     first = Wanted(accept=rbac_denied, expected="RBAC denied")
@@ -405,10 +399,10 @@ def test_cross_cluster_authorization(
         else None
     )
     stale_answers = sum(map(stale, steady.results)) if steady else 0
+    seen = steady.message() if steady else f"{denied.message()} (never converged)"
     require(
         steady is not None and steady.held,
-        f"{steady.message() if steady else denied.message() + ' (never converged)'}: expected 403 RBAC: access denied once the policy "
-        f"allows only {principal}",
+        f"{seen}: expected 403 RBAC: access denied once the policy allows only {principal}",
     )
     require(
         stale_answers <= STALE_ANSWERS_AFTER_A_POLICY,
