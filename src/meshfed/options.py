@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from meshfed.backends.host.instance import DEFAULT_PREFIX, check_prefix
 from meshfed.cases import Feature, feature_names
 from meshfed.faults import FAULT_NAMES, fault
 from meshfed.topology import MAX_CLUSTERS, TOPOLOGIES, MeshSpec, Topology
@@ -68,6 +69,13 @@ def features(text: str) -> frozenset[Feature]:
 
 # A commit of istio.io/istio as the Go module proxy names it (a pseudo-version): the host backend builds it.
 ISTIO_COMMIT = re.compile(r"v0\.0\.0-\d{14}-[0-9a-f]{12}")
+
+
+def host_prefix(text: str) -> str:
+    try:
+        return check_prefix(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def istio_version(text: str) -> str:
@@ -163,6 +171,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
         None,
         type=Path,
         metavar="PATH",
+    ),
+    OptionSpec(
+        "--host-prefix",
+        "host: which host mesh of this machine the run makes and holds: its own node namespaces, bridge, addresses "
+        f"and folder, beside the others (default: {DEFAULT_PREFIX})",
+        DEFAULT_PREFIX,
+        type=host_prefix,
+        metavar="NAME",
     ),
     OptionSpec(
         "--istio-namespace",
@@ -268,6 +284,7 @@ class SuiteOptions:
     istio_tag: str | None = None
     bin_dir: Path | None = None
     envoy: Path | None = None
+    host_prefix: str = DEFAULT_PREFIX
     istio_namespace: str = "istio-system"
     revision: str | None = None
     istioctl: Path | None = None
@@ -305,6 +322,7 @@ class SuiteOptions:
             istio_tag=values["--istio-tag"],
             bin_dir=values["--bin-dir"],
             envoy=values["--envoy"],
+            host_prefix=values["--host-prefix"],
             istio_namespace=values["--istio-namespace"],
             revision=values["--revision"],
             istioctl=values["--istioctl"],
@@ -367,6 +385,7 @@ class SuiteOptions:
             "--keep-clusters": ("kind or host", self.keep_clusters),
             "--bin-dir": ("host", self.bin_dir is not None),
             "--envoy": ("host", self.envoy is not None),
+            "--host-prefix": ("host", self.host_prefix != DEFAULT_PREFIX),
         }
         for flag, (backends, given) in only.items():
             if given and self.backend not in backends.split(" or "):

@@ -30,6 +30,7 @@ def backend_for(options: SuiteOptions) -> Backend:
             envoy=options.envoy,
             keep_clusters=options.keep_clusters,
             upgrade_to=options.upgrade_to,
+            prefix=options.host_prefix,
         )
     return EmbeddedBackend()
 

@@ -19,6 +19,7 @@ from meshfed.backends import tools
 from meshfed.backends.base import Backend, BackendError, Progress
 from meshfed.backends.host import binaries, images, network
 from meshfed.backends.host.components import ClusterFiles
+from meshfed.backends.host.instance import DEFAULT_PREFIX, HostInstance, exclusive
 from meshfed.backends.host.loadbalancer import LoadBalancers
 from meshfed.backends.host.node import HostNode, clean_leftovers, install_addons
 from meshfed.backends.kube import KubeCluster, KubeMesh
@@ -127,7 +128,6 @@ def preflight() -> None:
         )
     if not (CNI_PLUGINS / "bridge").is_file():
         raise BackendError(f"no CNI plugins in {CNI_PLUGINS}: `apt-get install containernetworking-plugins`")
-    network.check_free()
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class HostBuild:
 def start_nodes(nodes: Mapping[str, HostNode], bins: binaries.Binaries, archive: Path, progress: Progress) -> None:
     """The shared network, every node up side by side (as kind creates its clusters: most of it is waiting),
     then each cluster's CoreDNS: bare clusters, ready for Istio."""
-    network.ensure_shared()
+    next(iter(nodes.values())).net.shared.ensure()
     with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
         for future in [pool.submit(node.up, bins, archive) for node in nodes.values()]:
             future.result()
@@ -165,13 +165,14 @@ class HostBackend(Backend):
     keep_clusters: bool = False
     cache: Path | None = None
     upgrade_to: str | None = None  # CanaryUpgrade's Istio: another build beside the first when it differs
+    prefix: str = DEFAULT_PREFIX  # which host mesh of this machine (--host-prefix)
 
     name = "host"
 
     def connect(self, spec: MeshSpec) -> KubeMesh:
         """The clusters a --keep-clusters run left, read as they are (for ``meshfed doctor``); nothing is changed."""
-        cache = (self.cache or tools.cache_dir()) / "host"
-        nodes = self._nodes(spec, cache, lambda _: None)
+        instance = self.instance()
+        nodes = self._nodes(spec, instance, instance.network(), lambda _: None)
         missing = [name for name, node in nodes.items() if not node.kept_marker() or not node.answers()]
         if missing:
             raise BackendError(
@@ -186,13 +187,18 @@ class HostBackend(Backend):
         assert bins.istio is not None
         return KubeMesh("host", spec, bins.istio.version, clusters, lambda: None)
 
+    def instance(self) -> HostInstance:
+        return HostInstance(self.prefix, (self.cache or tools.cache_dir()) / "host")
+
     @staticmethod
-    def _nodes(spec: MeshSpec, cache: Path, progress: Progress) -> dict[str, HostNode]:
+    def _nodes(
+        spec: MeshSpec, instance: HostInstance, shared: network.SharedNetwork, progress: Progress
+    ) -> dict[str, HostNode]:
         return {
             cluster.name: HostNode(
                 cluster,
-                network.NodeNetwork(cluster.name, index),
-                ClusterFiles(cache / "clusters" / cluster.name),
+                network.NodeNetwork(cluster.name, index, shared),
+                ClusterFiles(instance.clusters / cluster.name),
                 progress,
             )
             for index, cluster in enumerate(spec.clusters)
@@ -201,6 +207,10 @@ class HostBackend(Backend):
     def build(self, cache: Path, progress: Progress) -> HostBuild:
         """The programs (built or from the cache), CanaryUpgrade's build beside them when it differs, and the
         image archive every node imports."""
+        with exclusive(cache / "build.lock"):  # host meshes started side by side build and write them once
+            return self._build(cache, progress)
+
+    def _build(self, cache: Path, progress: Progress) -> HostBuild:
         bins = binaries.build_all(
             self.istio_version,
             bin_dir=self.bin_dir,
@@ -230,23 +240,30 @@ class HostBackend(Backend):
         self, spec: MeshSpec, cacerts: Mapping[str, Mapping[str, bytes]], progress: Progress = lambda _: None
     ) -> KubeMesh:
         preflight()
-        cache = (self.cache or tools.cache_dir()) / "host"
-        built = self.build(cache, progress)
+        instance = self.instance()
+        built = self.build(instance.cache, progress)
         bins, canary, tag, canary_tag = built.bins, built.canary, built.tag, built.canary_tag
         assert bins.istio is not None
         spec = replace(spec, workload_image=images.WORKLOAD_IMAGE)
-        nodes = self._nodes(spec, cache, progress)
-        marker = mesh_marker(spec, f"{tag} {canary_tag}".strip(), cacerts)
-        kept = kept_state(nodes.values(), marker)
-        if kept != "none" and not self.keep_clusters:
-            raise BackendError(
-                f"host clusters kept by an earlier --keep-clusters run are running ({', '.join(nodes)}): run with "
-                "--keep-clusters to reuse them, or remove them with `meshfed host clean`"
-            )
-        if kept == "other":
-            progress("the kept clusters hold another mesh, an unfinished one, or do not answer: recreating them")
-        if kept != "same":
-            clean_leftovers(cache / "clusters", progress)
+        hold = instance.hold()  # before anything of the mesh is read or touched: no live run's clusters
+        try:
+            shared = instance.network()
+            shared.check_free()
+            nodes = self._nodes(spec, instance, shared, progress)
+            marker = mesh_marker(spec, f"{tag} {canary_tag}".strip(), cacerts)
+            kept = kept_state(nodes.values(), marker)
+            if kept != "none" and not self.keep_clusters:
+                raise BackendError(
+                    f"host clusters kept by an earlier --keep-clusters run are running ({', '.join(nodes)}): run with "
+                    f"--keep-clusters to reuse them, or remove them with `meshfed host clean{instance.flag()}`"
+                )
+            if kept == "other":
+                progress("the kept clusters hold another mesh, an unfinished one, or do not answer: recreating them")
+            if kept != "same":
+                clean_leftovers(instance.clusters, shared, progress)
+        except BaseException:
+            hold.release()
+            raise
         overlay = Path(tempfile.mkdtemp(prefix="meshfed-host-")) / "host-overlay.yaml"
         overlay.write_text(yaml.safe_dump(install_overlay(tag, upstream_envoy=self.envoy is None)))
         by_revision: dict[str, Path] = {}
@@ -259,10 +276,16 @@ class HostBackend(Backend):
         balancers: LoadBalancers | None = None
 
         def teardown() -> None:
+            try:
+                remove_all()
+            finally:
+                hold.release()  # last: until the clusters are gone, no other run may take the mesh
+
+        def remove_all() -> None:
             if balancers is not None:
                 balancers.stop()
             if self.keep_clusters:
-                progress(f"kept {', '.join(nodes)} (`meshfed host clean` removes them)")
+                progress(f"kept {', '.join(nodes)} (`meshfed host clean{instance.flag()}` removes them)")
                 return
             errors = []
             with timed(f"stopping and removing {', '.join(nodes)}", progress), ThreadPoolExecutor(len(nodes)) as pool:
@@ -272,13 +295,15 @@ class HostBackend(Backend):
                     except (BackendError, OSError) as error:  # the others are removed all the same
                         errors.append(f"{name}: {error}")
             try:
-                network.remove_shared()
+                shared.remove()
+                instance.forget()
             except BackendError as error:
                 errors.append(str(error))
             shutil.rmtree(overlay.parent, ignore_errors=True)
             if errors:
                 raise BackendError(
-                    f"removing the host clusters failed ({'; '.join(errors)}): `meshfed host clean` removes what is left"
+                    f"removing the host clusters failed ({'; '.join(errors)}): `meshfed host clean{instance.flag()}` "
+                    "removes what is left"
                 )
 
         try:
@@ -327,6 +352,9 @@ class HostBackend(Backend):
             self.keep_clusters = keep
             raise
         found = environment(bins, upstream_envoy=self.envoy is None)
+        found["host mesh"] = (
+            f"{instance.prefix}: bridge {shared.bridge}, {shared.subnet}, node namespaces {shared.netns_prefix}<cluster>"
+        )
         if canary is not None and canary.istio is not None:
             found["CanaryUpgrade to"] = f"{canary.istio.describe()}, images tagged {canary_tag}"
         mesh = KubeMesh(

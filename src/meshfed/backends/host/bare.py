@@ -22,6 +22,7 @@ from meshfed.backends import tools
 from meshfed.backends.base import BackendError, Progress
 from meshfed.backends.host import images, loadbalancer, network
 from meshfed.backends.host.backend import HostBackend, install_overlay, kept_state, preflight, start_nodes
+from meshfed.backends.host.instance import DEFAULT_PREFIX, HOST_UP, Hold, HostInstance
 from meshfed.backends.host.node import HostNode, clean_leftovers, remove
 from meshfed.backends.host.supervisor import Check, Component, Supervisor
 from meshfed.install import timed
@@ -43,6 +44,7 @@ class BareClusters:
     tag: str
     workload_image: str
     overlay: str  # the IstioOperator every install on these clusters adds: local images, upstream Envoy's settings
+    prefix: str = DEFAULT_PREFIX  # the host mesh (--host-prefix)
 
     def instructions(self) -> list[str]:
         contexts = " ".join(f"--context {name}={name}" for name in self.clusters)
@@ -53,16 +55,16 @@ class BareClusters:
             f"tag {self.tag}, never pulled: the images are in every node; and what Istio needs with upstream Envoy)",
             f"then certify it: pytest conformance/ --backend existing {contexts} --istioctl {self.istioctl} "
             f"--workload-image {self.workload_image}",
-            "remove the clusters: meshfed host down",
+            f"remove the clusters: meshfed host down{HostInstance(self.prefix, Path()).flag()}",
         ]
 
 
-def _state_file(cache: Path) -> Path:
-    return cache / "up.json"
+def _state_file(instance: HostInstance) -> Path:
+    return instance.root / "up.json"
 
 
-def read_state(cache: Path | None = None) -> BareClusters | None:
-    path = _state_file(cache or tools.cache_dir() / "host")
+def read_state(prefix: str = DEFAULT_PREFIX, cache: Path | None = None) -> BareClusters | None:
+    path = _state_file(HostInstance(prefix, cache or tools.cache_dir() / "host"))
     try:
         return BareClusters(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
@@ -72,82 +74,104 @@ def read_state(cache: Path | None = None) -> BareClusters | None:
 def up(count: int, backend: HostBackend, progress: Progress) -> BareClusters:
     """``count`` bare clusters; the same ones again when they are already up (nothing is restarted)."""
     preflight()
-    cache = (backend.cache or tools.cache_dir()) / "host"
-    built = backend.build(cache, progress)
+    instance = backend.instance()
+    built = backend.build(instance.cache, progress)
     spec = MeshSpec.default(Topology.MULTI_PRIMARY, count)  # names, regions and zones; no Istio
-    nodes = HostBackend._nodes(spec, cache, progress)
-    kept = kept_state(nodes.values(), UP_MARKER)
-    state = read_state(cache)
-    if kept == "same" and state is not None and list(state.clusters) == list(nodes):
-        progress(f"{', '.join(nodes)} are up already")
+    state = read_state(instance.prefix, instance.cache)
+    owner = instance.owner()
+    if owner is not None and owner.command.startswith(HOST_UP) and state is not None and len(state.clusters) == count:
+        progress(f"{', '.join(state.clusters)} are up already")
         return state
-    if kept != "none":
-        raise BackendError(
-            f"host clusters of an earlier run are running ({', '.join(nodes)}): remove them with `meshfed host down` "
-            "(or `meshfed host clean`) first"
-        )
-    clean_leftovers(cache / "clusters", progress)
+    hold = instance.hold(HOST_UP)  # a live run's clusters (or another host up's) are refused here
     try:
-        start_nodes(nodes, built.bins, built.archive, progress)
-        _start_loadbalancers(nodes)
-        kubeconfig = _merged_kubeconfig(nodes, cache / "kubeconfig")
-        overlay = cache / "istio-overlay.yaml"
-        overlay.write_text(yaml.safe_dump(install_overlay(built.tag, upstream_envoy=backend.envoy is None)))
-        state = BareClusters(
-            clusters={name: node.net.index for name, node in nodes.items()},
-            kubeconfig=str(kubeconfig),
-            istioctl=str(built.bins["istioctl"]),
-            kubectl=str(built.bins["kubectl"]),
-            hub=images.HUB,
-            tag=built.tag,
-            workload_image=images.WORKLOAD_IMAGE,
-            overlay=str(overlay),
-        )
-        _state_file(cache).write_text(json.dumps(asdict(state), indent=2) + "\n")
-        for node in nodes.values():
-            node.mark_kept(UP_MARKER)  # last: only finished clusters are taken as up
-    except BaseException:
-        _remove(nodes.values(), cache, progress)
-        raise
+        shared = instance.network()
+        shared.check_free()
+        nodes = HostBackend._nodes(spec, instance, shared, progress)
+        if kept_state(nodes.values(), UP_MARKER) != "none":
+            raise BackendError(
+                f"host clusters of an earlier run are running ({', '.join(nodes)}): remove them with "
+                f"`meshfed host clean{instance.flag()}` first"
+            )
+        clean_leftovers(instance.clusters, shared, progress)
+        try:
+            start_nodes(nodes, built.bins, built.archive, progress)
+            kubeconfig = _merged_kubeconfig(nodes, instance.root / "kubeconfig")
+            overlay = instance.root / "istio-overlay.yaml"
+            overlay.write_text(yaml.safe_dump(install_overlay(built.tag, upstream_envoy=backend.envoy is None)))
+            state = BareClusters(
+                clusters={name: node.net.index for name, node in nodes.items()},
+                kubeconfig=str(kubeconfig),
+                istioctl=str(built.bins["istioctl"]),
+                kubectl=str(built.bins["kubectl"]),
+                hub=images.HUB,
+                tag=built.tag,
+                workload_image=images.WORKLOAD_IMAGE,
+                overlay=str(overlay),
+                prefix=instance.prefix,
+            )
+            _state_file(instance).write_text(json.dumps(asdict(state), indent=2) + "\n")
+            for node in nodes.values():
+                node.mark_kept(UP_MARKER)  # only finished clusters are taken as up
+            # Last: the controller lives as long as the clusters, and holds them for as long.
+            pid = _start_loadbalancers(nodes, hold)
+            instance.record(pid, f"{HOST_UP} (its LoadBalancer controller, which keeps the clusters)")
+        except BaseException:
+            _remove(nodes.values(), instance, shared, progress)
+            raise
+    finally:
+        hold.release()  # the controller's copy holds the lock from here on
     return state
 
 
-def down(progress: Progress, cache: Path | None = None) -> list[str]:
+def down(progress: Progress, prefix: str = DEFAULT_PREFIX, cache: Path | None = None) -> list[str]:
     """Stop and remove the clusters of ``host up`` (its LoadBalancer controller with them); the names."""
-    cache = cache or tools.cache_dir() / "host"
-    state = read_state(cache)
+    instance = HostInstance(prefix, cache or tools.cache_dir() / "host")
+    state = read_state(prefix, instance.cache)
     if state is None:
         return []
+    owner = instance.owner()
+    if owner is not None and not owner.command.startswith(HOST_UP):
+        raise BackendError(instance.refusal(owner))
     spec = MeshSpec.default(Topology.MULTI_PRIMARY, len(state.clusters))
-    nodes = HostBackend._nodes(spec, cache, progress)
-    _remove(nodes.values(), cache, progress)
+    shared = instance.network()
+    nodes = HostBackend._nodes(spec, instance, shared, progress)
+    _remove(nodes.values(), instance, shared, progress)
     return list(nodes)
 
 
-def _remove(nodes: Iterable[HostNode], cache: Path, progress: Progress) -> None:
+def _remove(
+    nodes: Iterable[HostNode], instance: HostInstance, shared: network.SharedNetwork, progress: Progress
+) -> None:
     found = list(nodes)
     with timed(f"stopping and removing {', '.join(node.name for node in found)}", progress):
         for node in found:
             remove(node.net, node.files.root)
-        network.remove_shared()
-    for leftover in (_state_file(cache), cache / "kubeconfig", cache / "istio-overlay.yaml"):
-        leftover.unlink(missing_ok=True)
+        shared.remove()
+    instance.forget()
 
 
-def _start_loadbalancers(nodes: dict[str, HostNode]) -> None:
+def _start_loadbalancers(nodes: dict[str, HostNode], hold: Hold) -> int:
     """The controller as a process in the first cluster's cgroup and namespace (the shared bridge reaches
-    every API server from there): it lives as long as the clusters and goes with them."""
+    every API server from there): it lives as long as the clusters, goes with them, and inherits the
+    mesh's lock; its PID."""
     first = next(iter(nodes.values()))
     log = first.files.log("loadbalancers")
-    argv = [f"{name}={node.net.index}={node.kubeconfig}" for name, node in nodes.items()]
+    shared = first.net.shared
+    argv = [
+        f"{shared.prefix}:{shared.slot}",
+        *(f"{name}={node.net.index}={node.kubeconfig}" for name, node in nodes.items()),
+    ]
     component = Component(
         "loadbalancers",
         (sys.executable, "-m", "meshfed.backends.host.loadbalancer", *argv),
         log,
         probe=Check("it started", lambda: loadbalancer.STARTED in log.read_text() if log.exists() else False),
         start_timeout=30,
+        pass_fds=(hold.fd,),
     )
-    Supervisor(first.net.netns, first.net.netns).start(component)
+    supervisor = Supervisor(first.net.netns, first.net.netns)
+    supervisor.start(component)
+    return supervisor.pid(component.name)
 
 
 def _merged_kubeconfig(nodes: dict[str, HostNode], path: Path) -> Path:

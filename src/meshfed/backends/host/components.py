@@ -24,7 +24,7 @@ PAUSE_IMAGE = "meshfed.local/pause:3.10"
 
 @dataclass(frozen=True)
 class ClusterFiles:
-    """A cluster's folder (``<cache>/host/clusters/<cluster>``) and what is kept in it."""
+    """A cluster's folder (``<cache>/host/meshes/<prefix>/clusters/<cluster>``) and what is kept in it."""
 
     root: Path
 

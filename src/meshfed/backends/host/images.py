@@ -10,6 +10,7 @@ as one ``docker save`` archive (shared layers once) and imported into each node'
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -216,19 +217,31 @@ def archive(
         started = time.monotonic()
         progress(f"writing the images ({', '.join(image.name for image in wanted)})")
         for old in cache.glob("images-*.tar"):
-            old.unlink()
+            _remove_unless_in_use(old)
         write_archive(target, wanted)
         progress(f"images written in {time.monotonic() - started:.0f} s ({target.stat().st_size >> 20} MiB)")
     return target
 
 
+def _remove_unless_in_use(old: Path) -> None:
+    """Remove an archive of other binaries unless a host mesh beside this run is importing it."""
+    with old.open("rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        old.unlink()
+
+
 def import_into(socket: Path, archive_path: Path) -> None:
-    done = subprocess.run(
-        ["ctr", "--address", str(socket), "--namespace", "k8s.io", "images", "import", str(archive_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    with archive_path.open("rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)  # in use: another host mesh's build does not remove it meanwhile
+        done = subprocess.run(
+            ["ctr", "--address", str(socket), "--namespace", "k8s.io", "images", "import", str(archive_path)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
     if done.returncode != 0:
         raise BackendError(f"importing the images into containerd failed: {done.stderr.strip()[-300:]}")

@@ -75,12 +75,14 @@ class LoadBalancers:
 
 def main(argv: list[str]) -> int:
     """The controller as a process of its own (``meshfed host up``, whose clusters outlive the command):
-    ``python -m meshfed.backends.host.loadbalancer NAME=INDEX=KUBECONFIG ...``, until SIGTERM."""
+    ``python -m meshfed.backends.host.loadbalancer PREFIX:SLOT NAME=INDEX=KUBECONFIG ...``, until SIGTERM."""
     apis, nodes = {}, {}
-    for arg in argv:
+    prefix, slot = argv[0].split(":")
+    shared = network.SharedNetwork(prefix, int(slot))
+    for arg in argv[1:]:
         name, index, kubeconfig = arg.split("=", 2)
         apis[name] = KubeApi(Path(kubeconfig), None, name)
-        nodes[name] = network.NodeNetwork(name, int(index))
+        nodes[name] = network.NodeNetwork(name, int(index), shared)
     balancers = LoadBalancers(apis, nodes)
     signal.signal(signal.SIGTERM, lambda *_: balancers.stop())
     print(f"{STARTED} for {', '.join(apis)}", flush=True)

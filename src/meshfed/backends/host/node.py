@@ -55,7 +55,7 @@ class HostNode:
 
     def up(self, bins: Binaries, image_archive: Path) -> None:
         files, net = self.files, self.net
-        with timed(f"{self.name}: node network {net.netns} ({net.address} on {network.BRIDGE})", self.progress):
+        with timed(f"{self.name}: node network {net.netns} ({net.address} on {net.shared.bridge})", self.progress):
             network.ensure_node(net)  # the shared bridge is there already
         files.root.mkdir(parents=True, exist_ok=True)
         (files.root / "node.json").write_text(json.dumps({"cluster": self.name, "index": net.index}) + "\n")
@@ -135,23 +135,24 @@ def remove(net: network.NodeNetwork, folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def clean_leftovers(clusters: Path, progress: Progress) -> None:
-    """Stop and remove what an earlier run left (after a crash or a kill): every cluster folder it wrote,
-    every node namespace of ours, found on the host and not from memory."""
+def clean_leftovers(clusters: Path, shared: network.SharedNetwork, progress: Progress) -> None:
+    """Stop and remove what an earlier run of this host mesh left (after a crash or a kill): every cluster
+    folder it wrote, every node namespace and cgroup of its prefix, found on the host and not from memory.
+    The caller holds the mesh's lock: no live run's clusters are among them."""
     found: dict[str, int] = {}
     for record in clusters.glob("*/node.json"):
         with contextlib.suppress(OSError, ValueError, KeyError):
             data = json.loads(record.read_text())
             found[str(data["cluster"])] = int(data["index"])
-    for netns in network.node_namespaces():
-        found.setdefault(netns.removeprefix(network.NETNS_PREFIX), -1)
-    for group in CGROUP_ROOT.glob(f"*/{network.NETNS_PREFIX}*"):
-        found.setdefault(group.name.removeprefix(network.NETNS_PREFIX), -1)
+    for netns in shared.node_namespaces():
+        found.setdefault(netns.removeprefix(shared.netns_prefix), -1)
+    for group in CGROUP_ROOT.glob(f"*/{shared.netns_prefix}*"):
+        found.setdefault(group.name.removeprefix(shared.netns_prefix), -1)
     if not found:
         return
-    progress(f"removing what an earlier run left: {', '.join(sorted(found))}")
+    progress(f"removing what an earlier run of host mesh {shared.prefix} left: {', '.join(sorted(found))}")
     for name, index in sorted(found.items()):
-        remove(network.NodeNetwork(name, index), clusters / name)
+        remove(network.NodeNetwork(name, index, shared), clusters / name)
 
 
 def _with_check(component: Component, what: str, test: Callable[[], bool]) -> Component:

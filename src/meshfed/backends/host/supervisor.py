@@ -112,6 +112,7 @@ class Component:
     env: tuple[tuple[str, str], ...] = ()
     start_timeout: float = 60
     stop_grace: float = 10
+    pass_fds: tuple[int, ...] = ()  # open files it inherits (``host up``'s lock, handed to its LoadBalancer controller)
 
 
 def cgroup_dirs(group: str) -> list[Path]:
@@ -196,6 +197,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **dict(component.env)},
                 start_new_session=True,  # its own process group: a terminal's Ctrl-C reaches meshfed only
+                pass_fds=component.pass_fds,
                 preexec_fn=join_cgroup,
             )
         self.running.append((component, process))
@@ -217,6 +219,9 @@ class Supervisor:
                     f"({component.probe.what}): {tail(component.log)} (log: {component.log})"
                 )
             time.sleep(0.2)
+
+    def pid(self, name: str) -> int:
+        return next(process.pid for component, process in self.running if component.name == name)
 
     def stop_all(self) -> None:
         """Stop in reverse order: SIGTERM to the process group, the grace period, then SIGKILL."""
