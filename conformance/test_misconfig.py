@@ -10,12 +10,13 @@ import pytest
 
 from meshfed.backends.base import Mesh
 from meshfed.calls import Symptom
-from meshfed.cases import Feature, case, not_supported
+from meshfed.cases import Feature, case, does_not_apply, not_supported
 from meshfed.diagnose import diagnose
 from meshfed.expect import require
 from meshfed.manifests import ISTIO_SYSTEM
 from meshfed.misconfig import CATALOG, Expect, Misconfiguration, observe
 from meshfed.options import SuiteOptions
+from meshfed.topology import MeshSpec
 
 
 @case(
@@ -26,11 +27,16 @@ from meshfed.options import SuiteOptions
 )
 @pytest.mark.parametrize("entry", CATALOG, ids=[m.name for m in CATALOG])
 def test_misconfiguration_regression(
-    mesh: Mesh, entry: Misconfiguration, suite_options: SuiteOptions, observed: Callable[[str], None]
+    request: pytest.FixtureRequest,
+    mesh_spec: MeshSpec,
+    entry: Misconfiguration,
+    suite_options: SuiteOptions,
+    observed: Callable[[str], None],
 ) -> None:
-    reason = entry.not_applicable(mesh.spec)
-    if reason:
-        not_supported(f"not applicable to {mesh.spec.topology.value}: {reason}")
+    reason = entry.not_applicable(mesh_spec)
+    if reason:  # decided from the topology, before the mesh: it holds for a mesh broken from the start too
+        does_not_apply(f"{mesh_spec.topology.value}: {reason}")
+    mesh: Mesh = request.getfixturevalue("mesh")
     if suite_options.backend == "existing" and not suite_options.allow_destructive:
         not_supported(
             "destructive: it breaks and repairs the mesh; pass --allow-destructive to run it on existing clusters"

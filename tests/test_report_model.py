@@ -19,6 +19,9 @@ def test_profile_results() -> None:
     assert profile_result([outcome("passed"), outcome("skipped")]) == "partial"
     assert profile_result([outcome("passed"), outcome("failed")]) == "failure"
     assert profile_result([outcome("not-supported")]) == "unknown"
+    # What cannot happen in the topology is neither a limit nor a failure: the profile is whole without it.
+    assert profile_result([outcome("passed"), outcome("not-applicable")]) == "success"
+    assert profile_result([outcome("not-applicable")]) == "unknown"
 
 
 def _record() -> RunRecord:
@@ -45,13 +48,24 @@ def test_report_lists_not_supported_cases_with_reasons() -> None:
     assert "certifiesIstio" not in report and report["date"] == "2026-11-21T00:00:00Z"
 
 
-def test_picture_colours_each_ordered_pair() -> None:
+def test_picture_colours_each_ordered_pair_as_the_matrix() -> None:
+    """An arrow is red when any case of its pair failed (not only reachability), green when all passed,
+    grey when none ran; the legend says so; a cluster a blocking finding names is marked."""
     record = _record()
-    record.pair_status = {"cluster-a->cluster-b": True, "cluster-b->cluster-a": False}
+    record.outcomes = [
+        CaseOutcome("CrossClusterReachability[cluster-a->cluster-b]", "CrossClusterReachability", "core", (), "passed"),
+        CaseOutcome("SpiffeIdentity[cluster-a->cluster-b]", "SpiffeIdentity", "core", (), "failed", "wrong caller"),
+        CaseOutcome("CrossClusterReachability[cluster-b->cluster-a]", "CrossClusterReachability", "core", (), "passed"),
+    ]
     svg = mesh_picture(record)
-    assert svg.count("<line") == 2
-    assert 'stroke="#2e9d48"' in svg and 'stroke="#d23b3b"' in svg
-    assert "cluster-a -&gt; cluster-b: reachable" in svg and "cluster-b -&gt; cluster-a: unreachable" in svg
+    assert 'data-pair="cluster-a-&gt;cluster-b" data-verdict="failed"' in svg
+    assert 'data-pair="cluster-b-&gt;cluster-a" data-verdict="passed"' in svg
+    assert "a case of the pair failed" in svg and "every case of the pair passed" in svg  # the legend
+    assert "broken: see the diagnosis" not in svg
+    record.broken_from_start = ["cluster-b: cacerts-incomplete: cacerts has no ca-key.pem"]
+    marked = mesh_picture(record)
+    assert marked.count("broken: see the diagnosis") == 1 and 'stroke="#c62828" stroke-width="3"/>' in marked
+    assert mesh_picture(_record()).count('data-verdict="untested"') == 2
 
 
 def test_latency_table_shows_median_and_p99() -> None:
@@ -59,7 +73,7 @@ def test_latency_table_shows_median_and_p99() -> None:
     record.record_latency("cluster-a->cluster-b", "same", [1.0, 2.0, 3.0])
     record.record_latency("cluster-a->cluster-b", "cross", [4.0, 5.0, 6.0, 100.0])
     assert record.latency_summary("cluster-a->cluster-b") == {"same": (2.0, 3.0), "cross": (5.5, 100.0)}
-    assert "<td>2.0 / 3.0</td><td>5.5 / 100.0</td>" in summary_html(record)
+    assert "<td class='n'>2.0 / 3.0</td><td class='n'>5.5 / 100.0</td>" in summary_html(record)
 
 
 def _five_cluster_record() -> RunRecord:
@@ -100,14 +114,31 @@ def test_the_verdict_and_the_pair_matrix_come_first() -> None:
     assert verdict < matrix < mesh
     # pytest-html's own Environment table (drawn above the summary) is laid out after it, before the results.
     assert page.startswith(LAYOUT_CSS) and "#environment-header,#environment{order:1}" in LAYOUT_CSS
-    assert (
-        ">failure</td><td>52</td><td>8</td><td>0</td><td>0</td>" in page
-    )  # core: 60 pair cases, 8 failed into cluster-e
-    assert ">unknown</td><td>0</td><td>0</td><td>1</td><td>0</td>" in page
+    n = "<td class='n'>{}</td>".format
+    assert ">failure</td>" + n(52) + n(8) + n(0) + n(0) + n(0) in page  # core: 60 pair cases, 8 failed into cluster-e
+    assert ">unknown</td>" + n(0) + n(0) + n(1) + n(0) + n(0) in page
+    # Every failed case at the top, one line per case and cause, its pairs listed; failures before anything else.
+    top = page[page.index("<h2>Verdict") : page.index("Every pair, every case")]
+    assert top.count("class='line meshfed-failed'") == 2  # one cause each, said once for its four pairs
+    into_e = ", ".join(f"cluster-{c}-&gt;cluster-e" for c in "abcd")
+    assert f"core: CrossClusterReachability failed</span> ({into_e}): 20/20 failed: connection failure" in top
+    assert top.index("meshfed-failed") < top.index("extended: CanaryUpgrade not supported here")
     # 5 x 5 cells, one chip per case and pair; a failed chip carries its message on hover and under the matrix.
-    assert page.count("<span title=") == 60 and page.count("#d23b3b;color:#fff;font-size:11px") == 8
+    assert page.count("<span class='chip' data-case=") == 60 and page.count("data-outcome='failed'") == 8
     assert "title='CrossClusterReachability: failed: cluster-a-&gt;cluster-e: 20/20 failed: connection failure'" in page
-    assert "<li>CrossClusterReachability[cluster-a-&gt;cluster-e]: cluster-a-&gt;cluster-e: 20/20 failed" in page
+    assert f"<li>CrossClusterReachability ({into_e}): 20/20 failed: connection failure</li>" in page
+
+
+def test_one_cause_is_said_once_with_its_pairs() -> None:
+    record = _record()
+    record.outcomes = [
+        CaseOutcome(f"SpiffeIdentity[{pair}]", "SpiffeIdentity", "core", (), "failed", f"{pair}: TLS verify failed")
+        for pair in ("cluster-a->cluster-b", "cluster-b->cluster-a")
+    ]
+    page = summary_html(record)
+    line = "core: SpiffeIdentity failed</span> (cluster-a-&gt;cluster-b, cluster-b-&gt;cluster-a): TLS verify failed"
+    assert page.count(line) == 1
+    assert page.count("<li>SpiffeIdentity (cluster-a-&gt;cluster-b, cluster-b-&gt;cluster-a): TLS verify failed") == 1
 
 
 def test_a_profile_left_out_of_the_run_reads_not_selected() -> None:
@@ -115,17 +146,14 @@ def test_a_profile_left_out_of_the_run_reads_not_selected() -> None:
     record.outcomes = [outcome("passed", "A")]  # a core case only, as with --profile core
     assert conformance_report(record)["profiles"][1]["result"] == "unknown"  # the report's word: none ran
     page = summary_html(record)
-    assert (
-        "title='no case of this profile was in this run'>not selected</td><td>0</td><td>0</td><td>0</td><td>0</td>"
-        in page
-    )
+    assert "title='no case of this profile was in this run'>not selected</td>" + "<td class='n'>0</td>" * 5 in page
     assert ">unknown<" not in page
 
 
 def test_the_picture_is_sized_to_its_clusters() -> None:
     two, five = mesh_picture(_record()), mesh_picture(_five_cluster_record())
     height = lambda svg: float(svg.split('height="', 1)[1].split('"', 1)[0])  # noqa: E731
-    assert height(two) <= 120 < height(five)
+    assert height(two) <= 120 + 80 < height(five)  # the legend's three lines under the clusters
 
 
 def test_a_failure_message_is_the_error_sentence_never_the_line_it_was_raised_at() -> None:

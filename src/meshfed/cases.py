@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 NOT_SUPPORTED = "not supported: "
+NOT_APPLICABLE = "not applicable: "
 NOT_RUN = "not run: provisioning failed: "
 BROKEN_FROM_START = "the mesh is broken from the start: "
 
@@ -72,6 +73,12 @@ def case(short_name: str, description: str, features: set[Feature], profile: str
 def not_supported(reason: str) -> None:
     """End the case as "not supported" with the reason (never as a pass)."""
     pytest.skip(NOT_SUPPORTED + reason)
+
+
+def does_not_apply(reason: str) -> None:
+    """End the case as "not applicable": what it checks cannot happen in this topology. Neither a pass nor a
+    limit of the backend: a profile whose only missing cases do not apply is a success."""
+    pytest.skip(NOT_APPLICABLE + reason)
 
 
 def feature_names(text: str) -> set[Feature]:

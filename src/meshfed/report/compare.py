@@ -25,7 +25,7 @@ class CompareError(Exception):
 
 @dataclass(frozen=True)
 class CaseRun:
-    outcome: str  # passed | failed | skipped | not-supported
+    outcome: str  # passed | failed | skipped | not-supported | not-applicable
     seconds: float = 0.0
     message: str = ""
     observed: tuple[str, ...] = ()
@@ -75,12 +75,17 @@ def _from_report(path: Path, document: dict[str, Any]) -> Run:
     )
     for case in document.get("cases") or []:
         run.cases[str(case["name"])] = CaseRun(
-            str(case.get("outcome", "")),
+            _outcome(str(case.get("outcome", "")), str(case.get("message") or "")),
             float(case.get("seconds") or 0.0),
             str(case.get("message") or ""),
             tuple(str(line) for line in case.get("observed") or []),
         )
     return run
+
+
+def _outcome(outcome: str, message: str) -> str:
+    """Reports written before "not-applicable" had its own outcome called such an entry not supported."""
+    return "not-applicable" if outcome == "not-supported" and message.startswith("not applicable to ") else outcome
 
 
 def _from_junit(path: Path, root: ElementTree.Element) -> Run:
@@ -104,7 +109,7 @@ def _from_junit(path: Path, root: ElementTree.Element) -> Run:
         else:
             outcome, message = "passed", []
         run.cases[name] = CaseRun(
-            outcome,
+            _outcome(outcome, message[-1] if message else ""),
             float(testcase.get("time") or 0.0),
             message[-1] if message else "",
             tuple(value for key, value in properties if key == "observed"),

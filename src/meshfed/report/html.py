@@ -1,5 +1,6 @@
-"""The HTML report's header: the verdict per profile first, every pair's cases as a matrix, the diagnosis, then
-what was tested, a picture of the mesh, and the price of the east-west hop."""
+"""The HTML report's header: the verdict per profile first with every failed case (one line per case and
+cause), every pair's cases as a matrix, the diagnosis, then what was tested, a picture of the mesh coloured
+from the same verdicts, and the price of the east-west hop."""
 
 from __future__ import annotations
 
@@ -8,31 +9,97 @@ import math
 
 from meshfed.report.model import EMBEDDED_NOTE, FAULT_NOTE, CaseOutcome, RunRecord, conformance_report
 
-_COLORS = {True: "#2e9d48", False: "#d23b3b", None: "#9aa0a6"}
+_GREEN, _RED, _GREY, _AMBER, _PALE = "#1e7b34", "#c62828", "#6b7075", "#8a6d00", "#c4c7cc"
+_OUTCOME_COLORS = {
+    "passed": _GREEN,
+    "failed": _RED,
+    "not-supported": _GREY,
+    "skipped": _AMBER,
+    "not-applicable": _PALE,
+}
+_RESULT_COLORS = {"success": _GREEN, "partial": _AMBER, "failure": _RED, "unknown": _GREY}
+_PAIR_COLORS = {"passed": _GREEN, "failed": _RED, "untested": _GREY}
+_PAIR_WORDS = {
+    "passed": "every case of the pair passed",
+    "failed": "a case of the pair failed",
+    "untested": "no case of the pair ran",
+}
+
+# The summary's own look: readable at 800 px and wide, whatever pytest-html's style sheet says.
+STYLE = (
+    "<style>"
+    ".meshfed{color:#1b1b1b;max-width:100%;font-size:13px}"
+    ".meshfed h2,.meshfed h3{color:#1b1b1b}"
+    ".meshfed table{border-collapse:collapse;margin:4px 0 12px}"
+    ".meshfed th,.meshfed td{padding:4px 10px;color:#1b1b1b;text-align:left;border-bottom:1px solid #e0e0e0}"
+    ".meshfed td.n{text-align:right;font-variant-numeric:tabular-nums}"
+    ".meshfed .wide{overflow-x:auto;max-width:100%}"
+    ".meshfed svg{max-width:100%;height:auto}"
+    ".meshfed .line{white-space:nowrap;overflow:hidden;text-overflow:ellipsis;max-width:100%;margin:2px 0}"
+    ".meshfed .chip{display:inline-block;margin:1px;padding:1px 5px;border-radius:3px;color:#fff;font-size:11px}"
+    ".meshfed .badge{color:#fff;font-weight:bold}"
+    "body{min-width:0}body>*{min-width:0;max-width:100%}h1{overflow-wrap:anywhere}"
+    "#results-table,#environment{table-layout:fixed;width:100%}"
+    "#results-table td,#environment td{overflow-wrap:anywhere}"
+    "</style>"
+)
+
+
+def _pair_of(outcome: CaseOutcome) -> tuple[str, str] | None:
+    inside = outcome.case_id.partition("[")[2].rstrip("]")
+    if "->" not in inside:
+        return None
+    source, _, destination = inside.partition("->")
+    return source, destination
+
+
+def pair_verdicts(record: RunRecord) -> dict[tuple[str, str], str]:
+    """Each ordered pair's verdict from its cases, as the matrix shows them: failed when one failed, passed
+    when every one that ran passed, untested otherwise."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for outcome in record.outcomes:
+        pair = _pair_of(outcome)
+        if pair is not None:
+            found.setdefault(pair, set()).add(outcome.outcome)
+    verdicts = {}
+    for pair, kinds in found.items():
+        verdicts[pair] = "failed" if "failed" in kinds else "passed" if "passed" in kinds else "untested"
+    return verdicts
+
+
+def broken_clusters(record: RunRecord) -> list[str]:
+    """The clusters the blocking findings (a mesh broken from the start) or the diagnosis's errors name."""
+    names = [c["name"] for c in record.clusters]
+    lines = list(record.broken_from_start) + [
+        line.removeprefix("error: ") for line in record.diagnosis if line.startswith("error: ")
+    ]
+    return [name for name in names if any(line.startswith(f"{name}: ") for line in lines)]
 
 
 def mesh_picture(record: RunRecord) -> str:
-    """An SVG: clusters on a circle with their network and east-west gateway, one arrow per ordered
-    pair, green when the pair was reachable, red when not, grey when untested."""
+    """An SVG: clusters on a circle with their network and east-west gateway, one arrow per ordered pair
+    coloured from the same verdicts as the matrix, a legend, and the clusters the diagnosis names marked."""
     names = [c["name"] for c in record.clusters]
     count = len(names)
+    verdicts = pair_verdicts(record)
+    broken = set(broken_clusters(record))
     # The circle grows with the clusters so boxes never overlap; the drawing is sized to what it holds.
     radius = 190 if count <= 2 else max(150, 60 * count)
     raw = {}
     for index, name in enumerate(names):
         angle = math.pi + 2 * math.pi * index / count
         raw[name] = (radius * math.cos(angle), radius * math.sin(angle) * (0.8 if count > 2 else 0))
-    margin_x, margin_y = 80, 50
+    margin_x, margin_y, legend = 80, 50, 22 * len(_PAIR_COLORS) + 10
     left, top = min(x for x, _ in raw.values()) - margin_x, min(y for _, y in raw.values()) - margin_y
     width = max(x for x, _ in raw.values()) - left + margin_x
-    height = max(y for _, y in raw.values()) - top + margin_y
+    height = max(y for _, y in raw.values()) - top + margin_y + legend
     places = {name: (x - left, y - top) for name, (x, y) in raw.items()}
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}" role="img" aria-label="mesh">'
     ]
     parts.append("<defs>")
-    for key, color in _COLORS.items():
+    for key, color in _PAIR_COLORS.items():
         parts.append(
             f'<marker id="arrow-{key}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto">'
             f'<path d="M0,0 L10,5 L0,10 z" fill="{color}"/></marker>'
@@ -42,7 +109,7 @@ def mesh_picture(record: RunRecord) -> str:
         for destination in names:
             if source == destination:
                 continue
-            status = record.pair_status.get(f"{source}->{destination}")
+            status = verdicts.get((source, destination), "untested")
             (x1, y1), (x2, y2) = places[source], places[destination]
             dx, dy = x2 - x1, y2 - y1
             length = math.hypot(dx, dy) or 1
@@ -51,14 +118,18 @@ def mesh_picture(record: RunRecord) -> str:
             sx, sy = x1 + dx * shrink + ox, y1 + dy * shrink + oy
             ex, ey = x2 - dx * shrink + ox, y2 - dy * shrink + oy
             parts.append(
-                f'<line x1="{sx:.0f}" y1="{sy:.0f}" x2="{ex:.0f}" y2="{ey:.0f}" stroke="{_COLORS[status]}" stroke-width="3" '
-                f'marker-end="url(#arrow-{status})"><title>{html.escape(source)} -&gt; {html.escape(destination)}: '
-                f"{'reachable' if status else 'unreachable' if status is False else 'not tested'}</title></line>"
+                f'<line x1="{sx:.0f}" y1="{sy:.0f}" x2="{ex:.0f}" y2="{ey:.0f}" stroke="{_PAIR_COLORS[status]}" '
+                f'stroke-width="3" marker-end="url(#arrow-{status})" data-pair="{html.escape(source)}-&gt;'
+                f'{html.escape(destination)}" data-verdict="{status}"><title>{html.escape(source)} -&gt; '
+                f"{html.escape(destination)}: {_PAIR_WORDS[status]}</title></line>"
             )
     for cluster in record.clusters:
         x, y = places[cluster["name"]]
+        marked = cluster["name"] in broken
+        stroke, fill = (_RED, "#fdecea") if marked else ("#3d6fb6", "#eef3fb")
         parts.append(
-            f'<rect x="{x - 62:.0f}" y="{y - 40:.0f}" width="124" height="80" rx="10" fill="#eef3fb" stroke="#3d6fb6"/>'
+            f'<rect x="{x - 62:.0f}" y="{y - 40:.0f}" width="124" height="80" rx="10" fill="{fill}" '
+            f'stroke="{stroke}" stroke-width="{3 if marked else 1}"/>'
         )
         parts.append(
             f'<text x="{x:.0f}" y="{y - 16:.0f}" text-anchor="middle" font-weight="bold" font-size="14">{html.escape(cluster["name"])}</text>'
@@ -70,54 +141,109 @@ def mesh_picture(record: RunRecord) -> str:
             f'<rect x="{x - 40:.0f}" y="{y + 12:.0f}" width="80" height="20" rx="4" fill="#fff" stroke="#888"/>'
         )
         parts.append(f'<text x="{x:.0f}" y="{y + 26:.0f}" text-anchor="middle" font-size="10">east-west gw</text>')
+        if marked:
+            parts.append(
+                f'<text x="{x:.0f}" y="{y + 54:.0f}" text-anchor="middle" font-size="11" font-weight="bold" '
+                f'fill="{_RED}">broken: see the diagnosis</text>'
+            )
+    for row, (key, color) in enumerate(_PAIR_COLORS.items()):
+        y = height - legend + 14 + 22 * row
+        parts.append(f'<line x1="10" y1="{y:.0f}" x2="40" y2="{y:.0f}" stroke="{color}" stroke-width="3"/>')
+        parts.append(f'<text x="48" y="{y + 4:.0f}" font-size="11">{_PAIR_WORDS[key]}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-_OUTCOME_COLORS = {"passed": "#2e9d48", "failed": "#d23b3b", "not-supported": "#9aa0a6", "skipped": "#c9a227"}
-_RESULT_COLORS = {"success": "#2e9d48", "partial": "#c9a227", "failure": "#d23b3b", "unknown": "#9aa0a6"}
+def _one_line(text: str) -> str:
+    """A line cut to the page's width (the whole text on hover)."""
+    return f"<div class='line' title='{html.escape(text, quote=True)}'>{html.escape(text)}</div>"
+
+
+def _cause(outcome: CaseOutcome) -> str:
+    """The failure's sentence without the pair it starts with (grouped pairs are listed beside it)."""
+    pair = _pair_of(outcome)
+    message = outcome.message or outcome.outcome
+    if pair is not None:
+        message = message.removeprefix(f"{pair[0]}->{pair[1]}: ")
+    return message
+
+
+def grouped(outcomes: list[CaseOutcome]) -> list[tuple[str, list[CaseOutcome], str]]:
+    """(case, the outcomes, cause): one entry per case and distinct cause, in the order first seen."""
+    groups: dict[tuple[str, str], list[CaseOutcome]] = {}
+    for outcome in outcomes:
+        groups.setdefault((outcome.short_name, _cause(outcome)), []).append(outcome)
+    return [(name, found, cause) for (name, cause), found in groups.items()]
+
+
+def _where(found: list[CaseOutcome]) -> str:
+    places = [o.case_id.partition("[")[2].rstrip("]") for o in found]
+    return ", ".join(place for place in places if place)
 
 
 def verdict_html(record: RunRecord) -> str:
-    """Per profile, its result and how many cases passed, failed, were not supported or skipped."""
-    rows = []
+    """Per profile its result and counts, then every failed case, one line per case and cause (the pairs or
+    clusters listed), then what does not apply here and what the backend does not support."""
+    rows: list[str] = []
+    lines: dict[str, list[str]] = {"failed": [], "not-applicable": [], "not-supported": [], "skipped": []}
     for profile in conformance_report(record)["profiles"]:
         stats = profile["statistics"]
-        color = _RESULT_COLORS.get(profile["result"], "#9aa0a6")
-        cells = "".join(f"<td>{stats[k]}</td>" for k in ("passed", "failed", "not-supported", "skipped"))
+        color = _RESULT_COLORS.get(profile["result"], _GREY)
+        cells = "".join(f"<td class='n'>{stats[k]}</td>" for k in _COUNTED)
         result, why = profile["result"], ""
         if result == "unknown" and not any(stats.values()):
             # --profile, --features or -k left every case of it out: nothing was certified, nothing failed.
             result, why = "not selected", " title='no case of this profile was in this run'"
         rows.append(
-            f"<tr><th style='text-align:left'>{html.escape(profile['name'])}</th>"
-            f"<td style='background:{color};color:#fff;font-weight:bold;padding:2px 10px'{why}>{html.escape(result)}</td>"
-            f"{cells}</tr>"
+            f"<tr><th>{html.escape(profile['name'])}</th>"
+            f"<td class='badge' style='background:{color}'{why}>{html.escape(result)}</td>{cells}</tr>"
         )
+        chosen = [o for o in record.outcomes if o.profile == profile["name"]]
+        for kind, words in _LISTED.items():
+            for name, found, cause in grouped([o for o in chosen if o.outcome == kind]):
+                where = _where(found)
+                lines[kind].append(
+                    f"<div class='line meshfed-{kind}' title='{html.escape(cause, quote=True)}'>"
+                    f"<span style='color:{_OUTCOME_COLORS[kind]};font-weight:bold'>{html.escape(profile['name'])}: "
+                    f"{html.escape(name)} {words}</span>{' (' + html.escape(where) + ')' if where else ''}: "
+                    f"{html.escape(cause)}</div>"
+                )
+    header = "".join(f"<th>{html.escape(k.replace('-', ' '))}</th>" for k in _COUNTED)
     return (
-        "<h2>Verdict</h2><table class='meshfed-verdict'><tr><th>profile</th><th>result</th><th>passed</th>"
-        "<th>failed</th><th>not supported</th><th>skipped</th></tr>" + "".join(rows) + "</table>"
+        "<h2>Verdict</h2><div class='wide'><table class='meshfed-verdict'><tr><th>profile</th><th>result</th>"
+        f"{header}</tr>{''.join(rows)}</table></div>" + "".join(line for kind in _LISTED for line in lines[kind])
     )
 
 
+_COUNTED = ("passed", "failed", "not-supported", "skipped", "not-applicable")
+# Listed under the verdict, in this order: failures first, whatever their profile.
+_LISTED = {
+    "failed": "failed",
+    "not-applicable": "does not apply here",
+    "not-supported": "not supported here",
+    "skipped": "skipped",
+}
+
+
 def _chip(outcome: CaseOutcome, label: str) -> str:
-    color = _OUTCOME_COLORS.get(outcome.outcome, "#9aa0a6")
+    color = _OUTCOME_COLORS.get(outcome.outcome, _GREY)
     detail = f"{outcome.short_name}: {outcome.outcome}" + (f": {outcome.message}" if outcome.message else "")
     return (
-        f"<span title='{html.escape(detail, quote=True)}' style='display:inline-block;margin:1px;padding:1px 5px;"
-        f"border-radius:3px;background:{color};color:#fff;font-size:11px'>{html.escape(label)}</span>"
+        f"<span class='chip' data-case='{html.escape(outcome.case_id, quote=True)}' "
+        f"data-outcome='{outcome.outcome}' title='{html.escape(detail, quote=True)}' "
+        f"style='background:{color}'>{html.escape(label)}</span>"
     )
 
 
 def pair_matrix(record: RunRecord) -> str:
     """The pair cases as a matrix: a row per calling cluster, a column per called one, in each cell one chip
-    per case (its outcome's colour, the failure's message on hover and listed under the matrix)."""
+    per case (its outcome's colour, the failure's message on hover), and under it each distinct failure once,
+    with the pairs it happened on."""
     pairs: dict[tuple[str, str], list[CaseOutcome]] = {}
     for outcome in record.outcomes:
-        inside = outcome.case_id.partition("[")[2].rstrip("]")
-        if "->" in inside:
-            source, _, destination = inside.partition("->")
-            pairs.setdefault((source, destination), []).append(outcome)
+        pair = _pair_of(outcome)
+        if pair is not None:
+            pairs.setdefault(pair, []).append(outcome)
     if not pairs:
         return ""
     names = [c["name"] for c in record.clusters]
@@ -130,19 +256,22 @@ def pair_matrix(record: RunRecord) -> str:
         for destination in names:
             found = sorted(pairs.get((source, destination), []), key=lambda o: o.short_name)
             chips = "".join(_chip(o, labels[o.short_name]) for o in found) or ("-" if source != destination else "")
-            cells.append(f"<td style='padding:3px;border:1px solid #ddd'>{chips}</td>")
-        rows.append(f"<tr><th style='text-align:left'>from {html.escape(source)}</th>{''.join(cells)}</tr>")
+            cells.append(f"<td style='border:1px solid #ddd'>{chips}</td>")
+        rows.append(f"<tr><th>from {html.escape(source)}</th>{''.join(cells)}</tr>")
     legend = ", ".join(f"{html.escape(labels[c])} = {html.escape(c)}" for c in cases)
+    colours = " ".join(
+        f"<span class='chip' style='background:{color}'>{kind.replace('-', ' ')}</span>"
+        for kind, color in _OUTCOME_COLORS.items()
+    )
+    failed = [o for found in pairs.values() for o in found if o.outcome == "failed"]
     failures = [
-        f"<li>{html.escape(o.case_id)}: {html.escape(o.message)}</li>"
-        for found in pairs.values()
-        for o in found
-        if o.outcome == "failed" and o.message
+        f"<li>{html.escape(name)} ({html.escape(_where(found))}): {html.escape(cause)}</li>"
+        for name, found, cause in grouped(sorted(failed, key=lambda o: o.case_id))
     ]
     return (
-        "<h3>Every pair, every case</h3><table class='meshfed-matrix' style='border-collapse:collapse'>"
-        f"<tr><th></th>{header}</tr>{''.join(rows)}</table><p style='font-size:11px'>{legend}</p>"
-        + (f"<ul style='font-size:12px'>{''.join(sorted(failures))}</ul>" if failures else "")
+        "<h3>Every pair, every case</h3><div class='wide'><table class='meshfed-matrix'>"
+        f"<tr><th></th>{header}</tr>{''.join(rows)}</table></div><p>{legend}</p><p>{colours}</p>"
+        + (f"<ul class='meshfed-failures'>{''.join(failures)}</ul>" if failures else "")
     )
 
 
@@ -164,33 +293,33 @@ def summary_html(record: RunRecord) -> str:
     rows += [(key, value) for key, value in record.environment.items()]
     if record.implementation:
         rows.append(("Implementation", ", ".join(f"{k}: {v}" for k, v in record.implementation.items())))
-    out = [LAYOUT_CSS, verdict_html(record)]
+    out = [LAYOUT_CSS, STYLE, "<div class='meshfed'>", verdict_html(record)]
     if record.backend == "embedded":
         out.append(f"<p><strong>{html.escape(EMBEDDED_NOTE)}</strong></p>")
     if record.fault:
         out.append(
-            f"<p style='color:#b3261e'><strong>Fault injected: {html.escape(record.fault['name'])}</strong>, "
+            f"<p style='color:{_RED}'><strong>Fault injected: {html.escape(record.fault['name'])}</strong>, "
             f"{html.escape(record.fault['title'])}. {html.escape(FAULT_NOTE)}</p>"
         )
     if record.provisioning_error:
         out.append(
-            f"<p style='color:#d23b3b'><strong>Provisioning failed:</strong> {html.escape(record.provisioning_error)}</p>"
+            f"<p style='color:{_RED}'><strong>Provisioning failed:</strong> {html.escape(record.provisioning_error)}</p>"
         )
     if record.broken_from_start:
         items = "".join(f"<li>{html.escape(line)}</li>" for line in record.broken_from_start)
         out.append(
-            "<p style='color:#d23b3b'><strong>The mesh was broken from the start</strong> (no case could run on it):</p>"
+            f"<p style='color:{_RED}'><strong>The mesh was broken from the start</strong> (no case could run on it):</p>"
             f"<ul>{items}</ul>"
         )
     out.append(pair_matrix(record))
     if record.diagnosis:
         items = "".join(f"<li>{html.escape(line)}</li>" for line in record.diagnosis)
-        out.append(f"<h3>Diagnosis (at the last failure)</h3><ul style='font-size:12px'>{items}</ul>")
+        out.append(f"<h3>Diagnosis (at the last failure)</h3><ul>{items}</ul>")
     out.append("<h2>Mesh under test</h2>")
     out.append(
-        "<table>"
-        + "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-        + "</table>"
+        "<div class='wide'><table>"
+        + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+        + "</table></div>"
     )
     out.append(mesh_picture(record))
     latency_rows = []
@@ -198,36 +327,39 @@ def summary_html(record: RunRecord) -> str:
         summary = record.latency_summary(pair)
         same, cross = summary.get("same"), summary.get("cross")
         cells = [f"{v[0]:.1f} / {v[1]:.1f}" if v else "-" for v in (same, cross)]
-        latency_rows.append(f"<tr><td>{html.escape(pair)}</td><td>{cells[0]}</td><td>{cells[1]}</td></tr>")
+        latency_rows.append(
+            f"<tr><td>{html.escape(pair)}</td><td class='n'>{cells[0]}</td><td class='n'>{cells[1]}</td></tr>"
+        )
     if latency_rows:
         out.append(
             "<h3>Latency, median / p99 in ms (same-cluster vs cross-cluster: the price of the east-west hop)</h3>"
-            "<table><tr><th>pair</th><th>same cluster</th><th>cross cluster</th></tr>"
+            "<div class='wide'><table><tr><th>pair</th><th>same cluster</th><th>cross cluster</th></tr>"
             + "".join(latency_rows)
-            + "</table>"
+            + "</table></div>"
         )
     counted = [o for o in record.outcomes if o.calls]
     if counted:
         call_rows = "".join(
             f"<tr><td>{html.escape(o.case_id)}</td>"
             + "".join(
-                f"<td style='text-align:right'>{o.calls.get(k, 0)}</td>"
-                for k in ("made", "failed", "steadyMade", "steadyFailed")
+                f"<td class='n'>{o.calls.get(k, 0)}</td>" for k in ("made", "failed", "steadyMade", "steadyFailed")
             )
             + "</tr>"
             for o in counted
         )
         out.append(
             "<h3>Calls each case made (a steady window's calls must all succeed)</h3>"
-            "<table><tr><th>case</th><th>calls</th><th>failed</th><th>in steady windows</th><th>of those failed</th></tr>"
-            f"{call_rows}</table>"
+            "<div class='wide'><table><tr><th>case</th><th>calls</th><th>failed</th><th>in steady windows</th>"
+            f"<th>of those failed</th></tr>{call_rows}</table></div>"
         )
     for case_id, steps in record.procedures.items():
         step_rows = "".join(
-            f"<tr><td>{html.escape(step)}</td><td>{ok}</td><td>{failed}</td></tr>" for step, ok, failed in steps
+            f"<tr><td>{html.escape(step)}</td><td class='n'>{ok}</td><td class='n'>{failed}</td></tr>"
+            for step, ok, failed in steps
         )
         out.append(
             f"<h3>{html.escape(case_id)}: calls during each step</h3>"
-            f"<table><tr><th>step</th><th>answered</th><th>failed</th></tr>{step_rows}</table>"
+            f"<div class='wide'><table><tr><th>step</th><th>answered</th><th>failed</th></tr>{step_rows}</table></div>"
         )
+    out.append("</div>")
     return "".join(out)

@@ -2,7 +2,8 @@
 
 A profile's result is ``success`` when every selected case of it passed, ``failure`` when one failed,
 ``partial`` when none failed but some were skipped or not supported, and ``unknown`` when none ran:
-an empty run is never a success.
+an empty run is never a success. A case that does not apply to the topology (``not-applicable``) is
+none of these: it is listed, and counts for nothing.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ FAULT_NOTE = (
 )
 
 
+OUTCOMES = ("passed", "failed", "skipped", "not-supported", "not-applicable")
+
+
 @dataclass
 class CaseOutcome:
     case_id: str  # ShortName or ShortName[cluster-a->cluster-b]
     short_name: str
     profile: str
     features: tuple[str, ...]
-    outcome: str  # passed | failed | skipped | not-supported
+    outcome: str  # passed | failed | skipped | not-supported | not-applicable
     message: str = ""
     seconds: float = 0.0  # the case's own time (its call phase; the setup too when that failed)
     observed: tuple[str, ...] = ()  # what calls showed at each checked point: "stage: a->b: TLS verify failed"
@@ -49,7 +53,6 @@ class RunRecord:
     istio_version: str = "unknown"
     implementation: dict[str, str] = field(default_factory=dict)
     outcomes: list[CaseOutcome] = field(default_factory=list)
-    pair_status: dict[str, bool] = field(default_factory=dict)  # "a->b" -> reachable
     latencies: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # pair -> same/cross -> ms
     provisioning_error: str = ""
     broken_from_start: list[str] = field(default_factory=list)  # blocking diagnosis findings right after provisioning
@@ -76,9 +79,9 @@ class RunRecord:
 
 
 def profile_result(outcomes: Sequence[CaseOutcome]) -> str:
-    if not outcomes:
+    kinds = {o.outcome for o in outcomes} - {"not-applicable"}
+    if not kinds:
         return "unknown"
-    kinds = {o.outcome for o in outcomes}
     if "failed" in kinds:
         return "failure"
     if kinds == {"passed"}:
@@ -95,14 +98,14 @@ def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[s
                 "name": name,
                 # A mesh that could not be made certifies nothing, whatever the cases say.
                 "result": "failure" if record.provisioning_error else profile_result(chosen),
-                "statistics": {
-                    kind: sum(1 for o in chosen if o.outcome == kind)
-                    for kind in ("passed", "failed", "skipped", "not-supported")
-                },
+                "statistics": {kind: sum(1 for o in chosen if o.outcome == kind) for kind in OUTCOMES},
                 "failedTests": [o.case_id for o in chosen if o.outcome == "failed"],
                 "skippedTests": [o.case_id for o in chosen if o.outcome == "skipped"],
                 "notSupportedTests": [
                     {"name": o.case_id, "reason": o.message} for o in chosen if o.outcome == "not-supported"
+                ],
+                "notApplicableTests": [
+                    {"name": o.case_id, "reason": o.message} for o in chosen if o.outcome == "not-applicable"
                 ],
             }
         )
