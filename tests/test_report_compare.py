@@ -36,6 +36,28 @@ MISCONFIG = {
 }
 
 
+def test_a_and_b_are_named_by_their_run_and_different_meshes_are_warned_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = report(tmp_path / "a.yaml", [PASSED])
+    document = yaml.safe_load(a.read_text())
+    document.update(topology="primary-remote", date="2026-12-05T21:40:07Z")
+    b = tmp_path / "b.yaml"
+    b.write_text(yaml.safe_dump(document))
+    assert meshfed(["report", "compare", str(a), str(b), "-o", "markdown"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(
+        "warning: A and B ran different meshes (multi-primary, 2 clusters against primary-remote, 2 clusters)"
+    )
+    assert (
+        "| case | A: embedded, multi-primary, 2 clusters, Istio 1.30.3 | B: embedded, primary-remote, 2 clusters, "
+        in text
+    )
+    assert "Istio 1.30.3, 2026-12-05 21:40:07 UTC | agree |" in text
+    assert meshfed(["report", "compare", str(a), str(a)]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_the_same_run_agrees_with_itself(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = report(tmp_path / "a.yaml", [PASSED, MISCONFIG])
     assert meshfed(["report", "compare", str(a), str(a), "-o", "json"]) == 0
@@ -54,7 +76,9 @@ def test_a_case_that_stops_passing_is_a_regression(tmp_path: Path, capsys: pytes
     assert meshfed(["report", "compare", str(a), str(b)]) == 1
     text = capsys.readouterr().out
     assert "regressed CrossClusterReachability[cluster-a->cluster-b]" in text
-    assert "B: failed 2s (unknown CA)" in text  # the symptom, read from the failure
+    # B's own sentence, cut to one line (its symptom, unknown CA, is read from it); times to a tenth below 10 s.
+    assert "B: failed 1.5s (cluster-a->cluster-b: 30/30 failed: unknown CA (TLSV1_ALERT_UNKNOWN_CA))" in text
+    assert "A: passed 1.5s" in text
     assert "B regressed against A in 2 case(s)" in text  # the missing misconfiguration case counts too
     # The other way round B fixed what A broke: no regression.
     assert meshfed(["report", "compare", str(b), str(a)]) == 0

@@ -45,16 +45,19 @@ def _mentions(text: str, phrase: str) -> bool:
 @dataclass
 class Run:
     path: str
-    label: str  # backend, topology, Istio version: what the run was against
+    label: str  # backend, topology, clusters, Istio version, when: what the run was against
     cases: dict[str, CaseRun] = field(default_factory=dict)
+    mesh: str = ""  # topology and clusters: two runs of different meshes do not compare case for case
 
 
-def _label(backend: Any, topology: Any, istio: Any, clusters: int | None) -> str:
+def _label(backend: Any, topology: Any, istio: Any, clusters: int | None, when: Any = None) -> str:
     parts = [str(p) for p in (backend, topology) if p]
     if clusters:
         parts.append(f"{clusters} clusters")
-    if istio and istio != "unknown":
+    if istio and istio not in ("unknown", "embedded"):
         parts.append(f"Istio {istio}")
+    if when:
+        parts.append(str(when).replace("T", " ").removesuffix("Z") + " UTC")
     return ", ".join(parts) or "unknown run"
 
 
@@ -64,14 +67,17 @@ def _from_report(path: Path, document: dict[str, Any]) -> Run:
             f"{path} lists only the failed cases (it was written before reports listed every case): "
             "give the junit.xml of that run instead"
         )
+    clusters = len(document.get("clusters") or [])
     run = Run(
         str(path),
         _label(
             document.get("backend"),
             document.get("topology"),
             document.get("istioVersion"),
-            len(document.get("clusters") or []),
+            clusters,
+            document.get("date"),
         ),
+        mesh=f"{document.get('topology')}, {clusters} clusters",
     )
     for case in document.get("cases") or []:
         run.cases[str(case["name"])] = CaseRun(
@@ -95,7 +101,7 @@ def _from_junit(path: Path, root: ElementTree.Element) -> Run:
         named = dict(properties)
         if "case" not in named:
             continue  # not a meshfed conformance case
-        where = named.get("pair") or named.get("cluster")
+        where = named.get("pair") or named.get("cluster") or named.get("entry")
         name = named["case"] + (f"[{where}]" if where else "")
         failure = testcase.find("failure")
         if failure is None:
@@ -115,7 +121,8 @@ def _from_junit(path: Path, root: ElementTree.Element) -> Run:
             tuple(value for key, value in properties if key == "observed"),
         )
     suite = root if root.tag == "testsuite" else root.find("testsuite")
-    run.label = "JUnit" + (f" ({suite.get('name')})" if suite is not None and suite.get("name") else "")
+    parts = [suite.get("name", ""), suite.get("timestamp", "")[:19]] if suite is not None else []
+    run.label = "JUnit" + (f" ({', '.join(part for part in parts if part)})" if any(parts) else "")
     return run
 
 
@@ -155,7 +162,7 @@ def merge(runs: list[Run]) -> Run:
     for run in runs:
         cases.update(run.cases)
     label = runs[0].label if len(runs) == 1 else f"{runs[0].label} ({len(runs)} runs)"
-    return Run(" + ".join(run.path for run in runs), label, cases)
+    return Run(" + ".join(run.path for run in runs), label, cases, runs[0].mesh)
 
 
 @dataclass
@@ -199,6 +206,16 @@ class Comparison:
         return [r for r in self.rows if r.change == "regressed"]
 
     @property
+    def warning(self) -> str:
+        """Why the two runs do not compare case for case, when they do not (else empty)."""
+        if self.a.mesh and self.b.mesh and self.a.mesh != self.b.mesh:
+            return (
+                f"A and B ran different meshes ({self.a.mesh} against {self.b.mesh}): their cases do not match one "
+                "for one; compare runs of the same topology and size"
+            )
+        return ""
+
+    @property
     def agreement(self) -> float:
         """The share of cases in both runs with the same verdict and the same symptoms."""
         both = [r for r in self.rows if r.a is not None and r.b is not None]
@@ -208,6 +225,7 @@ class Comparison:
         return {
             "a": {"path": self.a.path, "run": self.a.label},
             "b": {"path": self.b.path, "run": self.b.label},
+            **({"warning": self.warning} if self.warning else {}),
             "agreement": round(self.agreement, 4),
             "regressed": [r.case for r in self.regressed],
             "counts": {c: sum(r.change == c for r in self.rows) for c in dict.fromkeys(r.change for r in self.rows)},
@@ -222,16 +240,28 @@ def compare(a: Run, b: Run) -> Comparison:
     )
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.1f}s" if value < 10 else f"{value:.0f}s"
+
+
+def _one_line(text: str, width: int = 100) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
 def _cell(run: CaseRun | None) -> str:
+    """Outcome and time, then one line: a failure's message, else the symptoms seen."""
     if run is None:
         return "-"
-    symptoms = "; ".join(run.symptoms)
-    return f"{run.outcome} {run.seconds:.0f}s" + (f" ({symptoms})" if symptoms else "")
+    detail = run.message if run.outcome != "passed" and run.message else "; ".join(run.symptoms)
+    return f"{run.outcome} {_seconds(run.seconds)}" + (f" ({_one_line(detail)})" if detail else "")
 
 
 def as_text(comparison: Comparison, everything: bool = False) -> str:
     """A table of the cases that changed (every case with ``everything``) and a verdict line."""
     lines = [f"A: {comparison.a.label} ({comparison.a.path})", f"B: {comparison.b.label} ({comparison.b.path})", ""]
+    if comparison.warning:
+        lines[2:2] = [f"warning: {comparison.warning}"]
     shown = [r for r in comparison.rows if everything or r.change != "same"]
     width = max([len(r.case) for r in shown] + [4])
     for row in shown:
@@ -248,8 +278,9 @@ def as_text(comparison: Comparison, everything: bool = False) -> str:
 
 def as_markdown(comparison: Comparison) -> str:
     """Every case in one table, with the agreement (the README's fidelity table)."""
-    lines = [
-        f"| case | {comparison.a.label} | {comparison.b.label} | agree |",
+    lines = [f"warning: {comparison.warning}", ""] if comparison.warning else []
+    lines += [
+        f"| case | A: {comparison.a.label} | B: {comparison.b.label} | agree |",
         "|---|---|---|---|",
     ]
     for row in comparison.rows:

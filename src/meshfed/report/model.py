@@ -61,6 +61,8 @@ class RunRecord:
     procedures: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)  # case -> (step, ok, failed)
     diagnosis: list[str] = field(default_factory=list)  # the findings attached to the last failing case
     fault: dict[str, str] = field(default_factory=dict)  # name, title: a fault injected on purpose (--inject-fault)
+    pki: dict[str, Any] = field(default_factory=dict)  # source, rootFingerprints: the CA the mesh was given
+    provisioning_seconds: float | None = None
 
     def record_latency(self, pair: str, kind: str, values: Sequence[float]) -> None:
         self.latencies.setdefault(pair, {}).setdefault(kind, []).extend(values)
@@ -90,7 +92,7 @@ def profile_result(outcomes: Sequence[CaseOutcome]) -> str:
 
 
 def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[str, Any]:
-    profiles = []
+    profiles: list[dict[str, Any]] = []
     for name in PROFILES:
         chosen = [o for o in record.outcomes if o.profile == name]
         profiles.append(
@@ -109,48 +111,67 @@ def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[s
                 ],
             }
         )
+    # What a reviewer reads first: the verdict, whether it certifies Istio, and what ran; the details after.
     report: dict[str, Any] = {
         "apiVersion": API_VERSION,
         "kind": "ConformanceReport",
         "date": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "suiteVersion": __version__,
-        "implementation": {
-            key: record.implementation.get(key, "") for key in ("organization", "project", "version", "contact")
+        "verdict": {
+            profile["name"]: profile["result"] if any(profile["statistics"].values()) else "not-selected"
+            for profile in profiles
         },
-        "backend": record.backend,
-        "topology": record.topology,
-        "istioVersion": record.istio_version,
-        "clusters": [{**cluster, "istioVersion": record.istio_version} for cluster in record.clusters],
-        "profiles": profiles,
-        # Every case, passed ones included, so that two reports compare case by case (meshfed report compare).
-        "cases": [
-            {
-                "name": o.case_id,
-                "profile": o.profile,
-                "features": list(o.features),
-                "outcome": o.outcome,
-                "seconds": round(o.seconds, 2),
-                **({"message": o.message} if o.message else {}),
-                **({"observed": list(o.observed)} if o.observed else {}),
-                **({"calls": dict(o.calls)} if o.calls else {}),
-            }
-            for o in record.outcomes
-        ],
     }
-    if record.backend == "embedded":
-        report["certifiesIstio"] = False
-        report["note"] = EMBEDDED_NOTE
-    elif record.fault:
+    if record.backend == "embedded" or record.fault:
         report["certifiesIstio"] = False
     elif record.certifies_istio is not None:
         report["certifiesIstio"] = record.certifies_istio
+    report.update(
+        {
+            "backend": record.backend,
+            "topology": record.topology,
+            # The embedded mesh is an emulation: no Istio version ran.
+            "istioVersion": None if record.backend == "embedded" else record.istio_version,
+        }
+    )
+    if record.backend == "embedded":
+        report["note"] = EMBEDDED_NOTE
     if record.fault:
         report["faultInjected"] = dict(record.fault)
         report["faultNote"] = FAULT_NOTE
-    if record.environment:
-        report["environment"] = dict(record.environment)
     if record.provisioning_error:
         report["provisioningError"] = record.provisioning_error
     if record.broken_from_start:
         report["brokenFromStart"] = list(record.broken_from_start)
+    if record.environment:
+        report["environment"] = dict(record.environment)
+    if record.pki:
+        report["pki"] = dict(record.pki)
+    if record.provisioning_seconds is not None:
+        report["provisioningSeconds"] = record.provisioning_seconds
+    if record.implementation:
+        report["implementation"] = {
+            key: record.implementation[key]
+            for key in ("organization", "project", "version", "contact")
+            if record.implementation.get(key)
+        }
+    report["clusters"] = [
+        {**cluster, **({"istioVersion": record.istio_version} if record.backend != "embedded" else {})}
+        for cluster in record.clusters
+    ]
+    report["profiles"] = profiles
+    # Every case, passed ones included, so that two reports compare case by case (meshfed report compare).
+    report["cases"] = [
+        {
+            "name": o.case_id,
+            "profile": o.profile,
+            "features": list(o.features),
+            "outcome": o.outcome,
+            "seconds": round(o.seconds, 2),
+            **({"message": o.message} if o.message else {}),
+            **({"observed": list(o.observed)} if o.observed else {}),
+            **({"calls": dict(o.calls)} if o.calls else {}),
+        }
+        for o in record.outcomes
+    ]
     return report
