@@ -1,5 +1,5 @@
 """What each case catches: every fault fails the cases that guard what it breaks, naming it, and every case
-fails on some fault; the README's matrix is the stored runs' matrix."""
+fails on some fault; the matrix of docs/sensitivity.md is the stored runs' matrix."""
 
 from __future__ import annotations
 
@@ -62,14 +62,16 @@ def test_the_healthy_mesh_must_pass_and_the_matrix_marks_the_guards() -> None:
 @pytest.mark.slow
 def test_every_fault_fails_the_cases_guarding_what_it_breaks_in_both_topologies(tmp_path: Path) -> None:
     # Each fault against the cases that guard what it breaks (the whole suite per fault takes about 30 minutes on
-    # two cores: `python -m meshfed.sensitivity` makes the README's matrix), and a healthy run of the whole suite.
+    # two cores: `python -m meshfed.sensitivity` makes docs/sensitivity.md's matrix), and a healthy run of the whole suite.
     assert main(["--guards-only", "--jobs", "2", "--reports", str(tmp_path)]) == 0
 
 
-def test_the_readme_matrix_is_the_stored_runs_matrix() -> None:
-    readme = (ROOT / "README.md").read_text()
-    shown = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+def test_the_documented_matrix_is_the_stored_runs_matrix() -> None:
+    page = (ROOT / "docs" / "sensitivity.md").read_text()
+    shown = page.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     runs = stored(ROOT / "reports" / "sensitivity", TOPOLOGIES, [HEALTHY, *FAULT_NAMES])
     assert set(runs) == set(TOPOLOGIES)
-    assert shown == markdown(runs), "regenerate it: python -m meshfed.sensitivity --from-reports --readme README.md"
+    assert shown == markdown(runs), (
+        "regenerate it: python -m meshfed.sensitivity --from-reports --readme docs/sensitivity.md"
+    )
     assert all(not check(found) for found in runs.values())

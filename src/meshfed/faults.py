@@ -5,7 +5,7 @@ the way the world breaks it (a flaky network, a gateway down, a pod without its 
 through the backend contract (Kubernetes objects) wherever Istio's own objects can make it, and through the
 node's network (iptables on real nodes) where only the network can. It names the cases that guard that
 property: ``meshfed sensitivity`` runs the suite once per fault and asserts that each of them fails, and the
-README's "what each case catches" is that run's matrix. ``--inject-fault NAME`` runs one fault by hand.
+"what each case catches" (docs/sensitivity.md) is that run's matrix. ``--inject-fault NAME`` runs one fault by hand.
 
 The fault is put in place after provisioning and again before every case (each ``inject`` is idempotent), so
 that a case that repairs the mesh on its way (a canary upgrade reinstalls the gateways) does not hide it from

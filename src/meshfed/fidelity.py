@@ -1,7 +1,7 @@
 """The embedded mesh's fidelity, measured: the whole suite on ``embedded`` and on ``host`` (real Istio), in
-both topologies, compared case by case; the tables go into the README between its fidelity markers.
+both topologies, compared case by case; the tables go into docs/fidelity.md between its fidelity markers.
 
-    sudo .venv/bin/python -m meshfed.fidelity              # four runs, then the README's tables
+    sudo .venv/bin/python -m meshfed.fidelity              # four runs, then docs/fidelity.md's tables
     python -m meshfed.fidelity --from-reports              # the tables again from the last runs' reports
     python -m meshfed.fidelity --backends embedded         # the embedded runs again, the host reports kept
 
@@ -79,7 +79,7 @@ def tables(base: Path) -> str:
 
 
 def write_readme(readme: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
-    """Put ``text`` between the README's ``begin`` and ``end`` markers."""
+    """Put ``text`` between the ``begin`` and ``end`` markers of a page (docs/fidelity.md, docs/sensitivity.md)."""
     content = readme.read_text()
     if begin not in content or end not in content:
         raise CompareError(f"{readme} has no {begin} ... {end} markers: add them where the tables belong")
@@ -100,7 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         default=list(BACKENDS),
         help="run only these (the others' reports stay)",
     )
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=ROOT / "docs" / "fidelity.md",
+        metavar="PAGE",
+        help="the page whose fidelity markers get the tables (default: docs/fidelity.md)",
+    )
     args = parser.parse_args(argv)
     if not args.from_reports:
         for topology in TOPOLOGIES:

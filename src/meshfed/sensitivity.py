@@ -1,13 +1,13 @@
 """What each case catches, measured: the suite run once on a healthy mesh and once per fault (``meshfed.faults``),
 and the matrix of which cases failed on which fault. A fault's guarding cases must fail, with a message that
 names what broke; every case must fail on at least one fault (a case no fault can fail is a defect); the healthy
-run must pass. The README's matrix is made from the stored reports, never by hand.
+run must pass. The matrix of docs/sensitivity.md is made from the stored reports, never by hand.
 
     python -m meshfed.sensitivity                                    # every fault, both topologies, embedded
     python -m meshfed.sensitivity --topologies multi-primary --faults gateway-drops-packets
     sudo .venv/bin/python -m meshfed.sensitivity --backend host --no-baseline --faults gateway-drops-packets \\
         -- conformance/test_core.py -k "reachability or load_balancing or spiffe"
-    python -m meshfed.sensitivity --from-reports --readme README.md  # the README's matrix from the stored runs
+    python -m meshfed.sensitivity --from-reports --readme docs/sensitivity.md  # its matrix from the stored runs
 """
 
 from __future__ import annotations
@@ -243,7 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (embedded: 2 on two cores)")
     parser.add_argument("--reports", type=Path, default=ROOT / "reports" / "sensitivity")
     parser.add_argument("--from-reports", action="store_true", help="do not run; read the reports already there")
-    parser.add_argument("--readme", type=Path, help="write the matrix into this README between its markers")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        metavar="PAGE",
+        help="write the matrix into this page between its markers (docs/sensitivity.md)",
+    )
     parser.add_argument("pytest_args", nargs="*", help="after --: what pytest runs (default: conformance/)")
     args = parser.parse_args(argv)
     try:

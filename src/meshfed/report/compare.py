@@ -277,7 +277,7 @@ def as_text(comparison: Comparison, everything: bool = False) -> str:
 
 
 def as_markdown(comparison: Comparison) -> str:
-    """Every case in one table, with the agreement (the README's fidelity table)."""
+    """Every case in one table, with the agreement (the fidelity table of docs/fidelity.md)."""
     lines = [f"warning: {comparison.warning}", ""] if comparison.warning else []
     lines += [
         f"| case | A: {comparison.a.label} | B: {comparison.b.label} | agree |",
