@@ -88,6 +88,22 @@ def _open(browser: Any, report: Path, size: tuple[int, int]) -> dict[str, Any]:
           arrows: [...document.querySelectorAll('line[data-pair]')].map(
             e => [e.dataset.pair, e.getAttribute('stroke')]),
           text: document.body.innerText,
+          // Readability: every cell of meshfed's tables padded, its text and every line's words dark enough.
+          cells: [...document.querySelectorAll('.meshfed td, .meshfed th')].map(e => {
+            const style = getComputedStyle(e);
+            return [parseFloat(style.paddingLeft), parseFloat(style.paddingRight), style.color];
+          }),
+          // Each text's colour against what it is drawn on (the nearest background that is not transparent).
+          words: [...document.querySelectorAll('.meshfed .line span, .meshfed td, .meshfed p, .meshfed .chip')].map(
+            e => {
+              let back = e;
+              while (back && ['rgba(0, 0, 0, 0)', 'transparent'].includes(colour(back))) back = back.parentElement;
+              return [getComputedStyle(e).color, back ? colour(back) : 'rgb(255, 255, 255)', e.textContent];
+            }),
+          // The filter boxes sit right above the results they filter: nothing but space between.
+          filtersBottom: box(document.querySelector('.filters')).bottom,
+          resultsTop: box(document.querySelector('#results-table')).top,
+          environmentTop: box(document.querySelector('#environment')).top,
         };
         """
     )
@@ -99,6 +115,18 @@ def _rgb(hex_colour: str) -> str:
     value = hex_colour.lstrip("#")
     red, green, blue = (int(value[i : i + 2], 16) for i in (0, 2, 4))
     return f"rgb({red}, {green}, {blue})"
+
+
+def _luminance(css: str) -> float:
+    channels = [int(part) / 255 for part in css[css.index("(") + 1 : css.index(")")].split(",")[:3]]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _contrast(one: str, other: str) -> float:
+    """WCAG's contrast ratio of two CSS rgb() colours."""
+    light, dark = sorted((_luminance(one), _luminance(other)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
 
 
 def _verdicts(report: Path) -> dict[str, str]:
@@ -127,6 +155,10 @@ def test_a_reader_sees_the_verdict_and_the_first_failure_first(
             "not-applicable"
         }
     assert "('/" not in page["text"], "a skipped row shows pytest's raw tuple"
+    assert page["cells"] and all(left >= 4 and right >= 4 for left, right, _ in page["cells"]), "unpadded cells"
+    faint = [text for colour, back, text in page["words"] if _contrast(colour, back) < 4.5]
+    assert not faint, f"low-contrast text: {faint[:3]}"
+    assert 0 <= page["resultsTop"] - page["filtersBottom"] < 60 < page["environmentTop"] - page["filtersBottom"]
 
 
 @pytest.mark.parametrize("name", ["healthy", "five"])

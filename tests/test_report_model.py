@@ -112,8 +112,9 @@ def test_the_verdict_and_the_pair_matrix_come_first() -> None:
         page.index("Mesh under test"),
     )
     assert verdict < matrix < mesh
-    # pytest-html's own Environment table (drawn above the summary) is laid out after it, before the results.
-    assert page.startswith(LAYOUT_CSS) and "#environment-header,#environment{order:1}" in LAYOUT_CSS
+    # pytest-html's own Environment table (drawn above the summary) is laid out last: the summary's filter
+    # boxes stay right above the results they filter.
+    assert page.startswith(LAYOUT_CSS) and "#environment-header,#environment{order:2}" in LAYOUT_CSS
     n = "<td class='n'>{}</td>".format
     assert ">failure</td>" + n(52) + n(8) + n(0) + n(0) + n(0) in page  # core: 60 pair cases, 8 failed into cluster-e
     assert ">unknown</td>" + n(0) + n(0) + n(1) + n(0) + n(0) in page

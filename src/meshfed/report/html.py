@@ -9,7 +9,7 @@ import math
 
 from meshfed.report.model import EMBEDDED_NOTE, FAULT_NOTE, CaseOutcome, RunRecord, conformance_report
 
-_GREEN, _RED, _GREY, _AMBER, _PALE = "#1e7b34", "#c62828", "#6b7075", "#8a6d00", "#c4c7cc"
+_GREEN, _RED, _GREY, _AMBER, _PALE = "#1e7b34", "#c62828", "#6b7075", "#8a6d00", "#e0e0e0"
 _OUTCOME_COLORS = {
     "passed": _GREEN,
     "failed": _RED,
@@ -17,6 +17,9 @@ _OUTCOME_COLORS = {
     "skipped": _AMBER,
     "not-applicable": _PALE,
 }
+# Text on those colours (a chip) and words in those colours (a line): both readable on white (contrast >= 4.5).
+_CHIP_TEXT = {"not-applicable": "#1b1b1b"}
+_WORD_COLORS = {**_OUTCOME_COLORS, "not-applicable": "#5f6368"}
 _RESULT_COLORS = {"success": _GREEN, "partial": _AMBER, "failure": _RED, "unknown": _GREY}
 _PAIR_COLORS = {"passed": _GREEN, "failed": _RED, "untested": _GREY}
 _PAIR_WORDS = {
@@ -204,7 +207,7 @@ def verdict_html(record: RunRecord) -> str:
                 where = _where(found)
                 lines[kind].append(
                     f"<div class='line meshfed-{kind}' title='{html.escape(cause, quote=True)}'>"
-                    f"<span style='color:{_OUTCOME_COLORS[kind]};font-weight:bold'>{html.escape(profile['name'])}: "
+                    f"<span style='color:{_WORD_COLORS[kind]};font-weight:bold'>{html.escape(profile['name'])}: "
                     f"{html.escape(name)} {words}</span>{' (' + html.escape(where) + ')' if where else ''}: "
                     f"{html.escape(cause)}</div>"
                 )
@@ -231,7 +234,7 @@ def _chip(outcome: CaseOutcome, label: str) -> str:
     return (
         f"<span class='chip' data-case='{html.escape(outcome.case_id, quote=True)}' "
         f"data-outcome='{outcome.outcome}' title='{html.escape(detail, quote=True)}' "
-        f"style='background:{color}'>{html.escape(label)}</span>"
+        f"style='background:{color};color:{_CHIP_TEXT.get(outcome.outcome, '#fff')}'>{html.escape(label)}</span>"
     )
 
 
@@ -260,7 +263,8 @@ def pair_matrix(record: RunRecord) -> str:
         rows.append(f"<tr><th>from {html.escape(source)}</th>{''.join(cells)}</tr>")
     legend = ", ".join(f"{html.escape(labels[c])} = {html.escape(c)}" for c in cases)
     colours = " ".join(
-        f"<span class='chip' style='background:{color}'>{kind.replace('-', ' ')}</span>"
+        f"<span class='chip' style='background:{color};color:{_CHIP_TEXT.get(kind, '#fff')}'>"
+        f"{kind.replace('-', ' ')}</span>"
         for kind, color in _OUTCOME_COLORS.items()
     )
     failed = [o for found in pairs.values() for o in found if o.outcome == "failed"]
@@ -276,10 +280,11 @@ def pair_matrix(record: RunRecord) -> str:
 
 
 # pytest-html 4 writes its Environment table (Python, plugins) above the summary this module fills: the page
-# is laid out as a column so that the verdict comes first, the Environment table after it, then the results.
+# is laid out as a column so that the verdict comes first, then the results with the filters that end the
+# summary right above them, and pytest-html's Environment table last.
 LAYOUT_CSS = (
     "<style>body{display:flex;flex-direction:column}"
-    "#environment-header,#environment{order:1}#results-table,#results-table~*{order:2}</style>"
+    "#results-table,#results-table~*{order:1}#environment-header,#environment{order:2}</style>"
 )
 
 
