@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,15 +11,11 @@ import pytest
 from meshfed.backends.base import BackendError
 from meshfed.backends.istioctl import parse_proxy_status, parse_remote_clusters, parse_secret_dump
 from meshfed.pki.certs import fingerprint
-
-REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "istio"
+from tests.istio_reference import reference
 
 
 def _dump() -> str:
-    path = REFERENCE / "envoy-secrets-config-dump.json"
-    if not path.exists():
-        pytest.skip(f"Istio's reference data is not here ({REFERENCE})")
-    return path.read_text()
+    return reference("envoy-secrets-config-dump.json")
 
 
 def _camel(obj: Any) -> Any:
@@ -34,7 +29,7 @@ def _camel(obj: Any) -> Any:
 def _table_serials() -> dict[str, int]:
     """SERIAL NUMBER per secret, from the table istioctl prints for the same dump."""
     serials = {}
-    for row in (REFERENCE / "istioctl-proxy-config-secret.txt").read_text().splitlines()[1:]:
+    for row in reference("istioctl-proxy-config-secret.txt").splitlines()[1:]:
         found = re.search(r"\b[0-9a-f]{32}\b", row)
         if found:
             serials[row.split()[0]] = int(found.group(0), 16)

@@ -2,12 +2,11 @@
 
 Kubernetes objects are validated with kubernetes-validate against the schemas of the Kubernetes
 versions Istio 1.30 supports (strict: no unknown field). The Istio objects are compared with Istio's
-own samples in ``../shared/reference/istio`` (skipped when that folder is absent, as in a user's clone).
+own samples (see :mod:`tests.istio_reference`: the Istio source the host backend builds, else the reference
+folder beside the project; skipped with the reason when neither is there, as in a fresh user's clone).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -17,8 +16,8 @@ from meshfed import manifests
 from meshfed.install import plan
 from meshfed.pki import create_mesh_pki
 from meshfed.topology import MeshSpec, Topology
+from tests.istio_reference import reference
 
-REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "istio"
 KUBERNETES_VERSIONS = ["1.33", "1.35"]
 CORE_KINDS = {"Namespace", "Secret", "ConfigMap", "ServiceAccount", "Service", "Deployment"}
 
@@ -45,9 +44,7 @@ def test_kubernetes_objects_validate_strictly(topology: Topology, version: str) 
 
 
 def _reference(name: str) -> list[dict[str, object]]:
-    if not (REFERENCE / name).exists():
-        pytest.skip(f"Istio's reference samples are not here ({REFERENCE})")
-    return [doc for doc in yaml.safe_load_all((REFERENCE / name).read_text()) if doc]
+    return [doc for doc in yaml.safe_load_all(reference(name)) if doc]
 
 
 def _spec_only(obj: dict[str, object]) -> dict[str, object]:
