@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -185,7 +186,16 @@ def test_a_mesh_broken_from_the_start_fails_every_case_at_once_with_the_cause(tm
         for case in report["cases"]
         if case["outcome"] == "failed"
     )
-    assert "The mesh was broken from the start" in (tmp_path / "reports" / "report.html").read_text()
+    page = (tmp_path / "reports" / "report.html").read_text()
+    assert "The mesh was broken from the start" in page
+    # The findings are said once, under the verdict; not again per profile, per case, under the matrix or in
+    # each of the 26 failed rows (a chip's hover text aside).
+    shown = re.sub(r"title='[^']*'", "", page)
+    assert shown.count("cacerts-incomplete: ca-key.pem: missing") == 1
+    assert (
+        shown.count("the mesh is broken from the start (the findings are listed below)") == 3
+    )  # core, extended, matrix
+    assert page.count("the mesh is broken from the start: the findings are at the top of this report") == 26
     # JUnit: each failure says the sentence (not pytest's "failed on setup with ..."), and carries the
     # diagnosis; a misconfiguration names its entry, never as a cluster.
     cases = junit_cases(tmp_path / "reports")

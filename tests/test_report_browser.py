@@ -94,7 +94,7 @@ def _open(browser: Any, report: Path, size: tuple[int, int]) -> dict[str, Any]:
             return [parseFloat(style.paddingLeft), parseFloat(style.paddingRight), style.color];
           }),
           // Each text's colour against what it is drawn on (the nearest background that is not transparent).
-          words: [...document.querySelectorAll('.meshfed .line span, .meshfed td, .meshfed p, .meshfed .chip')].map(
+          words: [...document.querySelectorAll('.meshfed .said span, .meshfed .said, .meshfed td, .meshfed p, .meshfed .chip')].map(
             e => {
               let back = e;
               while (back && ['rgba(0, 0, 0, 0)', 'transparent'].includes(colour(back))) back = back.parentElement;
@@ -148,9 +148,9 @@ def test_a_reader_sees_the_verdict_and_the_first_failure_first(
     else:
         assert page["failedTop"] is not None and page["failedTop"] < page["height"] - 20, page["failedText"]
     if name == "five":  # a cluster case's failure is at the top too, not only the pair cases'
-        assert "core: MeshWideLoadBalancing failed (cluster-a)" in page["text"]
+        assert "core failed: MeshWideLoadBalancing (cluster-a)" in page["text"]
     if name == "broken":  # what cannot happen in the topology is not a failure, broken mesh or not
-        assert "MisconfigurationRegression does not apply here" in page["text"]
+        assert "extended does not apply here: MisconfigurationRegression (istiod-not-exposed, " in page["text"]
         assert {verdicts[n] for n in verdicts if n.startswith("MisconfigurationRegression[istiod-not-exposed")} == {
             "not-applicable"
         }

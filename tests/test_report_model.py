@@ -118,16 +118,21 @@ def test_the_verdict_and_the_pair_matrix_come_first() -> None:
     n = "<td class='n'>{}</td>".format
     assert ">failure</td>" + n(52) + n(8) + n(0) + n(0) + n(0) in page  # core: 60 pair cases, 8 failed into cluster-e
     assert ">unknown</td>" + n(0) + n(0) + n(1) + n(0) + n(0) in page
-    # Every failed case at the top, one line per case and cause, its pairs listed; failures before anything else.
+    # Every failed case at the top, once per cause with the cases and pairs it ended; failures before the rest.
     top = page[page.index("<h2>Verdict") : page.index("Every pair, every case")]
-    assert top.count("class='line meshfed-failed'") == 2  # one cause each, said once for its four pairs
+    assert top.count("class='said meshfed-failed'") == 1  # one cause: both cases, the same four pairs
     into_e = ", ".join(f"cluster-{c}-&gt;cluster-e" for c in "abcd")
-    assert f"core: CrossClusterReachability failed</span> ({into_e}): 20/20 failed: connection failure" in top
-    assert top.index("meshfed-failed") < top.index("extended: CanaryUpgrade not supported here")
+    assert (
+        f"core failed:</span> CrossClusterReachability, CrossClusterMutualTLS ({into_e}): 20/20 failed: "
+        "connection failure</div>"
+    ) in top
+    assert top.index("meshfed-failed") < top.index("extended not supported here:</span> CanaryUpgrade: why")
     # 5 x 5 cells, one chip per case and pair; a failed chip carries its message on hover and under the matrix.
     assert page.count("<span class='chip' data-case=") == 60 and page.count("data-outcome='failed'") == 8
     assert "title='CrossClusterReachability: failed: cluster-a-&gt;cluster-e: 20/20 failed: connection failure'" in page
-    assert f"<li>CrossClusterReachability ({into_e}): 20/20 failed: connection failure</li>" in page
+    assert (
+        f"<li>CrossClusterMutualTLS, CrossClusterReachability ({into_e}): 20/20 failed: connection failure</li>" in page
+    )
 
 
 def test_one_cause_is_said_once_with_its_pairs() -> None:
@@ -137,7 +142,7 @@ def test_one_cause_is_said_once_with_its_pairs() -> None:
         for pair in ("cluster-a->cluster-b", "cluster-b->cluster-a")
     ]
     page = summary_html(record)
-    line = "core: SpiffeIdentity failed</span> (cluster-a-&gt;cluster-b, cluster-b-&gt;cluster-a): TLS verify failed"
+    line = "core failed:</span> SpiffeIdentity (cluster-a-&gt;cluster-b, cluster-b-&gt;cluster-a): TLS verify failed"
     assert page.count(line) == 1
     assert page.count("<li>SpiffeIdentity (cluster-a-&gt;cluster-b, cluster-b-&gt;cluster-a): TLS verify failed") == 1
 

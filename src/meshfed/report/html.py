@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import math
 
+from meshfed.cases import BROKEN_FROM_START
 from meshfed.report.model import EMBEDDED_NOTE, FAULT_NOTE, CaseOutcome, RunRecord, conformance_report
 
 _GREEN, _RED, _GREY, _AMBER, _PALE = "#1e7b34", "#c62828", "#6b7075", "#8a6d00", "#e0e0e0"
@@ -38,7 +39,7 @@ STYLE = (
     ".meshfed td.n{text-align:right;font-variant-numeric:tabular-nums}"
     ".meshfed .wide{overflow-x:auto;max-width:100%}"
     ".meshfed svg{max-width:100%;height:auto}"
-    ".meshfed .line{white-space:nowrap;overflow:hidden;text-overflow:ellipsis;max-width:100%;margin:2px 0}"
+    ".meshfed .said{margin:3px 0;padding-left:1.5em;text-indent:-1.5em;overflow-wrap:anywhere}"
     ".meshfed .chip{display:inline-block;margin:1px;padding:1px 5px;border-radius:3px;color:#fff;font-size:11px}"
     ".meshfed .badge{color:#fff;font-weight:bold}"
     "body{min-width:0}body>*{min-width:0;max-width:100%}h1{overflow-wrap:anywhere}"
@@ -157,26 +158,31 @@ def mesh_picture(record: RunRecord) -> str:
     return "".join(parts)
 
 
-def _one_line(text: str) -> str:
-    """A line cut to the page's width (the whole text on hover)."""
-    return f"<div class='line' title='{html.escape(text, quote=True)}'>{html.escape(text)}</div>"
-
-
 def _cause(outcome: CaseOutcome) -> str:
     """The failure's sentence without the pair it starts with (grouped pairs are listed beside it)."""
     pair = _pair_of(outcome)
     message = outcome.message or outcome.outcome
+    if message.startswith(BROKEN_FROM_START):  # its findings are listed once, right under the verdict
+        return BROKEN_FROM_START.rstrip(": ") + " (the findings are listed below)"
     if pair is not None:
         message = message.removeprefix(f"{pair[0]}->{pair[1]}: ")
     return message
 
 
-def grouped(outcomes: list[CaseOutcome]) -> list[tuple[str, list[CaseOutcome], str]]:
-    """(case, the outcomes, cause): one entry per case and distinct cause, in the order first seen."""
-    groups: dict[tuple[str, str], list[CaseOutcome]] = {}
+def by_cause(outcomes: list[CaseOutcome]) -> list[tuple[str, str]]:
+    """(which, cause): one entry per distinct cause, the cases it ended listed once, e.g. ``Reachability,
+    MutualTLS (a->c, b->c)`` when both failed on the same pairs, in the order first seen."""
+    causes: dict[str, dict[str, list[CaseOutcome]]] = {}
     for outcome in outcomes:
-        groups.setdefault((outcome.short_name, _cause(outcome)), []).append(outcome)
-    return [(name, found, cause) for (name, cause), found in groups.items()]
+        causes.setdefault(_cause(outcome), {}).setdefault(outcome.short_name, []).append(outcome)
+    found = []
+    for cause, cases in causes.items():
+        places: dict[str, list[str]] = {}
+        for name, ended in cases.items():
+            places.setdefault(_where(ended), []).append(name)
+        which = "; ".join(f"{', '.join(names)}" + (f" ({where})" if where else "") for where, names in places.items())
+        found.append((which, cause))
+    return found
 
 
 def _where(found: list[CaseOutcome]) -> str:
@@ -185,8 +191,9 @@ def _where(found: list[CaseOutcome]) -> str:
 
 
 def verdict_html(record: RunRecord) -> str:
-    """Per profile its result and counts, then every failed case, one line per case and cause (the pairs or
-    clusters listed), then what does not apply here and what the backend does not support."""
+    """Per profile its result and counts, then every failed case, once per distinct cause (the cases, pairs
+    or clusters it ended listed with it), then what does not apply here and what the backend does not
+    support."""
     rows: list[str] = []
     lines: dict[str, list[str]] = {"failed": [], "not-applicable": [], "not-supported": [], "skipped": []}
     for profile in conformance_report(record)["profiles"]:
@@ -203,13 +210,10 @@ def verdict_html(record: RunRecord) -> str:
         )
         chosen = [o for o in record.outcomes if o.profile == profile["name"]]
         for kind, words in _LISTED.items():
-            for name, found, cause in grouped([o for o in chosen if o.outcome == kind]):
-                where = _where(found)
+            for which, cause in by_cause([o for o in chosen if o.outcome == kind]):
                 lines[kind].append(
-                    f"<div class='line meshfed-{kind}' title='{html.escape(cause, quote=True)}'>"
-                    f"<span style='color:{_WORD_COLORS[kind]};font-weight:bold'>{html.escape(profile['name'])}: "
-                    f"{html.escape(name)} {words}</span>{' (' + html.escape(where) + ')' if where else ''}: "
-                    f"{html.escape(cause)}</div>"
+                    f"<div class='said meshfed-{kind}'><span style='color:{_WORD_COLORS[kind]};font-weight:bold'>"
+                    f"{html.escape(profile['name'])} {words}:</span> {html.escape(which)}: {html.escape(cause)}</div>"
                 )
     header = "".join(f"<th>{html.escape(k.replace('-', ' '))}</th>" for k in _COUNTED)
     return (
@@ -241,7 +245,7 @@ def _chip(outcome: CaseOutcome, label: str) -> str:
 def pair_matrix(record: RunRecord) -> str:
     """The pair cases as a matrix: a row per calling cluster, a column per called one, in each cell one chip
     per case (its outcome's colour, the failure's message on hover), and under it each distinct failure once,
-    with the pairs it happened on."""
+    with the cases and pairs it ended."""
     pairs: dict[tuple[str, str], list[CaseOutcome]] = {}
     for outcome in record.outcomes:
         pair = _pair_of(outcome)
@@ -269,8 +273,8 @@ def pair_matrix(record: RunRecord) -> str:
     )
     failed = [o for found in pairs.values() for o in found if o.outcome == "failed"]
     failures = [
-        f"<li>{html.escape(name)} ({html.escape(_where(found))}): {html.escape(cause)}</li>"
-        for name, found, cause in grouped(sorted(failed, key=lambda o: o.case_id))
+        f"<li>{html.escape(which)}: {html.escape(cause)}</li>"
+        for which, cause in by_cause(sorted(failed, key=lambda o: o.case_id))
     ]
     return (
         "<h3>Every pair, every case</h3><div class='wide'><table class='meshfed-matrix'>"

@@ -82,11 +82,15 @@ class HostInstance:
         """Take the host mesh for this process, or say in one sentence whose it is."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / "owner.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise BackendError(self.refusal(self.owner())) from None
+        for attempt in range(5):  # a moment's wait: `owner()` elsewhere may be testing the lock just now
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 4:
+                    os.close(fd)
+                    raise BackendError(self.refusal(self.owner())) from None
+                time.sleep(0.1)
         self.record(os.getpid(), command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
         return Hold(fd)
 
