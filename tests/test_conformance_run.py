@@ -193,7 +193,7 @@ def test_a_mesh_broken_from_the_start_fails_every_case_at_once_with_the_cause(tm
     shown = re.sub(r"title='[^']*'", "", page)
     assert shown.count("cacerts-incomplete: ca-key.pem: missing") == 1
     assert (
-        shown.count("the mesh is broken from the start (the findings are listed below)") == 3
+        shown.count("the mesh is broken from the start (its findings are listed under the verdict)") == 3
     )  # core, extended, matrix
     assert page.count("the mesh is broken from the start: the findings are at the top of this report") == 26
     # JUnit: each failure says the sentence (not pytest's "failed on setup with ..."), and carries the

@@ -163,7 +163,7 @@ def _cause(outcome: CaseOutcome) -> str:
     pair = _pair_of(outcome)
     message = outcome.message or outcome.outcome
     if message.startswith(BROKEN_FROM_START):  # its findings are listed once, right under the verdict
-        return BROKEN_FROM_START.rstrip(": ") + " (the findings are listed below)"
+        return BROKEN_FROM_START.rstrip(": ") + " (its findings are listed under the verdict)"
     if pair is not None:
         message = message.removeprefix(f"{pair[0]}->{pair[1]}: ")
     return message
