@@ -291,3 +291,14 @@ def test_xdist_is_refused_with_a_sentence(tmp_path: Path) -> None:
     result = run_suite(tmp_path, "-n", "2")
     assert result.returncode == 4
     assert "meshfed provisions one mesh per run and its cases change that mesh in turn: run without -n" in result.stderr
+
+
+def test_a_failed_misconfiguration_entry_carries_the_diagnosis(tmp_path: Path) -> None:
+    """An entry takes the mesh once it knows it applies (not as an argument): its failure is diagnosed all
+    the same, and JUnit names it as an entry."""
+    result = run_suite(tmp_path, "-k", "second-root-ca", "--inject-fault", "deny-test-namespace")
+    assert result.returncode == 1, result.stdout[-2000:]
+    case = junit_cases(tmp_path)["test_misconfiguration_regression[second-root-ca]"]
+    found = properties(case)
+    assert case.find("failure") is not None and found["entry"] == "second-root-ca"
+    assert found["diagnosis"]  # the doctor's findings, or that it found nothing wrong
