@@ -189,8 +189,8 @@ def test_cross_cluster_mutual_tls(
 
 
 def plugged_intermediate(mesh: Mesh, cluster: str) -> x509.Certificate | None:
-    """The intermediate of the cacerts that signs ``cluster``'s workloads (its config cluster's istiod)."""
-    secret = read_cacerts(mesh[mesh.spec.config_cluster(cluster)])
+    """The intermediate of the cacerts that signs ``cluster``'s workloads (the istiod that serves it)."""
+    secret = read_cacerts(mesh[mesh.spec.control_plane(cluster)])
     if secret is None:
         return None
     files = bundle_from_secret(secret)
@@ -216,8 +216,8 @@ def first_proxy_root(mesh: Mesh) -> x509.Certificate | None:
 def test_shared_root_of_trust(mesh: Mesh, not_applicable: Callable[[str], None]) -> None:
     problems: list[str] = []
     roots = cacerts_roots(mesh)
-    missing = [spec.name for spec in mesh.spec.primaries if roots.get(spec.name) is None]
-    managed_ca = mesh.backend == "existing" and len(missing) == len(mesh.spec.primaries)
+    missing = [spec.name for spec in mesh.spec.control_planes if roots.get(spec.name) is None]
+    managed_ca = mesh.backend == "existing" and len(missing) == len(mesh.spec.control_planes)
     if managed_ca:
         # A managed or external CA leaves no cacerts Secret, or one the user may not read: what the proxies
         # hold is judged instead.

@@ -203,7 +203,7 @@ def doctor(args: argparse.Namespace) -> int:
                 options.istio_version, bin_dir=options.bin_dir, envoy=options.envoy, prefix=options.host_prefix
             ).connect(spec)
         else:
-            pki = create_mesh_pki(spec.names, key_type="ecdsa")
+            pki = create_mesh_pki(spec.cacerts_clusters, key_type="ecdsa")
             mesh = EmbeddedBackend().provision(spec, {n: ca.secret_data() for n, ca in pki.cluster_cas.items()})
     except BackendError as error:
         raise CliError(str(error)) from None

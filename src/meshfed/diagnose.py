@@ -57,11 +57,20 @@ def read_cacerts(cluster: Cluster) -> Obj | None:
         return None
 
 
+def ca_clusters(mesh: Mesh) -> dict[str, Cluster]:
+    """The clusters whose istiod signs workloads, so the ones a ``cacerts`` Secret belongs in: every data-plane
+    cluster (a primary's istiod reads its own; a remote's is harmless), or only the external control plane's
+    (none when an existing mesh's external cluster was not given)."""
+    if mesh.spec.external is not None:
+        return {mesh.external.name: mesh.external} if mesh.external is not None else {}
+    return dict(mesh.clusters)
+
+
 def cacerts_roots(mesh: Mesh) -> dict[str, x509.Certificate | None]:
-    """Each cluster's plug-in root (``root-cert.pem``, or ``ca.crt``), None where there is none or the user
+    """Each CA cluster's plug-in root (``root-cert.pem``, or ``ca.crt``), None where there is none or the user
     may not read it."""
     roots: dict[str, x509.Certificate | None] = {}
-    for name, cluster in mesh.clusters.items():
+    for name, cluster in ca_clusters(mesh).items():
         secret = read_cacerts(cluster)
         root = None
         if secret is not None:
@@ -78,7 +87,7 @@ def cacerts_roots(mesh: Mesh) -> dict[str, x509.Certificate | None]:
 def cacerts_forbidden(mesh: Mesh) -> list[str]:
     """The clusters whose ``cacerts`` Secret the user may not read (403)."""
     refused = []
-    for name, cluster in mesh.clusters.items():
+    for name, cluster in ca_clusters(mesh).items():
         try:
             cluster.get("Secret", "cacerts", ISTIO_SYSTEM)
         except Forbidden:
@@ -171,7 +180,7 @@ def _proxy_roots(mesh: Mesh) -> list[Check]:
 def check_trust(mesh: Mesh) -> list[Check]:
     results: list[Check] = []
     reports = {}
-    secrets = {name: read_cacerts(cluster) for name, cluster in mesh.clusters.items()}
+    secrets = {name: read_cacerts(cluster) for name, cluster in ca_clusters(mesh).items()}
     if mesh.backend == "existing" and not any(secrets.values()):
         forbidden = cacerts_forbidden(mesh)
         why = (
@@ -183,8 +192,8 @@ def check_trust(mesh: Mesh) -> list[Check]:
             f"{why}: a managed or external CA (or istiod's self-signed roots); the "
             "secret-level checks do not apply, the roots the proxies trust are compared instead"
         )
-        return [Check("cacerts-not-used", "warning", ", ".join(secrets), note), *_proxy_roots(mesh)]
-    for name in mesh.clusters:
+        return [Check("cacerts-not-used", "warning", ", ".join(secrets) or "mesh", note), *_proxy_roots(mesh)]
+    for name in secrets:
         secret = secrets[name]
         if secret is None and mesh.spec.cluster(name).role == "remote":
             continue  # a remote's workloads are signed by its primary's istiod, with the primary's cacerts
@@ -208,7 +217,9 @@ def check_trust(mesh: Mesh) -> list[Check]:
         results.append(Check(finding.code, finding.severity, name, finding.problem, finding.fix))
     roots = {name: report.signing_root for name, report in reports.items()}
     for name, cluster in mesh.clusters.items():
-        root = roots.get(name)
+        # The CA that signs this cluster's workloads: its own istiod's, or the external control plane's.
+        signer = mesh.spec.control_plane(name) if mesh.spec.external is not None else name
+        root = roots.get(signer)
         config_map = cluster.get("ConfigMap", "istio-ca-root-cert", TEST_NAMESPACE)
         if root is None or config_map is None:
             continue
@@ -225,7 +236,7 @@ def check_trust(mesh: Mesh) -> list[Check]:
                 )
             )
             continue
-        ca_cert = reports[name].signing_cert
+        ca_cert = reports[signer].signing_cert
         for pod in cluster.pods(TEST_NAMESPACE):
             if not pod.has_sidecar or not pod.ready:
                 continue
@@ -236,7 +247,7 @@ def check_trust(mesh: Mesh) -> list[Check]:
             if (
                 ca_cert is not None
                 and (len(chain) < 2 or chain[1] != ca_cert)
-                and mesh.spec.cluster(name).role == "primary"
+                and (mesh.spec.cluster(name).role == "primary" or mesh.spec.external is not None)
             ):
                 results.append(
                     Check(

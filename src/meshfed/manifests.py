@@ -21,6 +21,10 @@ Obj = dict[str, Any]
 CANARY = "canary"  # the revision CanaryUpgrade installs (a name without dots, as Istio requires)
 
 ISTIO_SYSTEM = "istio-system"
+# The external control plane's namespace, in the external cluster and in every data-plane cluster (Istio's
+# "Install Istio with an External Control Plane" guide); the data-plane clusters' stands for istio-system.
+EXTERNAL_ISTIOD = "external-istiod"
+INGRESS_GATEWAY = "istio-ingressgateway"
 TEST_NAMESPACE = "meshfed"
 NETWORK_LABEL = "topology.istio.io/network"
 TLS_MODE_LABEL = "security.istio.io/tlsMode"  # the injector's: "istio" on a pod whose sidecar takes Istio's mTLS
@@ -122,34 +126,178 @@ def istio_operator(
     }
 
 
-def istio_operator_remote(cluster: ClusterSpec, mesh: MeshSpec, remote_pilot_address: str, revision: str = "") -> Obj:
-    """The remote profile: no istiod; injection and config come from the primary's istiod."""
+def istio_operator_remote(
+    cluster: ClusterSpec,
+    mesh: MeshSpec,
+    remote_pilot_address: str,
+    revision: str = "",
+    *,
+    namespace_: str = ISTIO_SYSTEM,
+    config_cluster: bool = False,
+) -> Obj:
+    """The remote profile: no istiod; injection and config come from the primary's (or the external) istiod.
+    With an external control plane it goes into ``external-istiod``; the config cluster also gets the mesh's
+    CRDs, its ``istio`` mesh config and the ServiceAccount the external istiod reads it with (the guide's
+    IP-address variant: ``remotePilotAddress`` and ``injectionPath``, as Istio's own test of the guide)."""
+    global_values: Obj = {
+        "meshID": mesh.mesh_id,
+        "multiCluster": {"clusterName": cluster.name},
+        "network": cluster.network,
+        "remotePilotAddress": remote_pilot_address,
+    }
+    values: Obj = {
+        "istiodRemote": {"injectionPath": f"/inject/cluster/{cluster.name}/net/{cluster.network}"},
+        "global": global_values,
+    }
+    spec: Obj = {**({"revision": revision} if revision else {}), "profile": "remote", "values": values}
+    if namespace_ != ISTIO_SYSTEM:
+        global_values["istioNamespace"] = namespace_
+    if config_cluster:
+        global_values["configCluster"] = True
+        values["pilot"] = {"configMap": True}
+        spec["meshConfig"] = {"trustDomain": mesh.trust_domain}
     return {
         "apiVersion": "install.istio.io/v1alpha1",
         "kind": "IstioOperator",
-        "metadata": _meta(f"control-plane{'-' + revision if revision else ''}", ISTIO_SYSTEM),
+        "metadata": _meta(f"control-plane{'-' + revision if revision else ''}", namespace_),
+        "spec": spec,
+    }
+
+
+def external_ingress_gateway() -> Obj:
+    """The guide's ``controlplane-gateway.yaml``: an ingress gateway in the external cluster's istio-system (with
+    the istiod that configures it, not the mesh's) exposing 15012 (xDS, CA) and 15017 (injection)."""
+    ports = [("status-port", 15021), ("tls-xds", 15012), ("tls-webhook", 15017)]
+    return {
+        "apiVersion": "install.istio.io/v1alpha1",
+        "kind": "IstioOperator",
+        "metadata": _meta("controlplane-gateway", ISTIO_SYSTEM),
         "spec": {
-            **({"revision": revision} if revision else {}),
-            "profile": "remote",
+            "components": {
+                "ingressGateways": [
+                    {
+                        "name": INGRESS_GATEWAY,
+                        "enabled": True,
+                        "k8s": {
+                            "service": {
+                                "ports": [{"port": port, "targetPort": port, "name": name} for name, port in ports]
+                            }
+                        },
+                    }
+                ]
+            }
+        },
+    }
+
+
+def external_istiod(
+    config: ClusterSpec, mesh: MeshSpec, address: str, pilot_env: Mapping[str, str] | None = None
+) -> Obj:
+    """The guide's ``external-istiod.yaml`` (IP-address variant): istiod in ``external-istiod`` of the external
+    cluster, reading the mesh from ``config`` (``CLUSTER_ID``, the ``istio-kubeconfig`` Secret), leading the
+    remotes whose namespace names ``config`` (``EXTERNAL_ISTIOD``), their remote secrets in its own namespace
+    (``LOCAL_CLUSTER_SECRET_WATCHER``), reached by the proxies at ``address`` (the ingress gateway)."""
+    volumes = [
+        ("config-volume", "istio", "/etc/istio/config"),
+        ("inject-volume", "istio-sidecar-injector", "/var/lib/istio/inject"),
+    ]
+    patches = [
+        {"path": "spec.template.spec.volumes[100]", "value": f"name: {name}\nconfigMap:\n  name: {configmap}"}
+        for name, configmap, _ in volumes
+    ] + [
+        {"path": "spec.template.spec.containers[0].volumeMounts[100]", "value": f"name: {name}\nmountPath: {mount}"}
+        for name, _, mount in volumes
+    ]
+    env = {
+        "INJECTION_WEBHOOK_CONFIG_NAME": f"istio-sidecar-injector-{EXTERNAL_ISTIOD}",
+        "VALIDATION_WEBHOOK_CONFIG_NAME": f"istio-validator-{EXTERNAL_ISTIOD}",
+        "EXTERNAL_ISTIOD": "true",
+        "LOCAL_CLUSTER_SECRET_WATCHER": "true",
+        "CLUSTER_ID": config.name,
+        "SHARED_MESH_CONFIG": "istio",
+        **(pilot_env or {}),
+    }
+    return {
+        "apiVersion": "install.istio.io/v1alpha1",
+        "kind": "IstioOperator",
+        "metadata": _meta("control-plane", EXTERNAL_ISTIOD),
+        "spec": {
+            "profile": "empty",
+            "meshConfig": {
+                "rootNamespace": EXTERNAL_ISTIOD,
+                "trustDomain": mesh.trust_domain,
+                "defaultConfig": {"discoveryAddress": f"{address}:15012"},
+            },
+            "components": {
+                "pilot": {
+                    "enabled": True,
+                    "k8s": {
+                        "overlays": [{"kind": "Deployment", "name": "istiod", "patches": patches}],
+                        "env": [{"name": name, "value": value} for name, value in env.items()],
+                    },
+                }
+            },
             "values": {
-                "istiodRemote": {"injectionPath": f"/inject/cluster/{cluster.name}/net/{cluster.network}"},
                 "global": {
+                    "caAddress": f"{address}:15012",
+                    "istioNamespace": EXTERNAL_ISTIOD,
+                    "operatorManageWebhooks": True,
+                    "configValidation": False,
                     "meshID": mesh.mesh_id,
-                    "multiCluster": {"clusterName": cluster.name},
-                    "network": cluster.network,
-                    "remotePilotAddress": remote_pilot_address,
-                },
+                    "multiCluster": {"clusterName": config.name},
+                    "network": config.network,
+                }
             },
         },
     }
 
 
-def eastwest_gateway(network: str, revision: str = "") -> Obj:
-    """What ``samples/multicluster/gen-eastwest-gateway.sh --network <net>`` prints."""
-    return {
+def external_istiod_routes() -> list[Obj]:
+    """The guide's ``external-istiod-gw.yaml`` (IP-address variant): the ingress gateway passes 15012 and 15017
+    through, by any SNI, to the external istiod (its own certificate is what the proxies verify)."""
+    istiod = f"istiod.{EXTERNAL_ISTIOD}.svc.cluster.local"
+    gateway = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": _meta("external-istiod-gw", EXTERNAL_ISTIOD),
+        "spec": {
+            "selector": {"istio": "ingressgateway"},
+            "servers": [
+                {
+                    "port": {"number": number, "protocol": "tls", "name": name},
+                    "tls": {"mode": "PASSTHROUGH"},
+                    "hosts": ["*"],
+                }
+                for name, number in (("tls-XDS", 15012), ("tls-WEBHOOK", 15017))
+            ],
+        },
+    }
+    route = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": _meta("external-istiod-vs", EXTERNAL_ISTIOD),
+        "spec": {
+            "hosts": ["*"],
+            "gateways": ["external-istiod-gw"],
+            "tls": [
+                {
+                    "match": [{"port": port, "sniHosts": ["*"]}],
+                    "route": [{"destination": {"host": istiod, "port": {"number": target}}}],
+                }
+                for port, target in ((15012, 15012), (15017, 443))
+            ],
+        },
+    }
+    return [gateway, route]
+
+
+def eastwest_gateway(network: str, revision: str = "", namespace_: str = ISTIO_SYSTEM) -> Obj:
+    """What ``samples/multicluster/gen-eastwest-gateway.sh --network <net>`` prints (with an external control
+    plane, installed with ``values.global.istioNamespace=external-istiod`` as the guide does)."""
+    operator: Obj = {
         "apiVersion": "install.istio.io/v1alpha1",
         "kind": "IstioOperator",
-        "metadata": _meta("eastwest", ISTIO_SYSTEM),
+        "metadata": _meta("eastwest", namespace_),
         "spec": {
             "revision": revision,
             "profile": "empty",
@@ -179,6 +327,9 @@ def eastwest_gateway(network: str, revision: str = "") -> Obj:
             },
         },
     }
+    if namespace_ != ISTIO_SYSTEM:
+        operator["spec"]["values"]["global"]["istioNamespace"] = namespace_
+    return operator
 
 
 def cross_network_gateway() -> Obj:

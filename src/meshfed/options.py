@@ -416,9 +416,9 @@ class SuiteOptions:
             if not folder.is_dir():
                 raise OptionError(
                     f"--cacerts-dir {folder} is not a folder: give a folder with one sub-folder per cluster "
-                    f"({', '.join(self.cluster_names)}), e.g. made by `meshfed pki init`"
+                    f"({', '.join(self.mesh_spec().cacerts_clusters)}), e.g. made by `meshfed pki init`"
                 )
-            missing = [name for name in self.cluster_names if not (folder / name).is_dir()]
+            missing = [name for name in self.mesh_spec().cacerts_clusters if not (folder / name).is_dir()]
             if missing:
                 raise OptionError(
                     f"--cacerts-dir {folder} has no sub-folder for {', '.join(missing)}: add one per cluster "

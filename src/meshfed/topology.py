@@ -2,7 +2,10 @@
 
 Defaults a user can rely on: clusters ``cluster-a``, ``cluster-b``, ...; each on its own network
 (``network-a``, ...) and in its own region (``region-a``, ...); mesh ID ``mesh1``; trust domain
-``cluster.local``; in primary-remote the first cluster is the primary.
+``cluster.local``; in primary-remote the first cluster is the primary. With an external control plane
+(Istio's "Install Istio with an External Control Plane"), istiod runs in a cluster of its own, ``external``,
+outside the data-plane clusters it serves; the first data-plane cluster is the config cluster (Istio's
+``global.configCluster``: the mesh's configuration is read from its API server), the others are remotes.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ MAX_CLUSTERS = 26
 class Topology(enum.Enum):
     MULTI_PRIMARY = "multi-primary"
     PRIMARY_REMOTE = "primary-remote"
+    EXTERNAL_CONTROL_PLANE = "external-control-plane"
 
     def __str__(self) -> str:
         return self.value
 
 
 TOPOLOGIES = tuple(t.value for t in Topology)
-Role = Literal["primary", "remote"]
+# primary: runs an istiod; remote: served by another cluster's istiod; config: a remote whose API server holds
+# the mesh's configuration (external control plane); external: runs istiod only, no workloads of the mesh.
+Role = Literal["primary", "remote", "config", "external"]
+EXTERNAL = "external"  # the external control plane's cluster
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,8 @@ class MeshSpec:
     trust_domain: str = "cluster.local"
     # The stock Python image the workload program runs in (real backends); a tag that exists on Docker Hub.
     workload_image: str = "python:3.12.12-slim-bookworm"
+    # The cluster that runs istiod for every data-plane cluster (external control plane only); not in ``clusters``.
+    external: ClusterSpec | None = None
 
     @classmethod
     def default(cls, topology: Topology, count: int) -> MeshSpec:
@@ -65,6 +74,8 @@ class MeshSpec:
         clusters = []
         for index, letter in enumerate(string.ascii_lowercase[:count]):
             role: Role = "remote" if topology is Topology.PRIMARY_REMOTE and index > 0 else "primary"
+            if topology is Topology.EXTERNAL_CONTROL_PLANE:
+                role = "remote" if index > 0 else "config"
             clusters.append(
                 ClusterSpec(
                     name=f"cluster-{letter}",
@@ -74,7 +85,12 @@ class MeshSpec:
                     role=role,
                 )
             )
-        return cls(topology, tuple(clusters))
+        external = None
+        if topology is Topology.EXTERNAL_CONTROL_PLANE:
+            external = ClusterSpec(
+                EXTERNAL, f"network-{EXTERNAL}", f"region-{EXTERNAL}", f"zone-{EXTERNAL}1", "external"
+            )
+        return cls(topology, tuple(clusters), external=external)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -84,18 +100,45 @@ class MeshSpec:
     def primaries(self) -> tuple[ClusterSpec, ...]:
         return tuple(cluster for cluster in self.clusters if cluster.role == "primary")
 
+    @property
+    def control_planes(self) -> tuple[ClusterSpec, ...]:
+        """The clusters that run an istiod of the mesh: the primaries, or the external cluster."""
+        return (self.external,) if self.external is not None else self.primaries
+
+    @property
+    def cacerts_clusters(self) -> tuple[str, ...]:
+        """The clusters given a ``cacerts`` Secret: every cluster, or only the external control plane's (the one
+        istiod there signs every data-plane cluster's workloads)."""
+        return (self.external.name,) if self.external is not None else self.names
+
+    @property
+    def all_clusters(self) -> tuple[ClusterSpec, ...]:
+        """The data-plane clusters, then the external control plane's cluster when there is one."""
+        return self.clusters + ((self.external,) if self.external is not None else ())
+
     def cluster(self, name: str) -> ClusterSpec:
-        for cluster in self.clusters:
+        for cluster in self.all_clusters:
             if cluster.name == name:
                 return cluster
-        raise KeyError(f"no cluster named {name!r} in this mesh (it has {', '.join(self.names)})")
+        raise KeyError(
+            f"no cluster named {name!r} in this mesh (it has {', '.join(c.name for c in self.all_clusters)})"
+        )
 
     def config_cluster(self, name: str) -> str:
-        """Where Istio configuration for ``name``'s workloads is applied: itself, or its primary (a remote
-        has no istiod; its primary reads the configuration from its own API server)."""
+        """Where Istio configuration for ``name``'s workloads is applied: itself (a primary), its primary (a
+        remote: its primary reads the configuration from its own API server), or the config cluster (an
+        external control plane reads it from there)."""
+        if self.external is not None:
+            return next(c.name for c in self.clusters if c.role == "config")
         if self.cluster(name).role == "remote":
             return self.primaries[0].name
         return name
+
+    def control_plane(self, name: str) -> str:
+        """The cluster whose istiod serves ``name``'s proxies (discovery, certificates, injection)."""
+        if self.external is not None:
+            return self.external.name
+        return self.config_cluster(name)
 
     def pairs(self) -> Iterator[ClusterPair]:
         """Every ordered pair of distinct clusters: 2 for two clusters, 6 for three."""

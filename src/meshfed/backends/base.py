@@ -214,9 +214,19 @@ class Mesh(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def clusters(self) -> Mapping[str, Cluster]: ...
+    def clusters(self) -> Mapping[str, Cluster]:
+        """The data-plane clusters (where the mesh's workloads run), by name."""
+
+    @property
+    def external(self) -> Cluster | None:
+        """The external control plane's cluster (istiod only, no workloads of the mesh); None in the other topologies."""
+        return None
 
     def __getitem__(self, name: str) -> Cluster:
+        """A data-plane cluster, or the external control plane's by its name."""
+        external = self.external
+        if external is not None and name == external.name and name not in self.clusters:
+            return external
         return self.clusters[name]
 
     @abc.abstractmethod

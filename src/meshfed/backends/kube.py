@@ -390,18 +390,23 @@ class KubeCluster(Cluster):
     def pods(self, namespace: str, labels: Mapping[str, str] | None = None) -> builtins.list[PodInfo]:
         return [pod_info(pod) for pod in self.list("Pod", namespace, labels)]
 
-    def gateway_address(self, timeout: float, hint: str) -> str:
-        """The east-west gateway Service's external address, once its load balancer gives it one."""
+    def gateway_address(self, timeout: float, hint: str, *, control_plane: bool = False) -> str:
+        """The east-west gateway Service's external address, once its load balancer gives it one; with
+        ``control_plane``, the external cluster's ingress gateway's (istio-system), through which the external
+        istiod is reached."""
         deadline = time.monotonic() + timeout
+        what = "the ingress gateway of the external istiod" if control_plane else "the east-west gateway"
         while True:
-            service = self.get("Service", manifests.EASTWEST_GATEWAY, manifests.ISTIO_SYSTEM) or {}
+            if control_plane:  # the real istio-system, not the control plane's namespace it stands for
+                path = resource("Service").path(manifests.ISTIO_SYSTEM, manifests.INGRESS_GATEWAY)
+                service = self.api.request("GET", path, missing_ok=True) or {}
+            else:
+                service = self.get("Service", manifests.EASTWEST_GATEWAY, manifests.ISTIO_SYSTEM) or {}
             ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
             if ingress and (ingress[0].get("ip") or ingress[0].get("hostname")):
                 return str(ingress[0].get("ip") or ingress[0].get("hostname"))
             if time.monotonic() >= deadline:
-                raise BackendError(
-                    f"{self.name}: the east-west gateway got no external address in {timeout:g} s: {hint}"
-                )
+                raise BackendError(f"{self.name}: {what} got no external address in {timeout:g} s: {hint}")
             time.sleep(min(self.poll, 0.5))
 
     # Calls and proxies
@@ -544,9 +549,12 @@ class KubeCluster(Cluster):
         self.run(self._istioctl_for(revision), ["uninstall", "--revision", revision, "-y"], timeout=600)
         return True
 
-    def create_remote_secret(self, server: str) -> builtins.list[Obj]:
-        """``istioctl create-remote-secret`` for reading this cluster, its API server reached at ``server``."""
+    def create_remote_secret(self, server: str, *, config: bool = False) -> builtins.list[Obj]:
+        """``istioctl create-remote-secret`` for reading this cluster, its API server reached at ``server``; with
+        ``config``, the external istiod's ``istio-kubeconfig`` (``--type=config``, as its istiod ServiceAccount)."""
         args = ["create-remote-secret", "--name", self.name, "--server", server]
+        if config:
+            args += ["--type=config", "--service-account=istiod", "--create-service-account=false"]
         args += ["--istioNamespace", self.control_plane_namespace]
         output = self.run(self.istioctl, args)
         return [doc for doc in yaml.safe_load_all(output) if doc]
@@ -566,7 +574,9 @@ class KubeMesh(Mesh):
         teardown: Callable[[], None],
         environment: Mapping[str, str] | None = None,
         certifies_istio: bool | None = None,
+        external: KubeCluster | None = None,
     ) -> None:
+        self._external = external
         self.environment = dict(environment or {})
         self.certifies_istio = certifies_istio
         self.backend = backend
@@ -578,6 +588,10 @@ class KubeMesh(Mesh):
     @property
     def clusters(self) -> Mapping[str, KubeCluster]:
         return self._clusters
+
+    @property
+    def external(self) -> KubeCluster | None:
+        return self._external
 
     def teardown(self) -> None:
         self._teardown()

@@ -24,7 +24,7 @@ from meshfed.backends.host.loadbalancer import LoadBalancers
 from meshfed.backends.host.node import HostNode, clean_leftovers, install_addons
 from meshfed.backends.kube import KubeCluster, KubeMesh
 from meshfed.install import execute, mesh_marker, plan, timed
-from meshfed.manifests import CANARY, Obj
+from meshfed.manifests import CANARY, EXTERNAL_ISTIOD, ISTIO_SYSTEM, Obj
 from meshfed.topology import MeshSpec
 
 COMMANDS = {
@@ -172,20 +172,38 @@ class HostBackend(Backend):
     def connect(self, spec: MeshSpec) -> KubeMesh:
         """The clusters a --keep-clusters run left, read as they are (for ``meshfed doctor``); nothing is changed."""
         instance = self.instance()
-        nodes = self._nodes(spec, instance, instance.network(), lambda _: None)
+        shared = instance.recorded_network()
+        nodes = self._nodes(spec, instance, shared, lambda _: None) if shared is not None else {}
         missing = [name for name, node in nodes.items() if not node.kept_marker() or not node.answers()]
-        if missing:
+        if shared is None or missing:
             raise BackendError(
-                f"no kept host cluster {', '.join(missing)} answers: run the suite with --backend host "
-                "--keep-clusters first (with the same --topology and --clusters)"
+                f"no kept host cluster {', '.join(missing or [c.name for c in spec.all_clusters])} answers: run the "
+                "suite with --backend host --keep-clusters first (with the same --topology and --clusters)"
             )
         bins = binaries.build_all(self.istio_version, bin_dir=self.bin_dir, envoy=self.envoy)
+        namespace = EXTERNAL_ISTIOD if spec.external is not None else ISTIO_SYSTEM
         clusters = {
-            name: KubeCluster(name, node.kubeconfig, None, kubectl=bins["kubectl"], istioctl_binary=bins["istioctl"])
+            name: KubeCluster(
+                name,
+                node.kubeconfig,
+                None,
+                kubectl=bins["kubectl"],
+                istioctl_binary=bins["istioctl"],
+                control_plane_namespace=namespace,
+            )
             for name, node in nodes.items()
         }
         assert bins.istio is not None
-        return KubeMesh("host", spec, bins.istio.version, clusters, lambda: None)
+        external = spec.external.name if spec.external is not None else None
+        data_plane = {name: cluster for name, cluster in clusters.items() if name != external}
+        return KubeMesh(
+            "host",
+            spec,
+            bins.istio.version,
+            data_plane,
+            lambda: None,
+            external=clusters[external] if external else None,
+        )
 
     def instance(self) -> HostInstance:
         return HostInstance(self.prefix, (self.cache or tools.cache_dir()) / "host")
@@ -201,7 +219,7 @@ class HostBackend(Backend):
                 ClusterFiles(instance.clusters / cluster.name),
                 progress,
             )
-            for index, cluster in enumerate(spec.clusters)
+            for index, cluster in enumerate(spec.all_clusters)
         }
 
     def build(self, cache: Path, progress: Progress) -> HostBuild:
@@ -320,6 +338,7 @@ class HostBackend(Backend):
                     install_overlays=(overlay,),
                     overlays_by_revision=overlays_by_revision,
                     node_command=node.net.nsenter(),
+                    control_plane_namespace=EXTERNAL_ISTIOD if spec.external is not None else ISTIO_SYSTEM,
                 )
                 for name, node in nodes.items()
             }
@@ -340,6 +359,12 @@ class HostBackend(Backend):
                     remote_secret=lambda source, _dest: clusters[source].create_remote_secret(
                         f"https://{nodes[source].net.address}:6443"
                     ),
+                    control_plane_address=lambda name: clusters[name].gateway_address(
+                        120, "see the host backend's LoadBalancer controller", control_plane=True
+                    ),
+                    config_secret=lambda source: clusters[source].create_remote_secret(
+                        f"https://{nodes[source].net.address}:6443", config=True
+                    ),
                     progress=progress,
                 )
             if self.keep_clusters:
@@ -357,12 +382,14 @@ class HostBackend(Backend):
         )
         if canary is not None and canary.istio is not None:
             found["CanaryUpgrade to"] = f"{canary.istio.describe()}, images tagged {canary_tag}"
+        external = spec.external.name if spec.external is not None else None
         mesh = KubeMesh(
             "host",
             spec,
             tag,
-            clusters,
+            {name: cluster for name, cluster in clusters.items() if name != external},
             teardown,
+            external=clusters[external] if external else None,
             environment=found,
             # A pass certifies istiod, pilot-agent and istioctl; Istio's data plane only with Istio's proxy build.
             certifies_istio=self.envoy is not None,

@@ -128,6 +128,12 @@ class HostInstance:
     def flag(self) -> str:
         return "" if self.prefix == DEFAULT_PREFIX else f" --host-prefix {self.prefix}"
 
+    def recorded_network(self) -> network.SharedNetwork | None:
+        """The shared network this mesh had, read from its record (None: it never ran); nothing is written."""
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return network.SharedNetwork(self.prefix, int(json.loads((self.root / "network.json").read_text())["slot"]))
+        return None
+
     def network(self) -> network.SharedNetwork:
         """This mesh's shared network: the slot it had, else the first one free (chosen under a machine-wide
         lock, so that two runs starting at once never take the same)."""
