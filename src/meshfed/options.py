@@ -182,9 +182,17 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec(
         "--istio-namespace",
-        "existing: the namespace the control plane runs in (default: istio-system)",
-        "istio-system",
+        "existing: the namespace the control plane runs in (default: istio-system; external-istiod with "
+        "--topology external-control-plane)",
+        None,
         metavar="NAMESPACE",
+    ),
+    OptionSpec(
+        "--external-context",
+        "existing, external-control-plane: the kubeconfig context of the external control plane's cluster, read "
+        "only (default: not read)",
+        None,
+        metavar="KUBECONTEXT",
     ),
     OptionSpec(
         "--revision",
@@ -285,7 +293,8 @@ class SuiteOptions:
     bin_dir: Path | None = None
     envoy: Path | None = None
     host_prefix: str = DEFAULT_PREFIX
-    istio_namespace: str = "istio-system"
+    istio_namespace: str | None = None  # as given (--istio-namespace); control_plane_namespace resolves it
+    external_context: str | None = None
     revision: str | None = None
     istioctl: Path | None = None
     kubectl: Path | None = None
@@ -324,6 +333,7 @@ class SuiteOptions:
             envoy=values["--envoy"],
             host_prefix=values["--host-prefix"],
             istio_namespace=values["--istio-namespace"],
+            external_context=values["--external-context"],
             revision=values["--revision"],
             istioctl=values["--istioctl"],
             kubectl=values["--kubectl"],
@@ -340,6 +350,13 @@ class SuiteOptions:
         )
         options.validate()
         return options
+
+    @property
+    def control_plane_namespace(self) -> str:
+        """The namespace the control plane runs in: as given, else the guide's for the topology."""
+        if self.istio_namespace:
+            return self.istio_namespace
+        return "external-istiod" if self.topology is Topology.EXTERNAL_CONTROL_PLANE else "istio-system"
 
     @property
     def cluster_names(self) -> tuple[str, ...]:
@@ -373,7 +390,8 @@ class SuiteOptions:
             )
         only = {
             "--upgrade-to": ("kind or host", self.upgrade_to is not None),
-            "--istio-namespace": ("existing", self.istio_namespace != "istio-system"),
+            "--istio-namespace": ("existing", self.istio_namespace is not None),
+            "--external-context": ("existing", self.external_context is not None),
             "--revision": ("existing", self.revision is not None),
             "--istioctl": ("existing", self.istioctl is not None),
             "--kubectl": ("existing", self.kubectl is not None),
@@ -393,6 +411,11 @@ class SuiteOptions:
                     f"{flag} is for the {backends} backend; drop it, or choose that backend with --backend "
                     f"(the {self.backend} backend has no use for it)"
                 )
+        if self.external_context is not None and self.topology is not Topology.EXTERNAL_CONTROL_PLANE:
+            raise OptionError(
+                f"--external-context is for --topology external-control-plane (this run certifies {self.topology.value}): "
+                "drop it, or choose that topology"
+            )
         if self.fault is not None:
             if self.backend == "existing" and not self.allow_destructive:
                 raise OptionError(

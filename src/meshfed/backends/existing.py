@@ -5,7 +5,8 @@ the workloads in it (labelled for the revision the mesh injects with), and delet
 the end. It installs nothing else and changes nothing else: cases that break and repair the mesh
 are "not supported" unless ``--allow-destructive``. A managed control plane may live in another
 namespace (``--istio-namespace``) and a managed CA leaves no ``cacerts`` Secret; the trust cases
-then judge what the proxies hold.
+then judge what the proxies hold. An external control plane runs no istiod in any data-plane cluster; its
+own cluster (``--external-context``) is optional and only ever read.
 """
 
 from __future__ import annotations
@@ -90,6 +91,20 @@ def check_topology(topology: Topology, planes: Mapping[str, ControlPlane], names
         raise BackendError(
             f"in primary-remote the first --context must be the only cluster running istiod, but istiod runs in "
             f"{', '.join(primaries) or 'none of them'}: put the primary first, or run with --topology multi-primary"
+        )
+    if topology is Topology.EXTERNAL_CONTROL_PLANE and primaries:
+        raise BackendError(
+            f"{', '.join(primaries)} run istiod in {namespace}, so the mesh's control plane is not external to them: "
+            "run with --topology multi-primary or primary-remote, or give only the data-plane clusters with --context"
+        )
+
+
+def check_external(cluster: KubeCluster, namespace: str) -> None:
+    """The external control plane's cluster, when given, runs istiod in the control plane's namespace."""
+    if not cluster.istiod_versions():
+        raise BackendError(
+            f"--external-context {cluster.context}: no istiod in namespace {namespace} there: give the context of "
+            "the cluster the external istiod runs in (or leave --external-context out)"
         )
 
 
@@ -298,7 +313,9 @@ class ExistingBackend(Backend):
         istioctl: Path | None = None,
         kubectl: Path | None = None,
         download: tools.Download | None = None,
+        external_context: str | None = None,
     ) -> None:
+        self.external_context = external_context
         self.contexts = dict(contexts)
         self.kubeconfig = kubeconfig
         self.control_plane_namespace = control_plane_namespace
@@ -315,13 +332,20 @@ class ExistingBackend(Backend):
         """The mesh, and how its test namespace is injected."""
         planes, clusters = self._inspect(spec, progress)
         check_topology(spec.topology, planes, self.control_plane_namespace)
+        external = self._external(spec, progress)
+        if external is not None:  # its istiod's revisions and tags are the mesh's
+            planes = {**planes, external.name: control_plane(external)}
         injection = choose_injection(planes, self.revision)
+        if external is not None:
+            del planes[external.name]
         kubectl = self._kubectl(progress)
-        for cluster in clusters.values():
+        for cluster in [*clusters.values(), *([external] if external else [])]:
             cluster.kubectl = kubectl
         versions = sorted({version for name in planes for version in _versions(clusters[name], planes[name])})
+        if external is not None:
+            versions = sorted({*versions, *external.istiod_versions().values()})
         istioctl = self._istioctl(versions, progress)
-        for cluster in clusters.values():
+        for cluster in [*clusters.values(), *([external] if external else [])]:
             cluster.istioctl, cluster.revision = istioctl, injection.revision
         deployed = _as_deployed(spec, clusters)
         environment = {
@@ -334,15 +358,41 @@ class ExistingBackend(Backend):
             },
             "istioctl": f"{istioctl} ({tools.istioctl_build_of(istioctl) or 'version unknown'})",
         }
+        if spec.external is not None:
+            environment["external control plane"] = (
+                f"context {self.external_context}, read only: {_root_found(external)}"
+                if external is not None
+                else "not given (--external-context): its istiod, cacerts and remote secrets are not read"
+            )
         mesh = KubeMesh(
             "existing",
             deployed,
             ", ".join(versions),
             clusters,
-            lambda: _remove_own_namespaces(clusters),
+            lambda: _remove_own_namespaces(clusters),  # never the external cluster's: nothing of meshfed's there
             environment=environment,
+            external=external,
         )
         return mesh, injection
+
+    def _external(self, spec: MeshSpec, progress: Progress) -> KubeCluster | None:
+        """The external control plane's cluster, read only, when the user gave its context."""
+        if spec.external is None or self.external_context is None:
+            return None
+        cluster = KubeCluster(
+            spec.external.name,
+            self.kubeconfig,
+            self.external_context,
+            kubectl=Path("kubectl"),
+            istioctl_binary=Path("istioctl"),
+            control_plane_namespace=self.control_plane_namespace,
+            installs_istio=False,
+        )
+        server = cluster.api.server_version()
+        check_external(cluster, self.control_plane_namespace)
+        shown = ", ".join(f"{rev} {version}" for rev, version in cluster.istiod_versions().items())
+        progress(f"{spec.external.name}: context {self.external_context}, Kubernetes {server}, istiod: {shown}")
+        return cluster
 
     def _kubectl(self, progress: Progress) -> Path:
         """The kubectl given, else one from PATH, else the pinned release (downloaded once)."""

@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 from pytest_kind import KindCluster
 
+from meshfed import manifests
 from meshfed.backends import evidence, preflight, tools
 from meshfed.backends.base import Backend, BackendError, Progress
 from meshfed.backends.kube import KubeCluster, KubeMesh
@@ -207,7 +208,7 @@ class KindBackend(Backend):
         preflight.check_istio_supports([self.istio_version, self.upgrade_to], self.node_image)
         info = preflight.docker_info(self._run_command)
         preflight.check_cgroup(info, self.node_image)
-        names = [kind_name(name) for name in spec.names]
+        names = [kind_name(cluster.name) for cluster in spec.all_clusters]
         toolbox = tools.find_tools(
             [self.istio_version, self.upgrade_to], need_kind=True, download=self.download, progress=progress
         )
@@ -237,7 +238,7 @@ class KindBackend(Backend):
                     self._create(spec, toolbox, missing)
                 self._check_nodes(missing, progress)
                 self._load_local_images(spec, toolbox, missing, progress)
-            clusters = {cluster.name: self._cluster(cluster.name, toolbox) for cluster in spec.clusters}
+            clusters = {cluster.name: self._cluster(cluster.name, toolbox, spec) for cluster in spec.all_clusters}
 
             def run_plan(steps: Sequence[Step]) -> None:
                 execute(
@@ -248,18 +249,22 @@ class KindBackend(Backend):
                     remote_secret=lambda source, _dest: clusters[source].create_remote_secret(
                         f"https://{self._container_ip(kind_name(source) + '-control-plane')}:6443"
                     ),
+                    control_plane_address=lambda name: self._gateway_address(clusters[name], control_plane=True),
+                    config_secret=lambda source: clusters[source].create_remote_secret(
+                        f"https://{self._container_ip(kind_name(source) + '-control-plane')}:6443", config=True
+                    ),
                     progress=progress,
                 )
 
             if not missing:
                 progress(f"reusing the kept clusters {', '.join(names)}: same mesh, install plan skipped")
-                addresses = self._addresses(clusters)
+                addresses = self._addresses(spec, clusters)
                 kept = _kept_addresses(next(iter(clusters.values())))
                 run_plan(_steps_behind_moved_addresses(spec, cacerts, kept, addresses, progress))
             else:
                 self._metallb(spec, toolbox, clusters, progress)
                 run_plan(plan(spec, cacerts))
-                addresses = self._addresses(clusters)
+                addresses = self._addresses(spec, clusters)
             for cluster in clusters.values():
                 cluster.apply(_state_configmap(marker, addresses))
         except BaseException:
@@ -267,22 +272,33 @@ class KindBackend(Backend):
                 with contextlib.suppress(BackendError):
                     self._delete(toolbox, names)
             raise
+        data_plane, external = _split(spec, clusters)
         if self.keep_clusters:
-            return KubeMesh("kind", spec, self.istio_version, clusters, lambda: progress(f"kept {', '.join(names)}"))
-        return KubeMesh("kind", spec, self.istio_version, clusters, lambda: self._delete(toolbox, names))
+            return KubeMesh(
+                "kind",
+                spec,
+                self.istio_version,
+                data_plane,
+                lambda: progress(f"kept {', '.join(names)}"),
+                external=external,
+            )
+        return KubeMesh(
+            "kind", spec, self.istio_version, data_plane, lambda: self._delete(toolbox, names), external=external
+        )
 
     def connect(self, spec: MeshSpec, progress: Progress = lambda _: None) -> KubeMesh:
         """The clusters a --keep-clusters run left, read as they are (for ``meshfed doctor``); nothing is deleted."""
         toolbox = tools.find_tools([self.istio_version], need_kind=True, download=self.download, progress=progress)
-        names = [kind_name(name) for name in spec.names]
+        names = [kind_name(cluster.name) for cluster in spec.all_clusters]
         missing = [name for name in names if name not in self._kind_clusters(toolbox)]
         if missing:
             raise BackendError(
                 f"no kind cluster {', '.join(missing)}: run the suite with --backend kind --keep-clusters first "
                 "(with the same --topology and --clusters)"
             )
-        clusters = {cluster.name: self._cluster(cluster.name, toolbox) for cluster in spec.clusters}
-        return KubeMesh("kind", spec, self.istio_version, clusters, lambda: None)
+        clusters = {cluster.name: self._cluster(cluster.name, toolbox, spec) for cluster in spec.all_clusters}
+        data_plane, external = _split(spec, clusters)
+        return KubeMesh("kind", spec, self.istio_version, data_plane, lambda: None, external=external)
 
     def _kind_clusters(self, toolbox: tools.Toolbox) -> set[str]:
         return set(self.run([str(toolbox.kind), "get", "clusters"], "listing kind clusters").split())
@@ -293,7 +309,7 @@ class KindBackend(Backend):
     def _create(self, spec: MeshSpec, toolbox: tools.Toolbox, names: Sequence[str]) -> None:
         """Create the clusters side by side with pytest-kind, given the pinned kind, kubectl and node image."""
         configs = {}
-        for index, cluster in enumerate(spec.clusters):
+        for index, cluster in enumerate(spec.all_clusters):
             if kind_name(cluster.name) in names:
                 path = self.state_dir / f"kind-config-{cluster.name}.yaml"
                 path.write_text(yaml.safe_dump(kind_config(cluster, index, self.node_image), sort_keys=False))
@@ -334,8 +350,9 @@ class KindBackend(Backend):
                 raise BackendError(f"{found.text}: the node did not come up; see `{found.hint}`")
             progress(found.text)
 
-    def _cluster(self, name: str, toolbox: tools.Toolbox) -> KubeCluster:
+    def _cluster(self, name: str, toolbox: tools.Toolbox, spec: MeshSpec | None = None) -> KubeCluster:
         istioctl = toolbox.istioctl_for(self.istio_version)
+        external = spec is not None and spec.external is not None
         by_revision = {CANARY: toolbox.istioctl_for(self.upgrade_to)}
         return KubeCluster(
             name,
@@ -346,6 +363,7 @@ class KindBackend(Backend):
             istioctl_by_revision=by_revision,
             node_container=f"{kind_name(name)}-control-plane",
             node_command=("docker", "exec", f"{kind_name(name)}-control-plane"),
+            control_plane_namespace=manifests.EXTERNAL_ISTIOD if external else manifests.ISTIO_SYSTEM,
             install_overlays=self._image_overlay("images", self.istio_tag),
             # The canary takes the same tag when it is the same release, else its istioctl's own.
             overlays_by_revision={
@@ -400,9 +418,9 @@ class KindBackend(Backend):
         self, spec: MeshSpec, toolbox: tools.Toolbox, clusters: Mapping[str, KubeCluster], progress: Progress
     ) -> None:
         subnet = ipv4_subnet(self.run(["docker", "network", "inspect", "kind"], "reading the docker network 'kind'"))
-        slices = address_slices(subnet, len(spec.clusters))
+        slices = address_slices(subnet, len(spec.all_clusters))
         ours = {
-            kind_name(c.name): pool_addresses(addresses) for c, addresses in zip(spec.clusters, slices, strict=True)
+            kind_name(c.name): pool_addresses(addresses) for c, addresses in zip(spec.all_clusters, slices, strict=True)
         }
         for other, entries in self._other_pools(toolbox, list(ours)).items():
             shared = sorted(address for taken in ours.values() for address in taken & pool_addresses(entries))
@@ -413,7 +431,7 @@ class KindBackend(Backend):
                     "two clusters may answer for one address; delete that cluster or give its pool other addresses"
                 )
         assert toolbox.metallb_manifest is not None
-        for cluster_spec, addresses in zip(spec.clusters, slices, strict=True):
+        for cluster_spec, addresses in zip(spec.all_clusters, slices, strict=True):
             cluster = clusters[cluster_spec.name]
             with timed(
                 f"{cluster.name}: MetalLB {tools.METALLB_VERSION}, addresses {addresses[0]}-{addresses[-1]}", progress
@@ -453,18 +471,24 @@ class KindBackend(Backend):
             pools[other] = [str(a) for pool in found for a in (pool.get("spec") or {}).get("addresses") or []]
         return {name: entries for name, entries in pools.items() if entries}
 
-    def _addresses(self, clusters: Mapping[str, KubeCluster]) -> dict[str, dict[str, str]]:
+    def _addresses(self, spec: MeshSpec, clusters: Mapping[str, KubeCluster]) -> dict[str, dict[str, str]]:
         """What the installed mesh was pointed at: each API server's address on the docker network 'kind'
-        (remote secrets) and each east-west gateway's address (the remote profile's ``remotePilotAddress``)."""
+        (remote secrets) and each east-west gateway's address (the remote profile's ``remotePilotAddress``),
+        or the external control plane's ingress gateway's."""
+        external = spec.external.name if spec.external is not None else None
         return {
             "apiServers": {name: self._container_ip(kind_name(name) + "-control-plane") for name in clusters},
-            "gateways": {name: self._gateway_address(cluster) for name, cluster in clusters.items()},
+            "gateways": {
+                name: self._gateway_address(cluster, control_plane=name == external)
+                for name, cluster in clusters.items()
+            },
         }
 
-    def _gateway_address(self, cluster: KubeCluster, timeout: float = 300) -> str:
+    def _gateway_address(self, cluster: KubeCluster, timeout: float = 300, *, control_plane: bool = False) -> str:
         return cluster.gateway_address(
             timeout,
             f"check MetalLB (`kubectl --context {cluster.context} -n {METALLB_NAMESPACE} get pods,ipaddresspools`)",
+            control_plane=control_plane,
         )
 
     def _kept_marker(self, toolbox: tools.Toolbox, name: str) -> str:
@@ -496,6 +520,12 @@ class KindBackend(Backend):
             (self.state_dir / f"kind-config-{name.removeprefix(PREFIX)}.yaml").unlink(missing_ok=True)
         if errors:
             raise BackendError("; ".join(errors) + ": delete what is left with `kind delete cluster --name NAME`")
+
+
+def _split(spec: MeshSpec, clusters: Mapping[str, KubeCluster]) -> tuple[dict[str, KubeCluster], KubeCluster | None]:
+    """The data-plane clusters, and the external control plane's cluster (None in the other topologies)."""
+    external = spec.external.name if spec.external is not None else None
+    return {name: c for name, c in clusters.items() if name != external}, clusters.get(external) if external else None
 
 
 def _steps_behind_moved_addresses(

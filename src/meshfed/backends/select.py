@@ -39,7 +39,8 @@ def existing_backend(options: SuiteOptions) -> ExistingBackend:
     # The contexts are read from $KUBECONFIG (or ~/.kube/config), as kubectl reads them.
     return ExistingBackend(
         options.contexts,
-        control_plane_namespace=options.istio_namespace,
+        control_plane_namespace=options.control_plane_namespace,
+        external_context=options.external_context,
         revision=options.revision,
         istioctl=options.istioctl,
         kubectl=options.kubectl,

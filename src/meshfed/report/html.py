@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import math
+from typing import Any
 
 from meshfed.cases import BROKEN_FROM_START
 from meshfed.report.model import EMBEDDED_NOTE, FAULT_NOTE, CaseOutcome, RunRecord, conformance_report
@@ -74,6 +75,8 @@ def pair_verdicts(record: RunRecord) -> dict[tuple[str, str], str]:
 def broken_clusters(record: RunRecord) -> list[str]:
     """The clusters the blocking findings (a mesh broken from the start) or the diagnosis's errors name."""
     names = [c["name"] for c in record.clusters]
+    if record.external_control_plane:
+        names.append(record.external_control_plane["name"])
     lines = list(record.broken_from_start) + [
         line.removeprefix("error: ") for line in record.diagnosis if line.startswith("error: ")
     ]
@@ -82,7 +85,8 @@ def broken_clusters(record: RunRecord) -> list[str]:
 
 def mesh_picture(record: RunRecord) -> str:
     """An SVG: clusters on a circle with their network and east-west gateway, one arrow per ordered pair
-    coloured from the same verdicts as the matrix, a legend, and the clusters the diagnosis names marked."""
+    coloured from the same verdicts as the matrix, a legend, and the clusters the diagnosis names marked; an
+    external control plane above them, a dashed line to each cluster it serves."""
     names = [c["name"] for c in record.clusters]
     count = len(names)
     verdicts = pair_verdicts(record)
@@ -97,7 +101,10 @@ def mesh_picture(record: RunRecord) -> str:
     left, top = min(x for x, _ in raw.values()) - margin_x, min(y for _, y in raw.values()) - margin_y
     width = max(x for x, _ in raw.values()) - left + margin_x
     height = max(y for _, y in raw.values()) - top + margin_y + legend
-    places = {name: (x - left, y - top) for name, (x, y) in raw.items()}
+    external = record.external_control_plane
+    above = 150 if external else 0  # room for the external control plane's box and its lines
+    height += above
+    places = {name: (x - left, y - top + above) for name, (x, y) in raw.items()}
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}" role="img" aria-label="mesh">'
@@ -127,6 +134,8 @@ def mesh_picture(record: RunRecord) -> str:
                 f'{html.escape(destination)}" data-verdict="{status}"><title>{html.escape(source)} -&gt; '
                 f"{html.escape(destination)}: {_PAIR_WORDS[status]}</title></line>"
             )
+    if external:
+        parts.append(_external_box(external, places, width / 2, 55, external["name"] in broken))
     for cluster in record.clusters:
         x, y = places[cluster["name"]]
         marked = cluster["name"] in broken
@@ -155,6 +164,44 @@ def mesh_picture(record: RunRecord) -> str:
         parts.append(f'<line x1="10" y1="{y:.0f}" x2="40" y2="{y:.0f}" stroke="{color}" stroke-width="3"/>')
         parts.append(f'<text x="48" y="{y + 4:.0f}" font-size="11">{_PAIR_WORDS[key]}</text>')
     parts.append("</svg>")
+    return "".join(parts)
+
+
+def _external_box(
+    external: dict[str, Any], places: dict[str, tuple[float, float]], x: float, y: float, marked: bool
+) -> str:
+    """The external control plane: its cluster, istiod behind its ingress gateway, a dashed line to each cluster
+    it serves (discovery, certificates and injection cross that gateway)."""
+    stroke, fill = (_RED, "#fdecea") if marked else ("#6b4fa3", "#f3effa")
+    parts = []
+    for served in external.get("serves") or []:
+        if served in places:
+            sx, sy = places[served]
+            parts.append(
+                f'<line x1="{x:.0f}" y1="{y + 40:.0f}" x2="{sx:.0f}" y2="{sy - 40:.0f}" stroke="#6b4fa3" '
+                f'stroke-width="1.5" stroke-dasharray="6 4" data-serves="{html.escape(served)}">'
+                f"<title>{html.escape(external['name'])} serves {html.escape(served)}: xDS, certificates, injection"
+                "</title></line>"
+            )
+    parts.append(
+        f'<rect x="{x - 110:.0f}" y="{y - 40:.0f}" width="220" height="80" rx="10" fill="{fill}" stroke="{stroke}" '
+        f'stroke-width="{3 if marked else 1.5}" data-external="{html.escape(external["name"])}"/>'
+    )
+    parts.append(
+        f'<text x="{x:.0f}" y="{y - 16:.0f}" text-anchor="middle" font-weight="bold" font-size="14">'
+        f"{html.escape(external['name'])}: external control plane</text>"
+    )
+    parts.append(
+        f'<text x="{x:.0f}" y="{y + 2:.0f}" text-anchor="middle" font-size="11">istiod in external-istiod, no workloads</text>'
+    )
+    parts.append(f'<rect x="{x - 50:.0f}" y="{y + 12:.0f}" width="100" height="20" rx="4" fill="#fff" stroke="#888"/>')
+    parts.append(
+        f'<text x="{x:.0f}" y="{y + 26:.0f}" text-anchor="middle" font-size="10">ingress gw 15012/15017</text>'
+    )
+    if marked:
+        parts.append(
+            f'<text x="{x + 120:.0f}" y="{y:.0f}" font-size="11" font-weight="bold" fill="{_RED}">broken: see the diagnosis</text>'
+        )
     return "".join(parts)
 
 
@@ -298,6 +345,16 @@ def summary_html(record: RunRecord) -> str:
         ("Topology", record.topology),
         ("Istio version", record.istio_version),
         ("Clusters", ", ".join(f"{c['name']} ({c['network']}, {c['role']})" for c in record.clusters)),
+        *(
+            [
+                (
+                    "External control plane",
+                    f"{record.external_control_plane['name']}, serving {', '.join(record.external_control_plane.get('serves') or [])}",
+                )
+            ]
+            if record.external_control_plane
+            else []
+        ),
     ]
     rows += [(key, value) for key, value in record.environment.items()]
     if record.implementation:

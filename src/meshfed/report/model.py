@@ -51,6 +51,8 @@ class RunRecord:
     topology: str
     clusters: list[dict[str, str]]  # name, network, role
     istio_version: str = "unknown"
+    # The external control plane's cluster (name, network, role "external", serves: the data-plane clusters).
+    external_control_plane: dict[str, Any] = field(default_factory=dict)
     implementation: dict[str, str] = field(default_factory=dict)
     outcomes: list[CaseOutcome] = field(default_factory=list)
     latencies: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # pair -> same/cross -> ms
@@ -159,6 +161,8 @@ def conformance_report(record: RunRecord, now: datetime | None = None) -> dict[s
         {**cluster, **({"istioVersion": record.istio_version} if record.backend != "embedded" else {})}
         for cluster in record.clusters
     ]
+    if record.external_control_plane:
+        report["externalControlPlane"] = dict(record.external_control_plane)
     report["profiles"] = profiles
     # Every case, passed ones included, so that two reports compare case by case (meshfed report compare).
     report["cases"] = [
