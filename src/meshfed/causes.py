@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from meshfed import manifests
 from meshfed.backends.base import BackendError, Mesh, ProxyCerts
 from meshfed.calls import CallResult, Symptom
-from meshfed.diagnose import cacerts_roots, gateway_down, root_mismatch, trust_domain
+from meshfed.diagnose import cacerts_roots, gateway_down, istiod_clusters, root_mismatch, trust_domain
 from meshfed.manifests import ISTIO_SYSTEM, TEST_NAMESPACE, only_in
 from meshfed.pki import ChainVerificationError, Purpose, verify_chain
 
@@ -98,12 +98,15 @@ def likely_cause(mesh: Mesh, results: Sequence[CallResult], destination: str | N
 def unreached(mesh: Mesh, destination: str) -> str | None:
     """Why calls from other clusters may not reach ``destination``: no remote secret for it where an istiod
     should read it, its east-west gateway down, its own service running without a sidecar."""
+    # The config cluster needs none: an external istiod reads it through its istio-kubeconfig Secret.
+    config = mesh.spec.config_cluster(destination) if mesh.spec.external is not None else None
     missing = [
-        f"{primary.name} has no remote secret for {destination} (istio-remote-secret-{destination}): its istiod does "
+        f"{name} has no remote secret for {destination} (istio-remote-secret-{destination}): its istiod does "
         f"not see {destination}'s endpoints"
-        for primary in mesh.spec.primaries
-        if primary.name != destination
-        and mesh[primary.name].get("Secret", f"istio-remote-secret-{destination}", ISTIO_SYSTEM) is None
+        for name, plane in istiod_clusters(mesh).items()
+        if name != destination
+        and destination != config
+        and plane.get("Secret", f"istio-remote-secret-{destination}", ISTIO_SYSTEM) is None
     ]
     if missing:
         return "; ".join(missing)

@@ -66,6 +66,14 @@ def ca_clusters(mesh: Mesh) -> dict[str, Cluster]:
     return dict(mesh.clusters)
 
 
+def istiod_clusters(mesh: Mesh) -> dict[str, Cluster]:
+    """The clusters that run the mesh's istiods: the primaries, or the external control plane's cluster (none
+    when an existing mesh's external cluster was not given: what it would show is then not read)."""
+    if mesh.spec.external is not None:
+        return {mesh.external.name: mesh.external} if mesh.external is not None else {}
+    return {spec.name: mesh[spec.name] for spec in mesh.spec.primaries}
+
+
 def cacerts_roots(mesh: Mesh) -> dict[str, x509.Certificate | None]:
     """Each CA cluster's plug-in root (``root-cert.pem``, or ``ca.crt``), None where there is none or the user
     may not read it."""
@@ -411,7 +419,9 @@ def check_remote_control_plane(mesh: Mesh) -> list[Check]:
     remote's istiod EndpointSlice (``remotePilotAddress``) naming that gateway, and an external istiod that
     the remote's ``controlPlaneClusters`` annotation names (``checkShouldLead``: only then does it write
     ``istio-ca-root-cert`` into the remote's namespaces and patch its injection webhook)."""
-    results = []
+    results: list[Check] = []
+    if mesh.spec.external is not None:
+        return results  # no primary: the external control plane is checked on its own
     remotes = [c.name for c in mesh.spec.clusters if c.role == "remote"]
     for primary in sorted({mesh.spec.config_cluster(name) for name in remotes}):
         served = [name for name in remotes if mesh.spec.config_cluster(name) == primary]
@@ -701,19 +711,20 @@ def _unconnected(mesh: Mesh) -> tuple[list[tuple[str, str, str]], list[Check]]:
     warning for each primary whose list could not be read."""
     listed: set[tuple[str, str, str]] = set()
     unreadable = []
-    for primary in mesh.spec.primaries:
+    planes = istiod_clusters(mesh)
+    for name, plane in planes.items():
         try:
-            for proxy in mesh[primary.name].connected_proxies():
+            for proxy in plane.connected_proxies():
                 # A cluster ID the mesh does not know (istiod's default "Kubernetes") is the primary's own.
-                cluster = proxy.cluster if proxy.cluster in mesh.clusters else primary.name
+                cluster = proxy.cluster if proxy.cluster in mesh.clusters else name
                 listed.add((cluster, proxy.namespace, proxy.pod))
         except BackendError as error:
-            reason = str(error).removeprefix(f"{primary.name}: ")
+            reason = str(error).removeprefix(f"{name}: ")
             unreadable.append(
                 Check(
                     "proxy-status-unreadable",
                     "warning",
-                    primary.name,
+                    name,
                     f"istioctl proxy-status failed, so whether its proxies are connected is unknown: {reason}",
                     "run `istioctl proxy-status` against this cluster to see why (every istiod pod must answer)",
                 )
@@ -722,7 +733,7 @@ def _unconnected(mesh: Mesh) -> tuple[list[tuple[str, str, str]], list[Check]]:
     missing = [
         (spec.name, namespace, pod.name)
         for spec in mesh.spec.clusters
-        if mesh.spec.config_cluster(spec.name) not in unknown
+        if mesh.spec.control_plane(spec.name) in planes and mesh.spec.control_plane(spec.name) not in unknown
         for namespace in (TEST_NAMESPACE, ISTIO_SYSTEM)
         for pod in mesh[spec.name].pods(namespace)
         if pod.has_sidecar and pod.ready and (spec.name, namespace, pod.name) not in listed
@@ -738,13 +749,13 @@ def check_proxy_connections(mesh: Mesh) -> list[Check]:
     missing, unreadable = _unconnected(mesh)
     # A proxy can only reconnect to a ready istiod: the others are not waited for.
     serving = {
-        primary.name
-        for primary in mesh.spec.primaries
-        if any(pod.ready for pod in mesh[primary.name].pods(ISTIO_SYSTEM, {"app": "istiod"}))
+        name
+        for name, plane in istiod_clusters(mesh).items()
+        if any(pod.ready for pod in plane.pods(ISTIO_SYSTEM, {"app": "istiod"}))
     }
 
     def may_reconnect() -> bool:
-        return any(mesh.spec.config_cluster(cluster) in serving for cluster, _, _ in missing)
+        return any(mesh.spec.control_plane(cluster) in serving for cluster, _, _ in missing)
 
     while may_reconnect() and time.monotonic() < deadline:
         time.sleep(min(1.0, mesh.convergence_deadline / 5))
@@ -756,7 +767,7 @@ def check_proxy_connections(mesh: Mesh) -> list[Check]:
             cluster,
             f"{namespace}/{pod} is ready but connected to no istiod (istioctl proxy-status does not list it): "
             "it keeps its last configuration and misses every change",
-            f"check that istiod runs in {mesh.spec.config_cluster(cluster)} and that the proxy reaches it on 15012 "
+            f"check that istiod runs in {mesh.spec.control_plane(cluster)} and that the proxy reaches it on 15012 "
             "(from a remote: through the primary's east-west gateway); the proxy reconnects by itself once it can",
         )
         for cluster, namespace, pod in missing
@@ -767,8 +778,8 @@ def check_istiod_ready(mesh: Mesh) -> list[Check]:
     """Every primary runs a ready istiod (an incomplete or mismatched ``cacerts`` keeps it from starting:
     those findings come first, as the cause)."""
     results = []
-    for spec in mesh.spec.primaries:
-        pods = [p for p in mesh[spec.name].pods(ISTIO_SYSTEM, {"app": "istiod"}) if not p.terminating]
+    for name, plane in istiod_clusters(mesh).items():
+        pods = [p for p in plane.pods(ISTIO_SYSTEM, {"app": "istiod"}) if not p.terminating]
         if any(p.ready for p in pods):
             continue
         shown = ", ".join(f"{p.name} {p.phase}" for p in pods) or "no istiod pod"
@@ -776,7 +787,7 @@ def check_istiod_ready(mesh: Mesh) -> list[Check]:
             Check(
                 "istiod-not-ready",
                 "error",
-                spec.name,
+                name,
                 f"no istiod is ready ({shown}): the cluster's proxies get no configuration and no certificates",
                 "see why with `kubectl -n istio-system logs deploy/istiod`; fix what the findings before this one name",
             )
