@@ -225,6 +225,8 @@ def test_shared_root_of_trust(mesh: Mesh, not_applicable: Callable[[str], None])
         why = (
             f"the cacerts Secret is not readable by this user (403) in {', '.join(forbidden)}"
             if forbidden
+            else "the external control plane's cluster was not given (--external-context), so its cacerts is not read"
+            if mesh.spec.external is not None and mesh.external is None
             else "no cacerts Secret in any primary"
         )
         not_applicable(

@@ -1,9 +1,9 @@
-"""Host meshes side by side on one machine, on real clusters: CI's core profile in both topologies at once.
+"""Host meshes side by side on one machine, on real clusters: CI's core profile in every topology at once.
 
-Two host runs start together, each in a host mesh of its own (``--host-prefix mfa`` multi-primary,
-``--host-prefix mfb`` primary-remote). Once the first holds its clusters, a third run asks for the same
-host mesh: it must refuse, naming the live run, and leave that run's clusters alone. Both runs must pass,
-and afterwards nothing of either may be left on the host. It prints what it measured: each mesh's
+Three host runs start together, each in a host mesh of its own (``--host-prefix mfa`` multi-primary,
+``mfb`` primary-remote, ``mfc`` external-control-plane: two data-plane clusters and the external one). Once
+the first holds its clusters, another run asks for the same host mesh: it must refuse, naming the live run,
+and leave that run's clusters alone. Every run must pass, and afterwards nothing of any may be left on the host. It prints what it measured: each mesh's
 provisioning time, the peak memory of each mesh's clusters (their cgroups, page cache included), the
 machine's lowest available memory, and the wall time. By hand (root, after ``meshfed binaries build``)::
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MEMORY = Path("/sys/fs/cgroup/memory")
 # Measured: a 2-cluster host mesh's clusters peak at 3.5 GiB (their cgroups, page cache included); two side
 # by side took 3.2 GiB of the machine's available memory. Below this much available, run one after the other.
-SIDE_BY_SIDE_NEEDS = 10 * 2**30
+SIDE_BY_SIDE_NEEDS = 15 * 2**30
 
 
 @dataclass
@@ -114,20 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports", type=Path, default=ROOT / "reports")
     args = parser.parse_args(argv)
     problems: list[str] = []
-    first = Run("mfa", "multi-primary", args.reports / "host-multi-primary")
-    second = Run("mfb", "primary-remote", args.reports / "host-primary-remote")
+    runs = [
+        Run(prefix, topology, args.reports / f"host-{topology}")
+        for prefix, topology in (("mfa", "multi-primary"), ("mfb", "primary-remote"), ("mfc", "external-control-plane"))
+    ]
+    first = runs[0]
     started, baseline = time.monotonic(), available_bytes()
     lowest = baseline
     together = baseline >= SIDE_BY_SIDE_NEEDS
     if not together:
         print(
-            f"side by side: only {baseline / 2**30:.1f} GiB available (two meshes want {SIDE_BY_SIDE_NEEDS / 2**30:.0f}):"
-            " the two runs go one after the other; the live-owner refusal is still tested",
+            f"side by side: only {baseline / 2**30:.1f} GiB available (three meshes want {SIDE_BY_SIDE_NEEDS / 2**30:.0f}):"
+            " the runs go one after the other; the live-owner refusal is still tested",
             flush=True,
         )
     first.start()
     if together:
-        second.start()
+        for run in runs[1:]:
+            run.start()
     # The intruder: the first run's host mesh asked for again, once the first run has made its clusters.
     while not namespaces("mfa") and first.process is not None and first.process.poll() is None:
         time.sleep(1)
@@ -143,15 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"the refused run touched mfa's clusters: before {before}, after {namespaces('mfa')}")
     else:
         print("side by side: a second run on the live host mesh mfa refused, naming it; mfa untouched", flush=True)
-    for run in (first, second):
+    for run in runs:
         if run.process is None:
-            run.start()  # one after the other: the second once the first is done
+            run.start()  # one after the other: each once the one before is done
         while run.process is not None and run.process.poll() is None:
-            for each in (first, second):
+            for each in runs:
                 each.sample_memory()
             lowest = min(lowest, available_bytes())
             time.sleep(1)
-    for run in (first, second):
+    for run in runs:
         code = run.wait()
         if code != 0:
             problems.append(f"the {run.topology} run beside the other (host mesh {run.prefix}) exited {code}")
@@ -159,14 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         if left:
             problems.append(f"host mesh {run.prefix} left this behind: {left}")
     wall = time.monotonic() - started
-    for run in (first, second):
+    for run in runs:
         print(
             f"side by side: {run.topology} (host mesh {run.prefix}) provisioned in {run.provisioned_seconds()} s, "
             f"its clusters' peak memory {run.peak_bytes / 2**30:.1f} GiB",
             flush=True,
         )
     print(
-        f"side by side: both core profiles {'at once' if together else 'one after the other'} in {wall / 60:.1f} min; "
+        f"side by side: the {len(runs)} core profiles {'at once' if together else 'one after the other'} in {wall / 60:.1f} min; "
         "the machine's available memory went from "
         f"{baseline / 2**30:.1f} GiB down to {lowest / 2**30:.1f} GiB at the lowest",
         flush=True,

@@ -2,12 +2,16 @@
 
 Istio is installed onto the clusters of ``meshfed host up`` with ``istioctl`` and ``kubectl`` directly, as a
 vendor or a platform team installs it, following Istio's guides ("Install Multi-Primary on different
-networks", "Install Primary-Remote on different networks", "Plug in CA Certificates", "Canary
-upgrades"), never through meshfed's install plan. Then meshfed certifies the mesh read-only (the core
+networks", "Install Primary-Remote on different networks", "Install Istio with an External Control Plane",
+"Plug in CA Certificates", "Canary upgrades"), never through meshfed's install plan or manifests. Then meshfed certifies the mesh read-only (the core
 profile) and the report must say what it found; then the shape is removed, leaving the bare clusters for
 the next one. CI runs it; by hand::
 
-    meshfed host up && python -m tests.vendor_shapes revisioned primary-remote; meshfed host down
+    meshfed host up --clusters 3 && python -m tests.vendor_shapes revisioned primary-remote external
+    meshfed host down
+
+A shape takes the first clusters it needs; ``external`` takes three: cluster-c runs the external control plane,
+cluster-a is its config cluster and cluster-b a remote.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class Shape:
     trust_domain: str = "cluster.local"
     reader_without_secrets: bool = False  # certify as a user who may read no Secret (a managed CA's user)
     canary: str = ""  # a second revision's control plane beside the first (a canary upgrade under way)
+    clusters: int = 2  # how many of `host up`'s clusters it takes (the first ones)
     tag: str = ""  # a revision tag pointing at `revision`, which meshfed is told to inject with (--revision)
     what: str = ""
 
@@ -97,6 +102,17 @@ SHAPES = {
             "certified by a user who may read no Secret",
         ),
         Shape("primary-remote", "primary-remote", what="primary-remote in istio-system, the default revision"),
+        Shape(
+            "external",
+            "external-control-plane",
+            namespace="external-istiod",
+            trust_domain="ext.example",
+            clusters=3,
+            what="an external control plane as Istio's guide installs it (its IP-address variant): istiod in "
+            "external-istiod of cluster-c behind an ingress gateway, cluster-a its config cluster, cluster-b a "
+            "remote, trust domain ext.example; meshfed is given only the data-plane clusters' contexts first, then "
+            "the external cluster's too (--external-context)",
+        ),
     )
 }
 
@@ -304,6 +320,9 @@ def install(shape: Shape, clusters: dict[str, Cluster], folder: Path) -> None:
     )
     names = list(clusters)
     mesh_config = {"trustDomain": shape.trust_domain}
+    if shape.topology == "external-control-plane":
+        _install_external(shape, clusters, folder, pki)
+        return
     if shape.topology == "multi-primary":
         for name, cluster in clusters.items():
             cluster.apply(_namespace(shape, name), _cacerts(shape, name, pki))
@@ -354,6 +373,197 @@ def install(shape: Shape, clusters: dict[str, Cluster], folder: Path) -> None:
         remote.gateway_address(shape.namespace)
 
 
+def _install_external(shape: Shape, clusters: dict[str, Cluster], folder: Path, pki: Path) -> None:
+    """ "Install Istio with an External Control Plane", its IP-address variant (the one Istio's own test of the
+    guide runs: ``EXTERNAL_ISTIOD_ADDR`` the ingress gateway's address, ``SSL_SECRET_NAME=NONE``), then
+    "Adding clusters" (a second remote on its own network) with east-west gateways."""
+    config_name, remote_name, external_name = list(clusters)
+    config, remote, external = (clusters[n] for n in (config_name, remote_name, external_name))
+    ns = shape.namespace
+    gateway = {
+        "name": "istio-ingressgateway",
+        "enabled": True,
+        "k8s": {
+            "service": {
+                "ports": [
+                    {"port": 15021, "targetPort": 15021, "name": "status-port"},
+                    {"port": 15012, "targetPort": 15012, "name": "tls-xds"},
+                    {"port": 15017, "targetPort": 15017, "name": "tls-webhook"},
+                ]
+            }
+        },
+    }
+    external.install(
+        _operator("controlplane-gateway", shape, {"components": {"ingressGateways": [gateway]}}), folder, "istio-system"
+    )
+    address = ""
+    deadline = time.monotonic() + 120
+    while not address and time.monotonic() < deadline:
+        address = external.kubectl(
+            "get",
+            "svc",
+            "istio-ingressgateway",
+            "-n",
+            "istio-system",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ).strip()
+        time.sleep(0 if address else 1)
+    if not address:
+        raise SystemExit(f"{external_name}: the ingress gateway got no address in 120 s")
+
+    def remote_values(name: str, **more: object) -> dict[str, object]:
+        return {
+            "global": _global(shape, name, remotePilotAddress=address, **more),
+            "istiodRemote": {"injectionPath": f"/inject/cluster/{name}/net/net-{name}"},
+        }
+
+    config.apply(_namespace(shape, config_name))
+    config_values = remote_values(config_name, configCluster=True)
+    config_values["pilot"] = {"configMap": True}
+    generated = config.istioctl(
+        "manifest",
+        "generate",
+        "-f",
+        _write(
+            folder,
+            "remote-config-cluster",
+            {"profile": "remote", "meshConfig": {"trustDomain": shape.trust_domain}, "values": config_values},
+            ns,
+        ),
+        "-f",
+        config.state.overlay,
+        "--set",
+        "values.defaultRevision=default",
+    )
+    config.kubectl("apply", "-f", "-", stdin=generated)
+    external.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}, _cacerts(shape, external_name, pki)
+    )
+    secret = config.istioctl(
+        "create-remote-secret",
+        "--type=config",
+        f"--namespace={ns}",
+        "--service-account=istiod",
+        "--create-service-account=false",
+    )
+    external.kubectl("apply", "-f", "-", stdin=secret)
+    volumes = [
+        ("config-volume", "istio", "/etc/istio/config"),
+        ("inject-volume", "istio-sidecar-injector", "/var/lib/istio/inject"),
+    ]
+    patches = [
+        {"path": "spec.template.spec.volumes[100]", "value": f"name: {n}\nconfigMap:\n  name: {m}"}
+        for n, m, _ in volumes
+    ] + [
+        {"path": "spec.template.spec.containers[0].volumeMounts[100]", "value": f"name: {n}\nmountPath: {p}"}
+        for n, _, p in volumes
+    ]
+    env = {
+        "INJECTION_WEBHOOK_CONFIG_NAME": f"istio-sidecar-injector-{ns}",
+        "VALIDATION_WEBHOOK_CONFIG_NAME": f"istio-validator-{ns}",
+        "EXTERNAL_ISTIOD": "true",
+        "LOCAL_CLUSTER_SECRET_WATCHER": "true",
+        "CLUSTER_ID": config_name,
+        "SHARED_MESH_CONFIG": "istio",
+    }
+    istiod = {
+        "profile": "empty",
+        "meshConfig": {
+            "rootNamespace": ns,
+            "trustDomain": shape.trust_domain,
+            "defaultConfig": {"discoveryAddress": f"{address}:15012"},
+        },
+        "components": {
+            "pilot": {
+                "enabled": True,
+                "k8s": {
+                    "overlays": [{"kind": "Deployment", "name": "istiod", "patches": patches}],
+                    "env": [{"name": k, "value": v} for k, v in env.items()],
+                },
+            }
+        },
+        "values": {
+            "global": _global(
+                shape, config_name, caAddress=f"{address}:15012", operatorManageWebhooks=True, configValidation=False
+            )
+        },
+    }
+    external.install(_operator("external-istiod", shape, istiod), folder, ns)
+    routes: list[dict[str, Any]] = [
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": "external-istiod-gw", "namespace": ns},
+            "spec": {
+                "selector": {"istio": "ingressgateway"},
+                "servers": [
+                    {
+                        "port": {"number": number, "protocol": "tls", "name": name},
+                        "tls": {"mode": "PASSTHROUGH"},
+                        "hosts": ["*"],
+                    }
+                    for name, number in (("tls-XDS", 15012), ("tls-WEBHOOK", 15017))
+                ],
+            },
+        },
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "external-istiod-vs", "namespace": ns},
+            "spec": {
+                "hosts": ["*"],
+                "gateways": ["external-istiod-gw"],
+                "tls": [
+                    {
+                        "match": [{"port": port, "sniHosts": ["*"]}],
+                        "route": [
+                            {"destination": {"host": f"istiod.{ns}.svc.cluster.local", "port": {"number": target}}}
+                        ],
+                    }
+                    for port, target in ((15012, 15012), (15017, 443))
+                ],
+            },
+        },
+    ]
+    external.apply(*routes)
+    remote.apply(_namespace(shape, remote_name, control_plane=config_name))
+    generated = remote.istioctl(
+        "manifest",
+        "generate",
+        "-f",
+        _write(folder, "second-remote-cluster", {"profile": "remote", "values": remote_values(remote_name)}, ns),
+        "-f",
+        remote.state.overlay,
+    )
+    remote.kubectl("apply", "-f", "-", stdin=generated)
+    secret = remote.istioctl(
+        "create-remote-secret",
+        f"--name={remote_name}",
+        "--type=remote",
+        f"--namespace={ns}",
+        "--create-service-account=false",
+    )
+    external.kubectl("apply", "-f", "-", stdin=secret)
+    for name in (config_name, remote_name):
+        clusters[name].install(_eastwest(shape, name), folder, ns)
+        clusters[name].gateway_address(ns)
+        clusters[name].apply(_expose_services(ns))
+
+
+def _write(folder: Path, name: str, spec: dict[str, object], namespace: str) -> str:
+    """An IstioOperator file for ``istioctl manifest generate`` (the guide's remote clusters are applied so)."""
+    path = folder / f"{name}.yaml"
+    operator = {
+        "apiVersion": "install.istio.io/v1alpha1",
+        "kind": "IstioOperator",
+        "metadata": {"namespace": namespace},
+        "spec": spec,
+    }
+    path.write_text(yaml.safe_dump(operator))
+    return str(path)
+
+
 def reader_kubeconfig(clusters: dict[str, Cluster], path: Path) -> dict[str, str]:
     """A kubeconfig whose users may read no Secret (a service account bound to READER_RULES); the contexts."""
     admin = yaml.safe_load(Path(next(iter(clusters.values())).state.kubeconfig).read_text())
@@ -393,6 +603,19 @@ def reader_kubeconfig(clusters: dict[str, Cluster], path: Path) -> dict[str, str
 
 def uninstall(shape: Shape, clusters: dict[str, Cluster]) -> None:
     """Everything of the shape, so that the next one starts from bare clusters."""
+    if shape.topology == "external-control-plane":
+        external = clusters[list(clusters)[-1]]  # its ingress gateway and the istiod that configures it
+        external.istioctl("uninstall", "--purge", "-y", "-i", "istio-system")
+        external.kubectl("delete", "namespace", "istio-system", "--ignore-not-found", "--wait=true", "--timeout=180s")
+        for cluster in clusters.values():  # what `manifest generate | kubectl apply` made on the data-plane clusters
+            cluster.kubectl(
+                "delete",
+                "mutatingwebhookconfiguration,validatingwebhookconfiguration",
+                f"istio-sidecar-injector-{shape.namespace}",
+                f"istio-validator-{shape.namespace}",
+                "istiod-default-validator",
+                "--ignore-not-found",
+            )
     for cluster in clusters.values():
         cluster.istioctl("uninstall", "--purge", "-y", "-i", shape.namespace)
         cluster.kubectl("delete", "namespace", shape.namespace, "--ignore-not-found", "--wait=true", "--timeout=180s")
@@ -407,6 +630,7 @@ def certify(
     kubeconfig: str,
     reports: Path,
     revision: str | None = None,
+    external_context: str = "",
 ) -> subprocess.CompletedProcess[str]:
     """The core profile, read-only, injected by ``revision`` (default: the shape's tag, if it has one)."""
     command = [
@@ -434,6 +658,8 @@ def certify(
     revision = shape.tag if revision is None else revision
     if revision:
         command += ["--revision", revision]
+    if external_context:
+        command += ["--external-context", external_context]
     if shape.namespace != "istio-system":
         command += ["--istio-namespace", shape.namespace]
     return subprocess.run(
@@ -449,7 +675,9 @@ def certify(
 
 def run(shape: Shape, state: bare.BareClusters, reports: Path) -> list[str]:
     """Install, certify, check what the report says was found, remove; the problems found (none: it passed)."""
-    clusters = {name: Cluster(name, state) for name in state.clusters}
+    clusters = {name: Cluster(name, state) for name in list(state.clusters)[: shape.clusters]}
+    if len(clusters) < shape.clusters:
+        return [f"{shape.name}: needs {shape.clusters} clusters of `meshfed host up`, it has {len(clusters)}"]
     problems = []
     with tempfile.TemporaryDirectory(prefix=f"meshfed-shape-{shape.name}-") as tmp:
         folder = Path(tmp)
@@ -458,6 +686,10 @@ def run(shape: Shape, state: bare.BareClusters, reports: Path) -> list[str]:
         installed = time.monotonic() - started
         print(f"{shape.name}: installed with istioctl in {installed:.0f} s", flush=True)
         contexts, kubeconfig = {name: name for name in clusters}, state.kubeconfig
+        external = ""
+        if shape.topology == "external-control-plane":
+            *data_plane, external = clusters
+            contexts = {name: name for name in data_plane}
         if shape.reader_without_secrets:
             kubeconfig = str(folder / "certifier.kubeconfig")
             contexts = reader_kubeconfig(clusters, Path(kubeconfig))
@@ -470,6 +702,16 @@ def run(shape: Shape, state: bare.BareClusters, reports: Path) -> list[str]:
             )
             problems += _judge(shape, result, reports / shape.name)
             problems += _doctor(shape, state, contexts, kubeconfig)
+            if external:  # again, given the external control plane's cluster to read
+                started = time.monotonic()
+                folder = reports / f"{shape.name}-with-external-context"
+                result = certify(shape, state, contexts, kubeconfig, folder, external_context=external)
+                print(
+                    f"{shape.name}: with --external-context, core profile in {time.monotonic() - started:.0f} s",
+                    flush=True,
+                )
+                problems += _judge(shape, result, folder, external_context=external)
+                problems += _doctor(shape, state, contexts, kubeconfig, external_context=external)
             if shape.revision:
                 problems += _without_injection(shape, state, clusters, contexts, kubeconfig, reports)
         finally:
@@ -479,7 +721,9 @@ def run(shape: Shape, state: bare.BareClusters, reports: Path) -> list[str]:
     return problems
 
 
-def _doctor(shape: Shape, state: bare.BareClusters, contexts: dict[str, str], kubeconfig: str) -> list[str]:
+def _doctor(
+    shape: Shape, state: bare.BareClusters, contexts: dict[str, str], kubeconfig: str, external_context: str = ""
+) -> list[str]:
     """``meshfed doctor`` on the shape, read-only: it must run, find no error on this healthy mesh, and show
     what ``istioctl analyze`` says (its findings may be anything: on host clusters IST0170, the gateways'
     nodePorts differ), or, for a user who may read no Secret, that analyze was not permitted (it lists the
@@ -491,6 +735,8 @@ def _doctor(shape: Shape, state: bare.BareClusters, contexts: dict[str, str], ku
         command += ["--revision", shape.tag]
     if shape.namespace != "istio-system":
         command += ["--istio-namespace", shape.namespace]
+    if external_context:
+        command += ["--external-context", external_context]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "KUBECONFIG": kubeconfig}
     )
@@ -518,7 +764,9 @@ def _doctor(shape: Shape, state: bare.BareClusters, contexts: dict[str, str], ku
     return problems
 
 
-def _judge(shape: Shape, result: subprocess.CompletedProcess[str], reports: Path) -> list[str]:
+def _judge(
+    shape: Shape, result: subprocess.CompletedProcess[str], reports: Path, external_context: str = ""
+) -> list[str]:
     if result.returncode != 0:
         return [f"{shape.name}: the core profile did not pass: {result.stdout[-2500:]}"]
     report = yaml.safe_load((reports / "conformance-report.yaml").read_text())
@@ -540,10 +788,16 @@ def _judge(shape: Shape, result: subprocess.CompletedProcess[str], reports: Path
         for key, value in expected.items()
         if found.get(key) != value
     ]
-    root = found.get("cluster-a: root of trust", "")
-    wanted_root = (
-        "cacerts Secret not readable by this user (403)" if shape.reader_without_secrets else "the cacerts Secret"
+    root_key, wanted_root = (
+        "cluster-a: root of trust",
+        "cacerts Secret not readable by this user (403)" if shape.reader_without_secrets else "the cacerts Secret",
     )
+    if shape.topology == "external-control-plane":  # istiod, and so the CA, is only in the external cluster
+        root_key = "external control plane"
+        wanted_root = f"context {external_context}, read only: the cacerts Secret" if external_context else "not given"
+        if report.get("externalControlPlane", {}).get("serves") != ["cluster-a", "cluster-b"]:
+            problems.append(f"{shape.name}: the report's externalControlPlane is {report.get('externalControlPlane')}")
+    root = found.get(root_key, "")
     if not root.startswith(wanted_root):
         problems.append(f"{shape.name}: the report says the root of trust is {root!r}, not {wanted_root}...")
     if core["result"] != "success" or core["statistics"]["passed"] != 11:
