@@ -60,8 +60,8 @@ def test_misconfiguration_regression(
                 if seen:
                     problems.append(f"after '{stage.title}': {seen}")
             if stage.istiod_ready is not None:
-                config = mesh[mesh.spec.config_cluster(mesh.spec.names[-1])]
-                ready = any(p.ready for p in config.pods(ISTIO_SYSTEM, {"app": "istiod"}))
+                plane = mesh[mesh.spec.control_plane(mesh.spec.names[-1])]
+                ready = any(p.ready for p in plane.pods(ISTIO_SYSTEM, {"app": "istiod"}))
                 if ready != stage.istiod_ready:
                     problems.append(f"after '{stage.title}': istiod ready is {ready}, expected {stage.istiod_ready}")
             findings = [f for f in diagnose(mesh) if f.status != "ok"]

@@ -323,11 +323,24 @@ def _remote_secrets_seen_by_istiod(cluster: Cluster, primary: str, wanted: list[
     return results
 
 
+def _remote_secret_holders(mesh: Mesh) -> list[tuple[str, Cluster, list[str]]]:
+    """Each istiod's cluster and the clusters it must have a remote secret for: every other cluster (a
+    primary), or every remote but the config cluster, which the external istiod reads through its
+    ``istio-kubeconfig`` (LOCAL_CLUSTER_SECRET_WATCHER: the secrets live in the external cluster)."""
+    if mesh.spec.external is not None:
+        config = mesh.spec.config_cluster(mesh.spec.names[0])
+        return [
+            (name, plane, [c for c in mesh.spec.names if c != config]) for name, plane in istiod_clusters(mesh).items()
+        ]
+    return [
+        (spec.name, mesh[spec.name], [c for c in mesh.spec.names if c != spec.name]) for spec in mesh.spec.primaries
+    ]
+
+
 def check_remote_secrets(mesh: Mesh) -> list[Check]:
     results = []
-    for spec in mesh.spec.primaries:
-        cluster = mesh[spec.name]
-        wanted = [c for c in mesh.spec.names if c != spec.name]
+    for holder, cluster, wanted in _remote_secret_holders(mesh):
+        spec = mesh.spec.cluster(holder)
         try:
             secrets = cluster.list("Secret", ISTIO_SYSTEM, {MULTICLUSTER_LABEL: "true"})
         except Forbidden:
@@ -363,8 +376,8 @@ def check_remote_secrets(mesh: Mesh) -> list[Check]:
         for status in statuses:
             if status.name == spec.name or status.status == "synced" or status.name in loopback:
                 continue
-            holder = cluster.get("Secret", status.secret.rsplit("/", 1)[-1], ISTIO_SYSTEM) or {}
-            server = _kubeconfig_servers(holder).get(status.name, "unknown")
+            found = cluster.get("Secret", status.secret.rsplit("/", 1)[-1], ISTIO_SYSTEM) or {}
+            server = _kubeconfig_servers(found).get(status.name, "unknown")
             results.append(
                 Check(
                     "remote-secret-unreachable",
@@ -421,7 +434,7 @@ def check_remote_control_plane(mesh: Mesh) -> list[Check]:
     ``istio-ca-root-cert`` into the remote's namespaces and patch its injection webhook)."""
     results: list[Check] = []
     if mesh.spec.external is not None:
-        return results  # no primary: the external control plane is checked on its own
+        return _check_external_control_plane(mesh)
     remotes = [c.name for c in mesh.spec.clusters if c.role == "remote"]
     for primary in sorted({mesh.spec.config_cluster(name) for name in remotes}):
         served = [name for name in remotes if mesh.spec.config_cluster(name) == primary]
@@ -475,6 +488,111 @@ def check_remote_control_plane(mesh: Mesh) -> list[Check]:
                         f"reinstall the remote profile with values.global.remotePilotAddress={sorted(gateway)[0]}",
                     )
                 )
+    return results
+
+
+def _routes_to_external_istiod(cluster: Cluster) -> bool:
+    """The external cluster's ingress gateway passes 15012 to the external istiod: a Gateway selecting it and
+    a VirtualService routing that port to ``istiod`` (the guide's ``external-istiod-gw.yaml``)."""
+    gateway = any(
+        (g["spec"].get("selector") or {}).get("istio") == "ingressgateway"
+        and any(srv.get("port", {}).get("number") == 15012 for srv in g["spec"].get("servers") or [])
+        for g in cluster.list("Gateway", ISTIO_SYSTEM)
+    )
+    route = any(
+        int(m.get("port", 0)) == 15012 and str(d.get("destination", {}).get("host", "")).startswith("istiod")
+        for v in cluster.list("VirtualService", ISTIO_SYSTEM)
+        for kind in ("tls", "http", "tcp")
+        for t in v["spec"].get(kind) or []
+        for m in t.get("match") or []
+        for d in t.get("route") or []
+    )
+    return gateway and route
+
+
+def _istiod_env(cluster: Cluster) -> dict[str, str]:
+    """The environment of the first istiod Deployment here (its discovery container)."""
+    for name in cluster.istiods():
+        deployment = cluster.get("Deployment", name, ISTIO_SYSTEM) or {}
+        for container in (deployment.get("spec") or {}).get("template", {}).get("spec", {}).get("containers") or []:
+            return {e.get("name"): str(e.get("value", "")) for e in container.get("env") or [] if e.get("name")}
+    return {}
+
+
+def _check_external_control_plane(mesh: Mesh) -> list[Check]:
+    """What an external control plane needs ("Install Istio with an External Control Plane"): its ingress gateway
+    routing 15012 and 15017 to it, the ``istio-kubeconfig`` Secret it reads the config cluster with, istiod run
+    with ``EXTERNAL_ISTIOD`` and the config cluster's name as ``CLUSTER_ID``; each remote's namespace naming the
+    config cluster in ``controlPlaneClusters`` (only then does the external istiod lead it). What the external
+    cluster holds is read only when it was given."""
+    results: list[Check] = []
+    config = mesh.spec.config_cluster(mesh.spec.names[0])
+    external = mesh.external
+    if external is not None:
+        if not _routes_to_external_istiod(external):
+            results.append(
+                Check(
+                    "external-istiod-not-exposed",
+                    "error",
+                    external.name,
+                    "no Gateway and VirtualService pass 15012 through the ingress gateway to the external istiod: no "
+                    "proxy of the mesh reaches it (they keep their last configuration, get no new certificate, and no "
+                    "pod can be injected)",
+                    "apply the guide's external-istiod-gw.yaml (Gateway external-istiod-gw, VirtualService "
+                    "external-istiod-vs) in the external istiod's namespace",
+                )
+            )
+        if external.get("Secret", "istio-kubeconfig", ISTIO_SYSTEM) is None:
+            results.append(
+                Check(
+                    "config-secret-missing",
+                    "error",
+                    external.name,
+                    f"no istio-kubeconfig Secret: the external istiod has no credentials for the config cluster {config}, "
+                    "so it cannot start (it reads the mesh's configuration and its services there)",
+                    f"istioctl create-remote-secret --context=<{config}> --type=config --namespace=<istiod's namespace> "
+                    f"--service-account=istiod --create-service-account=false | kubectl apply --context=<{external.name}> -f -",
+                )
+            )
+        env = _istiod_env(external)
+        if env and env.get("EXTERNAL_ISTIOD", "").lower() != "true":
+            results.append(
+                Check(
+                    "istiod-not-external",
+                    "error",
+                    external.name,
+                    f"the external istiod runs without EXTERNAL_ISTIOD, so it leads none of {', '.join(mesh.spec.names)}",
+                    "install it with the guide's env: EXTERNAL_ISTIOD=true",
+                )
+            )
+        if env and env.get("CLUSTER_ID") not in (None, config):
+            results.append(
+                Check(
+                    "istiod-cluster-id-wrong",
+                    "error",
+                    external.name,
+                    f"the external istiod's CLUSTER_ID is {env.get('CLUSTER_ID')!r}, not the config cluster {config!r}",
+                    f"install it with CLUSTER_ID={config} (and values.global.multiCluster.clusterName={config})",
+                )
+            )
+    for spec in mesh.spec.clusters:
+        if spec.name == config:
+            continue
+        namespace = mesh[spec.name].get("Namespace", ISTIO_SYSTEM) or {}
+        named = ((namespace.get("metadata") or {}).get("annotations") or {}).get(CONTROL_PLANE_CLUSTERS, "")
+        if not any(c in ("*", config) for c in named.split(",") if c):
+            results.append(
+                Check(
+                    "control-plane-clusters-missing",
+                    "error",
+                    spec.name,
+                    f"the control plane's namespace has {CONTROL_PLANE_CLUSTERS} {named or 'missing'}, not naming the "
+                    f"config cluster {config}: the external istiod does not lead this cluster, so its new namespaces get "
+                    "no istio-ca-root-cert and no pod with a sidecar starts there",
+                    f"kubectl annotate --overwrite namespace <istiod's namespace> {CONTROL_PLANE_CLUSTERS}={config}, then "
+                    "restart the external istiod (it decides as it adds the cluster)",
+                )
+            )
     return results
 
 

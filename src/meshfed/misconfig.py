@@ -22,6 +22,7 @@ from meshfed.backends.base import BackendError, Mesh
 from meshfed.calls import Symptom
 from meshfed.cases import not_supported
 from meshfed.causes import PathEvidence
+from meshfed.diagnose import istiod_clusters
 from meshfed.expect import Wanted, reliably
 from meshfed.manifests import (
     CLIENT,
@@ -135,10 +136,11 @@ def _signing_root(mesh: Mesh, cluster: str) -> set[str]:
     return set()
 
 
-def publishes_its_root(mesh: Mesh, cluster: str) -> bool:
-    """Whether istiod has written the root it signs under into istio-ca-root-cert of istio-system and the
-    test namespace (a new root reaches istiod's mounted files only after the kubelet's sync)."""
-    wanted = _signing_root(mesh, cluster)
+def publishes_its_root(mesh: Mesh, cluster: str, signer: str | None = None) -> bool:
+    """Whether istiod (of ``signer``, by default ``cluster``'s own) has written the root it signs under into
+    istio-ca-root-cert of istio-system and the test namespace of ``cluster`` (a new root reaches istiod's
+    mounted files only after the kubelet's sync)."""
+    wanted = _signing_root(mesh, signer or cluster)
     for namespace in (ISTIO_SYSTEM, TEST_NAMESPACE):
         config = mesh[cluster].get("ConfigMap", "istio-ca-root-cert", namespace) or {}
         pem = ((config.get("data") or {}).get("root-cert.pem") or "").encode()
@@ -151,9 +153,10 @@ def _wait_for_published_root(mesh: Mesh, cluster: str) -> None:
     """Until istiod publishes its root. A pod mounts istio-ca-root-cert as it is when the pod starts, and the
     kubelet refreshes the mount only at its next sync (up to about two minutes on real clusters): a proxy
     started before istiod published a new root cannot verify istiod and gets no certificate until then
-    (seen on the host backend)."""
+    (seen on the host backend). An external istiod publishes it in the clusters it serves, not its own."""
     deadline = time.monotonic() + mesh.convergence_deadline * 2
-    while time.monotonic() < deadline and not publishes_its_root(mesh, cluster):
+    served = mesh.spec.names if mesh.spec.external is not None and cluster == mesh.spec.external.name else [cluster]
+    while time.monotonic() < deadline and not all(publishes_its_root(mesh, name, signer=cluster) for name in served):
         time.sleep(0.5)
 
 
@@ -190,16 +193,37 @@ def _restore(mesh: Mesh, saved: dict[str, Any], key: str) -> None:
         mesh[cluster].apply(clean)
 
 
-def _multi_primary_only(reason: str) -> Callable[[MeshSpec], str | None]:
-    return lambda spec: reason if spec.topology is Topology.PRIMARY_REMOTE else None
+def _multi_primary_only(reason: str, external: str) -> Callable[[MeshSpec], str | None]:
+    """Not applicable outside multi-primary: ``reason`` in primary-remote, ``external`` with an external
+    control plane."""
+    return lambda spec: {Topology.PRIMARY_REMOTE: reason, Topology.EXTERNAL_CONTROL_PLANE: external}.get(spec.topology)
 
 
 def _primary_remote_only(spec: MeshSpec) -> str | None:
+    if spec.external is not None:
+        return (
+            "an external control plane is reached through its own cluster's ingress gateway at the address in the "
+            "mesh config, not through a primary's east-west gateway (see external-istiod-not-exposed)"
+        )
     return "every cluster runs its own istiod: no cluster is configured from another" if not _remotes(spec) else None
+
+
+def _led_remotely(spec: MeshSpec) -> str | None:
+    """Applies where a remote's namespace says which istiod leads it: primary-remote and an external control plane."""
+    return "every cluster runs its own istiod: no cluster is configured from another" if not _remotes(spec) else None
+
+
+def _external_only(spec: MeshSpec) -> str | None:
+    return None if spec.external is not None else "no external control plane: istiod runs in the mesh's own clusters"
 
 
 def _remotes(spec: MeshSpec) -> list[str]:
     return [c.name for c in spec.clusters if c.role == "remote"]
+
+
+def _served(spec: MeshSpec) -> list[str]:
+    """The clusters whose proxies reach an istiod in another cluster: the remotes, and the config cluster."""
+    return [c.name for c in spec.clusters if c.role in ("remote", "config")]
 
 
 def _remote_proxies(mesh: Mesh) -> list[tuple[str, str, bool]]:
@@ -207,12 +231,12 @@ def _remote_proxies(mesh: Mesh) -> list[tuple[str, str, bool]]:
     istiod lists it."""
     listed = {
         (proxy.cluster, proxy.namespace, proxy.pod)
-        for primary in mesh.spec.primaries
-        for proxy in mesh[primary.name].connected_proxies()
+        for plane in istiod_clusters(mesh).values()
+        for proxy in plane.connected_proxies()
     }
     return [
         (name, f"{name}/{namespace}/{pod.name}", (name, namespace, pod.name) in listed)
-        for name in _remotes(mesh.spec)
+        for name in _served(mesh.spec)
         for namespace in (TEST_NAMESPACE, ISTIO_SYSTEM)
         for pod in mesh[name].pods(namespace)
         if pod.has_sidecar and pod.ready
@@ -227,7 +251,7 @@ def _remote_proxies_become(cut_off: Callable[[MeshSpec], list[str]]) -> Callable
 
     def shows(mesh: Mesh) -> tuple[str, str | None]:
         cut = set(cut_off(mesh.spec))
-        every_remote = cut == set(_remotes(mesh.spec))
+        every_remote = cut == set(_served(mesh.spec))
         start = time.monotonic()
         while True:
             proxies = _remote_proxies(mesh)
@@ -350,8 +374,9 @@ def _restart_target_proxies(mesh: Mesh, saved: dict[str, Any]) -> None:
 
 
 def _remote_secret_holder(spec: MeshSpec) -> str:
-    """The cluster that reads ``target`` through a remote secret: ``other`` (a primary)."""
-    return other(spec)
+    """The cluster that reads ``target`` through a remote secret: ``other`` (a primary), or the external control
+    plane's (its istiod watches remote secrets in its own namespace: LOCAL_CLUSTER_SECRET_WATCHER)."""
+    return spec.external.name if spec.external is not None else other(spec)
 
 
 def _drop_remote_secret(mesh: Mesh, saved: dict[str, Any]) -> None:
@@ -394,8 +419,9 @@ def _restore_cross_network_gateway(mesh: Mesh, saved: dict[str, Any]) -> None:
 def _cross_network_expect(spec: MeshSpec) -> list[Expect]:
     # The gateway resets the connection; Envoy 1.39+ tells the app only "remote connection failure".
     reset = frozenset({Symptom.CONNECTION_RESET, Symptom.CONNECTION_FAILURE})
-    # In primary-remote the primary's Gateway configures both gateways: both directions break.
-    return _both(spec, reset) if spec.topology is Topology.PRIMARY_REMOTE else _one_way(spec, reset)
+    # In primary-remote the primary's Gateway configures both gateways (with an external control plane, the
+    # config cluster's): both directions break.
+    return _one_way(spec, reset) if spec.topology is Topology.MULTI_PRIMARY else _both(spec, reset)
 
 
 def _unlabelled(spec: MeshSpec) -> str:
@@ -446,7 +472,7 @@ def _other_trust_domain(mesh: Mesh, saved: dict[str, Any]) -> None:
 
 
 def _incomplete_cacerts(mesh: Mesh, saved: dict[str, Any]) -> None:
-    name = mesh.spec.config_cluster(target(mesh.spec))
+    name = mesh.spec.control_plane(target(mesh.spec))
     _save(mesh, saved, "cacerts", name, "Secret", "cacerts", ISTIO_SYSTEM)
     mesh[name].patch("Secret", "cacerts", ISTIO_SYSTEM, {"data": {"ca-key.pem": None}})
     for pod in mesh[name].pods(ISTIO_SYSTEM, {"app": "istiod"}):
@@ -454,7 +480,7 @@ def _incomplete_cacerts(mesh: Mesh, saved: dict[str, Any]) -> None:
 
 
 def _repair_cacerts(mesh: Mesh, saved: dict[str, Any]) -> None:
-    name = mesh.spec.config_cluster(target(mesh.spec))
+    name = mesh.spec.control_plane(target(mesh.spec))
     _restore(mesh, saved, "cacerts")
     _restart_istiod(mesh, name)
 
@@ -548,13 +574,13 @@ def _drop_control_plane_annotation(mesh: Mesh, saved: dict[str, Any]) -> None:
     _save(mesh, saved, "namespace", remote, "Namespace", ISTIO_SYSTEM, None)
     patch = {"metadata": {"annotations": {CONTROL_PLANE_CLUSTERS: None}}}
     mesh[remote].patch("Namespace", ISTIO_SYSTEM, None, patch)
-    _restart_istiod(mesh, mesh.spec.config_cluster(remote))  # istiod decides whom it leads as it adds a cluster
+    _restart_istiod(mesh, mesh.spec.control_plane(remote))  # istiod decides whom it leads as it adds a cluster
 
 
 def _restore_control_plane_annotation(mesh: Mesh, saved: dict[str, Any]) -> None:
     remote = target(mesh.spec)
     _restore(mesh, saved, "namespace")
-    _restart_istiod(mesh, mesh.spec.config_cluster(remote))
+    _restart_istiod(mesh, mesh.spec.control_plane(remote))
 
 
 def _new_namespace_gets_root_cert(expected: bool) -> Callable[[Mesh], tuple[str, str | None]]:
@@ -577,7 +603,7 @@ def _new_namespace_gets_root_cert(expected: bool) -> Callable[[Mesh], tuple[str,
         finally:
             remote.delete("Namespace", probe)
         shown = f"a new namespace of {remote.name} got {'' if found else 'no '}istio-ca-root-cert"
-        primary = mesh.spec.config_cluster(target(mesh.spec))
+        primary = mesh.spec.control_plane(target(mesh.spec))
         if found == expected:
             return shown, None
         return (
@@ -588,13 +614,54 @@ def _new_namespace_gets_root_cert(expected: bool) -> Callable[[Mesh], tuple[str,
     return shows
 
 
+def _drop_external_routes(mesh: Mesh, saved: dict[str, Any]) -> None:
+    """The guide's external-istiod-gw.yaml missing: the ingress gateway no longer passes 15012 and 15017 to the
+    external istiod; istiod restarted, so every proxy must reconnect (as after any istiod rollout)."""
+    external = _external_name(mesh.spec)
+    for obj in manifests.external_istiod_routes():
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        _save(mesh, saved, f"route-{kind}", external, kind, name, ISTIO_SYSTEM)
+        mesh[external].delete(kind, name, ISTIO_SYSTEM)
+    _restart_istiod(mesh, external)
+
+
+def _restore_external_routes(mesh: Mesh, saved: dict[str, Any]) -> None:
+    for key in ("route-Gateway", "route-VirtualService"):
+        if key in saved:
+            _restore(mesh, saved, key)
+
+
+def _external_name(spec: MeshSpec) -> str:
+    if spec.external is None:
+        raise BackendError("this entry needs an external control plane")
+    return spec.external.name
+
+
+def _drop_config_secret(mesh: Mesh, saved: dict[str, Any]) -> None:
+    """The external istiod without its istio-kubeconfig (the config cluster's credentials): its pod replaced,
+    as a restart or a node loss would, reads no kubeconfig and cannot start."""
+    external = _external_name(mesh.spec)
+    _save(mesh, saved, "config-secret", external, "Secret", "istio-kubeconfig", ISTIO_SYSTEM)
+    mesh[external].delete("Secret", "istio-kubeconfig", ISTIO_SYSTEM)
+    for pod in mesh[external].pods(ISTIO_SYSTEM, {"app": "istiod"}):
+        mesh[external].delete("Pod", pod.name, ISTIO_SYSTEM)
+
+
+def _restore_config_secret(mesh: Mesh, saved: dict[str, Any]) -> None:
+    _restore(mesh, saved, "config-secret")
+    _restart_istiod(mesh, _external_name(mesh.spec))
+
+
 CATALOG: list[Misconfiguration] = [
     Misconfiguration(
         "second-root-ca",
         "one cluster's cacerts holds a different root (istiod, gateways and workloads restarted)",
         [Stage("second root in cacerts", _second_root, lambda s: _both(s, TLS_FAILURES), "root-mismatch")],
         _restored("cacerts"),
-        _multi_primary_only("in primary-remote one istiod signs for every cluster: a remote's cacerts is not used"),
+        _multi_primary_only(
+            "in primary-remote one istiod signs for every cluster: a remote's cacerts is not used",
+            "the external istiod alone signs for every cluster: no data-plane cluster has a CA of its own",
+        ),
     ),
     Misconfiguration(
         "cacerts-after-install",
@@ -616,7 +683,8 @@ CATALOG: list[Misconfiguration] = [
         ],
         _restored("cacerts"),
         _multi_primary_only(
-            "in primary-remote every cluster gets its certificates from the one istiod, so they still share its root"
+            "in primary-remote every cluster gets its certificates from the one istiod, so they still share its root",
+            "every cluster gets its certificates from the one external istiod, so they still share its root",
         ),
     ),
     Misconfiguration(
@@ -644,7 +712,10 @@ CATALOG: list[Misconfiguration] = [
             )
         ],
         _restore_remote_secrets,
-        _multi_primary_only("primary-remote has a single remote secret (the remote's, in the primary)"),
+        _multi_primary_only(
+            "primary-remote has a single remote secret (the remote's, in the primary)",
+            "the external istiod alone holds remote secrets (the remotes', in its own cluster)",
+        ),
     ),
     Misconfiguration(
         "loopback-remote-secret",
@@ -729,7 +800,10 @@ CATALOG: list[Misconfiguration] = [
             )
         ],
         _restored("mesh"),
-        _multi_primary_only("in primary-remote the one istiod signs every identity in its own trust domain"),
+        _multi_primary_only(
+            "in primary-remote the one istiod signs every identity in its own trust domain",
+            "the one external istiod signs every identity in its own trust domain",
+        ),
     ),
     Misconfiguration(
         "incomplete-cacerts",
@@ -819,8 +893,45 @@ CATALOG: list[Misconfiguration] = [
             )
         ],
         _restore_control_plane_annotation,
-        _primary_remote_only,
+        _led_remotely,
         healed=_new_namespace_gets_root_cert(expected=True),
+    ),
+]
+
+
+CATALOG += [
+    # An external control plane's own: its istiod unreachable, or unable to read the mesh. As in primary-remote,
+    # a proxy cut off keeps its last configuration and certificate: calls go on; every change after breaks.
+    Misconfiguration(
+        "external-istiod-not-exposed",
+        "the external cluster's ingress gateway does not route 15012/15017 to the external istiod (no external-istiod-gw.yaml)",
+        [
+            Stage(
+                "external-istiod-gw and external-istiod-vs deleted, istiod restarted",
+                _drop_external_routes,
+                lambda s: _both(s, OK),
+                "external-istiod-not-exposed",
+                shows=_remote_proxies_become(_served),  # every data-plane cluster reaches istiod through it
+            )
+        ],
+        _restore_external_routes,
+        _external_only,
+        healed=_remote_proxies_become(lambda spec: []),
+    ),
+    Misconfiguration(
+        "missing-config-secret",
+        "the external istiod has no istio-kubeconfig Secret (the config cluster's credentials)",
+        [
+            Stage(
+                "istio-kubeconfig deleted, istiod pod replaced",
+                _drop_config_secret,
+                lambda s: _both(s, OK),
+                "config-secret-missing",
+                istiod_ready=False,
+            )
+        ],
+        _restore_config_secret,
+        _external_only,
     ),
 ]
 
