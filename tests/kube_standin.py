@@ -3,11 +3,14 @@
 Plain HTTP on 127.0.0.1 (a random port); any resource is stored generically by its REST path; errors
 are Status objects as the API server writes them. Controllers run synchronously after each write:
 Deployments own ReplicaSets own running Pods, Istio's sidecar injector (``injection=True``), a
-LoadBalancer allocator (``lb_pool``, as MetalLB), and garbage collection by owner and by namespace.
+LoadBalancer allocator (``lb_pool``, as MetalLB), the token controller (a ``service-account-token`` Secret of an
+existing ServiceAccount gets its ``ca.crt``, ``namespace`` and ``token``), and garbage collection by owner and by
+namespace.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -37,6 +40,24 @@ _KINDS = {"namespaces": "Namespace", "nodes": "Node", "pods": "Pod", "services":
 _KINDS |= {"configmaps": "ConfigMap", "serviceaccounts": "ServiceAccount", "deployments": "Deployment"}
 # DELETE answers with the object for these (the client parses V1Pod, V1Service...), with a Status otherwise
 _DELETE_RETURNS_OBJECT = {"pods", "services", "serviceaccounts", "namespaces", "persistentvolumeclaims"}
+
+
+SA_TOKEN, SA_NAME = "kubernetes.io/service-account-token", "kubernetes.io/service-account.name"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _compact(obj: Obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _pem(seed: str) -> str:
+    """A PEM block of deterministic bytes: what a kind cluster's CA certificate looks like to a client."""
+    body = base64.b64encode(b"".join(hashlib.sha256(f"{seed}/{i}".encode()).digest() for i in range(15))).decode()
+    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
 
 
 class _Fail(Exception):
@@ -398,6 +419,8 @@ class KubeApiStandIn:
                 self._cluster_ips += 1
                 spec["clusterIP"] = f"10.96.{self._cluster_ips // 250}.{self._cluster_ips % 250 + 1}"
                 spec["clusterIPs"] = [spec["clusterIP"]]
+        elif (group, plural) == ("", "secrets") and obj.get("type") == SA_TOKEN:
+            self._token(obj, ns)
         elif (group, plural) == ("", "pods"):
             if self.injection:
                 self._inject(obj, self._store[("", "namespaces", "", ns)]["metadata"].get("labels", {}))
@@ -482,6 +505,31 @@ class KubeApiStandIn:
                 used.add(free[0])
                 ingress = [{"ip": free[0], "ipMode": "VIP"}]
                 self._write(key, merge_patch(svc, {"status": {"loadBalancer": {"ingress": ingress}}}))
+
+    def _token(self, secret: Obj, ns: str) -> None:
+        """The token controller, in outline: a ``service-account-token`` Secret naming an existing ServiceAccount
+        gets the cluster's CA, the namespace and a signed token of that account (one naming none stays empty)."""
+        meta = secret["metadata"]
+        annotations = meta.setdefault("annotations", {})
+        account = self._store.get(("", "serviceaccounts", ns, annotations.get(SA_NAME, "")))
+        if account is None or (secret.get("data") or {}).get("token"):
+            return
+        annotations["kubernetes.io/service-account.uid"] = account["metadata"]["uid"]
+        claims = {
+            "iss": "kubernetes/serviceaccount",
+            "kubernetes.io/serviceaccount/namespace": ns,
+            "kubernetes.io/serviceaccount/secret.name": meta["name"],
+            "kubernetes.io/serviceaccount/service-account.name": annotations[SA_NAME],
+            "kubernetes.io/serviceaccount/service-account.uid": account["metadata"]["uid"],
+            "sub": f"system:serviceaccount:{ns}:{annotations[SA_NAME]}",
+        }
+        header = {"alg": "RS256", "kid": hashlib.sha256(self.cluster.encode()).hexdigest()[:43]}
+        signature = hashlib.sha512(json.dumps(claims, sort_keys=True).encode()).digest() * 4
+        token = ".".join(_b64url(part) for part in (_compact(header), _compact(claims), signature))
+        secret["data"] = {
+            key: base64.b64encode(value.encode()).decode()
+            for key, value in (("ca.crt", _pem(f"{self.cluster}/ca")), ("namespace", ns), ("token", token))
+        }
 
     @staticmethod
     def _inject(pod: Obj, ns_labels: dict[str, str]) -> None:

@@ -21,12 +21,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from meshfed import manifests
 from meshfed.backends import tools
 from meshfed.backends.base import BackendError
 from meshfed.backends.kind import KindBackend, address_slices, ipv4_subnet, metallb_pool, pool_addresses
 from meshfed.backends.kube import KubeApi, KubeCluster
 from meshfed.backends.preflight import HostPaths
 from meshfed.diagnose import diagnose
+from meshfed.install import Step, StepKind, plan
 from meshfed.manifests import TEST_NAMESPACE
 from meshfed.pki import create_mesh_pki
 from meshfed.topology import MeshSpec, Topology
@@ -91,7 +93,7 @@ def _write_host(tmp: Path, instances: int = 512) -> None:
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     servers = {
         name: KubeApiStandIn(name, lb_pool=[f"172.18.255.{10 + i}"], injection=True, lb_requires_pool_object=True)
-        for i, name in enumerate(("meshfed-cluster-a", "meshfed-cluster-b"))
+        for i, name in enumerate(("meshfed-cluster-a", "meshfed-cluster-b", "meshfed-external"))
     }
     for server in servers.values():
         server.start()
@@ -120,8 +122,10 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     addressed: dict[str, float] = {}
     wait_address = KindBackend._gateway_address
 
-    def recording_address(self: KindBackend, cluster: Any, timeout: float = 300) -> str:
-        address = wait_address(self, cluster, timeout)
+    def recording_address(self: KindBackend, cluster: Any, timeout: float = 300, *, control_plane: bool = False) -> str:
+        # The stand-ins give a LoadBalancer Service its address as it is created: one not there within seconds
+        # never comes (a step out of the plan's order), so the wait is cut short rather than hang for 5 minutes.
+        address = wait_address(self, cluster, min(timeout, 5), control_plane=control_plane)
         addressed.setdefault(cluster.name, time.time())
         return address
 
@@ -138,7 +142,7 @@ def _spec(topology: Topology = Topology.MULTI_PRIMARY) -> MeshSpec:
 
 
 def _cacerts(spec: MeshSpec) -> dict[str, dict[str, bytes]]:
-    pki = create_mesh_pki(spec.names, key_type="ecdsa")
+    pki = create_mesh_pki(spec.cacerts_clusters, key_type="ecdsa")  # as the CLI: the external cluster's alone
     return {name: ca.secret_data() for name, ca in pki.cluster_cas.items()}
 
 
@@ -156,28 +160,33 @@ def _index(requests: list[tuple[str, str, str]], method: str, fragment: str) -> 
     raise AssertionError(f"no {method} {fragment} in {[r[:2] for r in requests]}")
 
 
+def _namespace(topology: Topology) -> str:
+    """Where the plan's istio-system objects of a cluster go: with an external control plane, external-istiod."""
+    return "external-istiod" if topology is Topology.EXTERNAL_CONTROL_PLANE else "istio-system"
+
+
 @pytest.mark.parametrize("topology", list(Topology))
 def test_provision_runs_the_tools_in_the_plans_order(world: World, topology: Topology) -> None:
     spec = _spec(topology)
+    namespace = _namespace(topology)
+    kind_names = {f"meshfed-{c.name}" for c in spec.all_clusters}
     progress: list[str] = []
     mesh = world.backend().provision(spec, _cacerts(spec), progress.append)
 
     kind = [c["argv"] for c in world.calls("kind")]
     creates = [c for c in world.calls("kind") if c["argv"][:2] == ["create", "cluster"]]
-    assert {a for c in creates for a in c["argv"] if a.startswith("--name")} == {
-        "--name=meshfed-cluster-a",
-        "--name=meshfed-cluster-b",
-    }
+    assert {a for c in creates for a in c["argv"] if a.startswith("--name")} == {f"--name={n}" for n in kind_names}
     assert all(f"--image={tools.NODE_IMAGE}" in c["argv"] for c in creates), kind
     configs = {yaml.safe_load(c["config"])["nodes"][0]["labels"]["topology.kubernetes.io/region"]: c for c in creates}
     subnets = [yaml.safe_load(c["config"])["networking"] for c in creates]
-    assert set(configs) == {"region-a", "region-b"}
-    assert len({s["podSubnet"] for s in subnets}) == 2 and len({s["serviceSubnet"] for s in subnets}) == 2
+    assert set(configs) == {c.region for c in spec.all_clusters}
+    assert len({s["podSubnet"] for s in subnets}) == len({s["serviceSubnet"] for s in subnets}) == len(kind_names)
 
-    # cacerts reaches each primary's API server before `istioctl install` creates istiod there.
-    for cluster in spec.primaries:
+    # cacerts reaches each control plane's API server before `istioctl install` creates istiod there.
+    for cluster in spec.control_planes:
         requests = world.servers[f"meshfed-{cluster.name}"].requests
-        assert _index(requests, "PATCH", "/secrets/cacerts") < _index(requests, "PATCH", "/deployments/istiod")
+        cacerts = _index(requests, "PATCH", f"/namespaces/{namespace}/secrets/cacerts")
+        assert cacerts < _index(requests, "PATCH", f"/namespaces/{namespace}/deployments/istiod")
     istioctl = world.calls("istioctl")
     installs = [c for c in istioctl if _sub(c["argv"])[0] == "install"]
     assert all("-y" in c["argv"] and "--context" in c["argv"] for c in installs)
@@ -190,18 +199,28 @@ def test_provision_runs_the_tools_in_the_plans_order(world: World, topology: Top
     if topology is Topology.MULTI_PRIMARY:
         assert set(world.addressed) == {"cluster-a", "cluster-b"}
         assert max(world.addressed.values()) < first_secret
-    else:  # Istio's primary-remote guide: the remote is attached before its own gateway is installed
+    elif topology is Topology.PRIMARY_REMOTE:  # Istio's primary-remote guide: the remote is attached before its gateway
         assert world.addressed["cluster-a"] < first_secret
-    for server in world.servers.values():
-        services = server.objects("Service", "istio-system")
+    else:  # the guide: istio-kubeconfig (the first secret) once the external istiod's ingress has its address
+        assert set(world.addressed) == {"external", "cluster-a", "cluster-b"}
+        assert world.addressed["external"] < first_secret < world.addressed["cluster-a"]
+    for cluster in spec.clusters:
+        server = world.servers[f"meshfed-{cluster.name}"]
+        services = server.objects("Service", namespace)
         gateway = next(s for s in services if s["metadata"]["name"] == "istio-eastwestgateway")
         assert gateway["status"]["loadBalancer"]["ingress"][0]["ip"].startswith("172.18.255.")
-        assert server.objects("IPAddressPool", "metallb-system")
-    destination = world.servers["meshfed-cluster-b" if topology is Topology.MULTI_PRIMARY else "meshfed-cluster-a"]
+    for cluster in spec.all_clusters:
+        assert world.servers[f"meshfed-{cluster.name}"].objects("IPAddressPool", "metallb-system")
+    destination = {
+        Topology.MULTI_PRIMARY: "meshfed-cluster-b",
+        Topology.PRIMARY_REMOTE: "meshfed-cluster-a",
+        Topology.EXTERNAL_CONTROL_PLANE: "meshfed-external",
+    }[topology]
     assert any(
-        s["metadata"]["name"].startswith("istio-remote-secret-") for s in destination.objects("Secret", "istio-system")
+        s["metadata"]["name"].startswith("istio-remote-secret-")
+        for s in world.servers[destination].objects("Secret", namespace)
     )
-    network = world.servers["meshfed-cluster-b"].object("/api/v1/namespaces/istio-system")
+    network = world.servers["meshfed-cluster-b"].object(f"/api/v1/namespaces/{namespace}")
     assert network is not None and network["metadata"]["labels"]["topology.istio.io/network"] == "network-b"
 
     # The mesh answers through the contract: pods with sidecars, calls by exec, and teardown.
@@ -219,7 +238,7 @@ def test_provision_runs_the_tools_in_the_plans_order(world: World, topology: Top
     world.reset_calls()
     mesh.teardown()
     deleted = [c["argv"] for c in world.calls("kind") if c["argv"][:2] == ["delete", "cluster"]]
-    assert sorted(deleted) == [["delete", "cluster", "--name", f"meshfed-cluster-{x}"] for x in "ab"]
+    assert sorted(deleted) == [["delete", "cluster", "--name", name] for name in sorted(kind_names)]
     assert not (world.tmp / ".pytest-kind").exists()
 
 
@@ -301,14 +320,205 @@ def test_kept_clusters_whose_addresses_moved_get_new_remote_secrets(world: World
     assert all(argv[argv.index("--server") + 1] == "https://172.18.0.77:6443" for argv in made)
     assert not [c for c in world.calls("istioctl") if _sub(c["argv"])[0] == "install"]
     assert any("addresses changed since they were installed (API servers: cluster-b" in line for line in progress)
-    secrets = world.servers["meshfed-cluster-a"].object(
-        "/api/v1/namespaces/istio-system/secrets/istio-remote-secret-cluster-b"
+    # cluster-b's remote secret lives where its istiod runs: in cluster-a, or in the external cluster.
+    holder = "meshfed-external" if topology is Topology.EXTERNAL_CONTROL_PLANE else "meshfed-cluster-a"
+    secrets = world.servers[holder].object(
+        f"/api/v1/namespaces/{_namespace(topology)}/secrets/istio-remote-secret-cluster-b"
     )
     assert secrets is not None
     kubeconfig = (
         secrets.get("stringData", {}).get("cluster-b") or base64.b64decode(secrets["data"]["cluster-b"]).decode()
     )
     assert "https://172.18.0.77:6443" in kubeconfig
+
+
+def _context(call: dict[str, Any]) -> str:
+    """The kind cluster a tool call was run against (``--context kind-NAME``)."""
+    argv = call["argv"]
+    return str(argv[argv.index("--context") + 1]).removeprefix("kind-")
+
+
+def _secret_text(secret: dict[str, Any], key: str) -> str:
+    """A Secret's value, as applied (``stringData``, what istioctl prints) or as stored (``data``)."""
+    return str(secret.get("stringData", {}).get(key) or base64.b64decode(secret["data"][key]).decode())
+
+
+def _gateway_names(operator: dict[str, Any]) -> list[str]:
+    return [g["name"] for g in (operator["spec"].get("components") or {}).get("ingressGateways") or []]
+
+
+def test_an_external_control_plane_is_installed_as_istios_guide_does(world: World) -> None:
+    """The guide's order (IP-address variant): the external cluster's ingress gateway, then its address; the config
+    cluster's remote profile (configCluster, pointed at that address), then istio-kubeconfig read from it; then the
+    external istiod; each remote's remote secret in the external cluster's external-istiod; east-west gateways on
+    the data-plane clusters only. The mesh's clusters are the data-plane ones, the external one beside them."""
+    spec = _spec(Topology.EXTERNAL_CONTROL_PLANE)
+    mesh = world.backend().provision(spec, _cacerts(spec))
+    external = world.servers["meshfed-external"]
+    istioctl = world.calls("istioctl")
+    installs = [(c["time"], _context(c), c["operator"]) for c in istioctl if _sub(c["argv"])[0] == "install"]
+    made = [c for c in istioctl if _sub(c["argv"])[0] == "create-remote-secret"]
+
+    # The ingress gateway (istio-system, 15021/15012/15017) is installed before its address is read.
+    ingress = external.object("/api/v1/namespaces/istio-system/services/istio-ingressgateway")
+    assert ingress is not None and [p["port"] for p in ingress["spec"]["ports"]] == [15021, 15012, 15017]
+    address = ingress["status"]["loadBalancer"]["ingress"][0]["ip"]
+    [gateway_install] = [t for t, on, op in installs if _gateway_names(op) == ["istio-ingressgateway"]]
+    assert _context(next(c for c in istioctl if c["time"] == gateway_install)) == "meshfed-external"
+    assert gateway_install < world.addressed["external"]
+
+    # The config cluster's remote profile, pointed at that address, comes before istio-kubeconfig is read from it.
+    remote_profiles = {on: (t, op) for t, on, op in installs if op["spec"].get("profile") == "remote"}
+    assert set(remote_profiles) == {"meshfed-cluster-a", "meshfed-cluster-b"}
+    for on, (_, operator) in remote_profiles.items():
+        values = operator["spec"]["values"]["global"]
+        assert values["remotePilotAddress"] == address and values["istioNamespace"] == "external-istiod"
+        assert values.get("configCluster", False) is (on == "meshfed-cluster-a")
+        istiod = world.servers[on].object("/apis/discovery.k8s.io/v1/namespaces/external-istiod/endpointslices/istiod")
+        assert istiod is not None and istiod["endpoints"] == [{"addresses": [address]}]
+    [config] = [c for c in made if "--type=config" in c["argv"]]
+    assert _context(config) == "meshfed-cluster-a"
+    assert remote_profiles["meshfed-cluster-a"][0] < config["time"] < world.addressed["cluster-a"]
+
+    # istio-kubeconfig (key config, cluster-a's API server) reaches the external cluster before its istiod.
+    requests = external.requests
+    kubeconfig = _index(requests, "PATCH", "/namespaces/external-istiod/secrets/istio-kubeconfig")
+    assert kubeconfig < _index(requests, "PATCH", "/namespaces/external-istiod/deployments/istiod")
+    secret = external.object("/api/v1/namespaces/external-istiod/secrets/istio-kubeconfig")
+    assert secret is not None
+    server = config["argv"][config["argv"].index("--server") + 1]
+    assert yaml.safe_load(_secret_text(secret, "config"))["clusters"][0]["cluster"]["server"] == server
+    istiod = external.object("/apis/apps/v1/namespaces/external-istiod/deployments/istiod")
+    assert istiod is not None
+    env = {e["name"]: e["value"] for e in istiod["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CLUSTER_ID"] == "cluster-a" and env["EXTERNAL_ISTIOD"] == "true"
+    [external_istiod] = [op for _, on, op in installs if "pilot" in (op["spec"].get("components") or {})]
+    assert external_istiod["spec"]["meshConfig"]["defaultConfig"]["discoveryAddress"] == f"{address}:15012"
+
+    # cluster-b's remote secret, read from cluster-b, is applied in the external cluster's external-istiod only.
+    [remote] = [c for c in made if "--type=config" not in c["argv"]]
+    assert _context(remote) == "meshfed-cluster-b" and remote["argv"][remote["argv"].index("--name") + 1] == "cluster-b"
+    assert remote_profiles["meshfed-cluster-b"][0] < remote["time"]
+    held = {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in external.objects("Secret")}
+    assert ("external-istiod", "istio-remote-secret-cluster-b") in held
+    for cluster in spec.clusters:
+        secrets = world.servers[f"meshfed-{cluster.name}"].objects("Secret")
+        assert not [
+            s for s in secrets if s["metadata"]["name"].startswith(("istio-remote-secret-", "istio-kubeconfig"))
+        ]
+
+    # An east-west gateway (external-istiod) on every data-plane cluster, none on the external cluster.
+    eastwest = sorted(on for _, on, op in installs if _gateway_names(op) == ["istio-eastwestgateway"])
+    assert eastwest == ["meshfed-cluster-a", "meshfed-cluster-b"]
+    for cluster in spec.clusters:
+        assert world.servers[f"meshfed-{cluster.name}"].object(
+            "/api/v1/namespaces/external-istiod/services/istio-eastwestgateway"
+        )
+    assert not [s for s in external.objects("Service") if s["metadata"]["name"] == "istio-eastwestgateway"]
+
+    # The mesh: the data-plane clusters, the external one beside them; all in external-istiod.
+    assert list(mesh.clusters) == ["cluster-a", "cluster-b"]
+    assert mesh.external is not None and mesh.external.name == "external" and mesh["external"] is mesh.external
+    assert {c.control_plane_namespace for c in [*mesh.clusters.values(), mesh.external]} == {"external-istiod"}
+    mesh.teardown()
+
+
+def test_the_config_secret_before_the_config_clusters_remote_profile_fails_as_istioctl_does(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the remote profile's configCluster there is no istiod ServiceAccount in the config cluster, and
+    `create-remote-secret --type=config --create-service-account=false` fails (the notes' misconfiguration):
+    the plan's order is what makes it work, and a plan out of order says istioctl's own words."""
+
+    def out_of_order(spec: MeshSpec, cacerts: Any) -> list[Step]:
+        steps = plan(spec, cacerts)
+        profile = next(s for s in steps if s.kind is StepKind.INSTALL_REMOTE and s.cluster == "cluster-a")
+        secret = next(s for s in steps if s.kind is StepKind.CONFIG_SECRET)
+        steps.remove(secret)
+        steps.insert(steps.index(profile), secret)
+        return steps
+
+    monkeypatch.setattr("meshfed.backends.kind.plan", out_of_order)
+    spec = _spec(Topology.EXTERNAL_CONTROL_PLANE)
+    with pytest.raises(
+        BackendError,
+        match=r"^cluster-a: `istioctl .* create-remote-secret --name cluster-a .*` failed \(exit 1\): .*"
+        r"failed retrieving service account istiod\.external-istiod required for creating the remote secret .*"
+        r"'--create-service-account=true'\): serviceaccounts \"istiod\" not found$",
+    ):
+        world.backend().provision(spec, _cacerts(spec))
+    assert (
+        world.servers["meshfed-external"].object("/api/v1/namespaces/external-istiod/secrets/istio-kubeconfig") is None
+    )
+    assert not [
+        c for c in world.calls("istioctl") if _sub(c["argv"])[0] == "install" and _context(c) == "meshfed-cluster-a"
+    ]
+    deleted = {c["argv"][3] for c in world.calls("kind") if c["argv"][:2] == ["delete", "cluster"]}
+    assert deleted == {"meshfed-cluster-a", "meshfed-cluster-b", "meshfed-external"}
+
+
+def test_the_fake_istioctl_reads_a_config_cluster_as_its_istiod_account(world: World) -> None:
+    """create-remote-secret --type=config as istioctl's remote_secret.go: the account must exist (with
+    --create-service-account=true only istio-reader-service-account can be made, so istiod is still missing);
+    once the remote profile's configCluster made it, istio-kubeconfig with key config, in --istioNamespace."""
+    server = world.servers["meshfed-cluster-a"]
+    kubeconfig = world.tmp / "kubeconfig-a"
+    kubeconfig.write_text(server.kubeconfig("kind-a"))
+    config = ["--type=config", "--service-account=istiod", "--istioNamespace", "external-istiod"]
+    command = ["istioctl", "--kubeconfig", str(kubeconfig), "create-remote-secret", "--name", "cluster-a", *config]
+    refused = subprocess.run([*command, "--create-service-account=false"], capture_output=True, text=True)
+    reason = (
+        "could not get access token to read resources from local kube-apiserver: failed retrieving service account "
+        "istiod.external-istiod required for creating the remote secret (hint: try installing a minimal Istio profile "
+        "on the cluster first, or run with '--create-service-account=true'): serviceaccounts \"istiod\" not found"
+    )
+    assert (refused.returncode, refused.stdout, refused.stderr) == (1, "", f"error: {reason}\nError: {reason}\n")
+    created = subprocess.run(command, capture_output=True, text=True)
+    assert created.returncode == 1 and "failed retrieving service account istiod.external-istiod after creating it" in (
+        created.stderr
+    )
+    assert server.object("/api/v1/namespaces/external-istiod/serviceaccounts/istio-reader-service-account")
+
+    spec = _spec(Topology.EXTERNAL_CONTROL_PLANE)
+    operator = manifests.istio_operator_remote(
+        spec.clusters[0], spec, "172.18.255.12", namespace_="external-istiod", config_cluster=True
+    )
+    iop = world.tmp / "remote.yaml"
+    iop.write_text(yaml.safe_dump(operator))
+    subprocess.run(
+        ["istioctl", "--kubeconfig", str(kubeconfig), "install", "-y", "-f", str(iop)], check=True, capture_output=True
+    )
+    printed = subprocess.run(
+        [*command, "--create-service-account=false", "--server", "https://172.18.0.2:6443"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    [secret] = [d for d in yaml.safe_load_all(printed) if d]
+    assert secret["metadata"]["name"] == "istio-kubeconfig" and secret["metadata"]["namespace"] == "external-istiod"
+    assert secret["metadata"]["annotations"] == {"networking.istio.io/cluster": "cluster-a"}
+    assert list(secret["stringData"]) == ["config"]
+    read = yaml.safe_load(secret["stringData"]["config"])
+    assert read["clusters"][0]["cluster"]["server"] == "https://172.18.0.2:6443"
+    claims = json.loads(base64.urlsafe_b64decode(read["users"][0]["user"]["token"].split(".")[1] + "=="))
+    assert claims["sub"] == "system:serviceaccount:external-istiod:istiod"
+
+
+def test_a_kept_external_mesh_whose_config_cluster_moved_gets_a_new_istio_kubeconfig(world: World) -> None:
+    spec = _spec(Topology.EXTERNAL_CONTROL_PLANE)
+    cacerts = _cacerts(spec)
+    world.backend(keep_clusters=True).provision(spec, cacerts).teardown()
+    state = world.tmp / "state" / "state.json"
+    data = json.loads(state.read_text())
+    next(c for c in data["clusters"] if c["name"] == "meshfed-cluster-a")["nodes"][0]["ip"] = 78
+    state.write_text(json.dumps(data))
+    world.reset_calls()
+    world.backend(keep_clusters=True).provision(spec, cacerts).teardown()
+    secret = world.servers["meshfed-external"].object("/api/v1/namespaces/external-istiod/secrets/istio-kubeconfig")
+    assert secret is not None
+    assert (
+        yaml.safe_load(_secret_text(secret, "config"))["clusters"][0]["cluster"]["server"] == "https://172.18.0.78:6443"
+    )
 
 
 def test_clusters_left_by_a_kept_run_are_not_touched_without_keep(world: World) -> None:

@@ -41,7 +41,7 @@ def _converge(cluster: Cluster, client: str, url: str, deadline: float) -> None:
 
 def measure(topology: Topology, clusters: int, calls: int, backend: Backend | None = None) -> dict[str, float]:
     spec = MeshSpec.default(topology, clusters)
-    pki = create_mesh_pki(spec.names, key_type="ecdsa")
+    pki = create_mesh_pki(spec.cacerts_clusters, key_type="ecdsa")
     started = time.perf_counter()
     backend = backend or EmbeddedBackend()
     mesh = backend.provision(spec, {n: ca.secret_data() for n, ca in pki.cluster_cas.items()})

@@ -6,7 +6,8 @@ Environment protocol (all optional except where a test needs the behaviour):
 
 * ``MESHFED_FAKE_LOG``: JSON-lines file; each call appends ``{"tool", "argv", "stdin", "time"}`` (``stdin`` is
   the text read for commands that read stdin, else null; ``kind create cluster`` adds ``"config"``: the
-  config file's content). Appends hold an ``fcntl`` lock.
+  config file's content; ``istioctl install`` adds ``"operator"``: the IstioOperator its files and ``--set``
+  make). Appends hold an ``fcntl`` lock.
 * ``MESHFED_FAKE_STATE``: folder for the fakes' state (``state.json`` under an ``fcntl`` lock): kind
   clusters, their nodes and node IPs. Without it, a ``meshfed-fakes`` folder in the temp dir.
 * ``MESHFED_FAKE_APISERVERS``: JSON ``{kind-cluster-name: "http://127.0.0.1:PORT"}``: the API server each
@@ -61,6 +62,9 @@ KIND_IMAGE = "kindest/node:v1.35.0@sha256:452d707d4862f52530247495d180205e029056
 KUBECTL_VERSION = {"major": "1", "minor": "34", "gitVersion": "v1.34.1"}
 DOCKER_VERSION = "28.5.1"
 ISTIO_NAMESPACE = "istio-system"
+INJECT_LABEL = "sidecar.istio.io/inject"
+READER_SA = "istio-reader-service-account"  # the base chart's, what create-remote-secret reads a cluster as
+CONFIG_SA = "istiod"  # create-remote-secret --type=config's default: the remote istiod's own, on a config cluster
 KIND_SUBNET_V4 = "172.18.0.0/16"
 KIND_SUBNET_V6 = "fc00:f853:ccd:e793::/64"
 
@@ -1315,11 +1319,101 @@ def _labels(component: str, owner: str, revision: str) -> dict[str, str]:
     }
 
 
+def _is_ip(address: str) -> bool:
+    """The remote-istiod charts' test of ``remotePilotAddress``: an IPv4 or IPv6 literal (else a DNS name)."""
+    return bool(re.fullmatch(r"([0-9]*\.){3}[0-9]*", address) or re.fullmatch(r"([0-9a-fA-F]*:)+[0-9a-fA-F]*", address))
+
+
+def _injector_webhooks(revision: str, namespace: str, remote: Obj) -> list[Obj]:
+    """The webhooks of istio-discovery's ``mutatingwebhook.yaml``: by revision label (namespace, object), and for
+    the default revision by ``istio-injection`` and ``sidecar.istio.io/inject``; each calls ``injectionURL``, or
+    istiod's Service at ``injectionPath`` (the remote profile: the Service standing for the remote istiod)."""
+    url = remote.get("injectionURL") or ""
+    service = {
+        "name": f"istiod-{revision}" if revision else "istiod",
+        "namespace": namespace,
+        "path": remote.get("injectionPath") or "/inject",
+        "port": 443,
+    }
+    client = {"url": url} if url else {"service": service}
+    rev = revision or "default"
+
+    def absent(*keys: str) -> list[Obj]:
+        return [{"key": key, "operator": "DoesNotExist"} for key in keys]
+
+    not_disabled = {"matchExpressions": [{"key": INJECT_LABEL, "operator": "NotIn", "values": ["false"]}]}
+    selectors = [
+        (
+            "rev.namespace.",
+            {
+                "matchExpressions": [
+                    {"key": "istio.io/rev", "operator": "In", "values": [rev]},
+                    *absent("istio-injection"),
+                ]
+            },
+            not_disabled,
+        ),
+        (
+            "rev.object.",
+            {"matchExpressions": absent("istio.io/rev", "istio-injection")},
+            {
+                "matchExpressions": [
+                    *not_disabled["matchExpressions"],
+                    {"key": "istio.io/rev", "operator": "In", "values": [rev]},
+                ]
+            },
+        ),
+    ]
+    if not revision:
+        selectors += [
+            (
+                "namespace.",
+                {"matchExpressions": [{"key": "istio-injection", "operator": "In", "values": ["enabled"]}]},
+                not_disabled,
+            ),
+            (
+                "object.",
+                {"matchExpressions": absent("istio-injection", "istio.io/rev")},
+                {
+                    "matchExpressions": [
+                        {"key": INJECT_LABEL, "operator": "In", "values": ["true"]},
+                        *absent("istio.io/rev"),
+                    ]
+                },
+            ),
+        ]
+    return [
+        {
+            "name": f"{prefix}sidecar-injector.istio.io",
+            "clientConfig": copy.deepcopy(client),
+            "sideEffects": "None",
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "Never",
+            "admissionReviewVersions": ["v1"],
+            "namespaceSelector": namespaces,
+            "objectSelector": objects,
+        }
+        for prefix, namespaces, objects in selectors
+    ]
+
+
 def istio_objects(operator: Obj, version: str) -> list[tuple[str, list[Obj]]]:
-    """(component, objects) that ``istioctl install`` creates for this IstioOperator, simplified."""
+    """(component, objects) that ``istioctl install`` creates for this IstioOperator, simplified (no CRDs, RBAC,
+    validation webhooks, injector ConfigMap; the default profile's ``istio-ingressgateway`` only when listed).
+
+    As istioctl's ``render.GenerateManifest``: every profile is laid over ``default``, which sets
+    ``values.global.istioNamespace: istio-system``; that value then becomes ``metadata.namespace``, the namespace of
+    every component (a gateway's own ``namespace`` aside), so a file's ``metadata.namespace`` alone moves nothing.
+    The ``remote`` profile (``istiodRemote.enabled``) renders no istiod: the injection webhook pointed at the remote
+    istiod, a selector-less ``istiod`` Service with an EndpointSlice of ``global.remotePilotAddress`` (an
+    ExternalName Service for a DNS name), and, on a config cluster (``global.configCluster``), istiod's
+    ServiceAccount (what ``create-remote-secret --type=config`` reads) and, with ``pilot.configMap``, the
+    ``istio`` mesh ConfigMap. ``global.operatorManageWebhooks`` leaves the injection webhook out."""
     spec = operator.get("spec") or {}
     values = spec.get("values") or {}
     global_values = values.get("global") or {}
+    pilot_values = values.get("pilot") or {}
     namespace = global_values.get("istioNamespace") or ISTIO_NAMESPACE
     revision = spec.get("revision") or ""
     suffix = f"-{revision}" if revision else ""
@@ -1327,89 +1421,151 @@ def istio_objects(operator: Obj, version: str) -> list[tuple[str, list[Obj]]]:
     profile = spec.get("profile") or "default"
     components = spec.get("components") or {}
     rev_label = {"istio.io/rev": revision or "default"}
+    remote: Obj = {"enabled": profile == "remote", **(values.get("istiodRemote") or {})}
+    istiod_remote = bool(remote["enabled"])
     # spec.hub/spec.tag become global.hub/global.tag (istioctl's translateIstioOperatorToHelm).
     hub = global_values.get("hub") or spec.get("hub") or "docker.io/istio"
     tag = str(global_values.get("tag") or spec.get("tag") or version)
     base_enabled = (components.get("base") or {}).get("enabled", profile in ("default", "minimal", "demo", "remote"))
-    pilot_enabled = (components.get("pilot") or {}).get("enabled", profile in ("default", "minimal", "demo"))
+    pilot_enabled = (components.get("pilot") or {}).get("enabled", profile in ("default", "minimal", "demo", "remote"))
+    cluster_id = (global_values.get("multiCluster") or {}).get("clusterName") or "Kubernetes"
     result: list[tuple[str, list[Obj]]] = []
     meta = lambda name, component, extra=None: {  # noqa: E731
         "name": name,
         "namespace": namespace,
         "labels": {**_labels(component, owner, revision), **(extra or {})},
     }
-    base: list[Obj] = []
-    if base_enabled or pilot_enabled:
-        mesh = dict(spec.get("meshConfig") or {})
-        mesh.setdefault("trustDomain", "cluster.local")
-        if global_values.get("meshID"):
-            mesh.setdefault("defaultConfig", {})["meshId"] = global_values["meshID"]
-        base.append(
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": meta(f"istio{suffix}", "Pilot" if pilot_enabled else "Base"),
-                "data": {"mesh": yaml.safe_dump(mesh, sort_keys=False), "meshNetworks": "networks: {}"},
-            }
-        )
     if base_enabled:
-        result.append(("Base", base))
+        reader = {"app": "istio-reader", "app.kubernetes.io/name": "istio-reader"}
+        reader_sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(READER_SA, "Base", reader)}
+        result.append(("Base", [reader_sa]))
     if pilot_enabled:
-        cluster_id = (global_values.get("multiCluster") or {}).get("clusterName") or "Kubernetes"
-        env = [{"name": "CLUSTER_ID", "value": cluster_id}, {"name": "REVISION", "value": revision or "default"}]
-        env += [{"name": k, "value": str(v)} for k, v in ((values.get("pilot") or {}).get("env") or {}).items()]
-        labels = {"app": "istiod", "istio": "pilot", **rev_label}
-        selector = {"app": "istiod", **rev_label}
-        objects = [] if base_enabled else base
-        objects += [
-            {
-                "apiVersion": "v1",
-                "kind": "ServiceAccount",
-                "metadata": meta(f"istiod{suffix}", "Pilot", {"app": "istiod"}),
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": meta(f"istiod{suffix}", "Pilot", labels),
-                "spec": {
-                    "selector": selector,
-                    "ports": [
-                        {"name": "grpc-xds", "port": 15010, "protocol": "TCP"},
-                        {"name": "https-dns", "port": 15012, "protocol": "TCP"},
-                        {"name": "https-webhook", "port": 443, "targetPort": 15017, "protocol": "TCP"},
-                        {"name": "http-monitoring", "port": 15014, "protocol": "TCP"},
-                    ],
+        objects: list[Obj] = []
+        if not istiod_remote or pilot_values.get("configMap", not istiod_remote):
+            mesh = dict(spec.get("meshConfig") or {})
+            mesh.setdefault("trustDomain", "cluster.local")
+            if global_values.get("meshID"):
+                mesh.setdefault("defaultConfig", {})["meshId"] = global_values["meshID"]
+            objects.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": meta(f"istio{suffix}", "Pilot"),
+                    "data": {"mesh": yaml.safe_dump(mesh, sort_keys=False), "meshNetworks": "networks: {}"},
+                }
+            )
+        if not istiod_remote or global_values.get("configCluster"):
+            objects.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": meta(f"istiod{suffix}", "Pilot", {"app": "istiod"}),
+                }
+            )
+        if not global_values.get("operatorManageWebhooks"):
+            injector = f"istio-sidecar-injector{suffix}" + ("" if namespace == ISTIO_NAMESPACE else f"-{namespace}")
+            webhook_labels = {**_labels("Pilot", owner, revision), "app": "sidecar-injector"}
+            objects.append(
+                {
+                    "apiVersion": "admissionregistration.k8s.io/v1",
+                    "kind": "MutatingWebhookConfiguration",
+                    "metadata": {"name": injector, "labels": webhook_labels},
+                    "webhooks": _injector_webhooks(revision, namespace, remote),
+                }
+            )
+        address = str(global_values.get("remotePilotAddress") or "")
+        if istiod_remote and address:
+            remote_labels = {**rev_label, "app.kubernetes.io/name": "istiod"}
+            service: Obj = {
+                "ports": [
+                    {"port": 15012, "name": "tcp-istiod", "protocol": "TCP"},
+                    {"port": 443, "targetPort": 15017, "name": "tcp-webhook", "protocol": "TCP"},
+                ]
+            }
+            if not _is_ip(address):
+                service |= {"type": "ExternalName", "externalName": address}
+            objects.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": meta(f"istiod{suffix}", "Pilot", remote_labels),
+                    "spec": service,
+                }
+            )
+            if _is_ip(address):
+                slice_labels = {**remote_labels, "kubernetes.io/service-name": f"istiod{suffix}"}
+                objects.append(
+                    {
+                        "apiVersion": "discovery.k8s.io/v1",
+                        "kind": "EndpointSlice",
+                        "metadata": meta(f"istiod{suffix}", "Pilot", slice_labels),
+                        "addressType": "IPv4" if "." in address else "IPv6",
+                        "endpoints": [{"addresses": [address]}],
+                        "ports": [
+                            {"port": 15012, "name": "tcp-istiod", "protocol": "TCP"},
+                            {"port": 15017, "name": "tcp-webhook", "protocol": "TCP"},
+                        ],
+                    }
+                )
+        if not istiod_remote:
+            # The chart's env, then the values' pilot.env, then components.pilot.k8s.env (a patch: same name replaces).
+            env_values: dict[str, str] = {"CLUSTER_ID": cluster_id, "REVISION": revision or "default"}
+            env_values |= {k: str(v) for k, v in (pilot_values.get("env") or {}).items()}
+            env_values |= {
+                e["name"]: str(e.get("value", ""))
+                for e in ((components.get("pilot") or {}).get("k8s") or {}).get("env") or []
+            }
+            env = [{"name": k, "value": v} for k, v in env_values.items()]
+            labels = {"app": "istiod", "istio": "pilot", **rev_label}
+            selector = {"app": "istiod", **rev_label}
+            objects += [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": meta(f"istiod{suffix}", "Pilot", labels),
+                    "spec": {
+                        "selector": selector,
+                        "ports": [
+                            {"name": "grpc-xds", "port": 15010, "protocol": "TCP"},
+                            {"name": "https-dns", "port": 15012, "protocol": "TCP"},
+                            {"name": "https-webhook", "port": 443, "targetPort": 15017, "protocol": "TCP"},
+                            {"name": "http-monitoring", "port": 15014, "protocol": "TCP"},
+                        ],
+                    },
                 },
-            },
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": meta(f"istiod{suffix}", "Pilot", labels),
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": selector},
-                    "template": {
-                        "metadata": {"labels": {**labels, "sidecar.istio.io/inject": "false"}},
-                        "spec": {
-                            "serviceAccountName": f"istiod{suffix}",
-                            "containers": [
-                                {
-                                    "name": "discovery",
-                                    "image": f"{hub}/pilot:{tag}",
-                                    "args": ["discovery", "--monitoringAddr=:15014", "--log_output_level=default:info"],
-                                    "ports": [
-                                        {"containerPort": 8080, "protocol": "TCP"},
-                                        {"containerPort": 15010, "protocol": "TCP"},
-                                        {"containerPort": 15017, "protocol": "TCP"},
-                                    ],
-                                    "env": env,
-                                }
-                            ],
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": meta(f"istiod{suffix}", "Pilot", labels),
+                    "spec": {
+                        "replicas": 1,
+                        "selector": {"matchLabels": selector},
+                        "template": {
+                            "metadata": {"labels": {**labels, "sidecar.istio.io/inject": "false"}},
+                            "spec": {
+                                "serviceAccountName": f"istiod{suffix}",
+                                "containers": [
+                                    {
+                                        "name": "discovery",
+                                        "image": f"{hub}/pilot:{tag}",
+                                        "args": [
+                                            "discovery",
+                                            "--monitoringAddr=:15014",
+                                            "--log_output_level=default:info",
+                                        ],
+                                        "ports": [
+                                            {"containerPort": 8080, "protocol": "TCP"},
+                                            {"containerPort": 15010, "protocol": "TCP"},
+                                            {"containerPort": 15017, "protocol": "TCP"},
+                                        ],
+                                        "env": env,
+                                    }
+                                ],
+                            },
                         },
                     },
                 },
-            },
-        ]
+            ]
         result.append(("Pilot", objects))
     gateways: list[Obj] = []
     for gateway in components.get("ingressGateways") or []:
@@ -1770,6 +1926,7 @@ def istioctl_install(parsed: Parsed, entry: Obj, version: str) -> int:
     if parsed.get("revision"):
         sets.append(f"revision={parsed.get('revision')}")
     operator = read_operator(files, sets)
+    entry["operator"] = operator
     if "-" in files:
         entry["stdin"] = "(IstioOperator read from stdin)"
     profile = (operator.get("spec") or {}).get("profile") or "default"
@@ -1801,8 +1958,8 @@ def istioctl_install(parsed: Parsed, entry: Obj, version: str) -> int:
             f"dial tcp {error.hostport}: connect: connection refused"
         ) from None
     for component, objects in components:
-        if component == "Pilot":
-            deployment = next(o for o in objects if o["kind"] == "Deployment")
+        deployment = next((o for o in objects if o["kind"] == "Deployment"), None)
+        if component == "Pilot" and deployment is not None:  # the remote profile's has none to wait for
             err(
                 f"- Processing resources for Istiod. Waiting for Deployment/{namespace}/{deployment['metadata']['name']}"
             )
@@ -1819,7 +1976,14 @@ def istioctl_install(parsed: Parsed, entry: Obj, version: str) -> int:
     return 0
 
 
-ISTIO_KINDS = (("v1", "ConfigMap"), ("v1", "Service"), ("v1", "ServiceAccount"), ("apps/v1", "Deployment"))
+ISTIO_KINDS = (
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("v1", "ServiceAccount"),
+    ("apps/v1", "Deployment"),
+    ("discovery.k8s.io/v1", "EndpointSlice"),
+    ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"),  # cluster-scoped
+)
 
 
 def istioctl_uninstall(parsed: Parsed, namespace: str) -> int:
@@ -1833,12 +1997,14 @@ def istioctl_uninstall(parsed: Parsed, namespace: str) -> int:
     doomed: list[tuple[str, Obj]] = []
     try:
         for api_version, kind in ISTIO_KINDS:
-            base = collection_path(api_version, plural_of(kind), namespace)
+            base = collection_path(api_version, plural_of(kind), None if kind in CLUSTER_SCOPED else namespace)
             for item in list_items(target.server, base):
                 labels = item["metadata"].get("labels") or {}
-                if "operator.istio.io/component" not in labels:
+                component = labels.get("operator.istio.io/component")
+                if component is None:
                     continue
-                if purge or labels.get("istio.io/rev") == revision:
+                # A revision's own objects; the base chart's are shared by every revision (--purge only).
+                if purge or (labels.get("istio.io/rev") == revision and component != "Base"):
                     doomed.append(
                         (f"{base}/{item['metadata']['name']}", {**item, "apiVersion": api_version, "kind": kind})
                     )
@@ -1858,37 +2024,156 @@ def istioctl_uninstall(parsed: Parsed, namespace: str) -> int:
             api(target.server, "DELETE", path)
         group, _, ver = obj["apiVersion"].rpartition("/")
         gvk = f"{group}/{ver}, Kind={obj['kind']}" if group else f"/{ver}, Kind={obj['kind']}"
-        out(f"  Removed {gvk}/{obj['metadata']['name']}.{namespace}.")
+        where = "" if obj["kind"] in CLUSTER_SCOPED else namespace
+        out(f"  Removed {gvk}/{obj['metadata']['name']}.{where}.")
     err("✔ Uninstall complete")
     return 0
 
 
-def istioctl_remote_secret(parsed: Parsed) -> int:
-    target = _istio_target(parsed)
-    name = parsed.get("name") or target.cluster
-    server = parsed.get("server") or target.server
-    cluster = next(c for c in target.config["clusters"] if c["name"] == target.cluster)
-    ca = (cluster.get("cluster") or {}).get("certificate-authority-data") or b64(fake_pem("CERTIFICATE", name + "/ca"))
-    header = b64(json.dumps({"alg": "RS256", "kid": _hex(name + "/kid", 43)}, separators=(",", ":"))).rstrip("=")
-    claims = {
-        "iss": "kubernetes/serviceaccount",
-        "kubernetes.io/serviceaccount/namespace": ISTIO_NAMESPACE,
-        "kubernetes.io/serviceaccount/secret.name": "istio-reader-service-account-istio-remote-secret-token",
-        "kubernetes.io/serviceaccount/service-account.name": "istio-reader-service-account",
-        "sub": f"system:serviceaccount:{ISTIO_NAMESPACE}:istio-reader-service-account",
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+SA_TOKEN_TYPE = "kubernetes.io/service-account-token"
+SA_NAME_ANNOTATION = "kubernetes.io/service-account.name"
+CONFIG_SECRET = "istio-kubeconfig"  # --type=config's Secret, its kubeconfig under the key "config"
+
+
+def _secret_error(message: str) -> ToolExit:
+    """A failure of create-remote-secret: its RunE prints ``error: ...``, then cobra ``Error: ...``."""
+    return ToolExit(f"error: {message}\nError: {message}")
+
+
+def _service_account(server: str, namespace: str, name: str, create: bool) -> Obj:
+    """``getOrCreateServiceAccount``: the account, or (``--create-service-account``, the default) the namespace and
+    the base chart's ``istio-reader-service-account`` made first (never another account: asking for one that does not
+    exist then fails as it is still missing)."""
+    path = f"{collection_path('v1', 'serviceaccounts', namespace)}/{name}"
+    try:
+        return api(server, "GET", path)
+    except ApiError as error:
+        if not create:
+            raise _secret_error(
+                "could not get access token to read resources from local kube-apiserver: failed retrieving service "
+                f"account {name}.{namespace} required for creating the remote secret (hint: try installing a minimal "
+                f"Istio profile on the cluster first, or run with '--create-service-account=true'): {error.message}"
+            ) from None
+    if not exists(server, f"/api/v1/namespaces/{namespace}"):
+        api(
+            server,
+            "POST",
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        )
+    labels = {"app": "istio-reader", "app.kubernetes.io/name": "istio-reader"}
+    reader: Obj = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": READER_SA, "namespace": namespace, "labels": labels},
     }
-    payload = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode()).decode().rstrip("=")
-    token = (
-        f"{header}.{payload}.{base64.urlsafe_b64encode(bytes.fromhex(_hex(name + '/sig', 128))).decode().rstrip('=')}"
-    )
-    secret_name = parsed.get("secret-name") or f"istio-remote-secret-{name}"
+    apply_object(server, reader, namespace, "istioctl", True)
+    try:
+        return api(server, "GET", path)
+    except ApiError as error:
+        raise _secret_error(
+            "could not get access token to read resources from local kube-apiserver: failed retrieving service "
+            f"account {name}.{namespace} after creating it: {error.message}"
+        ) from None
+
+
+def _token_secret(server: str, namespace: str, account: str, chosen: str | None) -> Obj:
+    """``getOrCreateServiceAccountSecret`` (Kubernetes 1.24+): ``--secret-name``, else a token Secret of the account
+    already in the namespace, else a new ``<account>-istio-remote-secret-token`` the token controller fills."""
+    prefix = "could not get access token to read resources from local kube-apiserver"
+
+    def references(secret: Obj) -> bool:
+        annotations = (secret.get("metadata") or {}).get("annotations") or {}
+        return secret.get("type") == SA_TOKEN_TYPE and annotations.get(SA_NAME_ANNOTATION) == account
+
+    if chosen:
+        try:
+            secret = api(server, "GET", f"{collection_path('v1', 'secrets', namespace)}/{chosen}")
+        except ApiError as error:
+            raise _secret_error(
+                f"{prefix}: could not get specified secret {namespace}/{chosen}: {error.message}"
+            ) from None
+        if not references(secret):
+            raise _secret_error(f"{prefix}: secret {namespace}/{chosen} does not reference ServiceAccount {account}")
+        return secret
+    found = next((s for s in list_items(server, collection_path("v1", "secrets", namespace)) if references(s)), None)
+    if found is not None:
+        return found
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{account}-istio-remote-secret-token", "annotations": {SA_NAME_ANNOTATION: account}},
+        "type": SA_TOKEN_TYPE,
+    }
+    try:
+        return api(server, "POST", collection_path("v1", "secrets", namespace), body)
+    except ApiError as error:
+        raise _secret_error(f"{prefix}: {error.message}") from None
+
+
+def _token_data(server: str, secret: Obj) -> tuple[str, str]:
+    """``waitForTokenData``: the Secret's ``ca.crt`` and ``token``, read again up to 5 times a second apart."""
+    for attempt in range(6):
+        data = secret.get("data") or {}
+        if "ca.crt" in data and "token" in data:
+            return str(data["ca.crt"]), base64.b64decode(data["token"]).decode()
+        if attempt == 5:
+            raise _secret_error(f'no "{"ca.crt" if "ca.crt" not in data else "token"}" data found')
+        time.sleep(1)
+        meta = secret["metadata"]
+        secret = api(server, "GET", f"{collection_path('v1', 'secrets', meta['namespace'])}/{meta['name']}")
+    raise AssertionError("unreachable")
+
+
+def istioctl_remote_secret(parsed: Parsed) -> int:
+    """``istioctl create-remote-secret`` (istioctl/pkg/multicluster/remote_secret.go): a Secret holding a kubeconfig
+    that reads this cluster as a ServiceAccount, for applying in another cluster. ``--type=remote`` (the default):
+    ``istio-remote-secret-<name>``, key ``<name>``, as ``istio-reader-service-account``; ``--type=config``:
+    ``istio-kubeconfig``, key ``config``, as ``istiod`` (an external istiod reading its config cluster). The
+    namespace, of the account here and of the Secret printed, is ``--namespace``, else ``--istioNamespace``. A
+    missing account fails with ``--create-service-account=false``; with it (the default) only the reader account
+    can be made. The token is the account's token Secret's, made when there is none."""
+    name = parsed.get("name") or ""
+    if name and not (len(name) <= 63 and DNS1123_LABEL.fullmatch(name)):
+        raise ToolExit(f"Error: {name} is not a valid DNS 1123 label")
+    target = _istio_target(parsed)
+    namespace = parsed.get("namespace") or parsed.get("istioNamespace") or ISTIO_NAMESPACE
+    secret_type = parsed.get("type") or "remote"
+    create = parsed.get("create-service-account") is None or parsed.bool("create-service-account")
+    if not name:  # the cluster's own ID: the UID of its kube-system namespace
+        name = str((api(target.server, "GET", "/api/v1/namespaces/kube-system").get("metadata") or {}).get("uid", ""))
+    if secret_type == "remote":
+        secret_name, account = f"istio-remote-secret-{name}", parsed.get("service-account") or READER_SA
+    elif secret_type == "config":
+        secret_name, account = CONFIG_SECRET, parsed.get("service-account") or CONFIG_SA
+    else:
+        raise _secret_error(f"unsupported type: {secret_type}")
+    _service_account(target.server, namespace, account, create)
+    token_secret = _token_secret(target.server, namespace, account, parsed.get("secret-name"))
+    server = parsed.get("server") or ""
+    warning = ""
+    if not server:
+        server = target.server
+        if "127.0.0.1" in server or "localhost" in server:
+            warning = (
+                f"server in Kubeconfig is {server}. This is likely not reachable from inside the cluster, if you're "
+                "using Kubernetes in Docker, pass --server with the container IP for the API Server"
+            )
+    auth_type = parsed.get("auth-type") or "bearer-token"
+    if auth_type == "plugin":
+        raise ToolExit("fake istioctl: create-remote-secret --auth-type=plugin is not simulated")
+    if auth_type != "bearer-token":
+        raise _secret_error(f"unsupported authentication type: {auth_type}")
+    ca, token = _token_data(target.server, token_secret)
+    tls_server_name = parsed.get("tls-server-name")
     kubeconfig = (
         "apiVersion: v1\n"
         "clusters:\n"
         "- cluster:\n"
         f"    certificate-authority-data: {ca}\n"
         f"    server: {server}\n"
-        + (f"    tls-server-name: {parsed.get('tls-server-name')}\n" if parsed.get("tls-server-name") else "")
+        + (f"    tls-server-name: {tls_server_name}\n" if tls_server_name else "")
         + f"  name: {name}\n"
         "contexts:\n"
         "- context:\n"
@@ -1897,16 +2182,20 @@ def istioctl_remote_secret(parsed: Parsed) -> int:
         f"  name: {name}\n"
         f"current-context: {name}\n"
         "kind: Config\n"
+        "preferences: {}\n"
         "users:\n"
         f"- name: {name}\n"
         "  user:\n"
         f"    token: {token}\n"
     )
+    key = "config" if secret_name == CONFIG_SECRET else name
 
     def quoted(text: str) -> str:
         special = re.search(r"[:#{}\[\],&*?|<>=!%@`'\"]|^\s|\s$|^(true|false|null|\d+)$", text)
         return json.dumps(text) if special else text
 
+    if warning:
+        err(f"warn: {warning}")
     sys.stdout.write(
         "# This file is autogenerated, do not edit.\n"
         "apiVersion: v1\n"
@@ -1917,9 +2206,9 @@ def istioctl_remote_secret(parsed: Parsed) -> int:
         "  labels:\n"
         '    istio/multiCluster: "true"\n'
         f"  name: {secret_name}\n"
-        f"  namespace: {parsed.get('istioNamespace') or ISTIO_NAMESPACE}\n"
+        f"  namespace: {namespace}\n"
         "stringData:\n"
-        f"  {quoted(name)}: |\n" + "".join(f"    {line}\n" for line in kubeconfig.splitlines()) + "---\n"
+        f"  {quoted(key)}: |\n" + "".join(f"    {line}\n" for line in kubeconfig.splitlines()) + "---\n"
     )
     return 0
 

@@ -260,7 +260,11 @@ class KindBackend(Backend):
                 progress(f"reusing the kept clusters {', '.join(names)}: same mesh, install plan skipped")
                 addresses = self._addresses(spec, clusters)
                 kept = _kept_addresses(next(iter(clusters.values())))
-                run_plan(_steps_behind_moved_addresses(spec, cacerts, kept, addresses, progress))
+                redo = _steps_behind_moved_addresses(spec, cacerts, kept, addresses, progress)
+                run_plan(redo)
+                if spec.external is not None and any(step.kind is StepKind.CONFIG_SECRET for step in redo):
+                    # istiod reads its kubeconfig only as it starts
+                    clusters[spec.external.name].rollout_restart("istiod", manifests.ISTIO_SYSTEM, timeout=300)
             else:
                 self._metallb(spec, toolbox, clusters, progress)
                 run_plan(plan(spec, cacerts))
@@ -541,7 +545,14 @@ def _steps_behind_moved_addresses(
         kind: sorted(name for name, address in now[kind].items() if kept.get(kind, {}).get(name) != address)
         for kind in now
     }
-    redo = {StepKind.REMOTE_SECRET: moved["apiServers"], StepKind.INSTALL_REMOTE: moved["gateways"]}
+    # The external istiod reads the config cluster through istio-kubeconfig (an API server address) and is
+    # reached at its ingress gateway's address (its discoveryAddress and caAddress, in its install).
+    redo = {
+        StepKind.REMOTE_SECRET: moved["apiServers"],
+        StepKind.CONFIG_SECRET: moved["apiServers"],
+        StepKind.INSTALL_REMOTE: moved["gateways"],
+        StepKind.INSTALL_EXTERNAL_ISTIOD: moved["gateways"],
+    }
     steps = [step for step in plan(spec, cacerts) if step.source in redo.get(step.kind, ())]
     if steps:
         progress(
