@@ -528,11 +528,20 @@ def _install_external(shape: Shape, clusters: dict[str, Cluster], folder: Path, 
     ]
     external.apply(*routes)
     remote.apply(_namespace(shape, remote_name, control_plane=config_name))
+    # Istio 1.29 on names a remote's pods in the trust domain of the remote's own mesh config (istio/istio#58455:
+    # a mesh watcher per remote cluster, pilot/pkg/serviceregistry/kube/controller/multicluster.go), and without
+    # one in cluster.local: the remote profile writes none (pilot.configMap false), so a mesh with another trust
+    # domain gives its remotes one (seen on host: without it, calls into the remote failed TLS verification).
+    remote_spec: dict[str, object] = {
+        "profile": "remote",
+        "meshConfig": {"trustDomain": shape.trust_domain},
+        "values": {**remote_values(remote_name), "pilot": {"configMap": True}},
+    }
     generated = remote.istioctl(
         "manifest",
         "generate",
         "-f",
-        _write(folder, "second-remote-cluster", {"profile": "remote", "values": remote_values(remote_name)}, ns),
+        _write(folder, "second-remote-cluster", remote_spec, ns),
         "-f",
         remote.state.overlay,
     )
