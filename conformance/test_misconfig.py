@@ -41,6 +41,11 @@ def test_misconfiguration_regression(
         not_supported(
             "destructive: it breaks and repairs the mesh; pass --allow-destructive to run it on existing clusters"
         )
+    if mesh.spec.external is not None and mesh.external is None:
+        not_supported(
+            "the external control plane's cluster was not given (--external-context): its istiod, which every entry "
+            "restarts or reads, cannot be reached"
+        )
     saved: dict[str, object] = {}
     problems: list[str] = []
     try:

@@ -11,14 +11,16 @@ no IstioOperator resource (Istio removed the in-cluster operator in 1.24).
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -243,6 +245,8 @@ class KubeCluster(Cluster):
         self.control_plane_namespace = control_plane_namespace
         self.installs_istio = installs_istio
         self.poll = poll
+        # The external control plane's cluster: the config cluster whose credentials its istiod accepts.
+        self.xds_via: KubeCluster | None = None
 
     # The contract speaks of istio-system for "the control plane's namespace", as a namespace of objects
     # and as a Namespace object; a managed control plane's own namespace stands in for it.
@@ -497,8 +501,46 @@ class KubeCluster(Cluster):
     def connected_proxies(self) -> builtins.list[ConnectedProxy]:
         if not self.list("Deployment", manifests.ISTIO_SYSTEM, {"app": "istiod"}):
             return []  # a remote: its proxies are listed by its primary
-        output = self.run(self.istioctl, ["proxy-status", "--istioNamespace", self.control_plane_namespace], timeout=60)
-        return istioctl.parse_proxy_status(output)
+        args = ["proxy-status", "--istioNamespace", self.control_plane_namespace]
+        if self.xds_via is not None:
+            # An external istiod authenticates callers against its config cluster (its own kube client), so a
+            # token of this cluster's is refused ("authentication failure", seen on host): istioctl asks it with a
+            # token of the config cluster, through a port-forward to its pod (not through the ingress gateway,
+            # whose routes may be what is broken).
+            with self._forwarded(15012) as address:
+                output = self.xds_via.run(self.istioctl, [*args, "--xds-address", address], timeout=60)
+            return istioctl.parse_proxy_status(output)
+        return istioctl.parse_proxy_status(self.run(self.istioctl, args, timeout=60))
+
+    @contextlib.contextmanager
+    def _forwarded(self, port: int) -> Iterator[str]:
+        """``kubectl port-forward`` to ``port`` of a ready istiod pod here: the local address, while it lasts."""
+        pods = [p for p in self.pods(manifests.ISTIO_SYSTEM, {"app": "istiod"}) if p.ready]
+        if not pods:
+            raise BackendError(f"{self.name}: no ready istiod pod to ask")
+        namespace = self._namespace(manifests.ISTIO_SYSTEM)
+        command = [
+            str(self.kubectl),
+            *self._tool_args(),
+            "port-forward",
+            "-n",
+            str(namespace),
+            f"pod/{pods[0].name}",
+            f":{port}",
+        ]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()  # "Forwarding from 127.0.0.1:PORT -> 15012"
+            found = re.search(r"127\.0\.0\.1:(\d+)", line)
+            if not found:
+                raise BackendError(
+                    f"{self.name}: `kubectl port-forward` to {pods[0].name} failed: {line.strip() or 'no output'}"
+                )
+            yield f"127.0.0.1:{found.group(1)}"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
 
     def host_evidence(self) -> builtins.list[Evidence]:
         """The node (kind), an east-west gateway (15443) and a client's sidecar (15006), read with testinfra."""
@@ -577,6 +619,8 @@ class KubeMesh(Mesh):
         external: KubeCluster | None = None,
     ) -> None:
         self._external = external
+        if external is not None:
+            external.xds_via = clusters[spec.config_cluster(spec.names[0])]
         self.environment = dict(environment or {})
         self.certifies_istio = certifies_istio
         self.backend = backend
