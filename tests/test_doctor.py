@@ -13,9 +13,9 @@ from meshfed.topology import MeshSpec, Topology
 
 @pytest.mark.parametrize("entry", CATALOG, ids=[m.name for m in CATALOG])
 def test_doctor_names_each_misconfiguration_first(entry: Misconfiguration, capsys: pytest.CaptureFixture[str]) -> None:
-    # Each entry in the first topology it can happen in (primary-remote's own need a remote).
-    spec = MeshSpec.default(Topology.MULTI_PRIMARY, 2)
-    topology = "multi-primary" if entry.not_applicable(spec) is None else "primary-remote"
+    # Each entry in the first topology it can happen in (primary-remote's own need a remote, an external
+    # control plane's its external cluster).
+    topology = next(t for t in Topology if entry.not_applicable(MeshSpec.default(t, 2)) is None).value
     code = main(["doctor", "--break", entry.name, "--topology", topology, "-o", "json"])
     document = json.loads(capsys.readouterr().out)
     problems = [c for c in document["checks"] if c["status"] != "ok"]

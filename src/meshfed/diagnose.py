@@ -849,12 +849,12 @@ def _unconnected(mesh: Mesh) -> tuple[list[tuple[str, str, str]], list[Check]]:
             )
     unknown = {check.cluster for check in unreadable}
     missing = [
-        (spec.name, namespace, pod.name)
+        (spec.name, pod.namespace, pod.name)  # the pod's real namespace, as istiod lists it (external-istiod)
         for spec in mesh.spec.clusters
         if mesh.spec.control_plane(spec.name) in planes and mesh.spec.control_plane(spec.name) not in unknown
         for namespace in (TEST_NAMESPACE, ISTIO_SYSTEM)
         for pod in mesh[spec.name].pods(namespace)
-        if pod.has_sidecar and pod.ready and (spec.name, namespace, pod.name) not in listed
+        if pod.has_sidecar and pod.ready and (spec.name, pod.namespace, pod.name) not in listed
     ]
     return missing, unreadable
 

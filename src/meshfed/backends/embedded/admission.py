@@ -60,7 +60,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-def _walk(value: Any, schema: Any, path: str, what: str) -> None:
+def walk(value: Any, schema: Any, path: str, what: str) -> None:
+    """Refuse (StoreError) the first field of ``value`` that ``schema`` does not name, or a value it does not take:
+    a map names the fields read, a list the schema of every item, a tuple the values taken, ANY anything."""
     if schema is ANY:
         return
     if isinstance(schema, tuple):
@@ -71,7 +73,7 @@ def _walk(value: Any, schema: Any, path: str, what: str) -> None:
         return
     if isinstance(schema, list):
         for index, item in enumerate(value or []):
-            _walk(item, schema[0], f"{path}[{index}]", what)
+            walk(item, schema[0], f"{path}[{index}]", what)
         return
     if not isinstance(value, dict):
         raise StoreError(f"{what}: {path} must be a map")
@@ -80,10 +82,10 @@ def _walk(value: Any, schema: Any, path: str, what: str) -> None:
             raise StoreError(
                 f"{what}: the embedded mesh does not interpret {path}.{key}; it reads {', '.join(sorted(schema))}"
             )
-        _walk(item, schema[key], f"{path}.{key}", what)
+        walk(item, schema[key], f"{path}.{key}", what)
 
 
 def admit(obj: Obj) -> None:
     kind = obj.get("kind", "")
     if kind in SCHEMAS:
-        _walk(obj.get("spec") or {}, SCHEMAS[kind], "spec", f"{kind} {obj.get('metadata', {}).get('name')!r}")
+        walk(obj.get("spec") or {}, SCHEMAS[kind], "spec", f"{kind} {obj.get('metadata', {}).get('name')!r}")

@@ -2,9 +2,12 @@
 
 At start the agent generates a key (ECDSA P-256, what ``ECC_SIGNATURE_ALGORITHM=ECDSA`` gives; Istio's
 default is RSA 2048), reads the root of ``istio-ca-root-cert`` in its namespace to verify istiod, and
-sends a CSR over TLS to its discovery address on port 15012: the local istiod Service in a primary; in a
-remote, the remote's selector-less ``istiod`` Service, whose EndpointSlice holds ``remotePilotAddress``
-(the primary's east-west gateway). Without a certificate the proxy
+sends a CSR over TLS to its discovery address (``discoveryAddress``, port 15012): the local istiod Service
+in a primary; in a remote, the remote's selector-less ``istiod`` Service, whose EndpointSlice holds
+``remotePilotAddress`` (the primary's east-west gateway); with an external control plane, the address the
+external istiod's mesh config names (its ingress gateway's). The TLS server name is the host of that address
+(``pilot/pkg/grpc/tls.go``: an IP address is sent as no SNI at all). The CSR names the cluster the injector
+gave the proxy (``ISTIO_META_CLUSTER_ID``, from ``/inject/cluster/<c>``). Without a certificate the proxy
 is not ready. The certificate is renewed at half its lifetime by the mesh clock, never in between; a
 renewal that cannot reach istiod keeps the old certificate.
 """
@@ -33,11 +36,13 @@ from meshfed.pki.certs import load_certs
 class Injection:
     """What the sidecar injector put into the pod: where istiod is and which network the proxy is on."""
 
-    discovery_address: str  # host (a Service name or an IP), port 15012
+    discovery_address: str  # host (a Service name or an IP) of discoveryAddress
     network: str
     trust_domain: str
     revision: str
     pod_labels: Mapping[str, str] = field(default_factory=dict)  # labels the webhook adds to the pod
+    cluster_id: str = ""  # ISTIO_META_CLUSTER_ID ("": the cluster the pod runs in)
+    discovery_port: int = 15012
 
 
 class ProxyAgent:
@@ -72,7 +77,13 @@ class ProxyAgent:
 
     @property
     def network(self) -> str:
+        """The proxy's Istio network (``ISTIO_META_NETWORK``): what istiod selects its endpoints by."""
         return self.injection.network
+
+    @property
+    def node_network(self) -> str:
+        """The network the pod's packets travel (its cluster's), whatever Istio network it was told it is on."""
+        return self.runtime.spec.network
 
     @property
     def identity(self) -> SpiffeId:
@@ -100,7 +111,7 @@ class ProxyAgent:
             self._call_istiod(with_csr=with_csr)
         except (OSError, ssl.SSLError, ValueError) as error:
             failed = "failed to get a certificate from" if with_csr else "cannot reach istiod at"
-            self.error = f"{failed} {self.injection.discovery_address}:15012: {error}"
+            self.error = f"{failed} {self.injection.discovery_address}:{self.injection.discovery_port}: {error}"
             return False
         self.error = ""
         return True
@@ -138,7 +149,7 @@ class ProxyAgent:
         key = ec.generate_private_key(ec.SECP256R1())
         request = {
             "type": "csr" if with_csr else "xds",
-            "cluster": self.runtime.name,
+            "cluster": self.injection.cluster_id or self.runtime.name,
             "namespace": self.namespace,
             "pod": self.pod,
         }
@@ -152,10 +163,11 @@ class ProxyAgent:
                 .sign(key, hashes.SHA256())
             )
             request["csr"] = csr.public_bytes(serialization.Encoding.PEM).decode()
-        raw = self.runtime.connect(self.network, self.injection.discovery_address, 15012, timeout=2.0)
-        revision = "" if self.injection.revision == "default" else f"-{self.injection.revision}"
-        sni = f"istiod{revision}.istio-system.svc"  # a revision's istiod is told apart by its name
-        with trust_only(roots).wrap_socket(raw, server_hostname=sni) as conn:
+        host, port = self.injection.discovery_address, self.injection.discovery_port
+        raw = self.runtime.connect(self.node_network, host, port, timeout=2.0)
+        # The server name is the host of the address (a revision's istiod is told apart by its Service name);
+        # Python, like Go, sends no SNI for an IP address.
+        with trust_only(roots).wrap_socket(raw, server_hostname=host) as conn:
             conn.sendall(json.dumps(request).encode() + b"\n")
             line = conn.makefile("rb").readline()
         if not line:

@@ -6,12 +6,16 @@
   istiod (``istio/pilot``), the east-west gateway (``istio/proxyv2 ... router``). Anything else is
   refused: the pod fails with a message naming the image.
 * The sidecar injector: a namespace labelled ``istio-injection=enabled`` (or ``istio.io/rev=<rev>``)
-  gets a sidecar in each pod, configured from the ``istio-sidecar-injector`` ConfigMap of that
-  revision, as the webhook would. (On a real cluster the webhook is served by istiod, so with istiod
-  down a pod is not created at all; here it is created and its sidecar waits for a certificate.)
-* ``istioctl install``: an IstioOperator becomes the objects it installs (istiod's Deployment,
-  Service and ConfigMaps; the remote profile's injector values; a gateway's Deployment and
-  LoadBalancer Service).
+  gets a sidecar in each pod (a gateway's pod: by its ``istio.io/rev`` label). Where the control plane
+  namespace holds the ``istio-sidecar-injector`` ConfigMap of that revision (a primary; a remote of the
+  primary-remote topology), the template is applied in-process: with istiod down a pod is still created and
+  its sidecar waits for a certificate, where a real cluster would refuse to create it. Where the cluster has
+  only the revision's ``MutatingWebhookConfiguration`` (a remote of an external control plane), the API server
+  calls the webhook over the network (``injector.call``): when that fails the pod is not created, the
+  Deployment shows ``ReplicaFailure``/``FailedCreate`` with the API server's message, and the ReplicaSet tries
+  again (``retry_failed_creations``, on the mesh's retry interval).
+* ``istioctl install``: an IstioOperator becomes the objects it installs (see ``installer``), in the namespace
+  its values name, created when missing.
 * LoadBalancer Services get an address of the fabric; connections to it are forwarded to a ready pod.
 * DNS and kube-proxy: a name resolves only if its Service exists in this cluster; a Service address
   leads to one of its ready pods here, or, for a Service without a selector, to an address of its
@@ -32,18 +36,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import yaml
-
+from meshfed.backends.embedded import injector
 from meshfed.backends.embedded.agent import Injection, ProxyAgent
 from meshfed.backends.embedded.clock import MeshClock
 from meshfed.backends.embedded.fabric import close_listener, serve
 from meshfed.backends.embedded.gateway import EastWestGateway, pipe
-from meshfed.backends.embedded.installer import objects_for
+from meshfed.backends.embedded.installer import install_namespace, objects_for
 from meshfed.backends.embedded.istiod import Istiod, IstiodStartError
 from meshfed.backends.embedded.node import MeshServices
 from meshfed.backends.embedded.sidecar import Sidecar
+from meshfed.backends.embedded.sources import read_mesh_config
 from meshfed.backends.embedded.store import ObjectStore, StoreError, matches
-from meshfed.manifests import ISTIO_SYSTEM, NETWORK_LABEL, TLS_MODE_LABEL, Obj
+from meshfed.manifests import ISTIO_SYSTEM, Obj
 from meshfed.topology import ClusterSpec
 from meshfed.workloads import echo
 
@@ -108,7 +112,8 @@ class PodRuntime:
             self.server.server_close()
 
 
-def _hash(template: Mapping[str, Any]) -> str:
+def template_hash(template: Mapping[str, Any]) -> str:
+    """What tells a Deployment's pods of its current template from older ones (the pod-template-hash)."""
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -117,10 +122,22 @@ def _suffix() -> str:
 
 
 class ClusterRuntime:
-    def __init__(self, mesh: ClusterMesh, spec: ClusterSpec) -> None:
+    def __init__(
+        self,
+        mesh: ClusterMesh,
+        spec: ClusterSpec,
+        control_plane_namespace: str = ISTIO_SYSTEM,
+        *,
+        webhook_injection: bool = False,
+    ) -> None:
         self.mesh = mesh
         self.spec = spec
         self.name = spec.name
+        # The namespace of the mesh's control plane here (the contract's istio-system stands for it), and whether
+        # a remote profile installed here is the real one (its pods injected by calling istiod; see installer).
+        self.control_plane_namespace = control_plane_namespace
+        self.webhook_injection = webhook_injection
+        self._create_failures: dict[tuple[str, str], str] = {}  # a Deployment's last failed pod creation
         self.store = ObjectStore(spec.name)
         self.clock = mesh.clock
         self.pods: dict[tuple[str, str], PodRuntime] = {}
@@ -186,12 +203,14 @@ class ClusterRuntime:
             return
         template = deployment["spec"]["template"]
         wanted = int(deployment["spec"].get("replicas", 1))
-        current_hash = _hash(template)
+        current_hash = template_hash(template)
         pods = self.deployment_pods(namespace, name)
         old = [p for p in pods if p.template_hash != current_hash]
         new = [p for p in pods if p.template_hash == current_hash]
         while len(new) < wanted:
             pod = self._start_pod(deployment, current_hash)
+            if pod is None:
+                break  # the API server refused the pod (its webhook failed); the ReplicaSet tries again later
             new.append(pod)
             if not pod.ready:
                 break  # the rollout waits; the old pods keep serving
@@ -213,13 +232,30 @@ class ClusterRuntime:
         name, namespace = deployment["metadata"]["name"], deployment["metadata"]["namespace"]
         pods = self.deployment_pods(namespace, name)
         ready = sum(1 for p in pods if p.ready)
-        status = {
+        status: Obj = {
             "replicas": len(pods),
             "readyReplicas": ready,
-            "updatedReplicas": len(pods),
+            "updatedReplicas": sum(1 for p in pods if p.template_hash == template_hash(deployment["spec"]["template"])),
             "observedGeneration": deployment["metadata"]["generation"],
         }
+        failure = self._create_failures.get((namespace, name))
+        if failure:
+            status["conditions"] = [
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": failure}
+            ]
         self.store.set_status("Deployment", name, namespace, status)
+
+    @property
+    def failed_creations(self) -> bool:
+        return bool(self._create_failures)
+
+    def retry_failed_creations(self) -> None:
+        """The ReplicaSet controller tries again to create the pods the API server refused."""
+        for namespace, name in list(self._create_failures):
+            if self.store.get("Deployment", name, namespace) is None:
+                self._create_failures.pop((namespace, name), None)
+                continue
+            self.reconcile(name, namespace)
 
     def _drain(self, pod: PodRuntime) -> None:
         """A deleted pod leaves the endpoints at once but keeps serving what is in flight for a moment,
@@ -250,18 +286,26 @@ class ClusterRuntime:
         self.reconcile(owner, namespace)
 
     # -- kubelet --------------------------------------------------------------------------------
-    def _start_pod(self, deployment: Obj, template_hash: str) -> PodRuntime:
+    def _start_pod(self, deployment: Obj, template_hash: str) -> PodRuntime | None:
         namespace = deployment["metadata"]["namespace"]
         template = deployment["spec"]["template"]
         spec = template["spec"]
         container = spec["containers"][0]
         labels = dict(template["metadata"].get("labels") or {})
         name = f"{deployment['metadata']['name']}-{template_hash[:9]}-{_suffix()}"
-        ip = self.mesh.fabric.new_pod_ip(self.name)
         role = _role(container)
-        if role in ("echo", "client"):
-            injection = self.injection(namespace, labels)
-            labels.update(injection.pod_labels if injection else {})
+        injection = None
+        key = (namespace, deployment["metadata"]["name"])
+        if role in ("echo", "client", "gateway"):
+            try:
+                injection = self.injection(namespace, labels, gateway=role == "gateway")
+            except injector.WebhookError as error:
+                self._create_failures[key] = f"Error creating: {error}"
+                return None
+            if role != "gateway":
+                labels.update(injection.pod_labels if injection else {})
+        self._create_failures.pop(key, None)
+        ip = self.mesh.fabric.new_pod_ip(self.name)
         pod = PodRuntime(
             name,
             namespace,
@@ -291,7 +335,7 @@ class ClusterRuntime:
             )
         else:
             try:
-                self._run(pod, container, spec)
+                self._run(pod, container, spec, injection)
             except (OSError, StoreError) as error:
                 pod.message = str(error)
         pod.starting = False
@@ -324,11 +368,26 @@ class ClusterRuntime:
                 env[item["name"]] = {"metadata.name": pod.name, "metadata.namespace": pod.namespace}.get(path, "")
         return env
 
-    def _run(self, pod: PodRuntime, container: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
+    def _run(
+        self, pod: PodRuntime, container: Mapping[str, Any], spec: Mapping[str, Any], injection: Injection | None
+    ) -> None:
         env = self._env(container, pod)
+        config_maps: dict[str, str] = {
+            str(v["name"]): str(v["configMap"]["name"]) for v in spec.get("volumes") or [] if v.get("configMap")
+        }
+        for config_map in config_maps.values():
+            if self.store.get("ConfigMap", config_map, pod.namespace) is None:
+                raise StoreError(f'configmap "{config_map}" not found')  # the kubelet cannot mount it
         if pod.role == "istiod":
             revision = pod.labels.get("istio.io/rev", "default")
-            pod.istiod = Istiod(self, pod.name, pod.ip, "" if revision == "default" else revision, env)
+            mounts = {
+                str(m["mountPath"]): config_maps[m["name"]]
+                for m in container.get("volumeMounts") or []
+                if m.get("name") in config_maps
+            }
+            pod.istiod = Istiod(
+                self, pod.name, pod.ip, "" if revision == "default" else revision, env, pod.namespace, mounts
+            )
             self.mesh.register_istiod(pod.istiod)
             try:
                 pod.istiod.start()
@@ -336,7 +395,6 @@ class ClusterRuntime:
                 pod.message = str(error)
                 pod.istiod.ca_choice = None
             return
-        injection = self.injection(pod.namespace, pod.labels, gateway=pod.role == "gateway")
         if pod.role == "gateway":
             if injection is None:
                 pod.message = "no istio-sidecar-injector for this gateway's revision"
@@ -349,10 +407,6 @@ class ClusterRuntime:
             if not pod.agent.bootstrap():
                 pod.message = pod.agent.error
             return
-        for volume in spec.get("volumes") or []:
-            config_map = (volume.get("configMap") or {}).get("name")
-            if config_map and self.store.get("ConfigMap", config_map, pod.namespace) is None:
-                raise StoreError(f'configmap "{config_map}" not found')
         port = next((p["containerPort"] for p in container.get("ports") or []), echo.PORT)
         identity = echo.EchoIdentity(
             env.get("CLUSTER", ""), pod.name, env.get("VERSION", ""), env.get("SERVICE", ""), pod.namespace
@@ -375,7 +429,8 @@ class ClusterRuntime:
             threading.Thread(target=pod.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def injection(self, namespace: str, labels: Mapping[str, str], *, gateway: bool = False) -> Injection | None:
-        """What the sidecar injector webhook would do for a pod here (None: no sidecar)."""
+        """What the sidecar injector webhook would do for a pod here (None: no sidecar); raises
+        ``injector.WebhookError`` when the API server's call to the webhook fails (the pod is refused)."""
         if labels.get("sidecar.istio.io/inject") == "false":
             return None
         ns_labels = (self.store.get("Namespace", namespace) or {}).get("metadata", {}).get("labels") or {}
@@ -388,39 +443,31 @@ class ClusterRuntime:
         else:
             return None
         suffix = "" if revision == "default" else f"-{revision}"
-        injector = self.store.get("ConfigMap", f"istio-sidecar-injector{suffix}", ISTIO_SYSTEM)
-        if injector is None:
-            return None
-        values = json.loads(injector["data"]["values"])
-        global_values = values.get("global", {})
-        # The injecting istiod's discoveryAddress, istiod[-<rev>].istio-system.svc: in a remote that is the
-        # selector-less Service whose EndpointSlice holds remotePilotAddress (remote-istiod-*.yaml).
-        address = f"istiod{suffix}.{ISTIO_SYSTEM}.svc"
-        mesh = (
-            yaml.safe_load(
-                (self.store.get("ConfigMap", f"istio{suffix}", ISTIO_SYSTEM) or {}).get("data", {}).get("mesh", "")
-                or "{}"
+        # A gateway is injected by the control plane of its own namespace (the external cluster's ingress gateway
+        # by the istiod beside it in istio-system); a workload by the mesh's.
+        home = namespace if gateway else self.control_plane_namespace
+        template = self.store.get("ConfigMap", f"istio-sidecar-injector{suffix}", home)
+        if template is not None:
+            values = json.loads(template["data"]["values"])
+            path = str((values.get("istiodRemote") or {}).get("injectionPath") or "")
+            mesh = read_mesh_config(self.store, home, f"istio{suffix}")
+            return injector.decide(
+                values, mesh, revision=revision, istiod_namespace=home, labels=labels, gateway=gateway, path=path
             )
-            or {}
-        )
-        # The webhook labels the pod with its network (applyMetadata in pkg/kube/inject/webhook.go): the
-        # pod's own label, else the injection path's (/inject/cluster/<c>/net/<n>, a remote's), else
-        # values.global.network (extractClusterAndNetwork in inject.go); istio-system's label plays no part.
-        path = str((values.get("istiodRemote") or {}).get("injectionPath") or "")
-        parts = path.strip("/").split("/")
-        network = parts[parts.index("net") + 1] if "net" in parts[:-1] else global_values.get("network", "")
-        network = labels.get(NETWORK_LABEL, network)
-        # A sidecar's pod is labelled security.istio.io/tlsMode=istio (the injection template): istiod reads it
-        # as "this endpoint takes Istio's mTLS".
-        pod_labels = {NETWORK_LABEL: network} if network else {}
-        if not gateway:
-            pod_labels[TLS_MODE_LABEL] = "istio"
-        return Injection(address, network, mesh.get("trustDomain", "cluster.local"), revision, pod_labels)
+        webhooks = self.store.list("MutatingWebhookConfiguration", labels={"istio.io/rev": revision})
+        if not webhooks:
+            return None
+        return injector.call(self, webhooks[0], namespace, labels, gateway=gateway)
 
     # -- istioctl install ---------------------------------------------------------------------
     def _install(self, operator: Obj, *, remove: bool = False) -> None:
-        """``istioctl install -f``, or ``istioctl uninstall`` of what it installed when the operator goes."""
-        for obj in objects_for(operator, self.name, self.mesh.istio_version):
+        """``istioctl install -f`` (which creates its namespace when missing), or ``istioctl uninstall`` of what it
+        installed when the operator goes."""
+        namespace = install_namespace(operator)
+        if not remove and self.store.get("Namespace", namespace) is None:
+            self.store.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        objects = objects_for(operator, self.name, self.mesh.istio_version, webhook_injection=self.webhook_injection)
+        for obj in objects:
             if remove:
                 self.store.delete(obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace"))
             else:

@@ -7,6 +7,10 @@ and forward the bytes to an endpoint of that service in its own network
 On 15012/15017 a PASSTHROUGH server plus a VirtualService TLS route (``expose-istiod.yaml``) sends
 the bytes to istiod. Without a matching server or route, or without an endpoint, the connection is
 closed at once: the caller's sidecar sees a reset during its handshake.
+
+The same proxy is the external control plane's ingress gateway (``istio-ingressgateway`` in the external
+cluster, configured by its own helper istiod): the guide's ``external-istiod-gw``/``external-istiod-vs``
+(IP-address variant) pass 15012 and 15017 through, by any SNI, to the external istiod.
 """
 
 from __future__ import annotations
@@ -91,21 +95,25 @@ class EastWestGateway:
     def route(self, port: int, sni: str | None) -> xds.Endpoint | None:
         """The one place that decides where a connection goes; None closes it."""
         config = self.agent.config
-        if config is None or sni is None:
+        if config is None:
             return None
         servers = [s for s in config.gateway_servers if s.port == port]
         if port == 15443:
-            target = parse_outbound_sni(sni)
+            target = parse_outbound_sni(sni) if sni is not None else None
             if target is None:
                 return None
             fqdn, service_port = target
             if not any(s.mode == "AUTO_PASSTHROUGH" and xds.host_matches(fqdn, s.hosts) for s in servers):
                 return None
         else:
-            if not any(s.mode == "PASSTHROUGH" and xds.host_matches(sni, s.hosts) for s in servers):
+            # A ClientHello without SNI (a client that dialled an IP address) matches only where the hosts are
+            # "*": Istio drops SNI matching from a filter chain whose sniHosts hold "*" (toFilterChainMatch in
+            # pilot/pkg/networking/core/filterchain_options.go), so that chain takes any connection.
+            name = sni or ""
+            if not any(s.mode == "PASSTHROUGH" and xds.host_matches(name, s.hosts) for s in servers):
                 return None
-            routes = [r for r in config.tls_routes if r.port == port and xds.host_matches(sni, r.sni_hosts)]
-            routes.sort(key=lambda r: sni not in r.sni_hosts)  # an exact SNI host before a wildcard
+            routes = [r for r in config.tls_routes if r.port == port and xds.host_matches(name, r.sni_hosts)]
+            routes.sort(key=lambda r: name not in r.sni_hosts)  # an exact SNI host before a wildcard
             if not routes:
                 return None
             fqdn, service_port = routes[0].host, routes[0].target_port
@@ -121,7 +129,7 @@ class EastWestGateway:
             if endpoint is None:
                 reset(conn)
                 return
-            upstream = self.runtime.mesh.fabric.dial(self.agent.network, endpoint.address, endpoint.port, 2.0)
+            upstream = self.runtime.mesh.fabric.dial(self.agent.node_network, endpoint.address, endpoint.port, 2.0)
             upstream.sendall(hello)
             conn.settimeout(None)  # the connect timeouts must not become idle timeouts
             upstream.settimeout(None)

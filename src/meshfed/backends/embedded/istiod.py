@@ -3,18 +3,22 @@
 Every decision istiod makes that the suite depends on lives here, each with the Istio behaviour it
 follows:
 
-* CA choice at start-up (``createIstioCA`` in ``pilot/pkg/bootstrap/istio_ca.go``): the four
-  ``cacerts`` files (or ``tls.crt``/``tls.key``/``ca.crt``) -> plugged-in CA; none -> a self-signed
-  root kept in Secret ``istio-ca-secret``; some -> istiod does not start ("incomplete signing CA
-  bundle detected").
+* CA choice at start-up: see ``ca``; where istiod reads from (its kube client's cluster, mounted files,
+  the remote-secret watcher's cluster): see ``sources``. Its namespace (``POD_NAMESPACE``) is its system
+  namespace in every cluster it reads; its cluster ID is ``CLUSTER_ID``.
 * cacerts reload (``handleEvent``): only an istiod that started plugged-in follows ``cacerts``; a new
   intermediate under the same root is taken; a changed root is ignored ("Multi root is disabled,
   updating new ROOT-CA not supported") unless ``ISTIO_MULTIROOT_MESH`` is on and one bundle contains
   the other. (The kubelet's secret-volume sync delay, about a minute on a real cluster, is not
   emulated: the change is seen at once.)
 * ``istio-ca-root-cert`` in every namespace of its cluster, and of the remote clusters it leads: as an
-  external istiod (primary-remote), those whose ``istio-system`` annotation
-  ``topology.istio.io/controlPlaneClusters`` named it when the cluster was added (``checkShouldLead``).
+  external istiod (``EXTERNAL_ISTIOD``: a primary serving remotes, or an external control plane), those
+  whose system namespace's annotation ``topology.istio.io/controlPlaneClusters`` named its cluster ID when
+  the cluster was added (``checkShouldLead``, ``pilot/pkg/serviceregistry/kube/controller/multicluster.go``).
+  In the same clusters, and in its own when ``INJECTION_WEBHOOK_CONFIG_NAME`` is set, it patches its CA root
+  into the ``caBundle`` of its revision's injection webhooks (``NewWebhookCertPatcher``); the API server
+  trusts nothing else of the webhook's.
+* The injection webhook on 15017 (``/inject/cluster/<c>/net/<n>``): see ``injector.decide``.
 * The registry: its own cluster plus every cluster of a remote secret (label
   ``istio/multiCluster: "true"``) whose kubeconfig server it can reach; ``127.0.0.1`` is its own pod.
   A secret whose kubeconfig changes to one that cannot sync leaves the cluster it had serving ("it will
@@ -23,11 +27,13 @@ follows:
 * Endpoints: a Service's ready pods in every registry cluster; an endpoint on another network is
   replaced by that network's east-west gateway (a Service labelled ``topology.istio.io/network`` with
   a LoadBalancer address, port 15443) or dropped when there is none; an endpoint's network is the pod
-  label, else the ``istio-system`` label of its cluster, and an empty network counts as local
+  label, else its system namespace's label in its cluster, and an empty network counts as local
   (``IsSameOrEmpty``).
 * Secure naming: an endpoint's SPIFFE ID is in the trust domain of its own cluster's mesh config.
 * Config (PeerAuthentication, AuthorizationPolicy, DestinationRule, Gateway, VirtualService) comes
-  from istiod's own cluster only: each primary reads its own; remotes are configured by their primary.
+  from istiod's own cluster only (its kube client's): each primary reads its own; remotes are configured
+  by their primary; an external istiod reads the config cluster's. How each becomes a proxy's policy: see
+  ``policy`` (mesh-wide policies are those of MeshConfig ``rootNamespace``, istiod's namespace by default).
 
 The xDS stream itself is in-process: a proxy that obtained its certificate from istiod over the
 network (TLS on 15012, directly or through the east-west gateway) is registered for pushes, and
@@ -42,41 +48,32 @@ import socket
 import ssl
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-import yaml
 from cryptography import x509
 
 from meshfed.backends.base import RemoteClusterStatus
-from meshfed.backends.embedded import xds
+from meshfed.backends.embedded import injector, xds
 from meshfed.backends.embedded.agent import ProxyAgent
+from meshfed.backends.embedded.ca import CAChoice, choose_ca, serving_cert
 from meshfed.backends.embedded.fabric import close_listener, serve
 from meshfed.backends.embedded.node import Node
+from meshfed.backends.embedded.policy import authz, destination_rule, gateway_config, mtls_mode
+from meshfed.backends.embedded.sources import IstiodStartError, Sources, read_mesh_config
 from meshfed.backends.embedded.store import ObjectStore, matches
 from meshfed.manifests import (
     CONTROL_PLANE_CLUSTERS,
-    ISTIO_SYSTEM,
     MULTICLUSTER_LABEL,
     NETWORK_LABEL,
     TLS_MODE_LABEL,
     kubeconfig_server,
 )
 from meshfed.pki import PluginCA, SpiffeId, bundle_from_secret, validate_bundle
-from meshfed.pki.authority import CERT_CHAIN, new_root
-from meshfed.pki.certs import cert_pem, key_pem, load_certs, load_key
+from meshfed.pki.certs import cert_pem, load_certs
+
+__all__ = ["Istiod", "IstiodStartError"]
 
 DISCOVERY_PORT = 15012
-# Problems that make istiod's CA constructor fail (NewVerifiedKeyCertBundleFromFile): it does not start.
-_FATAL_BUNDLE_PROBLEMS = {
-    "incomplete-bundle",
-    "unreadable",
-    "key-mismatch",
-    "not-signed-by-root",
-    "expired",
-    "not-yet-valid",
-}
 
 
 def pod_locality(labels: Mapping[str, str], region: str, zone: str) -> tuple[str, str]:
@@ -89,72 +86,8 @@ def pod_locality(labels: Mapping[str, str], region: str, zone: str) -> tuple[str
     return parts[0], parts[1] if len(parts) > 1 else ""
 
 
-class IstiodStartError(Exception):
-    """istiod cannot start; the message is what it logs before exiting."""
-
-
-@dataclass(frozen=True)
-class CAChoice:
-    ca: PluginCA
-    plugged: bool
-    root_bundle: bytes  # root-cert.pem as read, to compare on reload
-
-
-def choose_ca(store: ObjectStore, trust_domain: str, now: Any) -> CAChoice:
-    """istiod's CA at start-up, decided as ``createIstioCA`` decides it."""
-    secret = store.get("Secret", "cacerts", ISTIO_SYSTEM)
-    files = bundle_from_secret(secret) if secret else {}
-    report = validate_bundle(files, source="cacerts", now=now)
-    codes = {finding.code for finding in report.findings}
-    if "no-ca-files" in codes:
-        return _self_signed(store, trust_domain, now)
-    if "incomplete-bundle" in codes:
-        raise IstiodStartError("failed to create an istiod CA: incomplete signing CA bundle detected")
-    fatal = [f for f in report.findings if f.code in _FATAL_BUNDLE_PROBLEMS]
-    if fatal:
-        raise IstiodStartError(f"failed to create an istiod CA: {fatal[0].file}: {fatal[0].problem}")
-    assert report.signing_cert is not None and report.key is not None
-    ca = PluginCA(report.signing_cert, report.key, report.roots, report.chain)
-    return CAChoice(ca, plugged=True, root_bundle=files[report.layout.root])
-
-
-def _self_signed(store: ObjectStore, trust_domain: str, now: Any) -> CAChoice:
-    """The root kept in ``istio-ca-secret`` (created when missing): ``O=<trust domain>``, 10 years."""
-    secret = store.get("Secret", "istio-ca-secret", ISTIO_SYSTEM)
-    if secret is None:
-        root = new_root(key_type="rsa", rsa_bits=2048, organization=trust_domain, common_name="", days=3650, now=now)
-        data = {
-            "ca-cert.pem": cert_pem(root.cert),
-            "ca-key.pem": key_pem(root.key),
-            CERT_CHAIN: b"",
-            "root-cert.pem": b"",
-        }
-        store.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "istio-ca-secret", "namespace": ISTIO_SYSTEM},
-                "type": "istio.io/ca-root",
-                "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
-            }
-        )
-        cert, key = root.cert, root.key
-    else:
-        files = bundle_from_secret(secret)
-        cert = load_certs(files["ca-cert.pem"], "istio-ca-secret ca-cert.pem")[0]
-        key = load_key(files["ca-key.pem"], "istio-ca-secret ca-key.pem")
-    return CAChoice(PluginCA(cert, key, (cert,), (cert,)), plugged=False, root_bundle=cert_pem(cert))
-
-
-def mesh_config(store: ObjectStore, revision: str) -> dict[str, Any]:
-    name = f"istio-{revision}" if revision else "istio"
-    config_map = store.get("ConfigMap", name, ISTIO_SYSTEM) or {}
-    loaded = yaml.safe_load((config_map.get("data") or {}).get("mesh", "") or "{}")
-    return loaded if isinstance(loaded, dict) else {}
-
-
-def cluster_network(store: ObjectStore) -> str:
-    namespace = store.get("Namespace", ISTIO_SYSTEM)
+def cluster_network(store: ObjectStore, system_namespace: str) -> str:
+    namespace = store.get("Namespace", system_namespace)
     return str(((namespace or {}).get("metadata", {}).get("labels") or {}).get(NETWORK_LABEL, ""))
 
 
@@ -168,18 +101,31 @@ def _ready(pod: Mapping[str, Any]) -> bool:
 
 
 class Istiod:
-    def __init__(self, runtime: Node, pod_name: str, pod_ip: str, revision: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        runtime: Node,
+        pod_name: str,
+        pod_ip: str,
+        revision: str,
+        env: Mapping[str, str],
+        namespace: str,
+        mounts: Mapping[str, str] | None = None,
+    ) -> None:
         self.runtime = runtime
-        self.store = runtime.store
+        self.home = runtime.store  # the cluster its pod runs in
+        self.store = runtime.store  # its kube client's cluster (decided at start)
         self.pod_name = pod_name
         self.pod_ip = pod_ip
         self.revision = revision
         self.env = dict(env)
+        self.namespace = namespace  # POD_NAMESPACE: its system namespace, in every cluster it reads
+        self.mounts = dict(mounts or {})
+        self.sources: Sources | None = None
         self.log: list[str] = []
         self.ca_choice: CAChoice | None = None
         self.proxies: set[ProxyAgent] = set()
         self._lock = threading.RLock()
-        self._listener: socket.socket | None = None
+        self._listeners: list[socket.socket] = []
         self._watched: dict[str, ObjectStore] = {}
         self._leads: set[str] = set()  # the remote clusters whose namespaces get istio-ca-root-cert from it
         self._serving: dict[tuple[str, str], ObjectStore] = {}  # (secret, cluster) -> the cluster it serves
@@ -191,11 +137,27 @@ class Istiod:
     # -- life cycle ---------------------------------------------------------------------------
     @property
     def cluster(self) -> str:
-        return self.runtime.name
+        """Its cluster ID (``CLUSTER_ID``: ``values.global.multiCluster.clusterName``, the config cluster's for
+        an external istiod): the ID of its kube client's cluster in its registry."""
+        return self.env.get("CLUSTER_ID") or self.runtime.name
+
+    @property
+    def ident(self) -> str:
+        return f"{self.runtime.name}/{self.pod_name}"
+
+    def _sources(self) -> Sources:
+        if self.sources is None:
+            return Sources(
+                self.home, self.store, self.runtime.name, self.namespace, self.revision, self.mounts, self.env
+            )
+        return self.sources
+
+    def mesh_config(self) -> dict[str, Any]:
+        return self._sources().mesh_config()
 
     @property
     def trust_domain(self) -> str:
-        return str(mesh_config(self.store, self.revision).get("trustDomain") or "cluster.local")
+        return str(self.mesh_config().get("trustDomain") or "cluster.local")
 
     @property
     def external(self) -> bool:
@@ -204,7 +166,13 @@ class Istiod:
     def start(self) -> None:
         """Raises IstiodStartError when istiod cannot start (the pod is then not ready)."""
         try:
-            self.ca_choice = choose_ca(self.store, self.trust_domain, self.runtime.clock.now())
+            self.sources = Sources.resolve(
+                self.runtime.mesh, self.runtime.name, self.home, self.namespace, self.revision, self.mounts, self.env
+            )
+            self.store = self.sources.main
+            self.ca_choice = choose_ca(
+                self.home, self.store, self.namespace, self.trust_domain, self.runtime.clock.now()
+            )
         except IstiodStartError as error:
             self.log.append(str(error))
             raise
@@ -213,12 +181,17 @@ class Istiod:
             if self.ca_choice.plugged
             else "Use self-signed certificate as the CA certificate"
         )
-        self._serve_discovery()
+        if self.store is not self.home:
+            self.log.append(f"kube client of {self.namespace}/istio-kubeconfig: cluster {self.sources.main_cluster}")
+        self._serve()
         self._running = True
         self._serving.clear()  # a new istiod pod knows only what the secrets say now
         self.store.watch(self._on_own_event)
+        if self.home is not self.store:
+            self.home.watch(self._on_home_event)
         self._refresh_registry()
         self._write_root_certs()
+        self._patch_webhooks()
         self.push()
 
     @property
@@ -233,13 +206,14 @@ class Istiod:
             _ = agent.config  # every proxy holds the last push it was sent
         self._running = False
         self.store.unwatch(self._on_own_event)
+        self.home.unwatch(self._on_home_event)
         for store in self._watched.values():
             store.unwatch(self._on_remote_event)
         self._watched.clear()
         self._leads.clear()
-        if self._listener is not None:
-            close_listener(self._listener)
-            self._listener = None
+        for listener in self._listeners:
+            close_listener(listener)
+        self._listeners = []
         with self._lock:
             self.proxies.clear()  # the xDS streams break; proxies keep their last config
         if was_running:
@@ -254,7 +228,7 @@ class Istiod:
     def trusted_roots(self) -> tuple[x509.Certificate, ...]:
         """The roots a proxy is given: the CA's root bundle plus MeshConfig ``caCertificates``."""
         extra: list[x509.Certificate] = []
-        for entry in mesh_config(self.store, self.revision).get("caCertificates") or []:
+        for entry in self.mesh_config().get("caCertificates") or []:
             pem = (entry or {}).get("pem")
             if pem:
                 extra += load_certs(pem.encode(), "caCertificates")
@@ -265,7 +239,7 @@ class Istiod:
         """``handleEvent``: only a plugged-in istiod follows cacerts, and a new root only with multi-root."""
         if self.ca_choice is None or not self.ca_choice.plugged:
             return
-        secret = self.store.get("Secret", "cacerts", ISTIO_SYSTEM)
+        secret = self.home.get("Secret", "cacerts", self.namespace)
         if secret is None:
             return
         files = bundle_from_secret(secret)
@@ -290,6 +264,7 @@ class Istiod:
         self.log.append("Istiod has detected the newly added intermediate CA and updated its key and certs accordingly")
         self._context = self._serving_context()
         self._write_root_certs()
+        self._patch_webhooks()
 
     def sign(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """A CSR from a proxy: authenticate the pod in its cluster, then sign its SPIFFE ID."""
@@ -317,38 +292,85 @@ class Istiod:
             "roots": [cert_pem(r).decode() for r in self.trusted_roots()],
         }
 
-    # -- discovery server (15012) ---------------------------------------------------------------
+    # -- discovery server (15012) and injection webhook (15017) ----------------------------------
     def _serving_context(self) -> ssl.SSLContext:
         """istiod's serving certificate from its current CA (made anew when the CA changes, as
-        ``updateRootCertAndGenKeyCert`` does)."""
+        ``updateRootCertAndGenKeyCert`` does), for the names ``getDNSNames`` gives it."""
         key = self.runtime.mesh.new_key()
-        cert = _istiod_serving_cert(self.ca, key.public_key(), self.runtime.clock.now())
+        suffix = f"-{self.revision}" if self.revision else ""
+        names = [f"istiod{suffix}.{self.namespace}.svc", f"istiod{suffix}.{self.namespace}.svc.cluster.local"]
+        discovery = str((self.mesh_config().get("defaultConfig") or {}).get("discoveryAddress") or "")
+        if discovery:
+            names.append(discovery.rpartition(":")[0] or discovery)
+        cert = serving_cert(self.ca, key.public_key(), self.runtime.clock.now(), names)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         chain_file, key_file = self.runtime.mesh.keys.write(
-            f"istiod-{self.cluster}-{self.pod_name}", key, cert_pem(cert, *self.ca.cert_chain)
+            f"istiod-{self.runtime.name}-{self.pod_name}", key, cert_pem(cert, *self.ca.cert_chain)
         )
         context.load_cert_chain(chain_file, key_file)
         return context
 
-    def _serve_discovery(self) -> None:
+    def _serve(self) -> None:
         self._context = self._serving_context()
-        self._listener = serve((self.pod_ip, DISCOVERY_PORT), self._serve_one, f"istiod-{self.cluster}")
+        self._listeners = [
+            serve((self.pod_ip, DISCOVERY_PORT), self._serve_one, f"istiod-{self.runtime.name}"),
+            serve((self.pod_ip, injector.WEBHOOK_PORT), self._serve_webhook, f"istiod-webhook-{self.runtime.name}"),
+        ]
 
-    def _serve_one(self, raw: socket.socket, _peer: Any) -> None:
+    def _answer(self, raw: socket.socket, respond: Any) -> None:
+        """One request line over TLS, one answer line; a connection accepted while istiod stops just breaks."""
         context = self._context
-        if not self._running:  # a connection accepted while istiod stops: its stream breaks
+        if not self._running:
             raw.close()
             return
         try:
             with context.wrap_socket(raw, server_side=True) as conn:
                 conn.settimeout(10)
                 line = conn.makefile("rb").readline()
-                request = json.loads(line)
-                response = self.sign(request)
-                response["istiod"] = f"{self.cluster}/{self.pod_name}"
-                conn.sendall(json.dumps(response).encode() + b"\n")
+                conn.sendall(json.dumps(respond(json.loads(line))).encode() + b"\n")
         except (OSError, ValueError, ssl.SSLError):
             raw.close()
+
+    def _serve_one(self, raw: socket.socket, _peer: Any) -> None:
+        self._answer(raw, lambda request: self.sign(request) | {"istiod": self.ident})
+
+    def _serve_webhook(self, raw: socket.socket, _peer: Any) -> None:
+        self._answer(raw, self.inject)
+
+    def inject(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """``/inject/cluster/<c>/net/<n>``: the injection webhook, from istiod's template (none: it serves no
+        injection, "Skipping sidecar injector, template not found", and the path is not found)."""
+        values = self._sources().injector_values()
+        if values is None:
+            return {"error": "the server could not find the requested resource"}
+        decided = injector.decide(
+            values,
+            self.mesh_config(),
+            revision=self.revision or "default",
+            istiod_namespace=self.namespace,
+            labels=request.get("labels") or {},
+            gateway=bool(request.get("gateway")),
+            path=str(request.get("path") or ""),
+        )
+        return injector.injection_to_json(decided)
+
+    def _patch_webhooks(self) -> None:
+        """``NewWebhookCertPatcher``: with ``INJECTION_WEBHOOK_CONFIG_NAME`` set, istiod writes its CA root into
+        the ``caBundle`` of its revision's injection webhooks in its own cluster (``initSidecarInjector``) and in
+        each remote it leads (``initializeCluster``: ``shouldLead && !configCluster``)."""
+        if not self._running or not self.env.get("INJECTION_WEBHOOK_CONFIG_NAME"):
+            return
+        bundle = base64.b64encode(cert_pem(*self.ca.root_certs)).decode()
+        revision = {"istio.io/rev": self.revision or "default"}
+        targets = [self.store] + [store for name, store in self.registry().items() if name in self._leads]
+        for store in targets:
+            for config in store.list("MutatingWebhookConfiguration", labels=revision):
+                hooks = config.get("webhooks") or []
+                if all((hook.get("clientConfig") or {}).get("caBundle") == bundle for hook in hooks):
+                    continue
+                for hook in hooks:
+                    hook.setdefault("clientConfig", {})["caBundle"] = bundle
+                store.apply(config)
 
     # -- registry -------------------------------------------------------------------------------
     def registry(self) -> dict[str, ObjectStore]:
@@ -363,8 +385,9 @@ class Istiod:
         served for it (the one it syncs, else the one its previous kubeconfig synced)."""
         found, serving = [], {}
         with self._lock:
-            for secret in self.store.list("Secret", ISTIO_SYSTEM, {MULTICLUSTER_LABEL: "true"}):
-                key = f"{ISTIO_SYSTEM}/{secret['metadata']['name']}"
+            watched = self._sources().secrets
+            for secret in watched.list("Secret", self.namespace, {MULTICLUSTER_LABEL: "true"}):
+                key = f"{self.namespace}/{secret['metadata']['name']}"
                 for name, kubeconfig in bundle_from_secret(secret).items():
                     server = kubeconfig_server(kubeconfig)
                     target = self.runtime.mesh.fabric.cluster_of_api_server(server) if server else None
@@ -397,36 +420,59 @@ class Istiod:
                     added = True
         if added:
             self._write_root_certs()
+            self._patch_webhooks()
 
     def _should_lead(self, store: ObjectStore) -> bool:
         """``checkShouldLead`` (pilot/pkg/serviceregistry/kube/controller/multicluster.go), decided once, as the
-        cluster is added: only an external istiod, and only when the remote's istio-system annotation
-        ``topology.istio.io/controlPlaneClusters`` names its cluster (or ``*``)."""
+        cluster is added: only an external istiod, and only when the annotation
+        ``topology.istio.io/controlPlaneClusters`` of the remote's system namespace (istiod's own namespace's
+        name) names its cluster ID (or ``*``)."""
         if not self.external:
             return False
-        namespace = store.get("Namespace", ISTIO_SYSTEM) or {}
+        namespace = store.get("Namespace", self.namespace) or {}
         named = ((namespace.get("metadata") or {}).get("annotations") or {}).get(CONTROL_PLANE_CLUSTERS, "")
         return any(c in ("*", self.cluster) for c in named.split(",")) if named else False
 
     # -- events -------------------------------------------------------------------------------
     def _on_own_event(self, event: str, obj: Mapping[str, Any]) -> None:
+        """An event of its kube client's cluster (also the cluster it runs in, unless it is external)."""
         if not self._running:
             return
         kind, meta = obj.get("kind"), obj.get("metadata", {})
-        if kind == "Secret" and meta.get("namespace") == ISTIO_SYSTEM:
-            if meta.get("name") == "cacerts":
-                self._on_cacerts_change()
+        if self.home is self.store:
+            self._on_home_event(event, obj)
+        elif kind == "Secret" and meta.get("namespace") == self.namespace and self._sources().secrets is self.store:
             self._refresh_registry()
         if kind == "Namespace" and event == "ADDED":
             self._write_root_certs()
+        if kind == "MutatingWebhookConfiguration" and event != "DELETED":
+            self._patch_webhooks()
         if kind != "ConfigMap" or meta.get("name") != "istio-ca-root-cert":
             self.push()
+
+    def _on_home_event(self, event: str, obj: Mapping[str, Any]) -> None:
+        """An event of the cluster its pod runs in: its mounted cacerts, and the remote secrets when it watches
+        them there (``LOCAL_CLUSTER_SECRET_WATCHER``)."""
+        if not self._running:
+            return
+        kind, meta = obj.get("kind"), obj.get("metadata", {})
+        if kind == "Secret" and meta.get("namespace") == self.namespace:
+            if meta.get("name") == "cacerts":
+                self._on_cacerts_change()
+            if self._sources().secrets is self.home:
+                self._refresh_registry()
+            if self.home is not self.store:
+                self.push()  # (its kube client's events push as they come, below)
+        if self.home is not self.store and kind == "ConfigMap" and meta.get("name") in self.mounts.values():
+            self.push()  # a mounted mesh config or template changed
 
     def _on_remote_event(self, event: str, obj: Mapping[str, Any]) -> None:
         if not self._running:
             return
         if obj.get("kind") == "Namespace" and event == "ADDED" and self._leads:
             self._write_root_certs()
+        if obj.get("kind") == "MutatingWebhookConfiguration" and event != "DELETED" and self._leads:
+            self._patch_webhooks()
         if obj.get("kind") != "ConfigMap":
             self.push()
 
@@ -490,8 +536,9 @@ class Istiod:
             # A remote cluster's pods are named in the trust domain of that cluster's own mesh config, read
             # through its remote secret; the config cluster's when it has none (NewMulticluster's
             # per-cluster mesh watcher, pilot/pkg/serviceregistry/kube/controller/multicluster.go).
-            trust_domain = str(mesh_config(store, self.revision).get("trustDomain") or own_trust_domain)
-            network = cluster_network(store)
+            own_config = read_mesh_config(store, self.namespace, f"istio-{self.revision}" if self.revision else "istio")
+            trust_domain = str(own_config.get("trustDomain") or own_trust_domain)
+            network = cluster_network(store, self.namespace)
             spec = self.runtime.mesh.spec_of(cluster)
             pods = store.list("Pod")
             for service in store.list("Service"):
@@ -566,127 +613,19 @@ class Istiod:
                                 via_gateway=True,
                             )
                         )
-            policy = self._destination_rule(fqdn)
+            policy = destination_rule(self.store, fqdn)
             services[(fqdn, port)] = xds.ServiceView(fqdn, port, target, tuple(view), frozenset(accounts), policy)
         labels = agent.labels
-        servers, routes = self._gateway_config(labels) if agent.is_gateway else ((), ())
-        aliases = mesh_config(self.store, self.revision).get("trustDomainAliases") or []
+        servers, routes = gateway_config(self.store, labels) if agent.is_gateway else ((), ())
+        mesh = self.mesh_config()
+        root = str(mesh.get("rootNamespace") or self.namespace)
+        aliases = mesh.get("trustDomainAliases") or []
         return xds.ProxyConfig(
-            trust_domain=self.trust_domain,
+            trust_domain=str(mesh.get("trustDomain") or "cluster.local"),
             services=services,
-            mtls_mode=self._mtls_mode(agent.namespace, labels),
-            authz=self._authz(agent.namespace, labels),
+            mtls_mode=mtls_mode(self.store, root, agent.namespace, labels),
+            authz=authz(self.store, root, agent.namespace, labels),
             gateway_servers=servers,
             tls_routes=routes,
             trust_domain_aliases=tuple(str(a) for a in aliases),
         )
-
-    def _destination_rule(self, fqdn: str) -> dict[str, Any]:
-        """The trafficPolicy of the DestinationRule whose host (short names are relative to its namespace) is ``fqdn``."""
-        for rule in self.store.list("DestinationRule"):
-            if _qualify(rule["spec"].get("host", ""), rule["metadata"]["namespace"]) == fqdn:
-                return dict(rule["spec"].get("trafficPolicy") or {})
-        return {}
-
-    def _mtls_mode(self, namespace: str, labels: Mapping[str, str]) -> str:
-        """PeerAuthentication precedence: workload selector > namespace > mesh (root namespace)."""
-        best: tuple[int, str] = (-1, "PERMISSIVE")
-        # The oldest policy wins at each level (ComposePeerAuthentication); UNSET inherits from above.
-        policies = sorted(
-            self.store.list("PeerAuthentication"),
-            key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]),
-        )
-        for policy in policies:
-            ns = policy["metadata"]["namespace"]
-            selector = (policy["spec"].get("selector") or {}).get("matchLabels")
-            mode = ((policy["spec"].get("mtls") or {}).get("mode") or "UNSET").upper()
-            if mode == "UNSET":
-                continue
-            if ns == namespace and selector and matches(labels, selector):
-                rank = 2
-            elif ns == namespace and not selector:
-                rank = 1
-            elif ns == ISTIO_SYSTEM and not selector:
-                rank = 0
-            else:
-                continue
-            if rank > best[0]:
-                best = (rank, mode)
-        return best[1]
-
-    def _authz(self, namespace: str, labels: Mapping[str, str]) -> tuple[xds.AuthzPolicy, ...]:
-        found = []
-        for policy in self.store.list("AuthorizationPolicy"):
-            ns = policy["metadata"]["namespace"]
-            selector = (policy["spec"].get("selector") or {}).get("matchLabels")
-            if ns not in (namespace, ISTIO_SYSTEM) or (selector and not matches(labels, selector)):
-                continue
-            spec = policy["spec"]
-            found.append(
-                xds.AuthzPolicy(policy["metadata"]["name"], spec.get("action", "ALLOW"), tuple(spec.get("rules") or []))
-            )
-        return tuple(found)
-
-    def _gateway_config(
-        self, labels: Mapping[str, str]
-    ) -> tuple[tuple[xds.GatewayServer, ...], tuple[xds.TlsRoute, ...]]:
-        servers: list[xds.GatewayServer] = []
-        names: set[str] = set()
-        for gateway in self.store.list("Gateway"):
-            if not matches(labels, gateway["spec"].get("selector") or {}):
-                continue
-            names.add(gateway["metadata"]["name"])
-            names.add(f"{gateway['metadata']['namespace']}/{gateway['metadata']['name']}")
-            for server in gateway["spec"].get("servers") or []:
-                mode = ((server.get("tls") or {}).get("mode") or "").upper()
-                servers.append(xds.GatewayServer(int(server["port"]["number"]), mode, tuple(server.get("hosts") or [])))
-        routes: list[xds.TlsRoute] = []
-        for service in self.store.list("VirtualService"):
-            if not names.intersection(service["spec"].get("gateways") or []):
-                continue
-            for route in service["spec"].get("tls") or []:
-                destination = route["route"][0]["destination"]
-                for match in route.get("match") or []:
-                    routes.append(
-                        xds.TlsRoute(
-                            int(match.get("port", 0)),
-                            tuple(match.get("sniHosts") or []),
-                            destination["host"],
-                            int(destination["port"]["number"]),
-                        )
-                    )
-        return tuple(servers), tuple(routes)
-
-
-def _istiod_serving_cert(ca: PluginCA, public_key: Any, now: Any) -> x509.Certificate:
-    """istiod's serving certificate: DNS ``istiod.istio-system.svc``, signed by its CA."""
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    from meshfed.pki.certs import signature_hash
-
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(ca.ca_cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=2))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("istiod.istio-system.svc"), x509.DNSName("istiod.istio-system.svc.cluster.local")]
-            ),
-            critical=True,
-        )
-        .sign(ca.ca_key, signature_hash(ca.ca_key))
-    )
-
-
-def _qualify(host: str, namespace: str) -> str:
-    """``echo`` -> ``echo.<namespace>.svc.cluster.local``; ``echo.ns`` -> ``echo.ns.svc.cluster.local``."""
-    if host.endswith(".cluster.local"):
-        return host
-    name, _, rest = host.partition(".")
-    return f"{name}.{rest.split('.')[0] if rest else namespace}.svc.cluster.local"

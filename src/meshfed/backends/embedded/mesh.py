@@ -1,4 +1,11 @@
-"""The embedded backend: a whole multi-cluster mesh in this process, on loopback, over real mTLS."""
+"""The embedded backend: a whole multi-cluster mesh in this process, on loopback, over real mTLS.
+
+With an external control plane the external cluster is a cluster of the mesh's runtime too (its own network,
+``network-external``), reached through ``EmbeddedMesh.external``; the contract's ``istio-system`` stands for the
+control plane's namespace, ``external-istiod`` in every cluster of that topology, as on the real backends
+(``KubeCluster._namespace``), while IstioOperators install where their values say (the external cluster's
+ingress gateway and its helper istiod in its real istio-system).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -27,14 +34,14 @@ from meshfed.backends.base import (
 )
 from meshfed.backends.embedded.admission import admit
 from meshfed.backends.embedded.clock import MeshClock
-from meshfed.backends.embedded.cluster import ClusterRuntime, PodRuntime
+from meshfed.backends.embedded.cluster import ClusterRuntime, PodRuntime, template_hash
 from meshfed.backends.embedded.fabric import Fabric
 from meshfed.backends.embedded.istiod import Istiod
 from meshfed.backends.embedded.store import ObjectStore, StoreError
 from meshfed.backends.embedded.tls import KeyFolder
 from meshfed.calls import CallResult
 from meshfed.install import execute, plan
-from meshfed.manifests import EASTWEST_GATEWAY, ISTIO_SYSTEM, Obj
+from meshfed.manifests import EASTWEST_GATEWAY, EXTERNAL_ISTIOD, INGRESS_GATEWAY, ISTIO_SYSTEM, Obj
 from meshfed.topology import ClusterSpec, MeshSpec
 from meshfed.workloads import echo
 
@@ -56,20 +63,22 @@ class MeshRuntime:
     def __init__(self, spec: MeshSpec) -> None:
         self.spec = spec
         self.istio_version = EMBEDDED_VERSION
-        self.fabric = Fabric(len(spec.clusters))
+        self.fabric = Fabric(len(spec.all_clusters))
         self.clock = MeshClock()
         self.keys = KeyFolder()
-        self.clusters: dict[str, ClusterRuntime] = {}
+        self.clusters: dict[str, ClusterRuntime] = {}  # every cluster, the external control plane's included
         self._istiods: dict[str, Istiod] = {}
         self.closing = False
         self.reconcile_lock = threading.RLock()
-        for cluster in spec.clusters:
+        external = spec.external is not None
+        namespace = EXTERNAL_ISTIOD if external else ISTIO_SYSTEM
+        for cluster in spec.all_clusters:
             self.fabric.add_cluster(cluster.name, cluster.network)
-            self.clusters[cluster.name] = ClusterRuntime(self, cluster)
+            self.clusters[cluster.name] = ClusterRuntime(self, cluster, namespace, webhook_injection=external)
         self.clock.on_advance(self._renew)
         self._closed = threading.Event()
         self._retries = ThreadPoolExecutor(RETRY_WORKERS, thread_name_prefix="pilot-agent-retry")
-        self._retrying: set[int] = set()  # agents (by id) with a retry queued or running
+        self._retrying: set[object] = set()  # agents (by id), and other work, with a retry queued or running
         self._retrying_lock = threading.Lock()
         self._retry_loop = threading.Thread(target=self._keep_reconnecting, name="pilot-agent-retries", daemon=True)
         self._retry_loop.start()
@@ -85,7 +94,7 @@ class MeshRuntime:
         return ec.generate_private_key(ec.SECP256R1())
 
     def register_istiod(self, istiod: Istiod) -> None:
-        self._istiods[f"{istiod.cluster}/{istiod.pod_name}"] = istiod
+        self._istiods[istiod.ident] = istiod
 
     def istiod(self, ident: str) -> Istiod | None:
         return self._istiods.get(ident)
@@ -127,6 +136,9 @@ class MeshRuntime:
                 log.exception("embedded pilot-agent retry pass failed")
 
     def _queue_retries(self) -> None:
+        for runtime in self.clusters.values():
+            if runtime.failed_creations:
+                self._submit(("creations", runtime.name), runtime.retry_failed_creations)
         for runtime, pod in self._agent_pods():
             agent = pod.agent
             if agent is None or not agent.disconnected:
@@ -136,6 +148,24 @@ class MeshRuntime:
                     continue
                 self._retrying.add(id(agent))
             self._retries.submit(self._retry, runtime, pod, id(agent))
+
+    def _submit(self, key: object, work: Callable[[], None]) -> None:
+        """``work`` on a retry worker, unless the same work is queued or running."""
+        with self._retrying_lock:
+            if key in self._retrying or self.closing:
+                return
+            self._retrying.add(key)
+
+        def run() -> None:
+            try:
+                work()
+            except Exception:
+                log.exception("embedded retry %s failed", key)
+            finally:
+                with self._retrying_lock:
+                    self._retrying.discard(key)
+
+        self._retries.submit(run)
 
     def _retry(self, runtime: ClusterRuntime, pod: PodRuntime, key: int) -> None:
         try:
@@ -168,25 +198,54 @@ class EmbeddedCluster(Cluster):
         self.runtime = runtime
         self.name = runtime.name
 
+    # The contract speaks of istio-system for "the control plane's namespace", as a namespace of objects and as a
+    # Namespace object (KubeCluster._namespace does the same); an IstioOperator is not mapped: istioctl installs
+    # it where its values say.
+    def _ns(self, namespace: str | None, kind: str = "") -> str | None:
+        if kind == "IstioOperator" or namespace != ISTIO_SYSTEM:
+            return namespace
+        return self.runtime.control_plane_namespace
+
+    def _name(self, kind: str, name: str) -> str:
+        return self._ns(name) or name if kind == "Namespace" else name
+
+    def _mapped(self, obj: Obj) -> Obj:
+        kind, meta = obj.get("kind", ""), dict(obj.get("metadata") or {})
+        if "name" in meta:
+            meta["name"] = self._name(kind, meta["name"])
+        if meta.get("namespace"):
+            meta["namespace"] = self._ns(meta["namespace"], kind)
+        return {**obj, "metadata": meta}
+
     def apply(self, obj: Obj) -> Obj:
         try:
             admit(obj)
+            obj = self._mapped(obj)
+            namespace = (obj.get("metadata") or {}).get("namespace")
+            if (
+                obj.get("kind") == "IstioOperator"
+                and namespace
+                and self.runtime.store.get("Namespace", namespace) is None
+            ):
+                # istioctl install creates the namespace it installs into
+                self.runtime.store.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
             return self.runtime.store.apply(obj)
         except StoreError as error:
             raise BackendError(f"{self.name}: {error}") from None
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None:
-        return self.runtime.store.get(kind, name, namespace)
+        return self.runtime.store.get(kind, self._name(kind, name), self._ns(namespace, kind))
 
     def list(
         self, kind: str, namespace: str | None = None, labels: Mapping[str, str] | None = None
     ) -> builtins.list[Obj]:
         try:
-            return self.runtime.store.list(kind, namespace, labels)
+            return self.runtime.store.list(kind, self._ns(namespace, kind), labels)
         except StoreError as error:
             raise BackendError(f"{self.name}: {error}") from None
 
     def patch(self, kind: str, name: str, namespace: str | None, patch: Obj) -> Obj:
+        name, namespace = self._name(kind, name), self._ns(namespace, kind)
         try:
             merged = self.runtime.store.get(kind, name, namespace)
             if merged is not None:
@@ -198,7 +257,7 @@ class EmbeddedCluster(Cluster):
             raise BackendError(f"{self.name}: {error}") from None
 
     def delete(self, kind: str, name: str, namespace: str | None = None) -> bool:
-        return self.runtime.store.delete(kind, name, namespace)
+        return self.runtime.store.delete(kind, self._name(kind, name), self._ns(namespace, kind))
 
     def rollout_restart(self, deployment: str, namespace: str, timeout: float = 120) -> None:
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -211,19 +270,25 @@ class EmbeddedCluster(Cluster):
         self.wait_ready(deployment, namespace, timeout)
 
     def wait_ready(self, deployment: str, namespace: str, timeout: float = 120) -> bool:
+        namespace = self._ns(namespace) or namespace
         deadline = time.monotonic() + timeout
         while True:
             obj = self.get("Deployment", deployment, namespace)
             if obj is None:
                 raise BackendError(f"{self.name}: no Deployment {deployment!r} in namespace {namespace!r}")
             pods = self.runtime.deployment_pods(namespace, deployment)
-            if len(pods) == int(obj["spec"].get("replicas", 1)) and all(p.ready for p in pods):  # rollout complete
+            current = template_hash(obj["spec"]["template"])
+            # The rollout is complete: as many pods as wanted, every one of the current template and ready.
+            if len(pods) == int(obj["spec"].get("replicas", 1)) and all(
+                p.ready and p.template_hash == current for p in pods
+            ):
                 return True
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
 
     def pods(self, namespace: str, labels: Mapping[str, str] | None = None) -> builtins.list[PodInfo]:
+        namespace = self._ns(namespace) or namespace
         found = []
         for pod in list(self.runtime.pods.values()):
             if (
@@ -248,6 +313,7 @@ class EmbeddedCluster(Cluster):
         return found
 
     def _pod(self, name: str, namespace: str) -> PodRuntime:
+        namespace = self._ns(namespace) or namespace
         pod = self.runtime.pods.get((namespace, name))
         if pod is None or pod.stopped:
             raise BackendError(f"{self.name}: no pod {name!r} in namespace {namespace!r}")
@@ -264,6 +330,7 @@ class EmbeddedCluster(Cluster):
         headers: Mapping[str, str] | None,
     ) -> builtins.list[CallResult]:
         runtime = self._pod(pod, namespace)
+        namespace = runtime.namespace
         if runtime.role not in ("echo", "client"):
             raise BackendError(f"{self.name}: pod {pod!r} does not run the workload program, so it cannot make calls")
         cluster = self.runtime
@@ -289,20 +356,29 @@ class EmbeddedCluster(Cluster):
             raise BackendError(f"{self.name}: the proxy of pod {pod!r} has no certificate yet ({runtime.agent.error})")
         return ProxyCerts(cert.chain, cert.trusted_roots)
 
-    def remote_clusters(self) -> builtins.list[RemoteClusterStatus]:
-        istiods = [
-            p.istiod for p in self.runtime.pods.values() if p.istiod is not None and not p.stopped and p.istiod.running
+    def _istiods(self) -> builtins.list[Istiod]:
+        """The running istiods of the mesh's control plane here (``istioctl --istioNamespace``): not the helper
+        istiod an external cluster runs beside it for its ingress gateway."""
+        return [
+            p.istiod
+            for p in list(self.runtime.pods.values())
+            if p.istiod is not None
+            and not p.stopped
+            and p.istiod.running
+            and p.namespace == self.runtime.control_plane_namespace
         ]
+
+    def remote_clusters(self) -> builtins.list[RemoteClusterStatus]:
+        istiods = self._istiods()
         if not istiods:
             raise BackendError(f"{self.name}: no running istiod here; ask the cluster that runs its control plane")
         return istiods[0].remote_status()
 
     def connected_proxies(self) -> builtins.list[ConnectedProxy]:
         return [
-            ConnectedProxy(agent.pod, agent.namespace, agent.runtime.name, pod.name)
-            for pod in list(self.runtime.pods.values())
-            if pod.istiod is not None and not pod.stopped and pod.istiod.running
-            for agent in pod.istiod.connected()
+            ConnectedProxy(agent.pod, agent.namespace, agent.runtime.name, istiod.pod_name)
+            for istiod in self._istiods()
+            for agent in istiod.connected()
         ]
 
     def drop_gateway_connections(self, every: int) -> None:
@@ -310,7 +386,13 @@ class EmbeddedCluster(Cluster):
 
     # Embedded-only: the mesh clock and istiod's log, for cases that need them.
     def istiod_log(self) -> builtins.list[str]:
-        return [line for p in self.runtime.pods.values() if p.istiod is not None for line in p.istiod.log]
+        namespace = self.runtime.control_plane_namespace
+        return [
+            line
+            for p in list(self.runtime.pods.values())
+            if p.istiod is not None and p.namespace == namespace
+            for line in p.istiod.log
+        ]
 
 
 class EmbeddedMesh(Mesh):
@@ -321,11 +403,21 @@ class EmbeddedMesh(Mesh):
         self.runtime = runtime
         self.spec = runtime.spec
         self.istio_version = runtime.istio_version
-        self._clusters = {name: EmbeddedCluster(c) for name, c in runtime.clusters.items()}
+        every = {name: EmbeddedCluster(c) for name, c in runtime.clusters.items()}
+        self._clusters = {spec.name: every[spec.name] for spec in runtime.spec.clusters}
+        self._external = every[runtime.spec.external.name] if runtime.spec.external is not None else None
 
     @property
     def clusters(self) -> Mapping[str, EmbeddedCluster]:
         return self._clusters
+
+    @property
+    def external(self) -> EmbeddedCluster | None:
+        return self._external
+
+    def cluster_of(self, name: str) -> EmbeddedCluster:
+        """A data-plane cluster, or the external control plane's, by name."""
+        return self._external if self._external is not None and name == self._external.name else self._clusters[name]
 
     @property
     def clock(self) -> MeshClock:
@@ -335,11 +427,10 @@ class EmbeddedMesh(Mesh):
         self.runtime.shutdown()
 
 
-def _gateway_address(cluster: Cluster) -> str:
-    service = cluster.get("Service", EASTWEST_GATEWAY, ISTIO_SYSTEM) or {}
-    ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+def _ingress_address(service: Obj | None, what: str) -> str:
+    ingress = (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     if not ingress:
-        raise BackendError(f"{cluster.name}: the east-west gateway Service has no external address")
+        raise BackendError(f"{what} Service has no external address")
     return str(ingress[0]["ip"])
 
 
@@ -356,14 +447,37 @@ class EmbeddedBackend(Backend):
             kubeconfig = manifests.kubeconfig(source, runtime.fabric.api_server(source))
             return [manifests.remote_secret(source, kubeconfig)]
 
+        def gateway_address(name: str) -> str:
+            service = mesh.cluster_of(name).get("Service", EASTWEST_GATEWAY, ISTIO_SYSTEM)
+            return _ingress_address(service, f"{name}: the east-west gateway")
+
+        def control_plane_address(name: str) -> str:
+            # The external cluster's ingress gateway, in its real istio-system (not the namespace it stands for).
+            service = runtime.clusters[name].store.get("Service", INGRESS_GATEWAY, ISTIO_SYSTEM)
+            return _ingress_address(service, f"{name}: the ingress gateway of the external istiod")
+
+        def config_secret(config: str) -> list[Obj]:
+            # istioctl create-remote-secret --type=config --namespace=external-istiod --service-account=istiod
+            # --create-service-account=false: the ServiceAccount must exist (the remote profile's configCluster).
+            if mesh.cluster_of(config).get("ServiceAccount", "istiod", ISTIO_SYSTEM) is None:
+                raise BackendError(
+                    f"{config}: istioctl create-remote-secret --type=config failed: failed retrieving service account "
+                    f"istiod.{runtime.clusters[config].control_plane_namespace} (install the config cluster's remote "
+                    "profile with values.global.configCluster=true)"
+                )
+            kubeconfig = manifests.kubeconfig(config, runtime.fabric.api_server(config))
+            return [manifests.secret("istio-kubeconfig", ISTIO_SYSTEM, {"config": kubeconfig.encode()})]
+
         try:
             execute(
                 plan(spec, cacerts),
                 spec,
-                mesh.clusters,
-                gateway_address=lambda name: _gateway_address(mesh[name]),
+                {name: mesh.cluster_of(name) for name in runtime.clusters},
+                gateway_address=gateway_address,
                 remote_secret=remote_secret,
                 progress=progress,
+                control_plane_address=control_plane_address,
+                config_secret=config_secret,
             )
         except BaseException:
             mesh.teardown()

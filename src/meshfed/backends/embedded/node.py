@@ -2,11 +2,13 @@
 the cluster and the mesh they run on. They see these protocols, never ``ClusterRuntime`` or
 ``MeshRuntime``, so the embedded modules import in one direction, each knowing only those below it:
 
-    mesh -> cluster -> istiod -> sidecar, gateway -> agent -> node -> xds, lb, tls, fabric, store, clock
+    mesh -> cluster -> istiod -> ca, sources -> sidecar, gateway -> injector -> agent -> node
+         -> policy, xds, lb, tls, fabric, store, clock
 
-Where an Istio behaviour is decided: what istiod sends (``istiod``), what a proxy does with it
-(``sidecar``, ``gateway``), how a proxy gets its certificate and configuration (``agent``), what
-Kubernetes does (``cluster``), and what the clusters share (``mesh``).
+Where an Istio behaviour is decided: what istiod sends (``istiod``; its policies: ``policy``), its CA
+(``ca``), where it reads from (``sources``), what a proxy does with it (``sidecar``, ``gateway``), what the
+injection webhook does and how the API server calls it (``injector``), how a proxy gets its certificate and
+configuration (``agent``), what Kubernetes does (``cluster``), and what the clusters share (``mesh``).
 """
 
 from __future__ import annotations

@@ -307,7 +307,9 @@ class Sidecar:
         if self.client_context is None and endpoint.mtls:
             raise UpstreamError(ssl.SSLError("no certificate"))
         try:
-            raw = self.runtime.mesh.fabric.dial(self.agent.network, endpoint.address, endpoint.port, CONNECT_TIMEOUT)
+            raw = self.runtime.mesh.fabric.dial(
+                self.agent.node_network, endpoint.address, endpoint.port, CONNECT_TIMEOUT
+            )
         except OSError as error:
             raise UpstreamError(error) from None
         if not endpoint.mtls:  # auto mTLS: an endpoint without a sidecar is called in plaintext

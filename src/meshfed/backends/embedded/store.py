@@ -36,6 +36,7 @@ KINDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "PeerAuthentication": (("security.istio.io/v1", "security.istio.io/v1beta1"), True),
     "AuthorizationPolicy": (("security.istio.io/v1", "security.istio.io/v1beta1"), True),
     "IstioOperator": (("install.istio.io/v1alpha1",), True),
+    "MutatingWebhookConfiguration": (("admissionregistration.k8s.io/v1",), False),
 }
 
 Event = str  # "ADDED" | "MODIFIED" | "DELETED"
