@@ -252,6 +252,7 @@ def _remote_proxies_become(cut_off: Callable[[MeshSpec], list[str]]) -> Callable
     def shows(mesh: Mesh) -> tuple[str, str | None]:
         cut = set(cut_off(mesh.spec))
         every_remote = cut == set(_served(mesh.spec))
+        whose = "the data-plane clusters'" if mesh.spec.external is not None else "the remotes'"
         start = time.monotonic()
         while True:
             proxies = _remote_proxies(mesh)
@@ -262,14 +263,14 @@ def _remote_proxies_become(cut_off: Callable[[MeshSpec], list[str]]) -> Callable
             waited = time.monotonic() - start
             # What is shown is the symptom, without times (they differ between runs and backends).
             if every_remote:
-                shown = f"the remotes' {cut_count} ready proxies connected to no istiod"
+                shown = f"{whose} {cut_count} ready proxies connected to no istiod"
             elif cut:
                 shown = (
                     f"{', '.join(sorted(cut))}: {cut_count} ready proxies connected to no istiod, "
                     f"the other remotes' {kept_count} connected to an istiod"
                 )
             else:
-                shown = f"the remotes' {kept_count} ready proxies connected to an istiod"
+                shown = f"{whose} {kept_count} ready proxies connected to an istiod"
             if proxies and not still and not lost:
                 return shown, None
             if waited >= mesh.convergence_deadline + 45:
@@ -278,7 +279,7 @@ def _remote_proxies_become(cut_off: Callable[[MeshSpec], list[str]]) -> Callable
                 wrong = [f"{', '.join(still)}: still connected to an istiod"] if still else []
                 wrong += [f"{', '.join(lost)}: connected to no istiod"] if lost else []
                 return (
-                    f"{len(still) + len(lost)} of the remotes' ready proxies not as expected",
+                    f"{len(still) + len(lost)} of {whose} ready proxies not as expected",
                     f"{'; '.join(wrong)} after {waited:.0f} s",
                 )
             time.sleep(min(2.0, mesh.convergence_deadline / 3))
