@@ -194,7 +194,7 @@ def _external_box(
     parts.append(
         f'<text x="{x:.0f}" y="{y + 2:.0f}" text-anchor="middle" font-size="11">istiod in external-istiod, no workloads</text>'
     )
-    parts.append(f'<rect x="{x - 50:.0f}" y="{y + 12:.0f}" width="100" height="20" rx="4" fill="#fff" stroke="#888"/>')
+    parts.append(f'<rect x="{x - 68:.0f}" y="{y + 12:.0f}" width="136" height="20" rx="4" fill="#fff" stroke="#888"/>')
     parts.append(
         f'<text x="{x:.0f}" y="{y + 26:.0f}" text-anchor="middle" font-size="10">ingress gw 15012/15017</text>'
     )
