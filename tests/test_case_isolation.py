@@ -16,7 +16,14 @@ import yaml
 from meshfed.cli import main as meshfed
 
 ROOT = Path(__file__).resolve().parent.parent
-PRIMARY_REMOTE_OWN = ("istiod-not-exposed", "wrong-remote-pilot-address", "missing-control-plane-clusters")
+# The entries that cannot happen in multi-primary: primary-remote's own three, the external control plane's two.
+NOT_MULTI_PRIMARY = (
+    "istiod-not-exposed",
+    "wrong-remote-pilot-address",
+    "missing-control-plane-clusters",
+    "external-istiod-not-exposed",
+    "missing-config-secret",
+)
 
 
 def _run(report_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -46,13 +53,13 @@ def test_each_case_has_its_suite_verdict_when_run_alone(tmp_path: Path, given: s
     mesh = ["--cacerts-dir", str(_second_root(tmp_path / "certs"))] if given == "second-root" else []
     collected = _run(tmp_path / "collect", "conformance/", "--collect-only", *mesh)
     node_ids = [line for line in collected.stdout.splitlines() if line.startswith("conformance/")]
-    assert len(node_ids) == 29, collected.stdout
+    assert len(node_ids) == 31, collected.stdout
     whole = _run(tmp_path / "whole", "conformance/", *mesh)
     in_suite = _verdicts(tmp_path / "whole")
-    assert len(in_suite) == 29, whole.stdout[-2000:]
+    assert len(in_suite) == 31, whole.stdout[-2000:]
     if given == "healthy":
-        # Every case passes, but primary-remote's own misconfigurations: not applicable to multi-primary.
-        own = {f"MisconfigurationRegression[{name}]" for name in PRIMARY_REMOTE_OWN}
+        # Every case passes, but the misconfigurations that cannot happen in multi-primary: not applicable.
+        own = {f"MisconfigurationRegression[{name}]" for name in NOT_MULTI_PRIMARY}
         assert {n: v for n, v in in_suite.items() if n not in own} == dict.fromkeys(set(in_suite) - own, "passed")
         assert {in_suite[n] for n in own} == {"not-applicable"}
     else:  # the second root breaks cross-cluster trust: the suite must see it, not heal it
