@@ -22,7 +22,7 @@ def provision() -> Iterator[Provision]:
         topology: str = "multi-primary", clusters: int = 2, cacerts: Mapping[str, Mapping[str, bytes]] | None = None
     ) -> tuple[EmbeddedMesh, MeshPKI]:
         spec = MeshSpec.default(Topology(topology), clusters)
-        pki = create_mesh_pki(spec.names, key_type="ecdsa")
+        pki = create_mesh_pki(spec.cacerts_clusters, key_type="ecdsa")
         files = cacerts if cacerts is not None else {name: ca.secret_data() for name, ca in pki.cluster_cas.items()}
         mesh = EmbeddedBackend().provision(spec, files)
         meshes.append(mesh)

@@ -5,41 +5,27 @@ name it, injects and certifies every data-plane cluster's pods through its ingre
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 
 from meshfed import manifests
 from meshfed.backends.base import BackendError, Cluster
-from meshfed.backends.embedded.mesh import EmbeddedBackend, EmbeddedMesh
+from meshfed.backends.embedded.mesh import EmbeddedMesh
 from meshfed.calls import CallResult, Symptom
 from meshfed.manifests import CONTROL_PLANE_CLUSTERS, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
-from meshfed.pki import MeshPKI, bundle_from_secret, create_mesh_pki, load_certs
-from meshfed.topology import MeshSpec, Topology
+from meshfed.pki import MeshPKI, bundle_from_secret, load_certs
 
 CLIENT_ID = "spiffe://cluster.local/ns/meshfed/sa/client"
 Provision = Callable[..., tuple[EmbeddedMesh, MeshPKI]]
 
 
 @pytest.fixture
-def provision() -> Iterator[Provision]:
-    """An external-control-plane mesh (torn down after the test): cacerts only in the external cluster."""
-    meshes: list[EmbeddedMesh] = []
-
-    def make(
-        clusters: int = 2, cacerts: Mapping[str, Mapping[str, bytes]] | None = None
-    ) -> tuple[EmbeddedMesh, MeshPKI]:
-        spec = MeshSpec.default(Topology.EXTERNAL_CONTROL_PLANE, clusters)
-        pki = create_mesh_pki(spec.cacerts_clusters, key_type="ecdsa")
-        files = cacerts if cacerts is not None else {name: ca.secret_data() for name, ca in pki.cluster_cas.items()}
-        mesh = EmbeddedBackend().provision(spec, files)
-        meshes.append(mesh)
-        return mesh, pki
-
-    yield make
-    for mesh in meshes:
-        mesh.teardown()
+def provision(provision: Provision) -> Provision:
+    """An external-control-plane mesh (the shared fixture's, torn down after the test): cacerts only in the
+    external cluster."""
+    return lambda clusters=2, cacerts=None: provision("external-control-plane", clusters, cacerts)
 
 
 def calls(cluster: Cluster, url: str, count: int = 3, app: str = "client") -> list[CallResult]:
