@@ -523,3 +523,38 @@ def test_a_remote_without_an_istiod_endpointslice_is_not_supported_by_wrong_remo
     with pytest.raises(pytest.skip.Exception, match="has no EndpointSlice to misdirect"):
         entry("wrong-remote-pilot-address").stages[0].act(mesh, saved)
     assert saved == {}
+
+
+@pytest.mark.parametrize("topology", ["primary-remote", "external-control-plane"])
+def test_a_remote_pod_injected_as_another_cluster_gets_no_certificate(provision: Provision, topology: str) -> None:
+    """A remote's injection path names the cluster its proxies claim (``ISTIO_META_CLUSTER_ID``); istiod reviews
+    their tokens in that cluster (``KubeJWTAuthenticator``), so a pod injected as another cluster gets no
+    certificate and never gets ready, while the pods already running keep serving. The diagnosis names the
+    webhook and the sidecar."""
+    from meshfed.diagnose import diagnose, injection_path
+
+    mesh, _ = provision(topology)
+    b = mesh["cluster-b"]
+    [config] = b.list("MutatingWebhookConfiguration")
+    assert injection_path(config["webhooks"][0]) == {"cluster": "cluster-b", "net": "network-b"}
+    assert {p.proxy_cluster for p in b.pods(TEST_NAMESPACE)} == {"cluster-b"}
+    assert not [c for c in diagnose(mesh) if c.check == "injection-path-wrong"]
+    config["webhooks"][0]["clientConfig"]["service"]["path"] = "/inject/cluster/cluster-a/net/network-a"
+    b.apply(config)
+    patch = {"spec": {"template": {"metadata": {"annotations": {"meshfed.dev/rollout": "1"}}}}}
+    b.patch("Deployment", "client", TEST_NAMESPACE, patch)
+    assert not b.wait_ready("client", TEST_NAMESPACE, timeout=2)
+    pods = b.pods(TEST_NAMESPACE, {"app": "client"})
+    assert sorted((p.proxy_cluster, p.ready, p.labels.get(manifests.NETWORK_LABEL)) for p in pods) == [
+        ("cluster-a", False, "network-a"),
+        ("cluster-b", True, "network-b"),
+    ]
+    [finding] = [c for c in diagnose(mesh) if c.check == "injection-path-wrong"]
+    assert finding.cluster == "cluster-b" and finding.status == "error"
+    assert "injects as /inject/cluster/cluster-a/net/network-a" in finding.evidence
+    assert "says cluster-a" in finding.evidence
+    assert finding.hint.endswith("injectionPath=/inject/cluster/cluster-b/net/network-b")
+    url = service_url(only_in("cluster-a"))
+    client = b.pod_of(TEST_NAMESPACE, "client")  # the pod that was running keeps calling
+    assert client.proxy_cluster == "cluster-b"
+    assert [r.symptom for r in b.call(client.name, TEST_NAMESPACE, url, 3, timeout=5)] == [Symptom.OK] * 3

@@ -218,6 +218,39 @@ def test_a_remote_must_be_named_as_its_injector_names_it(servers: dict[str, Kube
     mesh.teardown()
 
 
+def test_a_remote_injected_as_another_of_the_clusters_names_the_injection_path(
+    servers: dict[str, KubeApiStandIn],
+) -> None:
+    """The config cluster's injectionPath reused for a remote: the remote's webhook names the config cluster, so
+    the mesh calls both contexts by one name; that is the misconfiguration, not a naming choice."""
+    _istiod(servers["east"], cluster_id="east")
+    _send(
+        servers["west"],
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}},
+    )
+    configuration = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "istio-sidecar-injector", "labels": {"istio.io/rev": "default"}},
+        "webhooks": [
+            {
+                "name": "rev.namespace.sidecar-injector.istio.io",
+                "clientConfig": {"url": "https://172.18.0.10:15017/inject/cluster/east/net/network1"},
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+            }
+        ],
+    }
+    _send(servers["west"], "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", configuration)
+    with pytest.raises(
+        BackendError,
+        match=r"context gke_acme_west 'east', the name of another of its clusters: its injection webhook names the "
+        r"wrong cluster.*injectionPath=/inject/cluster/west/net/<its network>$",
+    ):
+        ExistingBackend(CONTEXTS).provision(_spec(Topology.PRIMARY_REMOTE), {})
+
+
 def test_an_unknown_context_names_the_fix(servers: dict[str, KubeApiStandIn]) -> None:
     with pytest.raises(BackendError, match=r"east: cannot use context 'nope' .*kubectl config get-contexts"):
         ExistingBackend({"east": "nope", "west": CONTEXTS["west"]}).provision(_spec(), {})

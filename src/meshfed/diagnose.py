@@ -859,6 +859,55 @@ def _unconnected(mesh: Mesh) -> tuple[list[tuple[str, str, str]], list[Check]]:
     return missing, unreadable
 
 
+def injection_path(webhook: Mapping[str, Any]) -> dict[str, str]:
+    """The parameters an injection webhook's path passes the injector: ``/inject/cluster/<c>/net/<n>`` ->
+    {"cluster": c, "net": n} (what ``webhook.go`` reads; a plain ``/inject`` passes none)."""
+    client = webhook.get("clientConfig") or {}
+    path = urllib.parse.urlsplit(client["url"]).path if client.get("url") else (client.get("service") or {}).get("path")
+    parts = str(path or "").strip("/").split("/")
+    return {parts[i]: parts[i + 1] for i in range(len(parts) - 1) if parts[i] in ("cluster", "net")}
+
+
+def check_injection(mesh: Mesh) -> list[Check]:
+    """Each cluster's pods are injected as that cluster: its injection webhooks' paths name it and its network
+    (a remote's ``istiodRemote.injectionPath``, ``/inject/cluster/<c>/net/<n>``), and its sidecars say so
+    (``ISTIO_META_CLUSTER_ID``). A proxy claiming another cluster is authenticated against that cluster's API
+    server, which refuses its token (``KubeJWTAuthenticator``): it gets no certificate and its pod never gets
+    ready. Pods already running keep working; every new pod fails."""
+    results: list[Check] = []
+    for spec in mesh.spec.clusters:
+        cluster = mesh[spec.name]
+        wrong = set()
+        for configuration in cluster.list("MutatingWebhookConfiguration"):
+            for webhook in configuration.get("webhooks") or []:
+                named = injection_path(webhook)
+                if named.get("cluster", spec.name) != spec.name or named.get("net", spec.network) != spec.network:
+                    path = "/".join(f"{k}/{v}" for k, v in named.items())
+                    wrong.add(f"{configuration['metadata']['name']} injects as /inject/{path}")
+        claiming = sorted(
+            f"{pod.name} says {pod.proxy_cluster}"
+            for namespace in (TEST_NAMESPACE, ISTIO_SYSTEM)
+            for pod in cluster.pods(namespace)
+            if pod.has_sidecar and pod.proxy_cluster not in ("", "Kubernetes", spec.name)
+        )
+        if wrong or claiming:
+            evidence = [f"webhook {w}" for w in sorted(wrong)]
+            evidence += [f"sidecars claiming another cluster: {', '.join(claiming)}"] if claiming else []
+            results.append(
+                Check(
+                    "injection-path-wrong",
+                    "error",
+                    spec.name,
+                    f"pods here are injected as another cluster or network ({'; '.join(evidence)}): istiod "
+                    f"authenticates their proxies against that cluster's API server, which refuses their tokens, so "
+                    "no new pod with a sidecar gets a certificate or gets ready",
+                    f"reinstall this cluster's remote profile with values.istiodRemote.injectionPath="
+                    f"/inject/cluster/{spec.name}/net/{spec.network}",
+                )
+            )
+    return results
+
+
 def check_proxy_connections(mesh: Mesh) -> list[Check]:
     """Every ready proxy has an xDS stream to an istiod (``istioctl proxy-status`` lists it). One that has
     none keeps its last configuration and misses every change (new endpoints, policies). A proxy
@@ -922,6 +971,7 @@ CHECKS = (
     check_services,
     check_peer_authentication,
     check_version_skew,
+    check_injection,
     check_proxy_connections,
     check_istiod_ready,
 )

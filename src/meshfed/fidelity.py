@@ -1,9 +1,10 @@
 """The embedded mesh's fidelity, measured: the whole suite on ``embedded`` and on ``host`` (real Istio), in
-both topologies, compared case by case; the tables go into docs/fidelity.md between its fidelity markers.
+every topology, compared case by case; the tables go into docs/fidelity.md between its fidelity markers.
 
-    sudo .venv/bin/python -m meshfed.fidelity              # four runs, then docs/fidelity.md's tables
+    sudo .venv/bin/python -m meshfed.fidelity              # six runs, then docs/fidelity.md's tables
     python -m meshfed.fidelity --from-reports              # the tables again from the last runs' reports
     python -m meshfed.fidelity --backends embedded         # the embedded runs again, the host reports kept
+    python -m meshfed.fidelity --topologies external-control-plane   # one topology's runs, the others kept
 
 The host runs need what ``--backend host`` needs (root, Linux, the built binaries).
 """
@@ -21,7 +22,7 @@ from meshfed.report.compare import CompareError, as_markdown, compare, load, mer
 
 ROOT = Path(__file__).resolve().parents[2]
 BEGIN, END = "<!-- fidelity:begin -->", "<!-- fidelity:end -->"
-TOPOLOGIES = ("multi-primary", "primary-remote")
+TOPOLOGIES = ("multi-primary", "primary-remote", "external-control-plane")
 BACKENDS = ("embedded", "host")
 
 
@@ -101,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these (the others' reports stay)",
     )
     parser.add_argument(
+        "--topologies",
+        nargs="+",
+        choices=TOPOLOGIES,
+        default=list(TOPOLOGIES),
+        help="run only these (the others' reports stay)",
+    )
+    parser.add_argument(
         "--readme",
         type=Path,
         default=ROOT / "docs" / "fidelity.md",
@@ -109,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if not args.from_reports:
-        for topology in TOPOLOGIES:
+        for topology in args.topologies:
             for backend in args.backends:
                 for partial in report_dirs(args.reports, backend, topology)[1:]:
                     shutil.rmtree(partial)  # a whole run replaces the partial ones

@@ -22,7 +22,7 @@ from meshfed.backends.base import BackendError, Mesh
 from meshfed.calls import Symptom
 from meshfed.cases import not_supported
 from meshfed.causes import PathEvidence
-from meshfed.diagnose import istiod_clusters
+from meshfed.diagnose import injection_path, istiod_clusters
 from meshfed.expect import Wanted, reliably
 from meshfed.manifests import (
     CLIENT,
@@ -673,6 +673,77 @@ def _restore_config_secret(mesh: Mesh, saved: dict[str, Any]) -> None:
     _restart_istiod(mesh, _external_name(mesh.spec))
 
 
+PROBE = "meshfed-probe"
+
+
+def _misname_injection(mesh: Mesh, saved: dict[str, Any]) -> None:
+    """As if the remote had been installed with another cluster's ``injectionPath`` (the config cluster's values
+    reused): every injection webhook of the remote that names it names the other cluster and its network."""
+    spec = mesh.spec
+    remote, wrong = spec.cluster(target(spec)), spec.cluster(other(spec))
+    changed = 0
+    for configuration in mesh[remote.name].list("MutatingWebhookConfiguration"):
+        name = configuration["metadata"]["name"]
+        webhooks = configuration.get("webhooks") or []
+        if not any(injection_path(w).get("cluster") == remote.name for w in webhooks):
+            continue
+        _save(mesh, saved, f"webhook-{name}", remote.name, "MutatingWebhookConfiguration", name, None)
+        for webhook in webhooks:
+            client = webhook.get("clientConfig") or {}
+            key, holder = ("url", client) if client.get("url") else ("path", client.get("service") or {})
+            holder[key] = str(holder.get(key, "")).replace(
+                f"/cluster/{remote.name}/net/{remote.network}", f"/cluster/{wrong.name}/net/{wrong.network}"
+            )
+        mesh[remote.name].patch("MutatingWebhookConfiguration", name, None, {"webhooks": webhooks})
+        changed += 1
+    if not changed:
+        not_supported(
+            f"no injection webhook of {remote.name} names it (/inject/cluster/{remote.name}/net/...): "
+            "its injection path cannot be misnamed"
+        )
+
+
+def _restore_webhooks(mesh: Mesh, saved: dict[str, Any]) -> None:
+    for key in [k for k in saved if k.startswith("webhook-")]:
+        cluster, obj = saved[key]
+        if obj is not None:
+            mesh[cluster].patch(
+                "MutatingWebhookConfiguration", obj["metadata"]["name"], None, {"webhooks": obj["webhooks"]}
+            )
+    mesh[target(mesh.spec)].delete("Deployment", PROBE, TEST_NAMESPACE)
+
+
+def _new_pod_injected_as_its_cluster(expected: bool) -> Callable[[Mesh], tuple[str, str | None]]:
+    """A new pod with a sidecar in the remote: injected as the remote and ready (expected), or injected as the
+    other cluster and, its proxy's token refused there, not ready within the convergence deadline."""
+
+    def shows(mesh: Mesh) -> tuple[str, str | None]:
+        name, wrong = target(mesh.spec), other(mesh.spec)
+        remote = mesh[name]
+        remote.delete("Deployment", PROBE, TEST_NAMESPACE)
+        remote.apply(
+            manifests.idle_client(PROBE, name, image=mesh.spec.workload_image, account=CLIENT, version="probe")
+        )
+        start = time.monotonic()
+        try:
+            ready = remote.wait_ready(PROBE, TEST_NAMESPACE, timeout=mesh.convergence_deadline)
+            waited = time.monotonic() - start
+            pods = [p for p in remote.pods(TEST_NAMESPACE, {"app": PROBE}) if not p.terminating]
+        finally:
+            remote.delete("Deployment", PROBE, TEST_NAMESPACE)
+        claimed = pods[0].proxy_cluster or name if pods and pods[0].has_sidecar else None
+        shown = (
+            f"a new pod of {name}: {'no sidecar' if claimed is None else f'injected as {claimed}'}, "
+            f"{'ready' if ready else 'not ready'}"
+        )
+        if (claimed, ready) == ((name, True) if expected else (wrong, False)):
+            return shown, None
+        want = f"injected as {name} and ready" if expected else f"injected as {wrong} and never ready"
+        return shown, f"{shown} after {waited:.0f} s, expected {want}"
+
+    return shows
+
+
 CATALOG: list[Misconfiguration] = [
     Misconfiguration(
         "second-root-ca",
@@ -916,6 +987,27 @@ CATALOG: list[Misconfiguration] = [
         _restore_control_plane_annotation,
         _led_remotely,
         healed=_new_namespace_gets_root_cert(expected=True),
+    ),
+]
+
+
+CATALOG += [
+    # A remote's pods injected as another cluster: running pods keep working, no new pod starts.
+    Misconfiguration(
+        "wrong-injection-path",
+        "the remote's injection webhook names another cluster (the config cluster's injectionPath reused)",
+        [
+            Stage(
+                "the remote's webhooks call /inject/cluster/<other>/net/<other's network>",
+                _misname_injection,
+                lambda s: _both(s, OK),
+                "injection-path-wrong",
+                shows=_new_pod_injected_as_its_cluster(expected=False),
+            )
+        ],
+        _restore_webhooks,
+        _led_remotely,
+        healed=_new_pod_injected_as_its_cluster(expected=True),
     ),
 ]
 

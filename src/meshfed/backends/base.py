@@ -42,6 +42,7 @@ class PodInfo:
     revision: str = ""  # the control-plane revision its proxy (sidecar or gateway) belongs to
     proxy_image: str = ""  # the istio-proxy container's image ("" without one, or on the embedded mesh)
     terminating: bool = False  # deleted, still shutting down (it may even have finished: phase Succeeded)
+    proxy_cluster: str = ""  # the cluster its proxy says it is in (ISTIO_META_CLUSTER_ID, from the injector)
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,13 @@ def _as_deployed(spec: MeshSpec, clusters: Mapping[str, KubeCluster]) -> MeshSpe
                     f"({', '.join(sorted(known))}): make istiod's CLUSTER_ID and the injection webhook agree"
                 )
             (name,) = known
+            if name in spec.names:  # the name of another context: this cluster's pods are injected as that one
+                raise BackendError(
+                    f"the mesh calls the cluster of context {cluster.context} {name!r}, the name of another of its "
+                    f"clusters: its injection webhook names the wrong cluster, so every new pod's proxy there is "
+                    f"refused (injection-path-wrong); reinstall its remote profile with "
+                    f"values.istiodRemote.injectionPath=/inject/cluster/{cluster_spec.name}/net/<its network>"
+                )
             raise BackendError(
                 f"the mesh calls the cluster of context {cluster.context} {name!r}, not {cluster_spec.name!r}: "
                 f"name it as Istio does, --context {name}={cluster.context}"

@@ -189,6 +189,14 @@ def pod_info(pod: Obj) -> PodInfo:
         else "",
         proxy_image=str(containers["istio-proxy"].get("image", "")) if has_sidecar else "",
         terminating=metadata.get("deletionTimestamp") is not None,
+        proxy_cluster=next(
+            (
+                str(e.get("value", ""))
+                for e in (containers["istio-proxy"].get("env") or [] if has_sidecar else [])
+                if e.get("name") == "ISTIO_META_CLUSTER_ID"
+            ),
+            "",
+        ),
     )
 
 

@@ -7,10 +7,10 @@
   refused: the pod fails with a message naming the image.
 * The sidecar injector: a namespace labelled ``istio-injection=enabled`` (or ``istio.io/rev=<rev>``)
   gets a sidecar in each pod (a gateway's pod: by its ``istio.io/rev`` label). Where the control plane
-  namespace holds the ``istio-sidecar-injector`` ConfigMap of that revision (a primary; a remote of the
-  primary-remote topology), the template is applied in-process: with istiod down a pod is still created and
-  its sidecar waits for a certificate, where a real cluster would refuse to create it. Where the cluster has
-  only the revision's ``MutatingWebhookConfiguration`` (a remote of an external control plane), the API server
+  namespace holds the ``istio-sidecar-injector`` ConfigMap of that revision (a primary), the template is
+  applied in-process: with istiod down a pod is still created and its sidecar waits for a certificate, where a
+  real cluster would refuse to create it. Where the cluster has only the revision's
+  ``MutatingWebhookConfiguration`` (a remote, of a primary or of an external control plane), the API server
   calls the webhook over the network (``injector.call``): when that fails the pod is not created, the
   Deployment shows ``ReplicaFailure``/``FailedCreate`` with the API server's message, and the ReplicaSet tries
   again (``retry_failed_creations``, on the mesh's retry interval).
@@ -127,16 +127,12 @@ class ClusterRuntime:
         mesh: ClusterMesh,
         spec: ClusterSpec,
         control_plane_namespace: str = ISTIO_SYSTEM,
-        *,
-        webhook_injection: bool = False,
     ) -> None:
         self.mesh = mesh
         self.spec = spec
         self.name = spec.name
-        # The namespace of the mesh's control plane here (the contract's istio-system stands for it), and whether
-        # a remote profile installed here is the real one (its pods injected by calling istiod; see installer).
+        # The namespace of the mesh's control plane here (the contract's istio-system stands for it).
         self.control_plane_namespace = control_plane_namespace
-        self.webhook_injection = webhook_injection
         self._create_failures: dict[tuple[str, str], str] = {}  # a Deployment's last failed pod creation
         self.store = ObjectStore(spec.name)
         self.clock = mesh.clock
@@ -466,7 +462,7 @@ class ClusterRuntime:
         namespace = install_namespace(operator)
         if not remove and self.store.get("Namespace", namespace) is None:
             self.store.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-        objects = objects_for(operator, self.name, self.mesh.istio_version, webhook_injection=self.webhook_injection)
+        objects = objects_for(operator, self.name, self.mesh.istio_version)
         for obj in objects:
             if remove:
                 self.store.delete(obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace"))

@@ -20,10 +20,7 @@ sentence naming it, so nothing is silently ignored. What each means here:
   istiod's selector-less Service and the EndpointSlice of ``remotePilotAddress``
   (``remote-istiod-service.yaml``, ``remote-istiod-endpointslices.yaml``), the injection webhook configuration
   calling it at ``injectionPath``, the ``istio`` ConfigMap only with ``values.pilot.configMap``, and with
-  ``configCluster`` the ``istiod`` ServiceAccount an external istiod reads the cluster as. That is what it
-  installs with an external control plane (``webhook_injection``); in the other topologies the embedded
-  remote instead keeps the injector values and mesh config as ConfigMaps of its own and its pods are injected
-  without calling istiod (a deviation docs/embedded.md lists).
+  ``configCluster`` the ``istiod`` ServiceAccount an external istiod reads the cluster as.
 * ``components.ingressGateways``: a Deployment of the gateway proxy and its LoadBalancer Service
   (``istio-ingressgateway`` is labelled ``istio: ingressgateway`` when no label is given, as Istio's default).
 """
@@ -120,7 +117,7 @@ def install_namespace(operator: Obj) -> str:
     return str(global_values.get("istioNamespace") or ISTIO_SYSTEM)
 
 
-def objects_for(operator: Obj, cluster: str, version: str, *, webhook_injection: bool = False) -> list[Obj]:
+def objects_for(operator: Obj, cluster: str, version: str) -> list[Obj]:
     _check(operator)
     spec = operator.get("spec") or {}
     values = spec.get("values") or {}
@@ -133,9 +130,8 @@ def objects_for(operator: Obj, cluster: str, version: str, *, webhook_injection:
     pilot = (spec.get("components") or {}).get("pilot") or {}
     runs_istiod = profile in ("default", "minimal") or (profile == "empty" and bool(pilot.get("enabled")))
     remote = profile == "remote"
-    local_templates = runs_istiod or (remote and not webhook_injection)
     objects: list[Obj] = []
-    if local_templates or (remote and (values.get("pilot") or {}).get("configMap")):
+    if runs_istiod or (remote and (values.get("pilot") or {}).get("configMap")):
         mesh = dict(spec.get("meshConfig") or {})
         mesh.setdefault("trustDomain", "cluster.local")
         mesh["defaultConfig"] = {**(mesh.get("defaultConfig") or {}), "meshId": global_values.get("meshID", "")}
@@ -147,7 +143,7 @@ def objects_for(operator: Obj, cluster: str, version: str, *, webhook_injection:
                 "data": {"mesh": yaml.safe_dump(mesh)},
             }
         )
-    if local_templates:
+    if runs_istiod:
         injector = {"global": global_values, "revision": revision, "istiodRemote": values.get("istiodRemote") or {}}
         objects.append(
             {
@@ -162,7 +158,7 @@ def objects_for(operator: Obj, cluster: str, version: str, *, webhook_injection:
     remote_pilot = str(global_values.get("remotePilotAddress") or "")
     if remote and remote_pilot[:1].isdigit():
         objects += _remote_istiod(remote_pilot, namespace, suffix, rev_label)
-    if remote and webhook_injection and not global_values.get("operatorManageWebhooks"):
+    if remote and not global_values.get("operatorManageWebhooks"):
         path = str((values.get("istiodRemote") or {}).get("injectionPath") or "/inject")
         objects.append(_injection_webhook(namespace, suffix, rev_label, path))
     if remote and global_values.get("configCluster"):

@@ -355,10 +355,11 @@ class Istiod:
         return injector.injection_to_json(decided)
 
     def _patch_webhooks(self) -> None:
-        """``NewWebhookCertPatcher``: with ``INJECTION_WEBHOOK_CONFIG_NAME`` set, istiod writes its CA root into
-        the ``caBundle`` of its revision's injection webhooks in its own cluster (``initSidecarInjector``) and in
-        each remote it leads (``initializeCluster``: ``shouldLead && !configCluster``)."""
-        if not self._running or not self.env.get("INJECTION_WEBHOOK_CONFIG_NAME"):
+        """``NewWebhookCertPatcher``: istiod writes its CA root into the ``caBundle`` of its revision's injection
+        webhooks (``INJECTION_WEBHOOK_CONFIG_NAME``, by default ``istio-sidecar-injector``) in its own cluster
+        (``initSidecarInjector``) and in each remote it leads (``initializeCluster``: ``shouldLead &&
+        !configCluster``)."""
+        if not self._running:
             return
         bundle = base64.b64encode(cert_pem(*self.ca.root_certs)).decode()
         revision = {"istio.io/rev": self.revision or "default"}

@@ -74,7 +74,7 @@ class MeshRuntime:
         namespace = EXTERNAL_ISTIOD if external else ISTIO_SYSTEM
         for cluster in spec.all_clusters:
             self.fabric.add_cluster(cluster.name, cluster.network)
-            self.clusters[cluster.name] = ClusterRuntime(self, cluster, namespace, webhook_injection=external)
+            self.clusters[cluster.name] = ClusterRuntime(self, cluster, namespace)
         self.clock.on_advance(self._renew)
         self._closed = threading.Event()
         self._retries = ThreadPoolExecutor(RETRY_WORKERS, thread_name_prefix="pilot-agent-retry")
@@ -308,6 +308,7 @@ class EmbeddedCluster(Cluster):
                     ip=pod.ip,
                     has_sidecar=pod.sidecar is not None or pod.gateway is not None,
                     revision=pod.agent.injection.revision if pod.agent else "",
+                    proxy_cluster=(pod.agent.injection.cluster_id or self.name) if pod.agent else "",
                 )
             )
         return found
