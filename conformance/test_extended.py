@@ -13,7 +13,7 @@ from meshfed import manifests
 from meshfed.backends.base import BackendError, Cluster, Mesh
 from meshfed.calls import CallResult, Symptom, summarize
 from meshfed.cases import Feature, case, not_supported
-from meshfed.diagnose import istiod_clusters, read_cacerts
+from meshfed.diagnose import istiod_clusters, mesh_config, read_cacerts
 from meshfed.expect import Traffic, Wanted, reliably, require
 from meshfed.manifests import CANARY, CLIENT, ISTIO_SYSTEM, TEST_NAMESPACE, only_in, service_url
 from meshfed.misconfig import publishes_its_root
@@ -451,6 +451,16 @@ def _cacerts_files(mesh: Mesh, cluster: str) -> dict[str, bytes]:
 
 
 def _reinstall(mesh: Mesh, env: dict[str, str] | None) -> None:
+    """Every istiod installed again as the mesh was, with ``env`` added to its environment."""
+    if mesh.spec.external is not None:
+        external = mesh[mesh.spec.external.name]
+        # The address the proxies reach it at, as its install wrote it into its mesh config.
+        discovery = str((mesh_config(external).get("defaultConfig") or {}).get("discoveryAddress") or "")
+        address = discovery.rpartition(":")[0]
+        config = mesh.spec.cluster(mesh.spec.config_cluster(mesh.spec.names[0]))
+        external.apply(manifests.external_istiod(config, mesh.spec, address, pilot_env=env))
+        external.wait_ready("istiod", ISTIO_SYSTEM, timeout=mesh.convergence_deadline * 10)
+        return
     for spec in mesh.spec.primaries:
         serves_remotes = mesh.spec.topology is Topology.PRIMARY_REMOTE
         mesh[spec.name].apply(manifests.istio_operator(spec, mesh.spec, external_istiod=serves_remotes, pilot_env=env))
@@ -466,7 +476,7 @@ def _restart_onto_current_ca(mesh: Mesh) -> list[str]:
     problems = []
     for name in mesh.spec.names:
         cluster = mesh[name]
-        signer = _cacerts_files(mesh, mesh.spec.config_cluster(name)).get("ca-cert.pem")
+        signer = _cacerts_files(mesh, mesh.spec.control_plane(name)).get("ca-cert.pem")
         current = load_certs(signer, "cacerts ca-cert.pem")[0] if signer else None
         for deployment in cluster.list("Deployment", TEST_NAMESPACE):
             selector = deployment["spec"]["selector"].get("matchLabels") or {}
@@ -502,7 +512,7 @@ def rotate_root(
     problems = []
     for title, rewrite in steps:
         traffic.step(title)
-        for name in mesh.spec.names:
+        for name in mesh.spec.cacerts_clusters:
             files = _cacerts_files(mesh, name)
             if files:
                 mesh[name].apply(manifests.cacerts(rewrite(name, files)))
@@ -525,11 +535,16 @@ def _wait_for_istiod_roots(mesh: Mesh, title: str) -> list[str]:
     """Until every istiod serves the roots of its new cacerts (in istio-ca-root-cert): on a real cluster a
     Secret reaches istiod's mounted files only after the kubelet's sync, up to a minute later."""
     deadline = time.monotonic() + mesh.convergence_deadline * 2
-    waiting = [spec.name for spec in mesh.spec.primaries]
+    # (where, whose istiod): each primary's own; an external istiod's in every cluster it serves.
+    external = mesh.spec.external
+    waiting = (
+        [(n, external.name) for n in mesh.spec.names] if external else [(p.name, p.name) for p in mesh.spec.primaries]
+    )
     while waiting:
-        waiting = [name for name in waiting if not publishes_its_root(mesh, name)]
+        waiting = [(name, signer) for name, signer in waiting if not publishes_its_root(mesh, name, signer=signer)]
         if waiting and time.monotonic() >= deadline:
-            return [f"after '{title}': istiod in {', '.join(waiting)} does not serve the new roots"]
+            where = ", ".join(name if name == signer else f"{name} (istiod of {signer})" for name, signer in waiting)
+            return [f"after '{title}': istiod in {where} does not serve the new roots"]
         if waiting:
             time.sleep(1)
     return []
@@ -549,10 +564,12 @@ def calls_between(mesh: Mesh, source: str, destination: str) -> Callable[[int], 
 def test_root_rotation(mesh: Mesh, suite_options: SuiteOptions, run_record: RunRecord) -> None:
     if suite_options.backend == "existing" and not suite_options.allow_destructive:
         not_supported("destructive: it replaces every cluster's CA; pass --allow-destructive")
-    if mesh.spec.external is not None:
-        not_supported("meshfed does not yet rotate the root of an external control plane's CA (its one cacerts)")
-    if any(not _cacerts_files(mesh, spec.name) for spec in mesh.spec.primaries):
-        not_supported("the mesh has no plug-in CA (cacerts) in every primary, so there is no shared root to rotate")
+    if mesh.spec.external is not None and mesh.external is None:
+        not_supported("the external control plane's cluster was not given (--external-context): its cacerts is there")
+    if any(not _cacerts_files(mesh, spec.name) for spec in mesh.spec.control_planes):
+        not_supported(
+            "the mesh has no plug-in CA (cacerts) where each istiod runs, so there is no shared root to rotate"
+        )
     new = new_root(key_type="ecdsa" if suite_options.backend == "embedded" else "rsa", common_name="Root CA (rotated)")
     new_pem = cert_pem(new.cert)
     fresh: dict[str, PluginCA] = {}
@@ -569,7 +586,7 @@ def test_root_rotation(mesh: Mesh, suite_options: SuiteOptions, run_record: RunR
     def old_root_removed(name: str, files: dict[str, bytes]) -> dict[str, bytes]:
         return {**files, "root-cert.pem": new_pem}
 
-    original = {name: _cacerts_files(mesh, name) for name in mesh.spec.names}
+    original = {name: _cacerts_files(mesh, name) for name in mesh.spec.cacerts_clusters}
     problems: list[str] = []
     restored = False
     try:

@@ -23,6 +23,8 @@ NOT_MULTI_PRIMARY = (
     "missing-control-plane-clusters",
     "external-istiod-not-exposed",
     "missing-config-secret",
+    "wrong-injection-path",
+    "wrong-discovery-address",
 )
 
 
@@ -53,10 +55,10 @@ def test_each_case_has_its_suite_verdict_when_run_alone(tmp_path: Path, given: s
     mesh = ["--cacerts-dir", str(_second_root(tmp_path / "certs"))] if given == "second-root" else []
     collected = _run(tmp_path / "collect", "conformance/", "--collect-only", *mesh)
     node_ids = [line for line in collected.stdout.splitlines() if line.startswith("conformance/")]
-    assert len(node_ids) == 31, collected.stdout
+    assert len(node_ids) == 33, collected.stdout
     whole = _run(tmp_path / "whole", "conformance/", *mesh)
     in_suite = _verdicts(tmp_path / "whole")
-    assert len(in_suite) == 31, whole.stdout[-2000:]
+    assert len(in_suite) == 33, whole.stdout[-2000:]
     if given == "healthy":
         # Every case passes, but the misconfigurations that cannot happen in multi-primary: not applicable.
         own = {f"MisconfigurationRegression[{name}]" for name in NOT_MULTI_PRIMARY}

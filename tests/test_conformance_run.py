@@ -189,7 +189,7 @@ def test_a_mesh_broken_from_the_start_fails_every_case_at_once_with_the_cause(tm
     assert any(line.startswith("cluster-b: istiod-not-ready: ") for line in rest)
     # Every case fails, but those that cannot happen in multi-primary: they do not apply, broken mesh or not.
     outcomes = {case["name"]: case["outcome"] for case in report["cases"]}
-    assert len(outcomes) == 31 and sorted(outcomes.values()).count("failed") == 26
+    assert len(outcomes) == 33 and sorted(outcomes.values()).count("failed") == 26
     assert {name for name, kind in outcomes.items() if kind == "not-applicable"} == {
         f"MisconfigurationRegression[{name}]"
         for name in (
@@ -198,6 +198,8 @@ def test_a_mesh_broken_from_the_start_fails_every_case_at_once_with_the_cause(tm
             "missing-control-plane-clusters",
             "external-istiod-not-exposed",
             "missing-config-secret",
+            "wrong-injection-path",
+            "wrong-discovery-address",
         )
     }
     assert report["verdict"] == {"core": "failure", "extended": "failure"}

@@ -121,6 +121,35 @@ def test_proxies_reach_the_external_istiod_only_through_its_ingress_gateway(prov
     assert until(lambda: creation_failure(b, "client") == "")
 
 
+def test_the_external_istiod_certificate_names_its_discovery_address(provision: Provision) -> None:
+    """istiod's serving certificate names the host of its mesh config's discoveryAddress (``getDNSNames``); the
+    proxies verify it against the address they dial, as pilot-agent does. Named after another address, it is
+    refused by every proxy that reconnects ("certificate is valid for A, not B" on host), and the diagnosis
+    names the mismatch."""
+    import yaml
+
+    from meshfed.diagnose import diagnose
+
+    mesh, _ = provision()
+    ext = external(mesh)
+    config = ext.get("ConfigMap", "istio", ISTIO_SYSTEM) or {}
+    mesh_config = yaml.safe_load(config["data"]["mesh"])
+    right = mesh_config["defaultConfig"]["discoveryAddress"]
+    mesh_config["defaultConfig"]["discoveryAddress"] = "10.0.0.1:15012"
+    ext.patch("ConfigMap", "istio", ISTIO_SYSTEM, {"data": {"mesh": yaml.safe_dump(mesh_config)}})
+    restart_external_istiod(mesh)
+    b = mesh["cluster-b"]
+    assert until(lambda: not any(p.pod for p in ext.connected_proxies()), timeout=5)
+    [finding] = [c for c in diagnose(mesh) if c.check == "discovery-address-wrong"]
+    assert finding.cluster == "external" and f"reach istiod at {right.rpartition(':')[0]}" in finding.evidence
+    assert all(r.ok for r in calls(b, service_url(only_in("cluster-a")))), "calls go on, on the last configuration"
+    mesh_config["defaultConfig"]["discoveryAddress"] = right
+    ext.patch("ConfigMap", "istio", ISTIO_SYSTEM, {"data": {"mesh": yaml.safe_dump(mesh_config)}})
+    restart_external_istiod(mesh)
+    assert until(lambda: len(ext.connected_proxies()) == 8, timeout=10)
+    assert not [c for c in diagnose(mesh) if c.check == "discovery-address-wrong"]
+
+
 def test_mesh_configuration_is_read_from_the_config_cluster_only(provision: Provision) -> None:
     mesh, _ = provision()
     a, b = mesh["cluster-a"], mesh["cluster-b"]

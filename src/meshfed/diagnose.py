@@ -390,7 +390,7 @@ def check_remote_secrets(mesh: Mesh) -> list[Check]:
     return results
 
 
-def _ingress_addresses(service: Obj | None) -> set[str]:
+def ingress_addresses(service: Obj | None) -> set[str]:
     ingress = (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     return {str(i.get("ip") or i.get("hostname")) for i in ingress if i.get("ip") or i.get("hostname")}
 
@@ -458,7 +458,7 @@ def check_remote_control_plane(mesh: Mesh) -> list[Check]:
                     "install the primary with values.global.externalIstiod=true",
                 )
             )
-        gateway = _ingress_addresses(mesh[primary].get("Service", EASTWEST_GATEWAY, ISTIO_SYSTEM))
+        gateway = ingress_addresses(mesh[primary].get("Service", EASTWEST_GATEWAY, ISTIO_SYSTEM))
         for name in served:
             remote = mesh[name]
             namespace = remote.get("Namespace", ISTIO_SYSTEM) or {}
@@ -519,6 +519,45 @@ def _istiod_env(cluster: Cluster) -> dict[str, str]:
     return {}
 
 
+def _istiod_dialled_at(cluster: Cluster) -> set[str]:
+    """Where a remote's proxies and API server reach istiod: its selector-less ``istiod`` Service's EndpointSlice
+    addresses (``remotePilotAddress`` an IP), or the name of its ExternalName Service (a DNS name)."""
+    service = cluster.get("Service", "istiod", ISTIO_SYSTEM) or {}
+    if (service.get("spec") or {}).get("type") == "ExternalName":
+        return {str(service["spec"].get("externalName"))}
+    slices = cluster.list("EndpointSlice", ISTIO_SYSTEM, {"kubernetes.io/service-name": "istiod"})
+    return {a for s in slices for e in s.get("endpoints") or [] for a in e.get("addresses") or []}
+
+
+def _discovery_address_dialled(mesh: Mesh, external: Cluster) -> list[Check]:
+    """The external istiod names its serving certificate after the host of its mesh config's discovery address
+    (``getDNSNames``, besides its Service's names) and injects that address into new pods: it must be the address
+    the data-plane clusters dial (their ``remotePilotAddress``), else no proxy verifies istiod."""
+    defaults = mesh_config(external).get("defaultConfig")
+    discovery = str((defaults if isinstance(defaults, dict) else {}).get("discoveryAddress") or "")
+    host = discovery.rpartition(":")[0] or discovery
+    if not host or host.endswith((".svc", ".svc.cluster.local")):
+        return []  # istiod's own Service name: always in its certificate
+    dialled = {name: _istiod_dialled_at(mesh[name]) for name in mesh.spec.names}
+    wrong = {name: addresses for name, addresses in dialled.items() if addresses and host not in addresses}
+    if not wrong:
+        return []
+    addresses = sorted(set().union(*wrong.values()))
+    return [
+        Check(
+            "discovery-address-wrong",
+            "error",
+            external.name,
+            f"the external istiod's mesh config names {discovery} as its discovery address, so its serving certificate "
+            f"is valid for {host} (and its Service's names) and new pods are told to dial it, but "
+            f"{', '.join(sorted(wrong))} reach istiod at {', '.join(addresses)} (remotePilotAddress): every proxy that "
+            "connects fails to verify istiod (x509: certificate is valid for ..., not ...) and no new pod gets ready",
+            f"set the external istiod's meshConfig.defaultConfig.discoveryAddress (and values.global.caAddress) to "
+            f"{addresses[0]}:15012, the address the data-plane clusters dial, and restart it",
+        )
+    ]
+
+
 def _check_external_control_plane(mesh: Mesh) -> list[Check]:
     """What an external control plane needs ("Install Istio with an External Control Plane"): its ingress gateway
     routing 15012 and 15017 to it, the ``istio-kubeconfig`` Secret it reads the config cluster with, istiod run
@@ -554,6 +593,7 @@ def _check_external_control_plane(mesh: Mesh) -> list[Check]:
                     f"--service-account=istiod --create-service-account=false | kubectl apply --context=<{external.name}> -f -",
                 )
             )
+        results += _discovery_address_dialled(mesh, external)
         env = _istiod_env(external)
         if env and env.get("EXTERNAL_ISTIOD", "").lower() != "true":
             results.append(

@@ -22,11 +22,12 @@ from meshfed.backends.base import BackendError, Mesh
 from meshfed.calls import Symptom
 from meshfed.cases import not_supported
 from meshfed.causes import PathEvidence
-from meshfed.diagnose import injection_path, istiod_clusters
+from meshfed.diagnose import ingress_addresses, injection_path, istiod_clusters
 from meshfed.expect import Wanted, reliably
 from meshfed.manifests import (
     CLIENT,
     CONTROL_PLANE_CLUSTERS,
+    EASTWEST_GATEWAY,
     ISTIO_SYSTEM,
     NETWORK_LABEL,
     TEST_NAMESPACE,
@@ -713,12 +714,14 @@ def _restore_webhooks(mesh: Mesh, saved: dict[str, Any]) -> None:
     mesh[target(mesh.spec)].delete("Deployment", PROBE, TEST_NAMESPACE)
 
 
-def _new_pod_injected_as_its_cluster(expected: bool) -> Callable[[Mesh], tuple[str, str | None]]:
-    """A new pod with a sidecar in the remote: injected as the remote and ready (expected), or injected as the
-    other cluster and, its proxy's token refused there, not ready within the convergence deadline."""
+def _new_remote_pod(
+    ready: bool, injected_as: Callable[[MeshSpec], str] = target
+) -> Callable[[Mesh], tuple[str, str | None]]:
+    """A new pod with a sidecar in the remote (target): injected as ``injected_as`` names (its cluster, or the
+    one a wrong injection path names), and ready within the convergence deadline, or never (``ready`` False)."""
 
     def shows(mesh: Mesh) -> tuple[str, str | None]:
-        name, wrong = target(mesh.spec), other(mesh.spec)
+        name, claims = target(mesh.spec), injected_as(mesh.spec)
         remote = mesh[name]
         remote.delete("Deployment", PROBE, TEST_NAMESPACE)
         remote.apply(
@@ -726,7 +729,7 @@ def _new_pod_injected_as_its_cluster(expected: bool) -> Callable[[Mesh], tuple[s
         )
         start = time.monotonic()
         try:
-            ready = remote.wait_ready(PROBE, TEST_NAMESPACE, timeout=mesh.convergence_deadline)
+            got_ready = remote.wait_ready(PROBE, TEST_NAMESPACE, timeout=mesh.convergence_deadline)
             waited = time.monotonic() - start
             pods = [p for p in remote.pods(TEST_NAMESPACE, {"app": PROBE}) if not p.terminating]
         finally:
@@ -734,14 +737,48 @@ def _new_pod_injected_as_its_cluster(expected: bool) -> Callable[[Mesh], tuple[s
         claimed = pods[0].proxy_cluster or name if pods and pods[0].has_sidecar else None
         shown = (
             f"a new pod of {name}: {'no sidecar' if claimed is None else f'injected as {claimed}'}, "
-            f"{'ready' if ready else 'not ready'}"
+            f"{'ready' if got_ready else 'not ready'}"
         )
-        if (claimed, ready) == ((name, True) if expected else (wrong, False)):
+        if (claimed, got_ready) == (claims, ready):
             return shown, None
-        want = f"injected as {name} and ready" if expected else f"injected as {wrong} and never ready"
+        want = f"injected as {claims} and {'ready' if ready else 'never ready'}"
         return shown, f"{shown} after {waited:.0f} s, expected {want}"
 
     return shows
+
+
+def _all_of(*observers: Callable[[Mesh], tuple[str, str | None]]) -> Callable[[Mesh], tuple[str, str | None]]:
+    """Every observer's showing, in turn; the problems of those that did not show what they must."""
+
+    def shows(mesh: Mesh) -> tuple[str, str | None]:
+        seen = [observer(mesh) for observer in observers]
+        problems = [problem for _, problem in seen if problem]
+        return "; ".join(shown for shown, _ in seen), "; ".join(problems) or None
+
+    return shows
+
+
+def _misaddress_external_istiod(mesh: Mesh, saved: dict[str, Any]) -> None:
+    """The external istiod's mesh config naming another discovery address than the one the data-plane clusters
+    dial (the config cluster's east-west gateway for its ingress gateway), istiod restarted: istiod names its
+    serving certificate after that address (``getDNSNames``), so every proxy that reconnects fails to verify it
+    ("x509: certificate is valid for <that address>, not <the one dialled>", seen on host), and new pods are
+    given that address."""
+    external, config = _external_name(mesh.spec), mesh.spec.config_cluster(target(mesh.spec))
+    wrong = sorted(ingress_addresses(mesh[config].get("Service", EASTWEST_GATEWAY, ISTIO_SYSTEM)))
+    if not wrong:
+        raise BackendError(f"{config}: its east-west gateway has no address to misdirect the discovery address to")
+    _save(mesh, saved, "mesh", external, "ConfigMap", "istio", ISTIO_SYSTEM)
+    config_map = mesh[external].get("ConfigMap", "istio", ISTIO_SYSTEM) or {}
+    mesh_config = yaml.safe_load((config_map.get("data") or {}).get("mesh") or "{}") or {}
+    mesh_config.setdefault("defaultConfig", {})["discoveryAddress"] = f"{wrong[0]}:15012"
+    mesh[external].patch("ConfigMap", "istio", ISTIO_SYSTEM, {"data": {"mesh": yaml.safe_dump(mesh_config)}})
+    _restart_istiod(mesh, external)
+
+
+def _restore_external_mesh_config(mesh: Mesh, saved: dict[str, Any]) -> None:
+    _restore(mesh, saved, "mesh")
+    _restart_istiod(mesh, _external_name(mesh.spec))
 
 
 CATALOG: list[Misconfiguration] = [
@@ -1002,12 +1039,12 @@ CATALOG += [
                 _misname_injection,
                 lambda s: _both(s, OK),
                 "injection-path-wrong",
-                shows=_new_pod_injected_as_its_cluster(expected=False),
+                shows=_new_remote_pod(ready=False, injected_as=other),
             )
         ],
         _restore_webhooks,
         _led_remotely,
-        healed=_new_pod_injected_as_its_cluster(expected=True),
+        healed=_new_remote_pod(ready=True),
     ),
 ]
 
@@ -1030,6 +1067,23 @@ CATALOG += [
         _restore_external_routes,
         _external_only,
         healed=_remote_proxies_become(lambda spec: []),
+    ),
+    Misconfiguration(
+        "wrong-discovery-address",
+        "the external istiod's mesh config names another discovery address than the one the data-plane clusters dial",
+        [
+            Stage(
+                "defaultConfig.discoveryAddress names the config cluster's east-west gateway, istiod restarted",
+                _misaddress_external_istiod,
+                lambda s: _both(s, OK),
+                "discovery-address-wrong",
+                # Its certificate names the wrong address: every proxy is cut off, no new pod gets ready.
+                shows=_all_of(_remote_proxies_become(_served), _new_remote_pod(ready=False)),
+            )
+        ],
+        _restore_external_mesh_config,
+        _external_only,
+        healed=_all_of(_remote_proxies_become(lambda spec: []), _new_remote_pod(ready=True)),
     ),
     Misconfiguration(
         "missing-config-secret",

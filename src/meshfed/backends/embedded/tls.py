@@ -83,9 +83,10 @@ def contexts(folder: KeyFolder, name: str, cert: WorkloadCert) -> tuple[ssl.SSLC
 
 
 def trust_only(roots_pem: bytes) -> ssl.SSLContext:
-    """A client context that verifies the server against ``roots_pem`` and presents no certificate."""
+    """A client context that verifies the server against ``roots_pem`` and the name it is dialled by (a DNS
+    name, or an IP address against the certificate's IP SANs, as Go's crypto/tls does for pilot-agent), and
+    presents no certificate."""
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client.check_hostname = False
     client.load_verify_locations(cadata=roots_pem.decode())
     client.verify_flags |= NO_CHECK_TIME
     return client
