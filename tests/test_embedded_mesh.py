@@ -565,3 +565,40 @@ def test_a_remote_pod_injected_as_another_cluster_gets_no_certificate(provision:
     client = b.pod_of(TEST_NAMESPACE, "client")  # the pod that was running keeps calling
     assert client.proxy_cluster == "cluster-b"
     assert [r.symptom for r in b.call(client.name, TEST_NAMESPACE, url, 3, timeout=5)] == [Symptom.OK] * 3
+
+
+def test_a_remote_without_mesh_config_is_named_in_the_default_trust_domain(provision: Provision) -> None:
+    """istio/istio#58455 (Istio 1.29 on): istiod names a remote's workloads in the trust domain of the remote's own
+    mesh config, and a remote without one gets the defaults, cluster.local, whatever istiod signs in (seen on host
+    with an external control plane in ext.example). Callers then expect identities the remote's servers do not
+    carry; the diagnosis names it on the remote, and a mesh config there naming the trust domain heals it."""
+    from meshfed.diagnose import diagnose
+
+    mesh, _ = provision("primary-remote")
+    a, b = mesh["cluster-a"], mesh["cluster-b"]
+    assert b.get("ConfigMap", "istio", ISTIO_SYSTEM) is None  # the remote profile writes none
+    config = a.get("ConfigMap", "istio", ISTIO_SYSTEM) or {}
+    mesh_config = yaml.safe_load(config["data"]["mesh"])
+    mesh_config["trustDomain"] = "example.org"
+    a.patch("ConfigMap", "istio", ISTIO_SYSTEM, {"data": {"mesh": yaml.safe_dump(mesh_config)}})
+    a.rollout_restart("istiod", ISTIO_SYSTEM)
+    for cluster in (a, b):
+        for deployment in cluster.list("Deployment", TEST_NAMESPACE):
+            cluster.rollout_restart(deployment["metadata"]["name"], TEST_NAMESPACE)
+    assert not any(r.ok for r in calls(a, service_url(only_in("cluster-b"))))
+    assert all(r.ok for r in calls(b, service_url(only_in("cluster-a"))))
+    [finding] = [c for c in diagnose(mesh) if c.check == "trust-domain-mismatch"]
+    assert finding.cluster == "cluster-b" and "example.org" in finding.evidence and "#58455" in finding.evidence
+    b.apply(  # the mesh config pilot.configMap would write
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "istio", "namespace": ISTIO_SYSTEM},
+            "data": {"mesh": yaml.safe_dump({"trustDomain": "example.org"})},
+        }
+    )
+    deadline = time.monotonic() + 5
+    while not all(r.ok for r in calls(a, service_url(only_in("cluster-b")))):  # a push renames them
+        assert time.monotonic() < deadline, "calls into the remote still fail with its mesh config in place"
+        time.sleep(0.2)
+    assert not [c for c in diagnose(mesh) if c.check == "trust-domain-mismatch"]

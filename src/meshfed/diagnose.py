@@ -750,8 +750,61 @@ def check_gateways(mesh: Mesh) -> list[Check]:
     return results
 
 
-def check_mesh_config(mesh: Mesh) -> list[Check]:
+def _without_mesh_config(cluster: Cluster) -> bool:
+    """The cluster has no ``istio`` mesh config at all (not merely one this user may not read)."""
+    try:
+        return all(
+            cluster.get("ConfigMap", name, ISTIO_SYSTEM) is None
+            for name in dict.fromkeys([mesh_config_name(cluster.revision), "istio"])
+        )
+    except Forbidden:
+        return False
+
+
+def _signing_trust_domain(mesh: Mesh, name: str) -> str | None:
+    """The trust domain the istiod serving ``name`` signs in: its own mesh config's (an external istiod's when its
+    cluster was given, else the config cluster's, which it shares)."""
+    plane = mesh.spec.control_plane(name)
+    external = mesh.external
+    where = external if external is not None and plane == external.name else mesh[mesh.spec.config_cluster(name)]
+    config = read_mesh_config(where)
+    return None if config is None else str(config.get("trustDomain") or "cluster.local")
+
+
+def _unnamed_remote_trust_domains(mesh: Mesh) -> list[Check]:
+    """Istio 1.29 on names a remote cluster's workloads in the trust domain of that cluster's own mesh config
+    (istio/istio#58455), and the remote profile writes none: with no ``istio`` ConfigMap there, its workloads are
+    named in the default ``cluster.local``. Where istiod signs in another trust domain, callers expect a SPIFFE
+    ID the server's certificate does not carry, and calls into that cluster fail TLS verification (seen on host
+    with an external control plane in trust domain ext.example)."""
+    release = istio_minor(mesh.istio_version)
+    if release is not None and release < (1, 29):
+        return []
     results = []
+    for spec in mesh.spec.clusters:
+        if spec.role not in ("remote", "config") or not _without_mesh_config(mesh[spec.name]):
+            continue
+        signing = _signing_trust_domain(mesh, spec.name)
+        if signing is None or signing == "cluster.local":
+            continue
+        results.append(
+            Check(
+                "trust-domain-mismatch",
+                "error",
+                spec.name,
+                f"no mesh config here, so Istio 1.29 on names this cluster's workloads in the default trust domain "
+                f"cluster.local (istio/istio#58455), while istiod signs them in {signing}: callers expect identities "
+                "their certificates do not carry, and calls into this cluster fail TLS verification",
+                f"give it a mesh config naming trustDomain {signing}: the ConfigMap istio in the control plane's "
+                f"namespace (install its remote profile with values.pilot.configMap=true and "
+                f"meshConfig.trustDomain={signing})",
+            )
+        )
+    return results
+
+
+def check_mesh_config(mesh: Mesh) -> list[Check]:
+    results = _unnamed_remote_trust_domains(mesh)
     configs = {name: read_mesh_config(mesh[name]) for name in mesh.spec.names}
     domains = {
         name: str(config.get("trustDomain") or "cluster.local")

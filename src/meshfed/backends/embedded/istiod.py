@@ -474,7 +474,9 @@ class Istiod:
             self._write_root_certs()
         if obj.get("kind") == "MutatingWebhookConfiguration" and event != "DELETED" and self._leads:
             self._patch_webhooks()
-        if obj.get("kind") != "ConfigMap":
+        # A remote's own mesh config changing (its trust domain) forces a full push, as its mesh watcher does.
+        mesh_config = f"istio-{self.revision}" if self.revision else "istio"
+        if obj.get("kind") != "ConfigMap" or obj.get("metadata", {}).get("name") == mesh_config:
             self.push()
 
     def _write_root_certs(self) -> None:
@@ -535,10 +537,13 @@ class Istiod:
         own_trust_domain = self.trust_domain
         for cluster, store in self.registry().items():
             # A remote cluster's pods are named in the trust domain of that cluster's own mesh config, read
-            # through its remote secret; the config cluster's when it has none (NewMulticluster's
-            # per-cluster mesh watcher, pilot/pkg/serviceregistry/kube/controller/multicluster.go).
+            # through its remote secret (NewMulticluster's per-cluster mesh watcher, pilot/pkg/serviceregistry/
+            # kube/controller/multicluster.go; istio/istio#58455). A remote without one gets the default mesh
+            # config, so cluster.local: the config cluster's is only the fallback for an empty trust domain,
+            # which the defaults never leave (seen on host: an external control plane in ext.example).
             own_config = read_mesh_config(store, self.namespace, f"istio-{self.revision}" if self.revision else "istio")
-            trust_domain = str(own_config.get("trustDomain") or own_trust_domain)
+            remote = cluster != self.cluster
+            trust_domain = str(own_config.get("trustDomain") or ("cluster.local" if remote else own_trust_domain))
             network = cluster_network(store, self.namespace)
             spec = self.runtime.mesh.spec_of(cluster)
             pods = store.list("Pod")
