@@ -782,7 +782,8 @@ def _unnamed_remote_trust_domains(mesh: Mesh) -> list[Check]:
         return []
     results = []
     for spec in mesh.spec.clusters:
-        if spec.role not in ("remote", "config") or not _without_mesh_config(mesh[spec.name]):
+        # (The config cluster is istiod's own: named in istiod's trust domain, with or without a mesh config.)
+        if spec.role != "remote" or not _without_mesh_config(mesh[spec.name]):
             continue
         signing = _signing_trust_domain(mesh, spec.name)
         if signing is None or signing == "cluster.local":
