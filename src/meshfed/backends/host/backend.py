@@ -8,10 +8,11 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -181,29 +182,8 @@ class HostBackend(Backend):
                 "suite with --backend host --keep-clusters first (with the same --topology and --clusters)"
             )
         bins = binaries.build_all(self.istio_version, bin_dir=self.bin_dir, envoy=self.envoy)
-        namespace = EXTERNAL_ISTIOD if spec.external is not None else ISTIO_SYSTEM
-        clusters = {
-            name: KubeCluster(
-                name,
-                node.kubeconfig,
-                None,
-                kubectl=bins["kubectl"],
-                istioctl_binary=bins["istioctl"],
-                control_plane_namespace=namespace,
-            )
-            for name, node in nodes.items()
-        }
         assert bins.istio is not None
-        external = spec.external.name if spec.external is not None else None
-        data_plane = {name: cluster for name, cluster in clusters.items() if name != external}
-        return KubeMesh(
-            "host",
-            spec,
-            bins.istio.version,
-            data_plane,
-            lambda: None,
-            external=clusters[external] if external else None,
-        )
+        return _kube_mesh(spec, bins.istio.version, _kube_clusters(spec, nodes, bins), lambda: None)
 
     def instance(self) -> HostInstance:
         return HostInstance(self.prefix, (self.cache or tools.cache_dir()) / "host")
@@ -327,21 +307,15 @@ class HostBackend(Backend):
         try:
             if kept != "same":
                 start_nodes(nodes, bins, built.archive, progress)
-            clusters = {
-                name: KubeCluster(
-                    name,
-                    node.kubeconfig,
-                    None,
-                    kubectl=bins["kubectl"],
-                    istioctl_binary=bins["istioctl"],
-                    istioctl_by_revision=by_revision,
-                    install_overlays=(overlay,),
-                    overlays_by_revision=overlays_by_revision,
-                    node_command=node.net.nsenter(),
-                    control_plane_namespace=EXTERNAL_ISTIOD if spec.external is not None else ISTIO_SYSTEM,
-                )
-                for name, node in nodes.items()
-            }
+            clusters = _kube_clusters(
+                spec,
+                nodes,
+                bins,
+                lambda node: {"node_command": node.net.nsenter()},
+                istioctl_by_revision=by_revision,
+                install_overlays=(overlay,),
+                overlays_by_revision=overlays_by_revision,
+            )
             balancers = LoadBalancers(
                 {n: c.api for n, c in clusters.items()}, {n: node.net for n, node in nodes.items()}
             )
@@ -382,14 +356,11 @@ class HostBackend(Backend):
         )
         if canary is not None and canary.istio is not None:
             found["CanaryUpgrade to"] = f"{canary.istio.describe()}, images tagged {canary_tag}"
-        external = spec.external.name if spec.external is not None else None
-        mesh = KubeMesh(
-            "host",
+        mesh = _kube_mesh(
             spec,
             tag,
-            {name: cluster for name, cluster in clusters.items() if name != external},
+            clusters,
             teardown,
-            external=clusters[external] if external else None,
             environment=found,
             # A pass certifies istiod, pilot-agent and istioctl; Istio's data plane only with Istio's proxy build.
             certifies_istio=self.envoy is not None,
@@ -405,3 +376,44 @@ class HostBackend(Backend):
         if canary.istio is None or canary.istio.module_version == bins.istio.module_version:
             return None  # both requests resolve to one build (e.g. two releases the proxy does not serve)
         return canary
+
+
+def _kube_clusters(
+    spec: MeshSpec,
+    nodes: Mapping[str, HostNode],
+    bins: binaries.Binaries,
+    per_node: Callable[[HostNode], dict[str, Any]] = lambda node: {},
+    **options: Any,
+) -> dict[str, KubeCluster]:
+    """The clusters of the nodes, read with the built kubectl and istioctl; the contract's istio-system is the
+    control plane's namespace (``external-istiod`` in every cluster of an external control plane's mesh)."""
+    namespace = EXTERNAL_ISTIOD if spec.external is not None else ISTIO_SYSTEM
+    return {
+        name: KubeCluster(
+            name,
+            node.kubeconfig,
+            None,
+            kubectl=bins["kubectl"],
+            istioctl_binary=bins["istioctl"],
+            control_plane_namespace=namespace,
+            **per_node(node),
+            **options,
+        )
+        for name, node in nodes.items()
+    }
+
+
+def _kube_mesh(
+    spec: MeshSpec, version: str, clusters: Mapping[str, KubeCluster], teardown: Callable[[], None], **options: Any
+) -> KubeMesh:
+    """The mesh of the clusters: the data-plane ones, and the external control plane's apart."""
+    external = spec.external.name if spec.external is not None else None
+    return KubeMesh(
+        "host",
+        spec,
+        version,
+        {name: cluster for name, cluster in clusters.items() if name != external},
+        teardown,
+        external=clusters[external] if external else None,
+        **options,
+    )
