@@ -457,6 +457,8 @@ def _reinstall(mesh: Mesh, env: dict[str, str] | None) -> None:
         # The address the proxies reach it at, as its install wrote it into its mesh config.
         discovery = str((mesh_config(external).get("defaultConfig") or {}).get("discoveryAddress") or "")
         address = discovery.rpartition(":")[0]
+        if not address:
+            raise BackendError(f"{external.name}: the external istiod's mesh config names no discovery address")
         config = mesh.spec.cluster(mesh.spec.config_cluster(mesh.spec.names[0]))
         external.apply(manifests.external_istiod(config, mesh.spec, address, pilot_env=env))
         external.wait_ready("istiod", ISTIO_SYSTEM, timeout=mesh.convergence_deadline * 10)
@@ -532,14 +534,13 @@ def rotate_root(
 
 
 def _wait_for_istiod_roots(mesh: Mesh, title: str) -> list[str]:
-    """Until every istiod serves the roots of its new cacerts (in istio-ca-root-cert): on a real cluster a
+    """Until every istiod serves the roots of its new cacerts (in istio-ca-root-cert of every cluster it leads,
+    the remotes too: a proxy that starts before then cannot verify istiod): on a real cluster a
     Secret reaches istiod's mounted files only after the kubelet's sync, up to a minute later."""
     deadline = time.monotonic() + mesh.convergence_deadline * 2
-    # (where, whose istiod): each primary's own; an external istiod's in every cluster it serves.
-    external = mesh.spec.external
-    waiting = (
-        [(n, external.name) for n in mesh.spec.names] if external else [(p.name, p.name) for p in mesh.spec.primaries]
-    )
+    # (where, whose istiod): every cluster, the root of the istiod that serves it (its own, its primary's, the
+    # external one's).
+    waiting = [(name, mesh.spec.control_plane(name)) for name in mesh.spec.names]
     while waiting:
         waiting = [(name, signer) for name, signer in waiting if not publishes_its_root(mesh, name, signer=signer)]
         if waiting and time.monotonic() >= deadline:

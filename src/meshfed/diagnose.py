@@ -7,6 +7,7 @@ result has a status (ok, warning, error), the evidence, and a hint that says wha
 
 from __future__ import annotations
 
+import ipaddress
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -520,13 +521,22 @@ def _istiod_env(cluster: Cluster) -> dict[str, str]:
 
 
 def _istiod_dialled_at(cluster: Cluster) -> set[str]:
-    """Where a remote's proxies and API server reach istiod: its selector-less ``istiod`` Service's EndpointSlice
-    addresses (``remotePilotAddress`` an IP), or the name of its ExternalName Service (a DNS name)."""
-    service = cluster.get("Service", "istiod", ISTIO_SYSTEM) or {}
+    """Where a remote reaches istiod (``remotePilotAddress``): its selector-less ``istiod[-<rev>]`` Service's
+    EndpointSlice addresses (an IP), or the name of its ExternalName Service (a DNS name)."""
+    name = f"istiod-{cluster.revision}" if cluster.revision and cluster.revision != "default" else "istiod"
+    service = cluster.get("Service", name, ISTIO_SYSTEM) or {}
     if (service.get("spec") or {}).get("type") == "ExternalName":
         return {str(service["spec"].get("externalName"))}
-    slices = cluster.list("EndpointSlice", ISTIO_SYSTEM, {"kubernetes.io/service-name": "istiod"})
+    slices = cluster.list("EndpointSlice", ISTIO_SYSTEM, {"kubernetes.io/service-name": name})
     return {a for s in slices for e in s.get("endpoints") or [] for a in e.get("addresses") or []}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _discovery_address_dialled(mesh: Mesh, external: Cluster) -> list[Check]:
@@ -535,11 +545,17 @@ def _discovery_address_dialled(mesh: Mesh, external: Cluster) -> list[Check]:
     the data-plane clusters dial (their ``remotePilotAddress``), else no proxy verifies istiod."""
     defaults = mesh_config(external).get("defaultConfig")
     discovery = str((defaults if isinstance(defaults, dict) else {}).get("discoveryAddress") or "")
-    host = discovery.rpartition(":")[0] or discovery
+    host = (discovery.rpartition(":")[0] or discovery).strip("[]")
     if not host or host.endswith((".svc", ".svc.cluster.local")):
         return []  # istiod's own Service name: always in its certificate
     dialled = {name: _istiod_dialled_at(mesh[name]) for name in mesh.spec.names}
-    wrong = {name: addresses for name, addresses in dialled.items() if addresses and host not in addresses}
+    # Only like is compared with like: a DNS name the proxies dial may stand for the IP the remote profile was
+    # given (or the other way round), which nothing here can resolve.
+    wrong = {
+        name: addresses
+        for name, addresses in dialled.items()
+        if addresses and host not in addresses and all(_is_ip(a) == _is_ip(host) for a in addresses)
+    }
     if not wrong:
         return []
     addresses = sorted(set().union(*wrong.values()))
@@ -750,15 +766,18 @@ def check_gateways(mesh: Mesh) -> list[Check]:
     return results
 
 
-def _without_mesh_config(cluster: Cluster) -> bool:
-    """The cluster has no ``istio`` mesh config at all (not merely one this user may not read)."""
+def _remote_naming_trust_domain(cluster: Cluster) -> tuple[str, bool] | None:
+    """The trust domain istiod names a remote's workloads in: its own mesh config's (only ``istio-<rev>`` for a
+    revision, as ``getMeshConfigMapName``), ``cluster.local`` when it has none or it names none (the defaults);
+    and whether it has one. None when this user may not read it."""
     try:
-        return all(
-            cluster.get("ConfigMap", name, ISTIO_SYSTEM) is None
-            for name in dict.fromkeys([mesh_config_name(cluster.revision), "istio"])
-        )
+        config = cluster.get("ConfigMap", mesh_config_name(cluster.revision), ISTIO_SYSTEM)
     except Forbidden:
-        return False
+        return None
+    if config is None:
+        return "cluster.local", False
+    loaded = yaml.safe_load(((config.get("data") or {}).get("mesh")) or "{}")
+    return str((loaded if isinstance(loaded, dict) else {}).get("trustDomain") or "cluster.local"), True
 
 
 def _signing_trust_domain(mesh: Mesh, name: str) -> str | None:
@@ -783,19 +802,20 @@ def _unnamed_remote_trust_domains(mesh: Mesh) -> list[Check]:
     results = []
     for spec in mesh.spec.clusters:
         # (The config cluster is istiod's own: named in istiod's trust domain, with or without a mesh config.)
-        if spec.role != "remote" or not _without_mesh_config(mesh[spec.name]):
+        naming = _remote_naming_trust_domain(mesh[spec.name]) if spec.role == "remote" else None
+        signing = _signing_trust_domain(mesh, spec.name) if naming else None
+        if naming is None or signing is None or naming[0] == signing:
             continue
-        signing = _signing_trust_domain(mesh, spec.name)
-        if signing is None or signing == "cluster.local":
-            continue
+        domain, has_config = naming
+        why = f"its mesh config names trust domain {domain}" if has_config else "no mesh config here"
         results.append(
             Check(
                 "trust-domain-mismatch",
                 "error",
                 spec.name,
-                f"no mesh config here, so Istio 1.29 on names this cluster's workloads in the default trust domain "
-                f"cluster.local (istio/istio#58455), while istiod signs them in {signing}: callers expect identities "
-                "their certificates do not carry, and calls into this cluster fail TLS verification",
+                f"{why}, so Istio 1.29 on names this cluster's workloads in {domain} (istio/istio#58455), while "
+                f"istiod signs them in {signing}: callers expect identities their certificates do not carry, and "
+                "calls to services whose endpoints are all in this cluster fail TLS verification",
                 f"give it a mesh config naming trustDomain {signing}: the ConfigMap istio in the control plane's "
                 f"namespace (install its remote profile with values.pilot.configMap=true and "
                 f"meshConfig.trustDomain={signing})",
@@ -959,23 +979,30 @@ def injection_path(webhook: Mapping[str, Any]) -> dict[str, str]:
     client = webhook.get("clientConfig") or {}
     path = urllib.parse.urlsplit(client["url"]).path if client.get("url") else (client.get("service") or {}).get("path")
     parts = str(path or "").strip("/").split("/")
-    return {parts[i]: parts[i + 1] for i in range(len(parts) - 1) if parts[i] in ("cluster", "net")}
+    return {
+        parts[i]: parts[i + 1].replace("--slash--", "/")  # parseInjectEnvs's escape for a "/" in a value
+        for i in range(len(parts) - 1)
+        if parts[i] in ("cluster", "net")
+    }
 
 
 def check_injection(mesh: Mesh) -> list[Check]:
-    """Each cluster's pods are injected as that cluster: its injection webhooks' paths name it and its network
-    (a remote's ``istiodRemote.injectionPath``, ``/inject/cluster/<c>/net/<n>``), and its sidecars say so
+    """Each cluster's pods are injected as that cluster: its sidecar injection webhooks' paths name it (a remote's
+    ``istiodRemote.injectionPath``, ``/inject/cluster/<c>/net/<n>``), and its sidecars say so
     (``ISTIO_META_CLUSTER_ID``). A proxy claiming another cluster is authenticated against that cluster's API
     server, which refuses its token (``KubeJWTAuthenticator``): it gets no certificate and its pod never gets
-    ready. Pods already running keep working; every new pod fails."""
+    ready. Pods already running keep working; every new pod fails. (The path's network only labels the pods;
+    the network checks judge that.)"""
     results: list[Check] = []
     for spec in mesh.spec.clusters:
         cluster = mesh[spec.name]
         wrong = set()
         for configuration in cluster.list("MutatingWebhookConfiguration"):
             for webhook in configuration.get("webhooks") or []:
+                if not str(webhook.get("name", "")).endswith("sidecar-injector.istio.io"):
+                    continue
                 named = injection_path(webhook)
-                if named.get("cluster", spec.name) != spec.name or named.get("net", spec.network) != spec.network:
+                if named.get("cluster", spec.name) != spec.name:
                     path = "/".join(f"{k}/{v}" for k, v in named.items())
                     wrong.add(f"{configuration['metadata']['name']} injects as /inject/{path}")
         claiming = sorted(
@@ -992,7 +1019,7 @@ def check_injection(mesh: Mesh) -> list[Check]:
                     "injection-path-wrong",
                     "error",
                     spec.name,
-                    f"pods here are injected as another cluster or network ({'; '.join(evidence)}): istiod "
+                    f"pods here are injected as another cluster ({'; '.join(evidence)}): istiod "
                     f"authenticates their proxies against that cluster's API server, which refuses their tokens, so "
                     "no new pod with a sidecar gets a certificate or gets ready",
                     f"reinstall this cluster's remote profile with values.istiodRemote.injectionPath="

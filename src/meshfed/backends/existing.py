@@ -201,9 +201,10 @@ def _as_deployed(spec: MeshSpec, clusters: Mapping[str, KubeCluster]) -> MeshSpe
     (its first node's labels), so that checks compare the mesh with itself, not with meshfed's defaults.
     Each cluster must be named as the mesh names it: remote secrets and endpoints are keyed by that name."""
     refined = []
+    named = {cluster_spec.name: mesh_names(clusters[cluster_spec.name]) for cluster_spec in spec.clusters}
     for cluster_spec in spec.clusters:
         cluster = clusters[cluster_spec.name]
-        known = mesh_names(cluster)
+        known = named[cluster_spec.name]
         if known and cluster_spec.name not in known:
             if len(known) > 1:
                 raise BackendError(
@@ -211,7 +212,7 @@ def _as_deployed(spec: MeshSpec, clusters: Mapping[str, KubeCluster]) -> MeshSpe
                     f"({', '.join(sorted(known))}): make istiod's CLUSTER_ID and the injection webhook agree"
                 )
             (name,) = known
-            if name in spec.names:  # the name of another context: this cluster's pods are injected as that one
+            if sum(name in names for names in named.values()) > 1:  # two clusters called alike: one is misinjected
                 raise BackendError(
                     f"the mesh calls the cluster of context {cluster.context} {name!r}, the name of another of its "
                     f"clusters: its injection webhook names the wrong cluster, so every new pod's proxy there is "

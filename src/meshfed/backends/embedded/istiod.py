@@ -297,8 +297,9 @@ class Istiod:
         """istiod's serving certificate from its current CA (made anew when the CA changes, as
         ``updateRootCertAndGenKeyCert`` does), for the names ``getDNSNames`` gives it."""
         key = self.runtime.mesh.new_key()
-        suffix = f"-{self.revision}" if self.revision else ""
-        names = [f"istiod{suffix}.{self.namespace}.svc", f"istiod{suffix}.{self.namespace}.svc.cluster.local"]
+        known = ["istiod", "istiod-remote", "istio-pilot"] + ([f"istiod-{self.revision}"] if self.revision else [])
+        names = [f"{host}.{self.namespace}.svc" for host in known]
+        names += [h for h in self.env.get("ISTIOD_CUSTOM_HOST", "").split(",") if h]
         discovery = str((self.mesh_config().get("defaultConfig") or {}).get("discoveryAddress") or "")
         if discovery:
             names.append(discovery.rpartition(":")[0] or discovery)
@@ -355,18 +356,20 @@ class Istiod:
         return injector.injection_to_json(decided)
 
     def _patch_webhooks(self) -> None:
-        """``NewWebhookCertPatcher``: istiod writes its CA root into the ``caBundle`` of its revision's injection
-        webhooks (``INJECTION_WEBHOOK_CONFIG_NAME``, by default ``istio-sidecar-injector``) in its own cluster
-        (``initSidecarInjector``) and in each remote it leads (``initializeCluster``: ``shouldLead &&
-        !configCluster``)."""
-        if not self._running:
+        """``NewWebhookCertPatcher``: unless ``INJECTION_WEBHOOK_CONFIG_NAME`` is set empty (its default is
+        ``istio-sidecar-injector``), istiod writes its CA root into the ``caBundle`` of the sidecar-injector webhooks
+        of every configuration labelled with its revision, in its own cluster (``initSidecarInjector``) and in each
+        remote it leads (``initializeCluster``: ``shouldLead && !configCluster``)."""
+        if not self._running or self.env.get("INJECTION_WEBHOOK_CONFIG_NAME", "istio-sidecar-injector") == "":
             return
         bundle = base64.b64encode(cert_pem(*self.ca.root_certs)).decode()
         revision = {"istio.io/rev": self.revision or "default"}
         targets = [self.store] + [store for name, store in self.registry().items() if name in self._leads]
         for store in targets:
             for config in store.list("MutatingWebhookConfiguration", labels=revision):
-                hooks = config.get("webhooks") or []
+                hooks = [
+                    h for h in config.get("webhooks") or [] if h.get("name", "").endswith("sidecar-injector.istio.io")
+                ]
                 if all((hook.get("clientConfig") or {}).get("caBundle") == bundle for hook in hooks):
                     continue
                 for hook in hooks:
@@ -475,8 +478,9 @@ class Istiod:
         if obj.get("kind") == "MutatingWebhookConfiguration" and event != "DELETED" and self._leads:
             self._patch_webhooks()
         # A remote's own mesh config changing (its trust domain) forces a full push, as its mesh watcher does.
-        mesh_config = f"istio-{self.revision}" if self.revision else "istio"
-        if obj.get("kind") != "ConfigMap" or obj.get("metadata", {}).get("name") == mesh_config:
+        mesh_config = f"istio-{self.revision}" if self.revision not in ("", "default") else "istio"
+        meta = obj.get("metadata", {})
+        if obj.get("kind") != "ConfigMap" or (meta.get("name"), meta.get("namespace")) == (mesh_config, self.namespace):
             self.push()
 
     def _write_root_certs(self) -> None:
