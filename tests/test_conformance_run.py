@@ -51,9 +51,9 @@ def properties(case: ET.Element) -> dict[str, str]:
 # single istiod and no primary (six), and two procedures meshfed does not run on it (CanaryUpgrade: Istio
 # documents none; RootRotation: not built yet), so its extended profile is partial.
 EXTENDED = {
-    "multi-primary": (15, 5, [], "success"),
-    "primary-remote": (14, 6, [], "success"),
-    "external-control-plane": (12, 6, ["CanaryUpgrade", "RootRotation"], "partial"),
+    "multi-primary": (15, 7, [], "success"),
+    "primary-remote": (15, 7, [], "success"),
+    "external-control-plane": (15, 6, ["CanaryUpgrade"], "partial"),
 }
 
 
