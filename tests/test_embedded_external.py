@@ -304,3 +304,62 @@ def test_the_external_istiod_install_is_interpreted_and_anything_else_refused(pr
     operator["spec"]["values"]["global"]["caAddress"] = "127.0.0.8:15012"
     with pytest.raises(BackendError, match=r"caAddress must be meshConfig\.defaultConfig\.discoveryAddress"):
         ext.apply(operator)
+
+
+def gateway_terminating_tls(mesh: EmbeddedMesh, names: list[str], *, ca: bool) -> None:
+    """The guide's hostname variant on the ingress gateway: a certificate for ``names`` from the external istiod's
+    CA, and the DestinationRule trusting the mesh's root (``ca``) or, as the guide writes it, the system roots."""
+    from meshfed.misconfig import GATEWAY_CA, _gateway_secrets
+
+    ext = external(mesh)
+    for secret in _gateway_secrets(mesh, names):
+        ext.istio_system_itself().apply(secret)
+    ext.delete("VirtualService", "external-istiod-vs", ISTIO_SYSTEM)
+    for obj in manifests.external_istiod_tls_routes():
+        if obj["kind"] == "DestinationRule" and ca:
+            for port in obj["spec"]["trafficPolicy"]["portLevelSettings"]:
+                port["tls"]["credentialName"] = GATEWAY_CA
+        ext.apply(obj)
+    restart_external_istiod(mesh)
+
+
+def test_a_gateway_terminating_tls_serves_the_names_the_data_plane_dials(provision: Provision) -> None:
+    """The hostname variant: the ingress gateway terminates TLS with a certificate for what the data-plane
+    clusters dial (the discovery address, the webhooks' istiod.<ns>.svc) and opens TLS to istiod trusting the
+    mesh's root: every proxy connects and a new pod is injected. With the guide's DestinationRule as written
+    (tls SIMPLE, no CA) the gateway verifies istiod against the system roots and no proxy gets through (host)."""
+    from meshfed.diagnose import diagnose
+
+    mesh, _ = provision()
+    ext, b = external(mesh), mesh["cluster-b"]
+    config = ext.get("ConfigMap", "istio", ISTIO_SYSTEM) or {}
+    address = str(config["data"]["mesh"]).split("discoveryAddress: ")[1].split(":")[0]
+    names = [address, f"istiod.{manifests.EXTERNAL_ISTIOD}.svc"]
+    gateway_terminating_tls(mesh, names, ca=True)
+    assert until(lambda: len(ext.connected_proxies()) == 8, timeout=10), "every proxy through the gateway"
+    new_template(b, "client")
+    assert until(lambda: b.wait_ready("client", TEST_NAMESPACE, timeout=1), timeout=10), "a new pod is injected"
+    checks = {c.check for c in diagnose(mesh)}
+    assert not checks & {"gateway-certificate-wrong-name", "gateway-credential-missing"}
+
+    gateway_terminating_tls(mesh, names, ca=False)  # the guide's external-istiod-dr: istiod checked by system roots
+    assert until(lambda: not ext.connected_proxies(), timeout=10)
+
+
+def test_a_gateway_certificate_for_another_name_is_refused_and_diagnosed(provision: Provision) -> None:
+    from meshfed.diagnose import diagnose
+
+    mesh, _ = provision()
+    ext, b = external(mesh), mesh["cluster-b"]
+    gateway_terminating_tls(mesh, ["external-istiod.mesh.invalid"], ca=True)
+    assert until(lambda: not ext.connected_proxies(), timeout=10), "no proxy accepts the gateway's certificate"
+    new_template(b, "client")
+    refused = "x509: certificate is valid for external-istiod.mesh.invalid, not istiod.external-istiod.svc"
+    assert until(lambda: refused in creation_failure(b, "client"), timeout=10), creation_failure(b, "client")
+    [finding] = [c for c in diagnose(mesh) if c.check == "gateway-certificate-wrong-name"]
+    assert "valid for external-istiod.mesh.invalid" in finding.evidence
+    assert f"istiod.{manifests.EXTERNAL_ISTIOD}.svc" in finding.evidence
+    assert all(r.ok for r in calls(b, service_url(only_in("cluster-a")))), "calls go on, on the last configuration"
+
+    ext.istio_system_itself().delete("Secret", manifests.EXTERNAL_ISTIOD_CREDENTIAL, ISTIO_SYSTEM)
+    assert [c.check for c in diagnose(mesh) if c.check.startswith("gateway-")] == ["gateway-credential-missing"]

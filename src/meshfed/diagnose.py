@@ -574,6 +574,105 @@ def _discovery_address_dialled(mesh: Mesh, external: Cluster) -> list[Check]:
     ]
 
 
+def _injection_hosts(cluster: Cluster) -> set[str]:
+    """The host names this cluster's API server dials for its sidecar injection webhooks: a URL's host, or
+    ``<service>.<namespace>.svc`` (the name it checks the certificate against)."""
+    hosts = set()
+    for configuration in cluster.list("MutatingWebhookConfiguration"):
+        for webhook in configuration.get("webhooks") or []:
+            if not str(webhook.get("name", "")).endswith("sidecar-injector.istio.io"):
+                continue
+            client = webhook.get("clientConfig") or {}
+            if client.get("url"):
+                hosts.add(str(urllib.parse.urlsplit(str(client["url"])).hostname or ""))
+            elif client.get("service"):
+                hosts.add(f"{client['service'].get('name')}.{client['service'].get('namespace')}.svc")
+    return hosts - {""}
+
+
+def _certificate_covers(cert: x509.Certificate, host: str) -> bool:
+    """Whether ``cert`` is valid for ``host`` as Go's crypto/tls and Envoy judge it: an IP address against its
+    IP SANs, a DNS name against its DNS SANs (a ``*.`` SAN stands for one leftmost label)."""
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    if _is_ip(host):
+        return ipaddress.ip_address(host) in names.get_values_for_type(x509.IPAddress)
+    for name in names.get_values_for_type(x509.DNSName):
+        name = name.lower().rstrip(".")
+        if name == host.lower() or (name.startswith("*.") and host.lower().partition(".")[2] == name[2:]):
+            return True
+    return False
+
+
+def _gateway_certificate_names(mesh: Mesh, external: Cluster) -> list[Check]:
+    """Where the external cluster's ingress gateway terminates TLS on 15012/15017 (the guide's hostname variant),
+    its ``credentialName`` certificate is what every proxy and every data-plane API server verifies: it must be
+    valid for what they dial, the host of the discovery address and the injection webhooks' hosts."""
+    credentials = {
+        str((srv.get("tls") or {}).get("credentialName") or "")
+        for g in external.list("Gateway", ISTIO_SYSTEM)
+        if (g["spec"].get("selector") or {}).get("istio") == "ingressgateway"
+        for srv in g["spec"].get("servers") or []
+        if srv.get("port", {}).get("number") in (15012, 15017)
+        and str((srv.get("tls") or {}).get("mode", "")).upper() in ("SIMPLE", "MUTUAL")
+    }
+    if not credentials:
+        return []  # passed through: the proxies verify istiod's own certificate (discovery-address-wrong)
+    defaults = mesh_config(external).get("defaultConfig")
+    discovery = str((defaults if isinstance(defaults, dict) else {}).get("discoveryAddress") or "")
+    dialled = {(discovery.rpartition(":")[0] or discovery).strip("[]")} - {""}
+    for name in mesh.spec.names:
+        dialled |= _injection_hosts(mesh[name])
+    home = external.istio_system_itself()  # a gateway's credentials are Secrets in its own namespace
+    results = []
+    for credential in sorted(credentials):
+        secret = home.get("Secret", credential, ISTIO_SYSTEM) if credential else None
+        files = bundle_from_secret(secret) if secret else {}
+        pem = files.get("tls.crt") or files.get("cert")  # the two layouts Istio reads a credential in
+        if not pem:
+            results.append(
+                Check(
+                    "gateway-credential-missing",
+                    "error",
+                    external.name,
+                    f"the ingress gateway terminates TLS on 15012/15017 with credentialName {credential!r}, but "
+                    "istio-system holds no such Secret with a certificate: it cannot serve those ports, so no proxy "
+                    "reaches the external istiod and no pod can be injected",
+                    "create the Secret (kubernetes.io/tls) in the ingress gateway's namespace, or pass 15012/15017 "
+                    "through (tls mode PASSTHROUGH) as the guide's IP-address variant does",
+                )
+            )
+            continue
+        cert = load_certs(pem, f"Secret {credential} tls.crt")[0]
+        missing = sorted(host for host in dialled if not _certificate_covers(cert, host))
+        if missing:
+            results.append(
+                Check(
+                    "gateway-certificate-wrong-name",
+                    "error",
+                    external.name,
+                    f"the ingress gateway terminates TLS on 15012/15017 with the certificate of {credential}, valid "
+                    f"for {', '.join(sans(cert)) or 'no name'}, but the data-plane clusters dial {', '.join(missing)}: "
+                    "every proxy that connects refuses it (x509: certificate is valid for ..., not ...), and the API "
+                    "servers' injection calls fail, so no new pod is created",
+                    f"issue the gateway's certificate for {', '.join(sorted(dialled))}, or pass 15012/15017 through "
+                    "(tls mode PASSTHROUGH) to istiod, whose own certificate names them",
+                )
+            )
+    return results
+
+
+def sans(cert: x509.Certificate) -> list[str]:
+    """A certificate's DNS and IP SANs, as text."""
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*names.get_values_for_type(x509.DNSName), *map(str, names.get_values_for_type(x509.IPAddress))]
+
+
 def _check_external_control_plane(mesh: Mesh) -> list[Check]:
     """What an external control plane needs ("Install Istio with an External Control Plane"): its ingress gateway
     routing 15012 and 15017 to it, the ``istio-kubeconfig`` Secret it reads the config cluster with, istiod run
@@ -610,6 +709,7 @@ def _check_external_control_plane(mesh: Mesh) -> list[Check]:
                 )
             )
         results += _discovery_address_dialled(mesh, external)
+        results += _gateway_certificate_names(mesh, external)
         env = _istiod_env(external)
         if env and env.get("EXTERNAL_ISTIOD", "").lower() != "true":
             results.append(

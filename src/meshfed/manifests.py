@@ -291,6 +291,64 @@ def external_istiod_routes() -> list[Obj]:
     return [gateway, route]
 
 
+EXTERNAL_ISTIOD_CREDENTIAL = "external-istiod-gw-cert"
+
+
+def external_istiod_tls_routes(hosts: Sequence[str] = ("*",)) -> list[Obj]:
+    """The guide's ``external-istiod-gw.yaml`` in its hostname variant: the ingress gateway terminates TLS on
+    15012 and 15017 with the certificate of the Secret ``credentialName`` names (in the gateway's own namespace,
+    istio-system), routes by port to the external istiod, and opens TLS to it again (``external-istiod-dr``)."""
+    istiod = f"istiod.{EXTERNAL_ISTIOD}.svc.cluster.local"
+    gateway = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": _meta("external-istiod-gw", EXTERNAL_ISTIOD),
+        "spec": {
+            "selector": {"istio": "ingressgateway"},
+            "servers": [
+                {
+                    "port": {"number": number, "protocol": "https", "name": name},
+                    "tls": {"mode": "SIMPLE", "credentialName": EXTERNAL_ISTIOD_CREDENTIAL},
+                    "hosts": list(hosts),
+                }
+                for name, number in (("https-XDS", 15012), ("https-WEBHOOK", 15017))
+            ],
+        },
+    }
+    route = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": _meta("external-istiod-vs", EXTERNAL_ISTIOD),
+        "spec": {
+            "hosts": list(hosts),
+            "gateways": ["external-istiod-gw"],
+            "http": [
+                {"match": [{"port": port}], "route": [{"destination": {"host": istiod, "port": {"number": target}}}]}
+                for port, target in ((15012, 15012), (15017, 443))
+            ],
+        },
+    }
+    rule = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": _meta("external-istiod-dr", EXTERNAL_ISTIOD),
+        "spec": {
+            "host": istiod,
+            "trafficPolicy": {
+                "portLevelSettings": [
+                    {
+                        "port": {"number": 15012},
+                        "tls": {"mode": "SIMPLE"},
+                        "connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE"}},
+                    },
+                    {"port": {"number": 443}, "tls": {"mode": "SIMPLE"}},
+                ]
+            },
+        },
+    }
+    return [gateway, route, rule]
+
+
 def eastwest_gateway(network: str, revision: str = "", namespace_: str = ISTIO_SYSTEM) -> Obj:
     """What ``samples/multicluster/gen-eastwest-gateway.sh --network <net>`` prints (with an external control
     plane, installed with ``values.global.istioNamespace=external-istiod`` as the guide does)."""

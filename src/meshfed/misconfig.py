@@ -9,6 +9,7 @@ says why instead of passing.
 
 from __future__ import annotations
 
+import base64
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -31,13 +32,14 @@ from meshfed.manifests import (
     ISTIO_SYSTEM,
     NETWORK_LABEL,
     TEST_NAMESPACE,
+    Obj,
     istio_minor,
     kubeconfig_server,
     only_in,
     service_url,
 )
-from meshfed.pki import bundle_from_secret, create_mesh_pki
-from meshfed.pki.certs import fingerprint, load_certs
+from meshfed.pki import PluginCA, bundle_from_secret, create_mesh_pki
+from meshfed.pki.certs import cert_pem, fingerprint, key_pem, load_certs, load_key, new_key
 from meshfed.topology import MeshSpec, Topology
 
 # A failed handshake between sidecars, as the caller sees it: Envoy names the TLS error in its 503 body,
@@ -633,6 +635,86 @@ def _restore_external_routes(mesh: Mesh, saved: dict[str, Any]) -> None:
             _restore(mesh, saved, key)
 
 
+# A name no data-plane cluster dials: the certificate of a gateway set up for the guide's hostname variant.
+UNDIALLED_NAME = "external-istiod.mesh.invalid"
+GATEWAY_CA = "external-istiod-ca"  # the root the ingress gateway verifies the external istiod by
+
+
+def _gateway_secrets(mesh: Mesh, names: list[str]) -> list[Obj]:
+    """The ingress gateway's ``credentialName`` Secret, a certificate for ``names`` from the external istiod's CA
+    (``cacerts``: the proxies verify it against the mesh's root), and the root it verifies the external istiod
+    by: the guide's ``external-istiod-dr`` alone makes it check istiod against the system roots, which
+    refuse istiod's certificate (seen on host: every proxy then reconnects to an upstream connect error)."""
+    external = _external_name(mesh.spec)
+    files = bundle_from_secret(mesh[external].get("Secret", "cacerts", ISTIO_SYSTEM) or {})
+    if not all(files.get(name) for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem")):
+        raise BackendError(
+            f"{external}: this entry signs the gateway's certificate with the external istiod's cacerts, which it cannot read"
+        )
+    roots = load_certs(files["root-cert.pem"], "cacerts root-cert.pem")
+    chain = load_certs(files.get("cert-chain.pem") or files["ca-cert.pem"], "cacerts cert-chain.pem")
+    ca = PluginCA(
+        load_certs(files["ca-cert.pem"], "cacerts ca-cert.pem")[0],
+        load_key(files["ca-key.pem"], "cacerts ca-key.pem"),
+        tuple(roots),
+        tuple(chain),
+    )
+    key = new_key("ecdsa")
+    leaf = ca.sign_server(key.public_key(), names)
+    meta = {"namespace": ISTIO_SYSTEM, "labels": dict(manifests.MANAGED_BY)}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": manifests.EXTERNAL_ISTIOD_CREDENTIAL, **meta},
+            "data": {"tls.crt": _b64(cert_pem(leaf, *chain)), "tls.key": _b64(key_pem(key))},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": GATEWAY_CA, **meta},
+            "data": {"ca.crt": _b64(cert_pem(*roots))},
+        },
+    ]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _misname_gateway_certificate(mesh: Mesh, saved: dict[str, Any]) -> None:
+    """The external cluster's ingress gateway terminating TLS (the guide's hostname variant) with a certificate
+    for a name the data-plane clusters do not dial; istiod restarted, so every proxy reconnects through it.
+    Seen on host: "x509: cannot validate certificate for <address> because it doesn't contain any IP SANs",
+    and the API server's injection call "x509: certificate is valid for <name>, not istiod.external-istiod.svc":
+    no new pod is created."""
+    external = _external_name(mesh.spec)
+    for kind, name in (("Gateway", "external-istiod-gw"), ("VirtualService", "external-istiod-vs")):
+        _save(mesh, saved, f"route-{kind}", external, kind, name, ISTIO_SYSTEM)
+    gateway_home = mesh[external].istio_system_itself()
+    for secret in _gateway_secrets(mesh, [UNDIALLED_NAME]):
+        gateway_home.apply(secret)
+    mesh[external].delete("VirtualService", "external-istiod-vs", ISTIO_SYSTEM)  # its tls routes become http ones
+    for obj in manifests.external_istiod_tls_routes():
+        if obj["kind"] == "DestinationRule":
+            for port in obj["spec"]["trafficPolicy"]["portLevelSettings"]:
+                port["tls"]["credentialName"] = GATEWAY_CA
+        mesh[external].apply(obj)
+    _restart_istiod(mesh, external)
+
+
+def _restore_gateway_passthrough(mesh: Mesh, saved: dict[str, Any]) -> None:
+    external = _external_name(mesh.spec)
+    for obj in manifests.external_istiod_tls_routes():
+        mesh[external].delete(obj["kind"], obj["metadata"]["name"], ISTIO_SYSTEM)
+    gateway_home = mesh[external].istio_system_itself()
+    for name in (manifests.EXTERNAL_ISTIOD_CREDENTIAL, GATEWAY_CA):
+        gateway_home.delete("Secret", name, ISTIO_SYSTEM)
+    _restore_external_routes(mesh, saved)
+    _restart_istiod(mesh, external)
+
+
 def _external_name(spec: MeshSpec) -> str:
     if spec.external is None:
         raise BackendError("this entry needs an external control plane")
@@ -715,10 +797,11 @@ def _restore_webhooks(mesh: Mesh, saved: dict[str, Any]) -> None:
 
 
 def _new_remote_pod(
-    ready: bool, injected_as: Callable[[MeshSpec], str] = target
+    ready: bool, injected_as: Callable[[MeshSpec], str] = target, *, created: bool = True
 ) -> Callable[[Mesh], tuple[str, str | None]]:
     """A new pod with a sidecar in the remote (target): injected as ``injected_as`` names (its cluster, or the
-    one a wrong injection path names), and ready within the convergence deadline, or never (``ready`` False)."""
+    one a wrong injection path names), and ready within the convergence deadline, or never (``ready`` False);
+    or, ``created`` False, never created (the API server's call to the injection webhook fails)."""
 
     def shows(mesh: Mesh) -> tuple[str, str | None]:
         name, claims = target(mesh.spec), injected_as(mesh.spec)
@@ -734,14 +817,17 @@ def _new_remote_pod(
             pods = [p for p in remote.pods(TEST_NAMESPACE, {"app": PROBE}) if not p.terminating]
         finally:
             remote.delete("Deployment", PROBE, TEST_NAMESPACE)
-        claimed = pods[0].proxy_cluster or name if pods and pods[0].has_sidecar else None
-        shown = (
-            f"a new pod of {name}: {'no sidecar' if claimed is None else f'injected as {claimed}'}, "
-            f"{'ready' if got_ready else 'not ready'}"
-        )
-        if (claimed, got_ready) == (claims, ready):
+        if not pods:
+            state = "not created"
+        elif not pods[0].has_sidecar:
+            state = "no sidecar"
+        else:
+            state = f"injected as {pods[0].proxy_cluster or name}"
+        shown = f"a new pod of {name}: {state}{'' if not pods else ', ready' if got_ready else ', not ready'}"
+        want_state = f"injected as {claims}" if created else "not created"
+        if state == want_state and (not pods or got_ready == ready):
             return shown, None
-        want = f"injected as {claims} and {'ready' if ready else 'never ready'}"
+        want = f"{want_state} and {'ready' if ready else 'never ready'}" if created else "never created"
         return shown, f"{shown} after {waited:.0f} s, expected {want}"
 
     return shows
@@ -1082,6 +1168,23 @@ CATALOG += [
             )
         ],
         _restore_external_mesh_config,
+        _external_only,
+        healed=_all_of(_remote_proxies_become(lambda spec: []), _new_remote_pod(ready=True)),
+    ),
+    Misconfiguration(
+        "gateway-certificate-wrong-name",
+        "the external cluster's ingress gateway terminates TLS with a certificate for a name the data-plane clusters do not dial",
+        [
+            Stage(
+                f"external-istiod-gw terminating TLS with a certificate for {UNDIALLED_NAME}, istiod restarted",
+                _misname_gateway_certificate,
+                lambda s: _both(s, OK),
+                "gateway-certificate-wrong-name",
+                # Every proxy refuses the gateway's certificate on reconnecting; the API server refuses it too.
+                shows=_all_of(_remote_proxies_become(_served), _new_remote_pod(ready=False, created=False)),
+            )
+        ],
+        _restore_gateway_passthrough,
         _external_only,
         healed=_all_of(_remote_proxies_become(lambda spec: []), _new_remote_pod(ready=True)),
     ),

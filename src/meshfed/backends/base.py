@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import builtins
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -86,6 +87,16 @@ class Cluster(abc.ABC):
     name: str
     # The revision meshfed's workloads are injected by ("" for the default one): its mesh config is theirs.
     revision: str = ""
+    # The namespace the contract's istio-system stands for: the control plane's (external-istiod in every
+    # cluster of an external control plane).
+    control_plane_namespace: str = ISTIO_SYSTEM
+
+    def istio_system_itself(self) -> Cluster:
+        """This cluster with istio-system meaning that namespace, not the control plane's it stands for: where
+        the external control plane's ingress gateway runs, with its credentials."""
+        view = copy.copy(self)
+        view.control_plane_namespace = ISTIO_SYSTEM
+        return view
 
     @abc.abstractmethod
     def apply(self, obj: Obj) -> Obj: ...

@@ -9,6 +9,7 @@ intermediate ``O=Istio, CN=Intermediate CA, L=<cluster>``, ``CA:true, pathlen:0`
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -227,6 +228,37 @@ class PluginCA:
             .sign(self.ca_key, signature_hash(self.ca_key))
         )
         return (leaf, *self.cert_chain)
+
+    def sign_server(
+        self,
+        public_key: PublicKey,
+        names: Sequence[str],
+        *,
+        ttl: timedelta = timedelta(days=1),
+        now: datetime | None = None,
+    ) -> x509.Certificate:
+        """A serving certificate for ``names`` (DNS names, or IP addresses as IP SANs): istiod's own on 15012 and
+        15017 (``getDNSNames``), or a gateway's ``credentialName`` certificate."""
+        now = now or utcnow()
+        alt_names: list[x509.GeneralName] = []
+        for name in dict.fromkeys(names):
+            try:
+                alt_names.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                alt_names.append(x509.DNSName(name))
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(self.ca_cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW_GRACE)
+            .not_valid_after(now + ttl)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(alt_names), critical=True)
+            .sign(self.ca_key, signature_hash(self.ca_key))
+        )
 
     def issue_workload(
         self,

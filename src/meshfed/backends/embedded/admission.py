@@ -35,6 +35,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "maxEjectionPercent": ANY,
             },
             "tls": {"mode": ("ISTIO_MUTUAL",)},
+            # How the external control plane's ingress gateway opens TLS to istiod (the guide's external-istiod-dr).
+            "portLevelSettings": [
+                {
+                    "port": {"number": ANY},
+                    "tls": {"mode": ("SIMPLE",), "credentialName": ANY},
+                    "connectionPool": {"http": {"h2UpgradePolicy": ("UPGRADE",)}},
+                }
+            ],
         },
     },
     "Gateway": {
@@ -42,7 +50,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "servers": [
             {
                 "port": {"number": ANY, "name": ANY, "protocol": ANY},
-                "tls": {"mode": ("AUTO_PASSTHROUGH", "PASSTHROUGH")},
+                "tls": {"mode": ("AUTO_PASSTHROUGH", "PASSTHROUGH", "SIMPLE"), "credentialName": ANY},
                 "hosts": ANY,
             }
         ],
@@ -56,6 +64,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "route": [{"destination": {"host": ANY, "port": {"number": ANY}}}],
             }
         ],
+        # Routes by port only: the guide's hostname variant, behind a gateway server that terminates TLS.
+        "http": [{"match": [{"port": ANY}], "route": [{"destination": {"host": ANY, "port": {"number": ANY}}}]}],
     },
 }
 

@@ -1,31 +1,25 @@
-"""istiod's CA, emulated: which CA it signs with, decided at start-up, and its own serving certificate.
+"""istiod's CA, emulated: which CA it signs with, decided at start-up.
 
 * CA choice at start-up (``createIstioCA`` in ``pilot/pkg/bootstrap/istio_ca.go``): the four ``cacerts``
   files (or ``tls.crt``/``tls.key``/``ca.crt``) of the Secret mounted at ``/etc/cacerts`` (from the cluster
   istiod's pod runs in) -> plugged-in CA; none -> a self-signed root kept in Secret ``istio-ca-secret`` of its
   kube client's cluster (created if missing); some -> istiod does not start ("incomplete signing CA bundle
   detected").
-* The serving certificate on 15012 and 15017 (``getDNSNames`` in ``pilot/pkg/bootstrap/server.go``):
-  ``istiod[-<rev>].<namespace>.svc`` and the host of the mesh config's ``discoveryAddress`` (an IP address
-  becomes an IP SAN), signed by istiod's CA.
+* The serving certificate on 15012 and 15017 is signed by that CA (``PluginCA.sign_server``) for the names
+  ``getDNSNames`` (``pilot/pkg/bootstrap/server.go``) gives (see istiod.py).
 """
 
 from __future__ import annotations
 
 import base64
-import ipaddress
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
-
-from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshfed.backends.embedded.sources import IstiodStartError
 from meshfed.backends.embedded.store import ObjectStore
 from meshfed.pki import PluginCA, bundle_from_secret, validate_bundle
 from meshfed.pki.authority import CERT_CHAIN, new_root
-from meshfed.pki.certs import cert_pem, key_pem, load_certs, load_key, signature_hash
+from meshfed.pki.certs import cert_pem, key_pem, load_certs, load_key
 
 # Problems that make istiod's CA constructor fail (NewVerifiedKeyCertBundleFromFile): it does not start.
 _FATAL_BUNDLE_PROBLEMS = {
@@ -90,26 +84,3 @@ def _self_signed(store: ObjectStore, namespace: str, trust_domain: str, now: Any
         cert = load_certs(files["ca-cert.pem"], "istio-ca-secret ca-cert.pem")[0]
         key = load_key(files["ca-key.pem"], "istio-ca-secret ca-key.pem")
     return CAChoice(PluginCA(cert, key, (cert,), (cert,)), plugged=False, root_bundle=cert_pem(cert))
-
-
-def serving_cert(ca: PluginCA, public_key: Any, now: Any, names: list[str]) -> x509.Certificate:
-    """istiod's serving certificate for ``names`` (DNS names, or IP addresses), signed by its CA."""
-    alt_names: list[x509.GeneralName] = []
-    for name in dict.fromkeys(names):
-        try:
-            alt_names.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            alt_names.append(x509.DNSName(name))
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(ca.ca_cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=2))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(alt_names), critical=True)
-        .sign(ca.ca_key, signature_hash(ca.ca_key))
-    )

@@ -26,7 +26,7 @@ from typing import Any
 
 from meshfed.backends.embedded.agent import Injection
 from meshfed.backends.embedded.node import Node
-from meshfed.backends.embedded.tls import NO_CHECK_TIME
+from meshfed.backends.embedded.tls import NO_CHECK_TIME, go_verify_reason, peer_certificate
 from meshfed.manifests import NETWORK_LABEL, TLS_MODE_LABEL, Obj
 
 WEBHOOK_PORT = 15017  # istiod's https-webhook port (its Service's 443)
@@ -106,8 +106,12 @@ def call(node: Node, config: Obj, namespace: str, labels: Mapping[str, str], *, 
             conn.settimeout(CALL_TIMEOUT)
             conn.sendall(json.dumps(request).encode() + b"\n")
             line = conn.makefile("rb").readline()
-    except ssl.SSLCertVerificationError:
-        reason = "tls: failed to verify certificate: x509: certificate signed by unknown authority"
+    except ssl.SSLCertVerificationError as error:
+        try:
+            peer = peer_certificate(node.connect(node.spec.network, host, port, timeout=CALL_TIMEOUT), host)
+        except OSError:
+            peer = None
+        reason = go_verify_reason(error, peer, host)
         raise WebhookError(f'Internal error occurred: {what}: failed to call webhook: Post "{url}": {reason}') from None
     except (OSError, ssl.SSLError) as error:
         reason = "EOF" if isinstance(error, ConnectionResetError | ssl.SSLEOFError) else str(error) or "EOF"

@@ -55,7 +55,7 @@ from cryptography import x509
 from meshfed.backends.base import RemoteClusterStatus
 from meshfed.backends.embedded import injector, xds
 from meshfed.backends.embedded.agent import ProxyAgent
-from meshfed.backends.embedded.ca import CAChoice, choose_ca, serving_cert
+from meshfed.backends.embedded.ca import CAChoice, choose_ca
 from meshfed.backends.embedded.fabric import close_listener, serve
 from meshfed.backends.embedded.node import Node
 from meshfed.backends.embedded.policy import authz, destination_rule, gateway_config, mtls_mode
@@ -303,7 +303,7 @@ class Istiod:
         discovery = str((self.mesh_config().get("defaultConfig") or {}).get("discoveryAddress") or "")
         if discovery:
             names.append(discovery.rpartition(":")[0] or discovery)
-        cert = serving_cert(self.ca, key.public_key(), self.runtime.clock.now(), names)
+        cert = self.ca.sign_server(key.public_key(), names, now=self.runtime.clock.now())
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         chain_file, key_file = self.runtime.mesh.keys.write(
             f"istiod-{self.runtime.name}-{self.pod_name}", key, cert_pem(cert, *self.ca.cert_chain)

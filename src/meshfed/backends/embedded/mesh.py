@@ -197,6 +197,7 @@ class EmbeddedCluster(Cluster):
     def __init__(self, runtime: ClusterRuntime) -> None:
         self.runtime = runtime
         self.name = runtime.name
+        self.control_plane_namespace = runtime.control_plane_namespace
 
     # The contract speaks of istio-system for "the control plane's namespace", as a namespace of objects and as a
     # Namespace object (KubeCluster._namespace does the same); an IstioOperator is not mapped: istioctl installs
@@ -204,7 +205,7 @@ class EmbeddedCluster(Cluster):
     def _ns(self, namespace: str | None, kind: str = "") -> str | None:
         if kind == "IstioOperator" or namespace != ISTIO_SYSTEM:
             return namespace
-        return self.runtime.control_plane_namespace
+        return self.control_plane_namespace
 
     def _name(self, kind: str, name: str) -> str:
         return self._ns(name) or name if kind == "Namespace" else name

@@ -73,7 +73,8 @@ def authz(store: ObjectStore, root: str, namespace: str, labels: Mapping[str, st
 def gateway_config(
     store: ObjectStore, labels: Mapping[str, str]
 ) -> tuple[tuple[xds.GatewayServer, ...], tuple[xds.TlsRoute, ...]]:
-    """The Gateway servers that select a gateway proxy's labels, and the TLS routes of VirtualServices bound to them."""
+    """The Gateway servers that select a gateway proxy's labels, and the TLS routes (and the http routes by port,
+    behind a server that terminates TLS) of VirtualServices bound to them."""
     servers: list[xds.GatewayServer] = []
     names: set[str] = set()
     for gateway in store.list("Gateway"):
@@ -83,7 +84,10 @@ def gateway_config(
         names.add(f"{gateway['metadata']['namespace']}/{gateway['metadata']['name']}")
         for server in gateway["spec"].get("servers") or []:
             mode = ((server.get("tls") or {}).get("mode") or "").upper()
-            servers.append(xds.GatewayServer(int(server["port"]["number"]), mode, tuple(server.get("hosts") or [])))
+            credential = str((server.get("tls") or {}).get("credentialName") or "")
+            servers.append(
+                xds.GatewayServer(int(server["port"]["number"]), mode, tuple(server.get("hosts") or []), credential)
+            )
     routes: list[xds.TlsRoute] = []
     for service in store.list("VirtualService"):
         if not names.intersection(service["spec"].get("gateways") or []):
@@ -97,6 +101,18 @@ def gateway_config(
                         tuple(match.get("sniHosts") or []),
                         destination["host"],
                         int(destination["port"]["number"]),
+                    )
+                )
+        for route in service["spec"].get("http") or []:
+            destination = route["route"][0]["destination"]
+            for match in route.get("match") or []:
+                routes.append(
+                    xds.TlsRoute(
+                        int(match.get("port", 0)),
+                        tuple(service["spec"].get("hosts") or []),
+                        destination["host"],
+                        int(destination["port"]["number"]),
+                        terminated=True,
                     )
                 )
     return tuple(servers), tuple(routes)

@@ -92,6 +92,34 @@ def trust_only(roots_pem: bytes) -> ssl.SSLContext:
     return client
 
 
+def go_verify_reason(error: ssl.SSLCertVerificationError, peer_der: bytes | None, host: str) -> str:
+    """How Go's crypto/tls (pilot-agent, kube-apiserver) words a failed verification of ``peer_der`` dialled as
+    ``host``: a name mismatch names what the certificate is valid for, anything else an unknown authority."""
+    if error.verify_code not in (62, 64) or not peer_der:  # X509_V_ERR_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH
+        return "tls: failed to verify certificate: x509: certificate signed by unknown authority"
+    try:
+        sans = x509.load_der_x509_certificate(peer_der).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        dns, ips = sans.value.get_values_for_type(x509.DNSName), sans.value.get_values_for_type(x509.IPAddress)
+    except x509.ExtensionNotFound:
+        dns, ips = [], []
+    if error.verify_code == 64 and not ips:
+        return f"tls: failed to verify certificate: x509: cannot validate certificate for {host} because it doesn't contain any IP SANs"
+    valid = [str(ip) for ip in ips] if error.verify_code == 64 else list(dns)
+    return f"tls: failed to verify certificate: x509: certificate is valid for {', '.join(valid)}, not {host}"
+
+
+def peer_certificate(sock: socket.socket, host: str) -> bytes | None:
+    """The certificate a TLS server on ``sock`` presents, unverified (to word a failed verification)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with context.wrap_socket(sock, server_hostname=host) as conn:
+            return conn.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+
+
 def read_client_hello(sock: socket.socket, limit: int = 16384) -> tuple[str | None, bytes]:
     """The SNI of the ClientHello at the start of ``sock`` and every byte read to find it."""
     data = b""

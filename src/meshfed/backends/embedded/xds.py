@@ -47,8 +47,9 @@ class AuthzPolicy:
 @dataclass(frozen=True)
 class GatewayServer:
     port: int
-    mode: str  # AUTO_PASSTHROUGH | PASSTHROUGH
+    mode: str  # AUTO_PASSTHROUGH | PASSTHROUGH | SIMPLE
     hosts: tuple[str, ...]
+    credential: str = ""  # SIMPLE: the Secret (in the gateway's namespace) whose certificate it serves
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class TlsRoute:
     sni_hosts: tuple[str, ...]
     host: str
     target_port: int
+    terminated: bool = False  # an http route by port, behind a server that terminates TLS
 
 
 @dataclass(frozen=True)
