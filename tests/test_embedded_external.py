@@ -4,6 +4,7 @@ name it, injects and certifies every data-plane cluster's pods through its ingre
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -363,3 +364,38 @@ def test_a_gateway_certificate_for_another_name_is_refused_and_diagnosed(provisi
 
     ext.istio_system_itself().delete("Secret", manifests.EXTERNAL_ISTIOD_CREDENTIAL, ISTIO_SYSTEM)
     assert [c.check for c in diagnose(mesh) if c.check.startswith("gateway-")] == ["gateway-credential-missing"]
+
+
+def test_the_external_istiod_reading_the_config_cluster_as_the_reader_never_gets_ready(provision: Provision) -> None:
+    """A config cluster installed without global.configCluster has no istiod account; istio-kubeconfig made for
+    istioctl's default, the reader account, lets the external istiod list too little there: it never gets ready
+    (host: "ingresses.networking.k8s.io is forbidden"), and the diagnosis names the account first."""
+    from meshfed.diagnose import diagnose
+
+    mesh, _ = provision()
+    ext, a = external(mesh), mesh["cluster-a"]
+    secret = ext.get("Secret", "istio-kubeconfig", ISTIO_SYSTEM) or {}
+    kubeconfig = bundle_from_secret(secret)["config"]
+    assert manifests.token_account(manifests.kubeconfig_token(kubeconfig)) == (manifests.EXTERNAL_ISTIOD, "istiod")
+    reader = a.service_account_token("istio-reader-service-account", ISTIO_SYSTEM)
+    patched = manifests.with_token(kubeconfig, reader).encode()
+    ext.patch("Secret", "istio-kubeconfig", ISTIO_SYSTEM, {"data": {"config": base64.b64encode(patched).decode()}})
+    for pod in ext.pods(ISTIO_SYSTEM, {"app": "istiod"}):
+        ext.delete("Pod", pod.name, ISTIO_SYSTEM)
+    assert until(lambda: bool(ext.pods(ISTIO_SYSTEM, {"app": "istiod"})), timeout=5)
+    assert not ext.wait_ready("istiod", ISTIO_SYSTEM, timeout=2), "the reader cannot list what istiod watches"
+    first = next(c for c in diagnose(mesh) if c.status == "error")
+    assert first.check == "config-secret-wrong-account" and "istio-reader-service-account" in first.evidence
+    assert "its istiod account exists" in first.evidence
+    a.delete("ServiceAccount", "istiod", ISTIO_SYSTEM)  # as the remote profile without configCluster leaves it
+    [finding] = [c for c in diagnose(mesh) if c.check == "config-secret-wrong-account"]
+    assert "installed without global.configCluster" in finding.evidence
+
+
+def test_a_service_account_token_says_whose_it_is() -> None:
+    token = manifests.unsigned_token("istiod", "external-istiod")
+    assert manifests.token_account(token) == ("external-istiod", "istiod")
+    assert manifests.token_account("") is None and manifests.token_account("not.a-jwt.") is None
+    config = manifests.kubeconfig("cluster-a", "https://10.0.0.1:6443", "old")
+    assert manifests.kubeconfig_token(manifests.with_token(config, token)) == token
+    assert manifests.kubeconfig_server(manifests.with_token(config, token)) == "https://10.0.0.1:6443"

@@ -29,6 +29,8 @@ from meshfed.manifests import (
     image_version,
     istio_minor,
     kubeconfig_server,
+    kubeconfig_token,
+    token_account,
 )
 from meshfed.pki import BundleSourceError, PemError, bundle_from_secret, fingerprint, load_certs, validate_bundle
 from meshfed.pki.bundle import compare_roots
@@ -673,6 +675,37 @@ def sans(cert: x509.Certificate) -> list[str]:
     return [*names.get_values_for_type(x509.DNSName), *map(str, names.get_values_for_type(x509.IPAddress))]
 
 
+def _config_secret_account(mesh: Mesh, external: Cluster, config: str) -> list[Check]:
+    """The external istiod reads the config cluster as the account of its ``istio-kubeconfig``: only the ``istiod``
+    account has istiod's ClusterRole there, and only the remote profile with ``global.configCluster`` makes it.
+    ``istioctl create-remote-secret --type=config`` without ``--service-account`` uses the reader account, which
+    cannot list what istiod watches (ingresses, leases): the external istiod never gets ready (seen on host)."""
+    secret = external.get("Secret", "istio-kubeconfig", ISTIO_SYSTEM)
+    account = token_account(kubeconfig_token(bundle_from_secret(secret).get("config", b""))) if secret else None
+    if account is None or account[1] == "istiod":
+        return []
+    user = f"system:serviceaccount:{account[0]}:{account[1]}"
+    has_istiod = mesh[config].get("ServiceAccount", "istiod", ISTIO_SYSTEM) is not None
+    why = (
+        "its istiod account exists, so make the secret for it"
+        if has_istiod
+        else f"{config} has no istiod ServiceAccount: its remote profile was installed without global.configCluster"
+    )
+    return [
+        Check(
+            "config-secret-wrong-account",
+            "error",
+            external.name,
+            f"istio-kubeconfig reads the config cluster {config} as {user}, not as istiod: that account has no istiod "
+            "ClusterRole there (it cannot list ingresses or take leases), so the external istiod never gets ready "
+            f"and every proxy is cut off from it; {why}",
+            f"install {config}'s remote profile with values.global.configCluster=true, then istioctl "
+            f"create-remote-secret --context=<{config}> --type=config --namespace=<istiod's namespace> "
+            f"--service-account=istiod --create-service-account=false | kubectl apply --context=<{external.name}> -f -",
+        )
+    ]
+
+
 def _check_external_control_plane(mesh: Mesh) -> list[Check]:
     """What an external control plane needs ("Install Istio with an External Control Plane"): its ingress gateway
     routing 15012 and 15017 to it, the ``istio-kubeconfig`` Secret it reads the config cluster with, istiod run
@@ -708,6 +741,7 @@ def _check_external_control_plane(mesh: Mesh) -> list[Check]:
                     f"--service-account=istiod --create-service-account=false | kubectl apply --context=<{external.name}> -f -",
                 )
             )
+        results += _config_secret_account(mesh, external, config)
         results += _discovery_address_dialled(mesh, external)
         results += _gateway_certificate_names(mesh, external)
         env = _istiod_env(external)

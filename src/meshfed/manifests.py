@@ -8,6 +8,7 @@ they mean the same thing to both.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -462,6 +463,43 @@ def kubeconfig_server(text: bytes | str) -> str | None:
         return str(yaml.safe_load(text)["clusters"][0]["cluster"]["server"])
     except (yaml.YAMLError, KeyError, IndexError, TypeError):
         return None
+
+
+def kubeconfig_token(text: bytes | str) -> str:
+    """The bearer token of a kubeconfig's first user ("" when it has none, or is unreadable)."""
+    try:
+        return str(yaml.safe_load(text)["users"][0]["user"].get("token") or "")
+    except (yaml.YAMLError, KeyError, IndexError, TypeError, AttributeError):
+        return ""
+
+
+def with_token(text: bytes | str, token: str) -> str:
+    """The kubeconfig with its first user's token replaced."""
+    config = yaml.safe_load(text)
+    config["users"][0]["user"] = {"token": token}
+    return str(yaml.safe_dump(config, sort_keys=False))
+
+
+def token_account(token: str) -> tuple[str, str] | None:
+    """(namespace, name) of the ServiceAccount a Kubernetes token is for (its ``sub`` claim, read, not verified);
+    None for a token that is no ServiceAccount JWT."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        kind, _, rest = str(claims.get("sub", "")).partition("system:serviceaccount:")
+    except (IndexError, ValueError, AttributeError):
+        return None
+    namespace, _, name = rest.partition(":")
+    return (namespace, name) if not kind and namespace and name else None
+
+
+def unsigned_token(name: str, namespace: str) -> str:
+    """A ServiceAccount token's shape without a signature: the embedded mesh's API servers take it as it says."""
+    claims = {"sub": f"system:serviceaccount:{namespace}:{name}"}
+    encode = base64.urlsafe_b64encode
+    return ".".join(
+        [encode(b'{"alg":"none"}').decode().rstrip("="), encode(json.dumps(claims).encode()).decode().rstrip("="), ""]
+    )
 
 
 def kubeconfig(cluster_name: str, server: str, token: str = "") -> str:

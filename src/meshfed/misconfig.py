@@ -741,6 +741,27 @@ def _drop_config_secret(mesh: Mesh, saved: dict[str, Any]) -> None:
         time.sleep(1)
 
 
+READER = "istio-reader-service-account"
+
+
+def _config_secret_as_reader(mesh: Mesh, saved: dict[str, Any]) -> None:
+    """The config cluster installed without ``global.configCluster`` has no istiod account, so the operator made
+    istio-kubeconfig with istioctl's default, the reader account (``create-remote-secret --type=config`` without
+    ``--service-account``); istiod's pod replaced. Seen on host: the new istiod never gets ready ("ingresses is
+    forbidden: User system:serviceaccount:external-istiod:istio-reader-service-account cannot list ...")."""
+    external = _external_name(mesh.spec)
+    config = mesh.spec.config_cluster(target(mesh.spec))
+    _save(mesh, saved, "config-secret", external, "Secret", "istio-kubeconfig", ISTIO_SYSTEM)
+    secret = saved["config-secret"][1] or {}
+    kubeconfig = bundle_from_secret(secret).get("config", b"")
+    token = mesh[config].service_account_token(READER, ISTIO_SYSTEM)
+    data = {"config": _b64(manifests.with_token(kubeconfig, token).encode())}
+    mesh[external].patch("Secret", "istio-kubeconfig", ISTIO_SYSTEM, {"data": data})
+    old = {pod.name for pod in mesh[external].pods(ISTIO_SYSTEM, {"app": "istiod"})}
+    for name in old:
+        mesh[external].delete("Pod", name, ISTIO_SYSTEM)
+
+
 def _config_secret_expect(spec: MeshSpec) -> list[Expect]:
     """The remote (target) is served the wrong cluster's mesh: no endpoint of the config cluster's services, and
     its east-west gateway without the config cluster's cross-network-gateway (a reset, or Envoy 1.39+'s
@@ -1185,6 +1206,23 @@ CATALOG += [
             )
         ],
         _restore_gateway_passthrough,
+        _external_only,
+        healed=_all_of(_remote_proxies_become(lambda spec: []), _new_remote_pod(ready=True)),
+    ),
+    Misconfiguration(
+        "config-cluster-without-configcluster",
+        "the config cluster installed without global.configCluster: the external istiod reads it as the reader account",
+        [
+            Stage(
+                f"istio-kubeconfig made for {READER}, istiod's pod replaced",
+                _config_secret_as_reader,
+                lambda s: _both(s, OK),
+                "config-secret-wrong-account",
+                # The replacement never gets ready: every proxy is cut off, and no pod can be injected.
+                shows=_all_of(_remote_proxies_become(_served), _new_remote_pod(ready=False, created=False)),
+            )
+        ],
+        _restore_config_secret,
         _external_only,
         healed=_all_of(_remote_proxies_become(lambda spec: []), _new_remote_pod(ready=True)),
     ),

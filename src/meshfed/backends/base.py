@@ -182,6 +182,10 @@ class Cluster(abc.ABC):
         """Host-level facts a real backend reads with testinfra (its nodes, its proxies); none by default."""
         return []
 
+    def service_account_token(self, name: str, namespace: str) -> str:
+        """A token of ServiceAccount ``name`` (the TokenRequest API), for a kubeconfig that acts as it."""
+        raise BackendError(f"{self.name}: this backend cannot issue ServiceAccount tokens")
+
     def istiods(self) -> dict[str, int]:
         """This cluster's istiod Deployments (any revision; ``istiod-<rev>`` on revisioned installs) and
         their replicas."""

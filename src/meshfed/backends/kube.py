@@ -599,6 +599,12 @@ class KubeCluster(Cluster):
         self.run(self._istioctl_for(revision), ["uninstall", "--revision", revision, "-y"], timeout=600)
         return True
 
+    def service_account_token(self, name: str, namespace: str) -> str:
+        path = resource("ServiceAccount").path(self._namespace(namespace), name) + "/token"
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 7200}}
+        answer = self.api.request("POST", path, body=body) or {}
+        return str((answer.get("status") or {}).get("token") or "")
+
     def create_remote_secret(self, server: str, *, config: bool = False) -> builtins.list[Obj]:
         """``istioctl create-remote-secret`` for reading this cluster, its API server reached at ``server``; with
         ``config``, the external istiod's ``istio-kubeconfig`` (``--type=config``, as its istiod ServiceAccount)."""

@@ -161,6 +161,10 @@ def objects_for(operator: Obj, cluster: str, version: str) -> list[Obj]:
     if remote and not global_values.get("operatorManageWebhooks"):
         path = str((values.get("istiodRemote") or {}).get("injectionPath") or "/inject")
         objects.append(_injection_webhook(namespace, suffix, rev_label, path))
+    if profile != "empty":  # the base chart's reader-serviceaccount.yaml: the account remote secrets read as
+        objects.append(
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta("istio-reader-service-account", namespace)}
+        )
     if remote and global_values.get("configCluster"):
         objects.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(f"istiod{suffix}", namespace)})
     for gateway in (spec.get("components") or {}).get("ingressGateways") or []:

@@ -370,6 +370,11 @@ class EmbeddedCluster(Cluster):
             and p.namespace == self.runtime.control_plane_namespace
         ]
 
+    def service_account_token(self, name: str, namespace: str) -> str:
+        if self.get("ServiceAccount", name, namespace) is None:
+            raise BackendError(f'{self.name}: serviceaccounts "{name}" not found in {self._ns(namespace)}')
+        return manifests.unsigned_token(name, self._ns(namespace) or "")
+
     def remote_clusters(self) -> builtins.list[RemoteClusterStatus]:
         istiods = self._istiods()
         if not istiods:
@@ -467,7 +472,9 @@ class EmbeddedBackend(Backend):
                     f"istiod.{runtime.clusters[config].control_plane_namespace} (install the config cluster's remote "
                     "profile with values.global.configCluster=true)"
                 )
-            kubeconfig = manifests.kubeconfig(config, runtime.fabric.api_server(config))
+            namespace = runtime.clusters[config].control_plane_namespace
+            token = manifests.unsigned_token("istiod", namespace)
+            kubeconfig = manifests.kubeconfig(config, runtime.fabric.api_server(config), token)
             return [manifests.secret("istio-kubeconfig", ISTIO_SYSTEM, {"config": kubeconfig.encode()})]
 
         try:

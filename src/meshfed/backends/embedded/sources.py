@@ -8,7 +8,9 @@ with an External Control Plane") runs in one cluster and is the control plane of
   ``deployment.yaml``). client-go skips a KUBECONFIG file that does not exist and falls back to the in-cluster
   configuration (``ConfigLoadingRules`` in ``pkg/kube/util.go``), so without the Secret istiod reads the
   cluster it runs in under the config cluster's ID. A kubeconfig whose server cannot be reached never syncs:
-  istiod does not get ready. That cluster is the one whose ID is ``CLUSTER_ID``: its Services, its Istio
+  istiod does not get ready; nor does one whose token is not the ``istiod`` account's (only that account has
+  istiod's ClusterRole there, installed by the remote profile's ``configCluster``: the reader account cannot
+  list ingresses, seen on host). That cluster is the one whose ID is ``CLUSTER_ID``: its Services, its Istio
   configuration, its namespaces (``istio-ca-root-cert``), its ``istio`` ConfigMap.
 * Its mesh config (``initMeshConfiguration``, ``pilot/pkg/bootstrap/mesh.go``): the file
   ``/etc/istio/config/mesh`` when a ConfigMap is mounted there (the guide's overlay mounts the external
@@ -33,7 +35,7 @@ import yaml
 
 from meshfed.backends.embedded.node import MeshServices
 from meshfed.backends.embedded.store import ObjectStore
-from meshfed.manifests import kubeconfig_server
+from meshfed.manifests import kubeconfig_server, kubeconfig_token, token_account
 from meshfed.pki import bundle_from_secret
 
 MESH_CONFIG_PATH = "/etc/istio/config"
@@ -99,6 +101,16 @@ class Sources:
                 raise IstiodStartError(
                     f"failed to sync the kube client of {namespace}/{KUBECONFIG_SECRET}: "
                     f"{server or 'an unreadable kubeconfig'} cannot be reached"
+                )
+            account = token_account(kubeconfig_token(kubeconfig))
+            if account is not None and account[1] != (f"istiod-{revision}" if revision else "istiod"):
+                # Only the istiod account has istiod's ClusterRole there (the remote profile's configCluster);
+                # any other (istioctl's default, istio-reader-service-account) cannot list all istiod watches.
+                user = f"system:serviceaccount:{account[0]}:{account[1]}"
+                raise IstiodStartError(
+                    f"watch error in cluster {target}: failed to list *v1.Ingress: ingresses.networking.k8s.io is "
+                    f'forbidden: User "{user}" cannot list resource "ingresses" in API group "networking.k8s.io" '
+                    "at the cluster scope"
                 )
             main, main_cluster = store, target
         return cls(home, main, main_cluster, namespace, revision, dict(mounts), dict(env))
