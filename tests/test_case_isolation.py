@@ -26,6 +26,7 @@ NOT_MULTI_PRIMARY = (
     "wrong-injection-path",
     "wrong-discovery-address",
     "gateway-certificate-wrong-name",
+    "config-cluster-without-configcluster",
 )
 
 
@@ -56,10 +57,10 @@ def test_each_case_has_its_suite_verdict_when_run_alone(tmp_path: Path, given: s
     mesh = ["--cacerts-dir", str(_second_root(tmp_path / "certs"))] if given == "second-root" else []
     collected = _run(tmp_path / "collect", "conformance/", "--collect-only", *mesh)
     node_ids = [line for line in collected.stdout.splitlines() if line.startswith("conformance/")]
-    assert len(node_ids) == 34, collected.stdout
+    assert len(node_ids) == 35, collected.stdout
     whole = _run(tmp_path / "whole", "conformance/", *mesh)
     in_suite = _verdicts(tmp_path / "whole")
-    assert len(in_suite) == 34, whole.stdout[-2000:]
+    assert len(in_suite) == 35, whole.stdout[-2000:]
     if given == "healthy":
         # Every case passes, but the misconfigurations that cannot happen in multi-primary: not applicable.
         own = {f"MisconfigurationRegression[{name}]" for name in NOT_MULTI_PRIMARY}

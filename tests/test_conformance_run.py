@@ -46,14 +46,14 @@ def properties(case: ET.Element) -> dict[str, str]:
 
 # Each topology's extended profile on a healthy embedded mesh: passed, not applicable, not supported. The
 # misconfigurations that cannot happen in a topology are not applicable, which is no limit of the mesh:
-# multi-primary has no remote (four entries need one) and no external control plane (its own four);
+# multi-primary has no remote (four entries need one) and no external control plane (its own five);
 # primary-remote has a single istiod (four) and no external control plane; an external control plane has a
 # single istiod and no primary (six), and one procedure meshfed does not run on it (CanaryUpgrade: Istio
 # documents none), so its extended profile is partial.
 EXTENDED = {
-    "multi-primary": (15, 8, [], "success"),
-    "primary-remote": (15, 8, [], "success"),
-    "external-control-plane": (16, 6, ["CanaryUpgrade"], "partial"),
+    "multi-primary": (15, 9, [], "success"),
+    "primary-remote": (15, 9, [], "success"),
+    "external-control-plane": (17, 6, ["CanaryUpgrade"], "partial"),
 }
 
 
@@ -189,7 +189,7 @@ def test_a_mesh_broken_from_the_start_fails_every_case_at_once_with_the_cause(tm
     assert any(line.startswith("cluster-b: istiod-not-ready: ") for line in rest)
     # Every case fails, but those that cannot happen in multi-primary: they do not apply, broken mesh or not.
     outcomes = {case["name"]: case["outcome"] for case in report["cases"]}
-    assert len(outcomes) == 34 and sorted(outcomes.values()).count("failed") == 26
+    assert len(outcomes) == 35 and sorted(outcomes.values()).count("failed") == 26
     assert {name for name, kind in outcomes.items() if kind == "not-applicable"} == {
         f"MisconfigurationRegression[{name}]"
         for name in (
@@ -201,6 +201,7 @@ def test_a_mesh_broken_from_the_start_fails_every_case_at_once_with_the_cause(tm
             "wrong-injection-path",
             "wrong-discovery-address",
             "gateway-certificate-wrong-name",
+            "config-cluster-without-configcluster",
         )
     }
     assert report["verdict"] == {"core": "failure", "extended": "failure"}

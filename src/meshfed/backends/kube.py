@@ -511,6 +511,8 @@ class KubeCluster(Cluster):
             return []  # a remote: its proxies are listed by its primary
         args = ["proxy-status", "--istioNamespace", self.control_plane_namespace]
         if self.xds_via is not None:
+            if not any(p.ready for p in self.pods(manifests.ISTIO_SYSTEM, {"app": "istiod"})):
+                return []  # an istiod not ready serves no proxy (its discovery server waits for its caches)
             # An external istiod authenticates callers against its config cluster (its own kube client), so a
             # token of this cluster's is refused ("authentication failure", seen on host): istioctl asks it with a
             # token of the config cluster, through a port-forward to its pod (not through the ingress gateway,
