@@ -682,7 +682,7 @@ def _config_secret_account(mesh: Mesh, external: Cluster, config: str) -> list[C
     cannot list what istiod watches (ingresses, leases): the external istiod never gets ready (seen on host)."""
     secret = external.get("Secret", "istio-kubeconfig", ISTIO_SYSTEM)
     account = token_account(kubeconfig_token(bundle_from_secret(secret).get("config", b""))) if secret else None
-    if account is None or account[1] == "istiod":
+    if account is None or account[1] == "istiod" or account[1].startswith("istiod-"):  # istiod-<rev>: a revision's
         return []
     user = f"system:serviceaccount:{account[0]}:{account[1]}"
     has_istiod = mesh[config].get("ServiceAccount", "istiod", ISTIO_SYSTEM) is not None
