@@ -34,7 +34,7 @@ from meshfed.manifests import (
 )
 from meshfed.pki import BundleSourceError, PemError, bundle_from_secret, fingerprint, load_certs, validate_bundle
 from meshfed.pki.bundle import compare_roots
-from meshfed.pki.verify import uri_sans
+from meshfed.pki.verify import host_sans, uri_sans
 
 Status = Literal["ok", "warning", "error"]
 
@@ -595,13 +595,10 @@ def _injection_hosts(cluster: Cluster) -> set[str]:
 def _certificate_covers(cert: x509.Certificate, host: str) -> bool:
     """Whether ``cert`` is valid for ``host`` as Go's crypto/tls and Envoy judge it: an IP address against its
     IP SANs, a DNS name against its DNS SANs (a ``*.`` SAN stands for one leftmost label)."""
-    try:
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False
+    names, ips = host_sans(cert)
     if _is_ip(host):
-        return ipaddress.ip_address(host) in names.get_values_for_type(x509.IPAddress)
-    for name in names.get_values_for_type(x509.DNSName):
+        return ipaddress.ip_address(host) in ips
+    for name in names:
         name = name.lower().rstrip(".")
         if name == host.lower() or (name.startswith("*.") and host.lower().partition(".")[2] == name[2:]):
             return True
@@ -650,13 +647,15 @@ def _gateway_certificate_names(mesh: Mesh, external: Cluster) -> list[Check]:
         cert = load_certs(pem, f"Secret {credential} tls.crt")[0]
         missing = sorted(host for host in dialled if not _certificate_covers(cert, host))
         if missing:
+            names, ips = host_sans(cert)
+            valid = [*names, *map(str, ips)]
             results.append(
                 Check(
                     "gateway-certificate-wrong-name",
                     "error",
                     external.name,
                     f"the ingress gateway terminates TLS on 15012/15017 with the certificate of {credential}, valid "
-                    f"for {', '.join(sans(cert)) or 'no name'}, but the data-plane clusters dial {', '.join(missing)}: "
+                    f"for {', '.join(valid) or 'no name'}, but the data-plane clusters dial {', '.join(missing)}: "
                     "every proxy that connects refuses it (x509: certificate is valid for ..., not ...), and the API "
                     "servers' injection calls fail, so no new pod is created",
                     f"issue the gateway's certificate for {', '.join(sorted(dialled))}, or pass 15012/15017 through "
@@ -664,15 +663,6 @@ def _gateway_certificate_names(mesh: Mesh, external: Cluster) -> list[Check]:
                 )
             )
     return results
-
-
-def sans(cert: x509.Certificate) -> list[str]:
-    """A certificate's DNS and IP SANs, as text."""
-    try:
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [*names.get_values_for_type(x509.DNSName), *map(str, names.get_values_for_type(x509.IPAddress))]
 
 
 def _config_secret_account(mesh: Mesh, external: Cluster, config: str) -> list[Check]:

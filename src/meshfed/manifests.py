@@ -253,10 +253,18 @@ def external_istiod(
     }
 
 
-def external_istiod_routes() -> list[Obj]:
-    """The guide's ``external-istiod-gw.yaml`` (IP-address variant): the ingress gateway passes 15012 and 15017
-    through, by any SNI, to the external istiod (its own certificate is what the proxies verify)."""
+EXTERNAL_ISTIOD_CREDENTIAL = "external-istiod-gw-cert"
+# The external istiod's ports the ingress gateway exposes: (gateway port, istiod's Service port, name).
+_EXTERNAL_ISTIOD_PORTS = ((15012, 15012, "XDS"), (15017, 443, "WEBHOOK"))
+
+
+def _external_istiod_gateway(terminate: bool) -> list[Obj]:
+    """``external-istiod-gw`` and ``external-istiod-vs``: passed through by any SNI, or TLS terminated with the
+    ``credentialName`` certificate and routed by port."""
     istiod = f"istiod.{EXTERNAL_ISTIOD}.svc.cluster.local"
+    protocol = "https" if terminate else "tls"
+    tls = {"mode": "SIMPLE", "credentialName": EXTERNAL_ISTIOD_CREDENTIAL} if terminate else {"mode": "PASSTHROUGH"}
+    match: Obj = {} if terminate else {"sniHosts": ["*"]}
     gateway = {
         "apiVersion": "networking.istio.io/v1",
         "kind": "Gateway",
@@ -265,11 +273,11 @@ def external_istiod_routes() -> list[Obj]:
             "selector": {"istio": "ingressgateway"},
             "servers": [
                 {
-                    "port": {"number": number, "protocol": "tls", "name": name},
-                    "tls": {"mode": "PASSTHROUGH"},
+                    "port": {"number": port, "protocol": protocol, "name": f"{protocol}-{name}"},
+                    "tls": dict(tls),
                     "hosts": ["*"],
                 }
-                for name, number in (("tls-XDS", 15012), ("tls-WEBHOOK", 15017))
+                for port, _, name in _EXTERNAL_ISTIOD_PORTS
             ],
         },
     }
@@ -280,55 +288,29 @@ def external_istiod_routes() -> list[Obj]:
         "spec": {
             "hosts": ["*"],
             "gateways": ["external-istiod-gw"],
-            "tls": [
+            "http" if terminate else "tls": [
                 {
-                    "match": [{"port": port, "sniHosts": ["*"]}],
+                    "match": [{"port": port, **match}],
                     "route": [{"destination": {"host": istiod, "port": {"number": target}}}],
                 }
-                for port, target in ((15012, 15012), (15017, 443))
+                for port, target, _ in _EXTERNAL_ISTIOD_PORTS
             ],
         },
     }
     return [gateway, route]
 
 
-EXTERNAL_ISTIOD_CREDENTIAL = "external-istiod-gw-cert"
+def external_istiod_routes() -> list[Obj]:
+    """The guide's ``external-istiod-gw.yaml`` (IP-address variant): the ingress gateway passes 15012 and 15017
+    through, by any SNI, to the external istiod (its own certificate is what the proxies verify)."""
+    return _external_istiod_gateway(terminate=False)
 
 
-def external_istiod_tls_routes(hosts: Sequence[str] = ("*",)) -> list[Obj]:
+def external_istiod_tls_routes() -> list[Obj]:
     """The guide's ``external-istiod-gw.yaml`` in its hostname variant: the ingress gateway terminates TLS on
     15012 and 15017 with the certificate of the Secret ``credentialName`` names (in the gateway's own namespace,
     istio-system), routes by port to the external istiod, and opens TLS to it again (``external-istiod-dr``)."""
     istiod = f"istiod.{EXTERNAL_ISTIOD}.svc.cluster.local"
-    gateway = {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "Gateway",
-        "metadata": _meta("external-istiod-gw", EXTERNAL_ISTIOD),
-        "spec": {
-            "selector": {"istio": "ingressgateway"},
-            "servers": [
-                {
-                    "port": {"number": number, "protocol": "https", "name": name},
-                    "tls": {"mode": "SIMPLE", "credentialName": EXTERNAL_ISTIOD_CREDENTIAL},
-                    "hosts": list(hosts),
-                }
-                for name, number in (("https-XDS", 15012), ("https-WEBHOOK", 15017))
-            ],
-        },
-    }
-    route = {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": _meta("external-istiod-vs", EXTERNAL_ISTIOD),
-        "spec": {
-            "hosts": list(hosts),
-            "gateways": ["external-istiod-gw"],
-            "http": [
-                {"match": [{"port": port}], "route": [{"destination": {"host": istiod, "port": {"number": target}}}]}
-                for port, target in ((15012, 15012), (15017, 443))
-            ],
-        },
-    }
     rule = {
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
@@ -347,7 +329,7 @@ def external_istiod_tls_routes(hosts: Sequence[str] = ("*",)) -> list[Obj]:
             },
         },
     }
-    return [gateway, route, rule]
+    return [*_external_istiod_gateway(terminate=True), rule]
 
 
 def eastwest_gateway(network: str, revision: str = "", namespace_: str = ISTIO_SYSTEM) -> Obj:

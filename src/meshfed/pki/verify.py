@@ -25,6 +25,7 @@ accepts every policy), Netscape certificate types. Error reasons use OpenSSL's w
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +37,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 from meshfed.pki.certs import subject, utcnow
 from meshfed.pki.spiffe import SpiffeId, SpiffeIdError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class Purpose(enum.Enum):
@@ -105,6 +108,16 @@ def uri_sans(cert: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def host_sans(cert: x509.Certificate) -> tuple[list[str], list[IPAddress]]:
+    """A certificate's DNS names and IP addresses (what a TLS client checks the host it dials against)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    ips = [ip for ip in san.get_values_for_type(x509.IPAddress) if isinstance(ip, IPAddress)]
+    return san.get_values_for_type(x509.DNSName), ips
 
 
 def _ext(cert: x509.Certificate, cls: type[x509.ExtensionType]) -> x509.ExtensionType | None:

@@ -20,6 +20,7 @@ from cryptography import x509
 
 from meshfed.pki.authority import WorkloadCert
 from meshfed.pki.certs import PrivateKey, cert_pem, key_pem, write_private
+from meshfed.pki.verify import host_sans
 
 
 class KeyFolder:
@@ -97,11 +98,7 @@ def go_verify_reason(error: ssl.SSLCertVerificationError, peer_der: bytes | None
     ``host``: a name mismatch names what the certificate is valid for, anything else an unknown authority."""
     if error.verify_code not in (62, 64) or not peer_der:  # X509_V_ERR_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH
         return "tls: failed to verify certificate: x509: certificate signed by unknown authority"
-    try:
-        sans = x509.load_der_x509_certificate(peer_der).extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        dns, ips = sans.value.get_values_for_type(x509.DNSName), sans.value.get_values_for_type(x509.IPAddress)
-    except x509.ExtensionNotFound:
-        dns, ips = [], []
+    dns, ips = host_sans(x509.load_der_x509_certificate(peer_der))
     if error.verify_code == 64 and not ips:
         return f"tls: failed to verify certificate: x509: cannot validate certificate for {host} because it doesn't contain any IP SANs"
     valid = [str(ip) for ip in ips] if error.verify_code == 64 else list(dns)
