@@ -24,6 +24,7 @@ IN_ISTIO: dict[str, str | tuple[str, ...]] = {
     "eastwest-gateway-network1-rev.iop.yaml": ("--network", "network1", "--revision", "1-30-3"),
     "envoy-secrets-config-dump.json": "istioctl/pkg/writer/envoy/configdump/testdata/secret/istio/config_dump.json",
     "istioctl-proxy-config-secret.txt": "istioctl/pkg/writer/envoy/configdump/testdata/secret/istio/output",
+    "envoy-clusters-config-dump.json": "istioctl/pkg/describe/testdata/describe/http_config.json",
 }
 
 

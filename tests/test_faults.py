@@ -114,6 +114,31 @@ def test_a_second_root_is_named_a_tls_failure_from_the_proxies_certificates(prov
     assert shown == f"cluster-a->cluster-b: {Symptom.TLS_FAILURE_INFERRED.value}"
 
 
+def test_a_server_named_in_another_trust_domain_is_a_tls_failure(
+    provision: Provision, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Istiod names the servers of cluster-b in a trust domain their certificates do not carry, as a restarted
+    # istiod does when it builds a remote's endpoints before it has read that remote's mesh config: cluster-a's
+    # client refuses them, and Envoy 1.40 tells it only "remote connection failure". The chains verify (one root):
+    # only the identities the client expects of the service tell it apart from a gateway that is down.
+    from meshfed.backends.embedded import istiod
+
+    mesh, _ = provision()
+    monkeypatch.setattr(istiod, "read_mesh_config", lambda *_: {"trustDomain": "stale.example"})
+    mesh["cluster-a"].apply(manifests.namespace("meshfed-push"))  # an event: istiod pushes
+    client = mesh["cluster-a"].pod_of(manifests.TEST_NAMESPACE, manifests.CLIENT).name
+    fqdn = f"{manifests.only_in('cluster-b')}.{manifests.TEST_NAMESPACE}.svc.cluster.local"
+    expected = f"spiffe://stale.example/ns/{manifests.TEST_NAMESPACE}/sa/{manifests.ECHO}"
+    shown, problem = observe(mesh, Expect("cluster-a", "cluster-b", TLS_FAILURES), 5)
+    assert problem is None, problem
+    assert shown == f"cluster-a->cluster-b: {Symptom.TLS_FAILURE_INFERRED.value}"
+    assert mesh["cluster-a"].server_identities(client, manifests.TEST_NAMESPACE, fqdn) == {expected}
+    # Without that evidence the same calls are a bare connection failure, not a TLS failure.
+    monkeypatch.setattr(type(mesh["cluster-a"]), "server_identities", lambda *_: frozenset())
+    _, problem = observe(mesh, Expect("cluster-a", "cluster-b", TLS_FAILURES), 5)
+    assert problem is not None and "connection failure" in problem
+
+
 def test_a_flaky_gateway_fails_the_steady_window_not_the_convergence(provision: Provision) -> None:
     mesh, _ = provision()
     fault("gateway-drops-packets").inject(mesh)

@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 
 from meshfed.backends.base import BackendError
-from meshfed.backends.istioctl import parse_proxy_status, parse_remote_clusters, parse_secret_dump
+from meshfed.backends.istioctl import (
+    parse_cluster_identities,
+    parse_proxy_status,
+    parse_remote_clusters,
+    parse_secret_dump,
+)
 from meshfed.pki.certs import fingerprint
 from tests.istio_reference import reference
 
@@ -54,6 +59,21 @@ def test_a_proxy_without_secrets_is_explained() -> None:
         parse_secret_dump(json.dumps({"configs": [{"dynamicActiveSecrets": []}]}))
     with pytest.raises(BackendError, match="printed no JSON"):
         parse_secret_dump("Error: no pod found")
+
+
+@pytest.mark.parametrize("style", ["snake_case (Envoy admin)", "camelCase (istioctl -o json)"])
+def test_cluster_dump_gives_the_identities_a_proxy_expects_of_a_service(style: str) -> None:
+    # Envoy's /config_dump has the clusters in "configs"; istioctl proxy-config cluster -o json prints a list.
+    dump = json.loads(reference("envoy-clusters-config-dump.json"))
+    clusters = [entry["cluster"] for config in dump["configs"] for entry in config.get("dynamic_active_clusters", [])]
+    text = json.dumps(dump) if style.startswith("snake") else json.dumps(_camel(clusters))
+    expected = {
+        "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+        "spiffe://cluster.local/ns/default/sa/default",
+    }
+    assert parse_cluster_identities(text, "productpage.default.svc.cluster.local") == expected
+    with pytest.raises(BackendError, match=r"no outbound cluster for reviews\.default\.svc\.cluster\.local"):
+        parse_cluster_identities(text, "reviews.default.svc.cluster.local")
 
 
 def test_remote_clusters_table() -> None:

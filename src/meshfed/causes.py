@@ -4,13 +4,14 @@ Envoy 1.39 on keeps the transport failure reason out of its 503 body (envoyproxy
 refused by either side and a gateway that is not there both read "reset reason: remote connection failure".
 A case that expects a TLS failure must not pass on a gateway that is down, so before such a call is matched it
 is named from the evidence: the east-west gateway on its path has no ready pod or no address (gateway down), or
-the two proxies do not verify each other's certificate chains (a TLS failure); with neither, it stays a
-connection failure whose cause is unknown.
+the two proxies do not verify each other's certificate chains, or the server's SPIFFE ID is not one the client
+expects of the service (a TLS failure); with neither, it stays a connection failure whose cause is unknown.
 """
 
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Sequence
 
 from meshfed import manifests
@@ -19,14 +20,16 @@ from meshfed.calls import CallResult, Symptom
 from meshfed.diagnose import cacerts_roots, gateway_down, istiod_clusters, root_mismatch, trust_domain
 from meshfed.manifests import ISTIO_SYSTEM, TEST_NAMESPACE, only_in
 from meshfed.pki import ChainVerificationError, Purpose, verify_chain
+from meshfed.pki.verify import uri_sans
 
 
-def _certs(mesh: Mesh, cluster: str, app: str, namespace: str) -> ProxyCerts | None:
+def _certs(mesh: Mesh, cluster: str, app: str, namespace: str) -> tuple[str, ProxyCerts] | None:
+    """A ready proxy of ``app``: its pod's name and its certificates."""
     pods = [p for p in mesh[cluster].pods(namespace, {"app": app}) if p.ready and p.has_sidecar and not p.terminating]
     if not pods:
         return None
     try:
-        return mesh[cluster].proxy_certs(pods[0].name, namespace)
+        return pods[0].name, mesh[cluster].proxy_certs(pods[0].name, namespace)
     except BackendError:
         return None
 
@@ -68,8 +71,26 @@ class PathEvidence:
                 return Symptom.GATEWAY_DOWN, down
         client = _certs(self.mesh, self.source, manifests.CLIENT, self.namespace)
         server = _certs(self.mesh, self.destination, only_in(self.destination), TEST_NAMESPACE)
-        refused = peers_refuse(client, server) if client and server else None
+        if client is None or server is None:
+            return None
+        refused = peers_refuse(client[1], server[1]) or self._unexpected_identity(client[0], server[1])
         return (Symptom.TLS_FAILURE_INFERRED, refused) if refused else None
+
+    def _unexpected_identity(self, client_pod: str, server: ProxyCerts) -> str | None:
+        """The client refuses a server whose SPIFFE ID is none of those its proxy expects of the service (Istio's
+        secure naming): e.g. an istiod that named the other cluster's workloads in its own trust domain."""
+        fqdn = urllib.parse.urlsplit(manifests.service_url(only_in(self.destination))).hostname or ""
+        try:
+            expected = self.mesh[self.source].server_identities(client_pod, self.namespace, fqdn)
+        except BackendError:
+            return None
+        presented = uri_sans(server.chain[0]) if server.chain else []
+        if not expected or set(presented) & expected:
+            return None
+        return (
+            f"the client rejects the server's certificate: it expects {' or '.join(sorted(expected))} of {fqdn}, "
+            f"the server presents {' '.join(presented) or 'no SPIFFE ID'}"
+        )
 
     def name(self, result: CallResult) -> CallResult:
         if result.symptom is not Symptom.CONNECTION_FAILURE:

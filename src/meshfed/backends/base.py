@@ -169,6 +169,11 @@ class Cluster(abc.ABC):
     def proxy_certs(self, pod: str, namespace: str) -> ProxyCerts:
         """The certificates ``pod``'s proxy holds (``istioctl proxy-config secret``)."""
 
+    def server_identities(self, pod: str, namespace: str, fqdn: str) -> frozenset[str]:
+        """The SPIFFE IDs ``pod``'s proxy accepts from the servers of ``fqdn``: the SAN matchers of its outbound
+        clusters for it (Istio's secure naming, ``istioctl proxy-config cluster --fqdn``); empty where none."""
+        raise BackendError(f"{self.name}: this backend cannot read which identities a proxy expects of a service")
+
     @abc.abstractmethod
     def remote_clusters(self) -> builtins.list[RemoteClusterStatus]:
         """``istioctl remote-clusters`` as seen by this cluster's control plane."""

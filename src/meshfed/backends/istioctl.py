@@ -5,6 +5,9 @@
   API; all are read. The proxy's chain is the
   ``default`` secret's ``tlsCertificate.certificateChain.inlineBytes``, its roots the ``ROOTCA``
   secret's ``validationContext.trustedCa.inlineBytes`` (base64 PEM). The private key is never read.
+* ``istioctl proxy-config cluster <pod>.<ns> --fqdn <host> -o json``: a list of Envoy clusters (camelCase), or
+  Envoy's ``dynamic_active_clusters`` (snake_case); the identities a proxy expects of a service's servers are
+  the ``exact`` values of ``matchSubjectAltNames`` in its outbound clusters' TLS contexts.
 * ``istioctl proxy-status``: a table with NAME (``<pod>.<namespace>``), CLUSTER and ISTIOD columns.
 * ``istioctl remote-clusters``: a table ``NAME SECRET STATUS ISTIOD [REVISION]``; status values are
   lower case in Istio's source (synced, syncing, timeout, closed) and read case-insensitively.
@@ -68,6 +71,34 @@ def parse_secret_dump(text: str) -> ProxyCerts:
     except PemError as error:
         raise BackendError(f"the proxy's certificates cannot be read: {error}") from None
     return ProxyCerts(tuple(chain), tuple(roots))
+
+
+def _subject_alt_names(node: Any) -> list[str]:
+    """Every ``exact`` SAN matcher in a cluster's configuration, wherever its TLS contexts put them."""
+    if isinstance(node, list):
+        return [name for item in node for name in _subject_alt_names(item)]
+    if not isinstance(node, dict):
+        return []
+    found = [
+        str(m["exact"]) for m in _field(node, "matchSubjectAltNames") or [] if isinstance(m, dict) and "exact" in m
+    ]
+    return found + [name for value in node.values() for name in _subject_alt_names(value)]
+
+
+def parse_cluster_identities(text: str, fqdn: str) -> frozenset[str]:
+    """The SPIFFE IDs a proxy accepts from the servers of ``fqdn``, from ``istioctl proxy-config cluster -o json``."""
+    try:
+        dump = json.loads(text)
+    except ValueError as error:
+        raise BackendError(f"istioctl proxy-config cluster printed no JSON ({error})") from None
+    clusters = dump if isinstance(dump, list) else []
+    for config in (dump.get("configs") or []) if isinstance(dump, dict) else []:
+        clusters += [entry.get("cluster") or {} for entry in _field(config, "dynamicActiveClusters") or []]
+    outbound = [c for c in clusters if isinstance(c, dict) and str(c.get("name", "")).startswith("outbound|")]
+    mine = [c for c in outbound if str(c.get("name", "")).split("|")[-1] == fqdn]
+    if not mine:
+        raise BackendError(f"the proxy has no outbound cluster for {fqdn}: is it connected to istiod?")
+    return frozenset(name for cluster in mine for name in _subject_alt_names(cluster))
 
 
 def parse_remote_clusters(text: str) -> list[RemoteClusterStatus]:

@@ -474,6 +474,12 @@ class KubeCluster(Cluster):
         output = self.run(self.istioctl, ["proxy-config", "secret", target, "-o", "json", *istio_namespace], timeout=60)
         return istioctl.parse_secret_dump(output)
 
+    def server_identities(self, pod: str, namespace: str, fqdn: str) -> frozenset[str]:
+        target = f"{pod}.{self._namespace(namespace)}"
+        args = ["proxy-config", "cluster", target, "--fqdn", fqdn, "--direction", "outbound", "-o", "json"]
+        output = self.run(self.istioctl, [*args, "--istioNamespace", self.control_plane_namespace], timeout=60)
+        return istioctl.parse_cluster_identities(output, fqdn)
+
     def istiod_reported_version(self, revision: str) -> str:
         """The version istiod of ``revision`` reports itself (``pilot-discovery version -s`` in its pod): for an
         image whose tag names none (pinned by digest only); "" when it cannot be asked."""

@@ -358,6 +358,14 @@ class EmbeddedCluster(Cluster):
             raise BackendError(f"{self.name}: the proxy of pod {pod!r} has no certificate yet ({runtime.agent.error})")
         return ProxyCerts(cert.chain, cert.trusted_roots)
 
+    def server_identities(self, pod: str, namespace: str, fqdn: str) -> frozenset[str]:
+        runtime = self._pod(pod, namespace)
+        config = runtime.agent.config if runtime.agent is not None else None
+        views = [view for (host, _), view in (config.services.items() if config else []) if host == fqdn]
+        if not views:
+            raise BackendError(f"{self.name}: the proxy of pod {pod!r} has no outbound cluster for {fqdn}")
+        return frozenset(account for view in views for account in view.accounts)
+
     def _istiods(self) -> builtins.list[Istiod]:
         """The running istiods of the mesh's control plane here (``istioctl --istioNamespace``): not the helper
         istiod an external cluster runs beside it for its ingress gateway."""
